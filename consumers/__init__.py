@@ -1,0 +1,1 @@
+"""Everything downstream of the stream: the dialer's suppression check."""

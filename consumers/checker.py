@@ -1,0 +1,210 @@
+"""The dialer's question, "may I call this number?", answered from the Redis view.
+
+Fail closed: when Redis cannot be reached, the view is not complete (empty after a
+restart, mid-rebuild) or the worker's heartbeat is missing, the answer is
+``unavailable`` (do not call), never ``callable``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis
+from redis import Redis
+
+from schemas.errors import InvalidPhoneNumber
+from schemas.events import Scope, scope_target
+from schemas.metrics import CHECK_SECONDS, CHECKS
+from schemas.phone import normalise
+from schemas.tenants import TenantDirectory
+from schemas.view import META_KEY, META_PARTITIONS, ViewLayout, heartbeat_key, ready_field
+
+
+class Answer(StrEnum):
+    """A check's answer; the CLI exits 0, 1, 2 for them."""
+
+    CALLABLE = "callable"
+    SUPPRESSED = "suppressed"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The answer for one number; ``scope`` when suppressed, ``why`` when unavailable."""
+
+    phone_e164: str | None
+    answer: Answer
+    scope: Scope | None = None
+    why: str | None = None
+
+    @property
+    def may_call(self) -> bool:
+        """Only an explicit ``callable`` allows a call."""
+        return self.answer is Answer.CALLABLE
+
+
+class SuppressionChecker:
+    """Checks numbers against the view: one round trip for one number, SMISMEMBER in bulk."""
+
+    def __init__(
+        self,
+        client: Redis,
+        layout: ViewLayout,
+        tenants: TenantDirectory,
+        *,
+        partitions_hint: int = 1,
+        bulk_chunk_size: int = 1000,
+    ) -> None:
+        self._redis = client
+        self._layout = layout
+        self._tenants = tenants
+        self._partitions = max(1, partitions_hint)
+        self._chunk = bulk_chunk_size
+
+    def _targets(self, tenant: str, campaign: str | None) -> list[tuple[Scope, str]]:
+        targets = [(Scope.GLOBAL, scope_target(Scope.GLOBAL, tenant, None))]
+        targets.append((Scope.TENANT, scope_target(Scope.TENANT, tenant, None)))
+        if campaign:
+            targets.append((Scope.CAMPAIGN, scope_target(Scope.CAMPAIGN, tenant, campaign)))
+        return targets
+
+    def _readiness_commands(self, pipe: Any) -> None:
+        pipe.hgetall(META_KEY)
+        pipe.mget([heartbeat_key(p) for p in range(self._partitions)])
+
+    def _unready_reason(self, meta: dict[bytes, bytes], heartbeats: list[Any]) -> str | None:
+        """Why the view cannot be trusted, or None; may raise _Repartitioned."""
+        raw_total = meta.get(META_PARTITIONS.encode())
+        if raw_total is None:
+            return "view not ready (empty or being rebuilt by the worker)"
+        total = int(raw_total)
+        if total != self._partitions:
+            self._partitions = total
+            raise _Repartitioned
+        missing = [p for p in range(total) if ready_field(p).encode() not in meta]
+        if missing:
+            return f"view not ready for partitions {missing} (being rebuilt)"
+        stale = [p for p, hb in enumerate(heartbeats) if hb is None]
+        if stale:
+            return f"worker heartbeat missing for partitions {stale} (is `dnc worker` running?)"
+        return None
+
+    def check(self, phone: str, tenant: str, campaign: str | None = None) -> CheckResult:
+        """Answer for one number. Invalid input raises; infrastructure trouble answers unavailable."""
+        started = time.perf_counter()
+        region = self._tenants.get(tenant).default_region
+        e164 = normalise(phone, region)
+        targets = self._targets(tenant, campaign)
+        try:
+            try:
+                result = self._check_once(e164, targets)
+            except _Repartitioned:
+                result = self._check_once(e164, targets)
+        except redis.RedisError as exc:
+            result = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
+        CHECKS.labels(outcome=result.answer).inc()
+        CHECK_SECONDS.observe(time.perf_counter() - started)
+        return result
+
+    def _check_once(self, e164: str, targets: list[tuple[Scope, str]]) -> CheckResult:
+        pipe = self._redis.pipeline(transaction=False)
+        self._readiness_commands(pipe)
+        for _scope, target in targets:
+            slot = self._layout.slot(target, e164)
+            pipe.sismember(slot.key, slot.member)
+        meta, heartbeats, *members = pipe.execute()
+        why = self._unready_reason(meta, heartbeats)
+        if why is not None:
+            return CheckResult(e164, Answer.UNAVAILABLE, why=why)
+        for (scope, _target), hit in zip(targets, members, strict=True):
+            if hit:
+                return CheckResult(e164, Answer.SUPPRESSED, scope=scope)
+        return CheckResult(e164, Answer.CALLABLE)
+
+    def check_many(
+        self, phones: Sequence[str], tenant: str, campaign: str | None = None
+    ) -> list[CheckResult]:
+        """Answer for many numbers (a campaign list scrub); one result per input, in order.
+
+        Numbers that are not valid come back ``unavailable`` with the reason rather than
+        failing the whole list.
+        """
+        started = time.perf_counter()
+        region = self._tenants.get(tenant).default_region
+        targets = self._targets(tenant, campaign)
+        results: list[CheckResult | None] = [None] * len(phones)
+        valid: list[tuple[int, str]] = []
+        for i, phone in enumerate(phones):
+            try:
+                valid.append((i, normalise(phone, region)))
+            except InvalidPhoneNumber as exc:
+                results[i] = CheckResult(None, Answer.UNAVAILABLE, why=exc.message)
+        try:
+            try:
+                self._check_bulk(valid, targets, results)
+            except _Repartitioned:
+                self._check_bulk(valid, targets, results)
+        except redis.RedisError as exc:
+            for i, e164 in valid:
+                results[i] = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
+        final = [r for r in results if r is not None]
+        for r in final:
+            CHECKS.labels(outcome=r.answer).inc()
+        CHECK_SECONDS.observe(time.perf_counter() - started)
+        return final
+
+    def _check_bulk(
+        self,
+        valid: list[tuple[int, str]],
+        targets: list[tuple[Scope, str]],
+        results: list[CheckResult | None],
+    ) -> None:
+        # Group members by Redis key so each key is asked once per chunk.
+        by_key: dict[str, list[tuple[int, int, Scope]]] = defaultdict(list)
+        for i, e164 in valid:
+            for scope, target in targets:
+                slot = self._layout.slot(target, e164)
+                by_key[slot.key].append((i, slot.member, scope))
+        pipe = self._redis.pipeline(transaction=False)
+        self._readiness_commands(pipe)
+        asked: list[list[tuple[int, int, Scope]]] = []
+        for key, entries in by_key.items():
+            for start in range(0, len(entries), self._chunk):
+                chunk = entries[start : start + self._chunk]
+                pipe.smismember(key, [member for _i, member, _s in chunk])
+                asked.append(chunk)
+        meta, heartbeats, *replies = pipe.execute()
+        why = self._unready_reason(meta, heartbeats)
+        hits: dict[int, Scope] = {}
+        rank = {Scope.GLOBAL: 0, Scope.TENANT: 1, Scope.CAMPAIGN: 2}
+        if why is None:
+            for chunk, reply in zip(asked, replies, strict=True):
+                for (i, _member, scope), hit in zip(chunk, reply, strict=True):
+                    if hit and (i not in hits or rank[scope] < rank[hits[i]]):
+                        hits[i] = scope
+        for i, e164 in valid:
+            if why is not None:
+                results[i] = CheckResult(e164, Answer.UNAVAILABLE, why=why)
+            elif i in hits:
+                results[i] = CheckResult(e164, Answer.SUPPRESSED, scope=hits[i])
+            else:
+                results[i] = CheckResult(e164, Answer.CALLABLE)
+
+
+class _Repartitioned(Exception):
+    """The topic's partition count changed: ask again with the new count."""
+
+
+def checker_client(url: str, timeout_seconds: float) -> Redis:
+    """A Redis client tuned for checks: short timeouts, so a dead Redis answers fast."""
+    return Redis.from_url(
+        url,
+        socket_timeout=timeout_seconds,
+        socket_connect_timeout=timeout_seconds,
+        health_check_interval=30,
+    )

@@ -1,0 +1,269 @@
+"""The `dnc` command: run the local stack and the worker, record oppositions, check numbers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from schemas.errors import DncError, InvalidEventError
+from schemas.events import Kind, OppositionEvent, Scope, Source, event_json_schema
+from schemas.settings import Settings
+from schemas.tenants import TenantDirectory
+
+app = typer.Typer(
+    help="Do-not-call opposition propagation: agent desktop -> Kafka -> Faust -> Redis -> dialers.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+EXIT_CALLABLE, EXIT_SUPPRESSED, EXIT_UNAVAILABLE, EXIT_ERROR = 0, 1, 2, 3
+
+TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="tenant (client) as in the tenants file")]
+CampaignOpt = Annotated[str | None, typer.Option("--campaign", "-c", help="campaign id")]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)],
+    )
+
+
+def _settings() -> tuple[Settings, TenantDirectory]:
+    settings = Settings()
+    return settings, TenantDirectory.load(settings.tenants_file)
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of an opposition event (for producers not written in Python)."""
+    sys.stdout.write(json.dumps(event_json_schema(), indent=2) + "\n")
+
+
+@app.command()
+def oppose(
+    phone: Annotated[str, typer.Argument(help="number as given, e.g. '06 12 34 56 78' or +33612345678")],
+    tenant: TenantOpt,
+    campaign: CampaignOpt = None,
+    agent: Annotated[str | None, typer.Option("--agent", "-a", help="agent id")] = None,
+    kind: Annotated[Kind, typer.Option("--kind", "-k", help="what the person asked for")] = Kind.OPPOSITION,
+    scope: Annotated[Scope | None, typer.Option("--scope", "-s", help="default: campaign if --campaign, else tenant")] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="reason code")] = None,
+) -> None:
+    """Record an opposition; prints the event id once Kafka acknowledged it."""
+    from producers.publisher import OppositionPublisher
+
+    if kind is Kind.LIFT:
+        raise _fail("a lift is an admin action with a justification: use `dnc lift`")
+    settings, tenants = _settings()
+    chosen_scope = scope or (Scope.CAMPAIGN if campaign else Scope.TENANT)
+    _publish(settings, tenants, OppositionPublisher, tenant=tenant, phone=phone, kind=kind,
+             scope=chosen_scope, campaign_id=campaign, agent_id=agent, reason_code=reason,
+             source=Source.CLI)  # fmt: skip
+
+
+@app.command()
+def lift(
+    phone: Annotated[str, typer.Argument(help="number to make callable again")],
+    tenant: TenantOpt,
+    justification: Annotated[str, typer.Option("--justification", "-j", help="why (mandatory, audited)")],
+    campaign: CampaignOpt = None,
+    scope: Annotated[Scope | None, typer.Option("--scope", "-s")] = None,
+    admin: Annotated[str | None, typer.Option("--admin", help="admin's id")] = None,
+) -> None:
+    """Admin: end a suppression of one scope, with a justification."""
+    from producers.publisher import OppositionPublisher
+
+    settings, tenants = _settings()
+    chosen_scope = scope or (Scope.CAMPAIGN if campaign else Scope.TENANT)
+    _publish(settings, tenants, OppositionPublisher, tenant=tenant, phone=phone, kind=Kind.LIFT,
+             scope=chosen_scope, campaign_id=campaign, agent_id=admin,
+             justification=justification, source=Source.ADMIN)  # fmt: skip
+
+
+def _publish(settings: Settings, tenants: TenantDirectory, publisher_cls: type, **fields: object) -> None:
+    from pydantic import ValidationError
+
+    from schemas.events import describe_validation_error
+
+    try:
+        event = OppositionEvent.record(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        raise _fail(describe_validation_error(exc)) from None
+    publisher = publisher_cls.from_settings(settings, tenants)
+    try:
+        receipt = publisher.publish(event)
+    finally:
+        publisher.close()
+    sys.stdout.write(f"{receipt.event_id}\n")
+    err.print(f"recorded: partition {receipt.partition}, offset {receipt.offset}")
+
+
+@app.command(name="import")
+def import_(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV: one number per line, or a header with 'phone' (+ optional campaign_id, kind, scope, reason_code, agent_id, occurred_at)")],
+    tenant: TenantOpt,
+    kind: Annotated[Kind, typer.Option("--kind", "-k")] = Kind.OPPOSITION,
+    scope: Annotated[Scope | None, typer.Option("--scope", "-s")] = None,
+    campaign: CampaignOpt = None,
+    rejects: Annotated[Path | None, typer.Option("--rejects", help="write rejected rows to this CSV")] = None,
+) -> None:
+    """Publish a CSV of numbers, with a progress bar and a report of rejected rows."""
+    import csv
+
+    from producers.importer import count_rows, import_file
+    from producers.publisher import OppositionPublisher
+
+    settings, tenants = _settings()
+    tenants.get(tenant)
+    chosen_scope = scope or (Scope.CAMPAIGN if campaign else Scope.TENANT)
+    total = count_rows(file)
+    publisher = OppositionPublisher.from_settings(settings, tenants)
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=err) as progress:  # fmt: skip
+        task = progress.add_task(f"importing {file.name}", total=total)
+        report = import_file(file, publisher, tenant=tenant, kind=kind, scope=chosen_scope,
+                             campaign=campaign,
+                             on_progress=lambda n: progress.advance(task, n))  # fmt: skip
+    publisher.close()
+    out.print(f"published {report.published} of {total} rows; rejected {len(report.rejected)}; "
+              f"not acknowledged {len(report.failed)}")  # fmt: skip
+    problems = report.rejected + report.failed
+    if problems:
+        table = Table("line", "phone", "reason", title="rows not recorded")
+        for row in problems[:50]:
+            table.add_row(str(row.line), row.phone, row.reason)
+        err.print(table)
+        if len(problems) > 50:
+            err.print(f"... and {len(problems) - 50} more" + ("" if rejects else " (use --rejects FILE)"))
+        if rejects:
+            with rejects.open("w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["line", "phone", "reason"])
+                writer.writerows((r.line, r.phone, r.reason) for r in problems)
+            err.print(f"rejected rows written to {rejects}")
+    raise typer.Exit(0 if report.ok else (EXIT_UNAVAILABLE if report.failed else EXIT_SUPPRESSED))
+
+
+@app.command()
+def check(
+    phones: Annotated[list[str], typer.Argument(help="one or more numbers")],
+    tenant: TenantOpt,
+    campaign: CampaignOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per number")] = False,
+) -> None:
+    """May I call? Prints callable / suppressed / unavailable; exits 0 / 1 / 2 (3: bad input).
+
+    With several numbers the exit code is the worst answer. Unavailable means do NOT call.
+    """
+    from consumers.checker import Answer, SuppressionChecker, checker_client
+    from streams.app import view_layout
+
+    settings, tenants = _settings()
+    client = checker_client(settings.redis_url.get_secret_value(), settings.check_timeout_seconds)
+    checker = SuppressionChecker(client, view_layout(settings, tenants), tenants,
+                                 partitions_hint=settings.partitions,
+                                 bulk_chunk_size=settings.bulk_chunk_size)  # fmt: skip
+    if len(phones) == 1:
+        results = [checker.check(phones[0], tenant, campaign)]
+    else:
+        results = checker.check_many(phones, tenant, campaign)
+    for given, result in zip(phones, results, strict=True):
+        if as_json:
+            sys.stdout.write(json.dumps({"phone": given, "phone_e164": result.phone_e164,
+                                         "answer": result.answer.value,
+                                         "scope": result.scope.value if result.scope else None,
+                                         "why": result.why}) + "\n")  # fmt: skip
+            continue
+        line = result.answer.value
+        if result.scope is not None:
+            line += f" (scope {result.scope.value})"
+        if result.why:
+            line += f": {result.why}"
+        prefix = f"{given}\t" if len(phones) > 1 else ""
+        sys.stdout.write(prefix + line + "\n")
+    answers = {r.answer for r in results}
+    if Answer.UNAVAILABLE in answers:
+        raise typer.Exit(EXIT_UNAVAILABLE)
+    if Answer.SUPPRESSED in answers:
+        raise typer.Exit(EXIT_SUPPRESSED)
+
+
+@app.command()
+def worker(
+    worker_id: Annotated[str | None, typer.Option("--id", help="worker id (default host-pid)")] = None,
+) -> None:
+    """Run the stream worker (Faust) in the foreground; Ctrl-C stops it gracefully."""
+    from streams.worker import run_worker
+
+    settings = Settings()
+    run_worker(settings, worker_id)
+
+
+@app.command()
+def up(
+    kafka_version: Annotated[str | None, typer.Option("--kafka-version", help="Kafka release to run")] = None,
+) -> None:
+    """Start Kafka, Redis and the worker on loopback in the foreground; Ctrl-C stops them all."""
+    from dnc.local import run_local_stack
+
+    settings = Settings()
+    run_local_stack(settings, kafka_version or settings.kafka_version, out)
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+) -> None:
+    """Is the pipeline up and ready, and how far behind is the worker? Exits 0 when healthy, 2 if not."""
+    from dnc.health import pipeline_status, render_status
+
+    settings, tenants = _settings()
+    report = pipeline_status(settings)
+    if as_json:
+        sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
+    else:
+        render_status(report, out)
+    raise typer.Exit(0 if report["healthy"] else EXIT_UNAVAILABLE)
+
+
+@app.command()
+def bench(
+    numbers: Annotated[int, typer.Option(help="numbers for the memory measurement")] = 1_000_000,
+    rate: Annotated[int, typer.Option(help="events/s for the propagation measurement")] = 500,
+    seconds: Annotated[float, typer.Option(help="duration of the propagation measurement")] = 20.0,
+) -> None:
+    """Benchmark on a private local stack: check latency, bulk throughput, propagation, memory."""
+    from dnc.bench import run_bench
+
+    run_bench(numbers=numbers, rate=rate, seconds=seconds, console=out)
+
+
+def main() -> None:
+    """Entry point: clear errors instead of tracebacks for what users can fix."""
+    _setup_logging(Settings().log_level if "--help" not in sys.argv else "WARNING")
+    try:
+        app()
+    except InvalidEventError as exc:
+        err.print(f"[bold red]invalid:[/] {exc.message}")
+        sys.exit(EXIT_ERROR)
+    except DncError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        sys.exit(EXIT_ERROR)

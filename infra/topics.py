@@ -1,0 +1,49 @@
+"""Creates the pipeline's Kafka topics explicitly, with their configurations (idempotent)."""
+
+from __future__ import annotations
+
+import logging
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from schemas.errors import ConfigError
+from schemas.settings import Settings
+from schemas.topics import TopicSpec, pipeline_topics
+
+log = logging.getLogger("dnc.infra")
+
+
+def ensure_topics(bootstrap: str, specs: list[TopicSpec], timeout: float = 30.0) -> list[str]:
+    """Create the missing topics; return the names created. Existing topics are left as they are."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise ConfigError(
+            f"cannot reach Kafka at {bootstrap}: {exc} (is it running? `dnc up` starts one)"
+        ) from exc
+    wanted = [
+        NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor,
+                 config=s.config)  # fmt: skip
+        for s in specs
+        if s.name not in existing
+    ]
+    if not wanted:
+        return []
+    created = []
+    for name, future in admin.create_topics(wanted, request_timeout=timeout).items():
+        try:
+            future.result(timeout=timeout)
+            created.append(name)
+            log.info("created topic %s", name)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise ConfigError(f"cannot create topic {name}: {exc}") from exc
+    return created
+
+
+def ensure_pipeline_topics(settings: Settings) -> list[str]:
+    """Create the oppositions, suppressions and dead-letter topics if missing."""
+    return ensure_topics(settings.kafka_bootstrap, pipeline_topics(settings))

@@ -1,0 +1,1 @@
+"""Everything that writes opposition events: the publisher, the bulk importer."""

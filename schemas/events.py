@@ -1,0 +1,211 @@
+"""The opposition event: what an agent desktop publishes when a person says "do not call"."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from schemas.errors import InvalidEventError
+from schemas.phone import E164_PATTERN, MAX_PHONE_INPUT, normalise
+from schemas.tenants import TENANT_PATTERN, TenantDirectory
+
+SCHEMA_VERSION = 1
+CAMPAIGN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+GLOBAL_TARGET = "_global"
+
+
+class Kind(StrEnum):
+    """What the person asked for; decides how long the number stays suppressed."""
+
+    REFUSAL = "refusal"  # refused during a call: suppressed for the tenant's cooldown
+    OPPOSITION = "opposition"  # GDPR Art. 21 objection to prospecting: until lifted
+    CONSENT_WITHDRAWN = "consent_withdrawn"  # until lifted
+    ERASURE = "erasure"  # until lifted, and the reference list erases the contact's data
+    LIFT = "lift"  # admin only, with a justification: ends a suppression of that scope
+
+
+class Scope(StrEnum):
+    """Who the suppression protects the person from."""
+
+    GLOBAL = "global"  # the operator's whole platform, every tenant
+    TENANT = "tenant"  # one client (default)
+    CAMPAIGN = "campaign"  # one campaign of one client
+
+
+class Source(StrEnum):
+    """What emitted the event."""
+
+    AGENT_DESKTOP = "agent_desktop"
+    HTTP_GATEWAY = "http_gateway"
+    CLI = "cli"
+    BULK_IMPORT = "bulk_import"
+    ADMIN = "admin"
+
+
+def scope_target(scope: Scope, tenant: str, campaign_id: str | None) -> str:
+    """The name of the suppression list a scope writes to: ``_global``, ``T`` or ``T/C``."""
+    if scope is Scope.GLOBAL:
+        return GLOBAL_TARGET
+    if scope is Scope.CAMPAIGN:
+        return f"{tenant}/{campaign_id}"
+    return tenant
+
+
+class OppositionEvent(BaseModel):
+    """One opposition (or lift) as published to ``dnc.oppositions.v1`` (JSON, UTF-8)."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        json_schema_extra={"title": "OppositionEvent", "$id": "urn:dnc:opposition-event:v1"},
+    )
+
+    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="contract version; must be 1")
+    event_id: uuid.UUID = Field(description="unique id chosen by the producer; replays are no-ops")
+    tenant: str = Field(pattern=TENANT_PATTERN, description="client the call was made for")
+    phone: str = Field(
+        min_length=1, max_length=MAX_PHONE_INPUT, description="number as given by the agent"
+    )
+    phone_e164: str | None = Field(
+        None,
+        pattern=E164_PATTERN,
+        description="E.164 form; filled by the pipeline from phone and the tenant's region",
+    )
+    kind: Kind
+    scope: Scope = Scope.TENANT
+    campaign_id: str | None = Field(None, pattern=CAMPAIGN_PATTERN)
+    agent_id: str | None = Field(None, max_length=128)
+    source: Source = Source.AGENT_DESKTOP
+    reason_code: str | None = Field(None, max_length=64)
+    justification: str | None = Field(
+        None, max_length=1000, description="mandatory for a lift: why the suppression ends"
+    )
+    occurred_at: AwareDatetime = Field(description="when the person said it (with time zone)")
+    expires_at: AwareDatetime | None = Field(
+        None, description="optional end of the suppression (refusals default to the cooldown)"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OppositionEvent:
+        if self.scope is Scope.CAMPAIGN and not self.campaign_id:
+            raise ValueError("scope 'campaign' needs a campaign_id")
+        if self.scope is not Scope.CAMPAIGN and self.campaign_id is not None:
+            raise ValueError("campaign_id is only allowed with scope 'campaign'")
+        if self.kind is Kind.LIFT:
+            if self.source is not Source.ADMIN:
+                raise ValueError("a lift must come from an admin source")
+            if not (self.justification and self.justification.strip()):
+                raise ValueError("a lift needs a justification")
+        if self.expires_at is not None and self.expires_at <= self.occurred_at:
+            raise ValueError("expires_at must be after occurred_at")
+        return self
+
+    @property
+    def target(self) -> str:
+        """The suppression list this event writes to."""
+        return scope_target(self.scope, self.tenant, self.campaign_id)
+
+    @property
+    def kafka_key(self) -> bytes:
+        """Partition key: ``tenant:E164`` (``_global:E164`` for global scope).
+
+        Every event about one number of one tenant lands on one partition, so every
+        table key it touches is always written from the same partition.
+        """
+        owner = GLOBAL_TARGET if self.scope is Scope.GLOBAL else self.tenant
+        return f"{owner}:{self.phone_e164 or self.phone}".encode()
+
+    @property
+    def stamp(self) -> tuple[datetime, str]:
+        """Last-writer order: (occurred_at, event_id)."""
+        return (self.occurred_at, str(self.event_id))
+
+    @classmethod
+    def record(cls, **fields: Any) -> OppositionEvent:
+        """A new event with a fresh id and ``occurred_at`` = now unless given."""
+        fields.setdefault("event_id", uuid.uuid4())
+        fields.setdefault("occurred_at", datetime.now(UTC))
+        return cls.model_validate(fields)
+
+    def normalised(self, tenants: TenantDirectory) -> OppositionEvent:
+        """This event with ``phone_e164`` set from the tenant's region.
+
+        Raises :class:`InvalidEventError` (unknown tenant, invalid number, or an
+        ``phone_e164`` that disagrees with ``phone``).
+        """
+        region = tenants.get(self.tenant).default_region
+        e164 = normalise(self.phone, region)
+        if self.phone_e164 is not None and self.phone_e164 != e164:
+            raise InvalidEventError(
+                "phone_mismatch",
+                f"phone_e164 {self.phone_e164} does not match phone {self.phone!r} ({e164})",
+            )
+        return self.model_copy(update={"phone_e164": e164})
+
+
+def event_json_schema() -> dict[str, Any]:
+    """JSON Schema (2020-12) of the event, for producers that are not written in Python."""
+    schema = OppositionEvent.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def _reason_for(exc: ValidationError) -> str:
+    errors = exc.errors()
+    for error in errors:
+        if error["type"] == "json_invalid":
+            return "malformed_json"
+    for error in errors:
+        if error["loc"][:1] == ("schema_version",):
+            return "unsupported_schema_version"
+    for error in errors:
+        if error["type"] == "missing":
+            return "missing_field"
+    for error in errors:
+        if error["loc"][:1] == ("kind",):
+            return "unknown_kind"
+    return "schema_violation"
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, ``field: message``, for people and dead-letter headers."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "event"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def decode_event(raw: bytes, tenants: TenantDirectory, max_bytes: int) -> OppositionEvent:
+    """Parse, validate and normalise raw bytes from Kafka.
+
+    Raises :class:`InvalidEventError` whose ``reason`` is one of: oversized,
+    malformed_json, unsupported_schema_version, missing_field, unknown_kind,
+    schema_violation, unknown_tenant, invalid_phone, phone_mismatch.
+    """
+    if len(raw) > max_bytes:
+        raise InvalidEventError(
+            "oversized", f"event is {len(raw)} bytes, the limit is {max_bytes} bytes"
+        )
+    try:
+        # Strict JSON first: the model's own JSON parser would accept e.g. NaN.
+        json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidEventError("malformed_json", f"not valid UTF-8 JSON: {exc}") from exc
+    try:
+        event = OppositionEvent.model_validate_json(raw)
+    except ValidationError as exc:
+        raise InvalidEventError(_reason_for(exc), describe_validation_error(exc)) from exc
+    return event.normalised(tenants)

@@ -1,0 +1,56 @@
+"""The catalogue of Prometheus metrics. Names are a contract with dashboards and alert rules.
+
+Labels are bounded: never a phone number, agent or event id.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Propagation buckets from 1 ms to 1 h.
+PROPAGATION_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
+)  # fmt: skip
+CHECK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+# Events seen by the worker, by kind and outcome (applied, duplicate, stale, rejected).
+EVENTS = Counter("dnc_events_total", "Opposition events processed", ["kind", "outcome"])
+# Messages sent to the dead-letter topic, by reason.
+DEAD_LETTERS = Counter("dnc_dead_letters_total", "Messages dead-lettered", ["reason"])
+# Time from occurred_at to the change being visible at a stage (suppression_view, ...).
+PROPAGATION = Histogram(
+    "dnc_propagation_seconds",
+    "Propagation latency from occurred_at to the stage",
+    ["stage"],
+    buckets=PROPAGATION_BUCKETS,
+)
+# Events whose occurred_at lies in the future of the worker clock (skew; observed as 0).
+CLOCK_SKEW = Counter("dnc_clock_skew_events_total", "Events stamped in the future", ["stage"])
+# Dialer checks by answer: callable, suppressed, unavailable.
+CHECKS = Counter("dnc_checks_total", "Suppression checks answered", ["outcome"])
+# Time to answer one check (a bulk check counts once).
+CHECK_SECONDS = Histogram("dnc_check_seconds", "Check latency", buckets=CHECK_BUCKETS)
+# 1 when every partition this worker owns is materialised in Redis.
+VIEW_READY = Gauge("dnc_view_ready", "The Redis view is complete for the owned partitions")
+# Numbers suppressed right now, per tenant (global scope counts as "_global").
+SUPPRESSED_NUMBERS = Gauge("dnc_suppressed_numbers", "Suppressed numbers", ["tenant"])
+# Consumer lag (messages) per group, topic and partition, as seen by the consumer.
+CONSUMER_LAG = Gauge("dnc_consumer_lag", "Consumer lag in messages", ["group", "topic", "partition"])
+# View rebuilds, by trigger (startup, view_lost, redis_restarted).
+VIEW_REBUILDS = Counter("dnc_view_rebuilds_total", "Redis view rebuilds", ["trigger"])
+# Transient failures the worker retried (redis, kafka), before the batch went through.
+RETRIES = Counter("dnc_worker_retries_total", "Retried side effects", ["dependency"])
+# Suppressions ended by their cooldown.
+EXPIRED = Counter("dnc_expired_total", "Suppressions expired by their cooldown")
+
+
+def observe_propagation(stage: str, occurred_at: datetime, visible_at: datetime) -> None:
+    """Record propagation to ``stage``; an event stamped in the future counts as skew, never < 0."""
+    seconds = (visible_at - occurred_at).total_seconds()
+    if seconds < 0:
+        CLOCK_SKEW.labels(stage=stage).inc()
+        seconds = 0.0
+    PROPAGATION.labels(stage=stage).observe(seconds)

@@ -1,0 +1,91 @@
+"""The one settings model (pydantic-settings, ``DNC_`` prefix) with safe local defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_VIEW_KEY = "local-development-view-key-change-me"
+BUNDLED_TENANTS_FILE = Path(__file__).resolve().parent.parent / "infra" / "tenants.toml"
+
+
+class Settings(BaseSettings):
+    """Every knob of the pipeline; read from ``DNC_*`` environment variables.
+
+    The defaults point at the stack ``dnc up`` starts on loopback, so every command
+    finds it with no configuration.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="DNC_", frozen=True, extra="ignore")
+
+    # Where the services are.
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    redis_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL (may carry a password)"
+    )
+    kafka_version: str = Field("3.9.1", description="Kafka version `dnc up` runs")
+    data_dir: Path = Field(
+        Path.home() / ".local" / "state" / "dnc", description="where `dnc up` keeps service data"
+    )
+
+    # Contracts.
+    tenants_file: Path = Field(BUNDLED_TENANTS_FILE, description="TOML file declaring tenants")
+    oppositions_topic: str = "dnc.oppositions.v1"
+    suppressions_topic: str = "dnc.suppressions.v1"
+    dead_letter_topic: str = "dnc.dead-letter.v1"
+    partitions: int = Field(3, ge=1, description="partitions of the oppositions topic")
+    replication_factor: int = Field(1, ge=1)
+    max_event_bytes: int = Field(16 * 1024, ge=512, description="largest accepted event")
+
+    # The Redis view.
+    view_key: SecretStr = Field(
+        SecretStr(DEFAULT_VIEW_KEY),
+        description="secret key of the view's keyed hash; rotating it means a rebuild",
+    )
+    view_buckets: int = Field(
+        1024, ge=1, le=1 << 20, description="default buckets per scope; changing it means a rebuild"
+    )
+
+    # The worker.
+    worker_group: str = Field("dnc-worker", description="Faust app id and consumer group")
+    worker_metrics_port: int = Field(9310, ge=0, le=65535, description="0 picks a free port")
+    metrics_host: str = Field("127.0.0.1", description="address the /metrics endpoints bind")
+    batch_max_events: int = Field(500, ge=1, description="most events applied in one batch")
+    batch_max_seconds: float = Field(0.005, gt=0, description="longest wait to fill a batch")
+    commit_interval_seconds: float = Field(1.0, gt=0)
+    heartbeat_interval_seconds: float = Field(1.0, gt=0)
+    heartbeat_ttl_seconds: float = Field(
+        10.0, gt=0, description="a check answers unavailable when the heartbeat is older"
+    )
+    expiry_interval_seconds: float = Field(1.0, gt=0, description="cooldown expiry resolution")
+    retry_backoff_max_seconds: float = Field(5.0, gt=0)
+
+    # The dialer check.
+    check_timeout_seconds: float = Field(0.5, gt=0, description="Redis socket timeout for checks")
+    bulk_chunk_size: int = Field(1000, ge=1, description="members per SMISMEMBER")
+
+    # Producers.
+    publish_timeout_seconds: float = Field(15.0, gt=0)
+
+    log_level: str = "INFO"
+
+    @property
+    def kafka_host_port(self) -> tuple[str, int]:
+        """Host and port of the first bootstrap server (what `dnc up` binds)."""
+        first = self.kafka_bootstrap.split(",")[0].strip()
+        host, _, port = first.rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+    @property
+    def redis_host_port(self) -> tuple[str, int]:
+        """Host and port of the Redis URL (what `dnc up` binds)."""
+        parts = urlsplit(self.redis_url.get_secret_value())
+        return parts.hostname or "127.0.0.1", parts.port or 6379
+
+    @property
+    def uses_default_view_key(self) -> bool:
+        """True while the view key is the public development default."""
+        return self.view_key.get_secret_value() == DEFAULT_VIEW_KEY

@@ -1,0 +1,54 @@
+"""Kafka topics of the pipeline and their configurations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from schemas.settings import Settings
+
+DAY_MS = 24 * 3600 * 1000
+
+# Dead-letter headers: the value and key are the original bytes, untouched.
+DLQ_REASON = "dnc.dlq.reason"
+DLQ_DETAIL = "dnc.dlq.detail"
+DLQ_TOPIC = "dnc.dlq.topic"
+DLQ_PARTITION = "dnc.dlq.partition"
+DLQ_OFFSET = "dnc.dlq.offset"
+DLQ_FAILED_AT = "dnc.dlq.failed_at"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic the project creates explicitly, with its configuration."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def pipeline_topics(settings: Settings) -> list[TopicSpec]:
+    """The oppositions log of record, the compacted suppressions state and the dead letters."""
+    rf = settings.replication_factor
+    min_isr = str(min(2, rf))
+    return [
+        TopicSpec(
+            settings.oppositions_topic,
+            settings.partitions,
+            rf,
+            # The log of record (audit trail): kept, never compacted.
+            {"retention.ms": "-1", "min.insync.replicas": min_isr},
+        ),
+        TopicSpec(
+            settings.suppressions_topic,
+            settings.partitions,
+            rf,
+            {"cleanup.policy": "compact", "min.insync.replicas": min_isr},
+        ),
+        TopicSpec(
+            settings.dead_letter_topic,
+            1,
+            rf,
+            {"retention.ms": str(90 * DAY_MS), "min.insync.replicas": min_isr},
+        ),
+    ]

@@ -1,0 +1,154 @@
+"""Composition of the Faust worker: topics, table, the agent, timers. Built on demand, not on import."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from redis.asyncio import Redis
+
+from schemas.settings import Settings
+from schemas.tenants import TenantDirectory
+from schemas.view import ViewLayout
+from streams.expiry import ExpirySchedule
+from streams.faust_bridge import FaustChangeSink, bound_event, source_message
+from streams.maintenance import ViewMaintenance
+from streams.processor import OppositionProcessor
+from streams.view_writer import SuppressionViewWriter
+
+log = logging.getLogger("dnc.streams")
+
+TABLE_NAME = "suppression-state"
+
+
+@dataclass
+class WorkerApp:
+    """The assembled worker: the Faust app and the pieces tests and the CLI look at."""
+
+    app: faust.App
+    processor: OppositionProcessor
+    maintenance: ViewMaintenance
+    redis: Redis
+
+
+def view_layout(settings: Settings, tenants: TenantDirectory) -> ViewLayout:
+    """The view layout both the worker and the checkers use."""
+    overrides = {
+        name: cfg.view_buckets
+        for name in tenants.names
+        if (cfg := tenants.get(name)).view_buckets is not None
+    }
+    return ViewLayout(
+        settings.view_key.get_secret_value().encode(), settings.view_buckets, overrides
+    )
+
+
+def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -> WorkerApp:
+    """Create the Faust app with its agent and timers (nothing runs until the worker starts)."""
+    brokers = [f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",") if b.strip()]
+    app = faust.App(
+        settings.worker_group,
+        broker=brokers,
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_disable_leader=True,
+        processing_guarantee="at_least_once",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=settings.commit_interval_seconds,
+        stream_wait_empty=True,
+        producer_acks=-1,
+    )
+    source = app.topic(
+        settings.oppositions_topic,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
+    changes = app.topic(settings.suppressions_topic, key_serializer="raw", value_serializer="raw")
+    dead_letters = app.topic(
+        settings.dead_letter_topic, key_serializer="raw", value_serializer="raw"
+    )
+    table = app.Table(
+        TABLE_NAME,
+        default=None,
+        partitions=settings.partitions,
+        # JSON both ways, so keys read back from the changelog are the same strings.
+        schema=faust.Schema(key_serializer="json", value_serializer="json"),
+    )
+
+    redis = Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        socket_timeout=5,
+        socket_connect_timeout=5,
+        health_check_interval=10,
+    )
+    view = SuppressionViewWriter(
+        redis, view_layout(settings, tenants), worker_id, settings.heartbeat_ttl_seconds
+    )
+    sink = FaustChangeSink(app, changes, dead_letters)
+    expiry = ExpirySchedule()
+    lock = asyncio.Lock()
+    processor = OppositionProcessor(
+        table=table,
+        view=view,
+        sink=sink,
+        tenants=tenants,
+        settings=settings,
+        expiry=expiry,
+        view_lock=lock,
+        bind_event=bound_event,
+    )
+    maintenance = ViewMaintenance(
+        table=table,
+        view=view,
+        sink=sink,
+        expiry=expiry,
+        view_lock=lock,
+        total_partitions=settings.partitions,
+        retry_backoff_max=settings.retry_backoff_max_seconds,
+    )
+
+    @app.agent(source, name="apply-oppositions", concurrency=1)
+    async def apply_oppositions(stream: faust.StreamT[bytes]) -> None:
+        # take_events acks the batch's events only after this body returns for the batch.
+        async for batch in stream.take_events(
+            settings.batch_max_events, within=settings.batch_max_seconds
+        ):
+            await processor.process([(event, source_message(event)) for event in batch])
+
+    def owned_partitions() -> set[int] | None:
+        """Owned source partitions, or None while rebalancing or recovering the table."""
+        if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
+            return None
+        return {
+            tp.partition
+            for tp in app.assignor.assigned_actives()
+            if tp.topic == settings.oppositions_topic
+        }
+
+    @app.timer(settings.heartbeat_interval_seconds, name="view-maintenance")
+    async def keep_view() -> None:
+        owned = owned_partitions()
+        if owned is None:
+            return
+        try:
+            await maintenance.tick(owned)
+        except Exception as exc:  # Redis down: checks fail closed by themselves; try again
+            log.warning("view maintenance failed (%s); retrying next tick", exc)
+
+    @app.timer(settings.expiry_interval_seconds, name="cooldown-expiry")
+    async def expire() -> None:
+        if owned_partitions() is None:
+            return
+        await maintenance.expire_due()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+        maintenance.forget()
+
+    return WorkerApp(app=app, processor=processor, maintenance=maintenance, redis=redis)

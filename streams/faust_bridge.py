@@ -1,0 +1,97 @@
+"""The small amount of Faust plumbing the processor needs, kept apart from the domain logic."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from faust.streams import _current_event
+
+from schemas.state import SuppressionChange
+from schemas.topics import (
+    DLQ_DETAIL,
+    DLQ_FAILED_AT,
+    DLQ_OFFSET,
+    DLQ_PARTITION,
+    DLQ_REASON,
+    DLQ_TOPIC,
+)
+from streams.processor import DeadLetter, SourceMessage
+
+
+@contextmanager
+def bound_event(event: Any) -> Iterator[None]:
+    """Make ``event`` Faust's current event, so table writes go to its changelog partition.
+
+    ``take_events`` hands over a list; Faust only binds the current event while it
+    iterates one at a time, so the batch processor binds each event itself.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def source_message(event: Any) -> SourceMessage:
+    """The processor's view of a Faust event."""
+    message = event.message
+    value = event.value if isinstance(event.value, bytes) else bytes(event.value or b"")
+    return SourceMessage(
+        key=message.key,
+        value=value,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+    )
+
+
+class FaustChangeSink:
+    """Emits change records and dead letters with the Faust producer, waiting for the acks."""
+
+    def __init__(self, app: faust.App, changes: faust.TopicT, dead_letters: faust.TopicT):
+        self._app = app
+        self._changes = changes
+        self._dead_letters = dead_letters
+
+    async def emit_changes(self, changes: Sequence[SuppressionChange]) -> None:
+        """Send each change keyed by ``target|E164`` (compacted topic), wait for all acks."""
+        futures = []
+        for change in changes:
+            key = f"{change.target}|{change.phone_e164}".encode()
+            # force=True: send now instead of attaching to the current event, so that
+            # the acknowledgement can be awaited before the offsets are acked.
+            fut = await self._changes.send(
+                key=key, value=change.model_dump_json().encode(), force=True
+            )
+            futures.append(fut)
+        await asyncio.gather(*futures)
+
+    async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        """Send the original bytes with the reason in headers, wait for all acks."""
+        failed_at = datetime.now(UTC).isoformat().encode()
+        futures = []
+        for letter in letters:
+            m = letter.message
+            headers = [
+                (DLQ_REASON, letter.reason.encode()),
+                (DLQ_DETAIL, letter.detail.encode()[:2000]),
+                (DLQ_TOPIC, m.topic.encode()),
+                (DLQ_PARTITION, str(m.partition).encode()),
+                (DLQ_OFFSET, str(m.offset).encode()),
+                (DLQ_FAILED_AT, failed_at),
+            ]
+            fut = await self._dead_letters.send(
+                key=m.key, value=m.value, headers=headers, force=True
+            )
+            futures.append(fut)
+        await asyncio.gather(*futures)
+
+    async def flush(self) -> None:
+        """Flush the producer: the table's changelog writes are durable after this."""
+        await self._app.producer.flush()

@@ -1,0 +1,258 @@
+"""One batch of opposition messages: decode -> validate -> apply -> write view -> emit -> ack.
+
+Order of durability (the offsets are acked by Faust only after :meth:`process` returns):
+1. the Redis view is written (dialers see the change),
+2. the change records and dead letters are acknowledged by Kafka,
+3. the table's changelog writes are flushed,
+then the events are acked and their offsets may be committed. A crash anywhere before
+that replays the batch; every effect is idempotent, so a replay changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from schemas.errors import InvalidEventError
+from schemas.events import Kind, OppositionEvent, decode_event
+from schemas.metrics import DEAD_LETTERS, EVENTS, SUPPRESSED_NUMBERS, observe_propagation
+from schemas.settings import Settings
+from schemas.state import SuppressionChange, SuppressionState, state_key
+from schemas.tenants import TenantDirectory
+from streams.expiry import ExpirySchedule
+from streams.retry import until_done
+from streams.rules import Outcome, apply_event
+from streams.view_writer import SuppressionViewWriter
+
+log = logging.getLogger("dnc.streams")
+
+
+@dataclass(frozen=True)
+class SourceMessage:
+    """What the processor needs of one Kafka message."""
+
+    key: bytes | None
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message that cannot be applied, with the reason."""
+
+    message: SourceMessage
+    reason: str
+    detail: str
+
+
+class StateTable(Protocol):
+    """The slice of a Faust table the processor uses (values are JSON-able dicts)."""
+
+    def get(self, key: str) -> Any: ...
+
+    def __setitem__(self, key: str, value: Any) -> None: ...
+
+
+class ChangeSink(Protocol):
+    """Where change records and dead letters go (Kafka topics, via the Faust producer)."""
+
+    async def emit_changes(self, changes: Sequence[SuppressionChange]) -> None: ...
+
+    async def dead_letter(self, letters: Sequence[DeadLetter]) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+@dataclass
+class BatchResult:
+    """What one batch did, for logs and tests."""
+
+    applied: int = 0
+    duplicates: int = 0
+    stale: int = 0
+    rejected: int = 0
+    changed_keys: list[str] = field(default_factory=list)
+
+
+def load_state(raw: Any) -> SuppressionState | None:
+    """Table value (dict) to state."""
+    return None if raw is None else SuppressionState.model_validate(raw)
+
+
+def dump_state(state: SuppressionState) -> dict[str, Any]:
+    """State to table value (dict, JSON-serialised by Faust)."""
+    return state.model_dump(mode="json")
+
+
+def _kind_label(raw: bytes) -> str:
+    """The event's kind for the metric label, bounded to known kinds."""
+    try:
+        kind = json.loads(raw).get("kind")
+    except Exception:
+        return "unknown"
+    return kind if kind in Kind._value2member_map_ else "unknown"
+
+
+class OppositionProcessor:
+    """Applies batches of raw messages to the table and propagates the changes."""
+
+    def __init__(
+        self,
+        *,
+        table: StateTable,
+        view: SuppressionViewWriter,
+        sink: ChangeSink,
+        tenants: TenantDirectory,
+        settings: Settings,
+        expiry: ExpirySchedule,
+        view_lock: asyncio.Lock,
+        bind_event: Callable[[Any], Any],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._table = table
+        self._view = view
+        self._sink = sink
+        self._tenants = tenants
+        self._settings = settings
+        self._expiry = expiry
+        self._view_lock = view_lock
+        self._bind_event = bind_event
+        self._clock = clock
+
+    async def process(self, batch: Sequence[tuple[Any, SourceMessage]]) -> BatchResult:
+        """Apply a batch of ``(faust event, message)``; never raises on bad input."""
+        now = self._clock()
+        result = BatchResult()
+        touched: dict[str, SuppressionState] = {}
+        emitted: dict[str, SuppressionState] = {}
+        applied_at: list[datetime] = []
+        dead: list[DeadLetter] = []
+        for faust_event, message in batch:
+            with self._bind_event(faust_event):
+                outcome = self._apply_one(message, now, touched, emitted, applied_at, dead)
+            if outcome is Outcome.APPLIED:
+                result.applied += 1
+            elif outcome is Outcome.DUPLICATE:
+                result.duplicates += 1
+            elif outcome is Outcome.STALE:
+                result.stale += 1
+            else:
+                result.rejected += 1
+        await self._propagate(touched, emitted, applied_at, dead, now)
+        result.changed_keys = list(emitted)
+        return result
+
+    def _apply_one(
+        self,
+        message: SourceMessage,
+        now: datetime,
+        touched: dict[str, SuppressionState],
+        emitted: dict[str, SuppressionState],
+        applied_at: list[datetime],
+        dead: list[DeadLetter],
+    ) -> Outcome:
+        try:
+            event = decode_event(message.value, self._tenants, self._settings.max_event_bytes)
+        except InvalidEventError as exc:
+            EVENTS.labels(kind=_kind_label(message.value), outcome=Outcome.REJECTED).inc()
+            dead.append(DeadLetter(message, exc.reason, exc.message))
+            return Outcome.REJECTED
+        except Exception as exc:  # a bug must not stop the pipeline nor lose the message
+            log.exception("unexpected error decoding offset %s", message.offset)
+            EVENTS.labels(kind="unknown", outcome=Outcome.REJECTED).inc()
+            dead.append(DeadLetter(message, "processing_error", repr(exc)[:500]))
+            return Outcome.REJECTED
+        try:
+            return self._apply_valid(event, message, now, touched, emitted, applied_at)
+        except Exception as exc:
+            log.exception("unexpected error applying event %s", event.event_id)
+            EVENTS.labels(kind=event.kind, outcome=Outcome.REJECTED).inc()
+            dead.append(DeadLetter(message, "processing_error", repr(exc)[:500]))
+            return Outcome.REJECTED
+
+    def _apply_valid(
+        self,
+        event: OppositionEvent,
+        message: SourceMessage,
+        now: datetime,
+        touched: dict[str, SuppressionState],
+        emitted: dict[str, SuppressionState],
+        applied_at: list[datetime],
+    ) -> Outcome:
+        assert event.phone_e164 is not None
+        key = state_key(event.target, event.phone_e164)
+        before = touched.get(key) or load_state(self._table.get(key))
+        cooldown = self._tenants.get(event.tenant).refusal_cooldown
+        application = apply_event(
+            before, event, now=now, refusal_cooldown=cooldown, partition=message.partition
+        )
+        EVENTS.labels(kind=event.kind, outcome=application.outcome).inc()
+        state = application.state
+        if application.outcome is Outcome.APPLIED:
+            self._table[key] = dump_state(state)
+            applied_at.append(event.occurred_at)
+            emitted[key] = state
+            _count_suppressed(before, state, now)
+            expiry = state.next_expiry(now)
+            if expiry is not None:
+                self._expiry.schedule(key, expiry)
+        elif application.outcome is Outcome.DUPLICATE:
+            # A replay after a crash may find the table ahead of the view or the topic:
+            # write both again (idempotent) rather than trust they were done.
+            emitted[key] = state
+        touched[key] = state
+        return application.outcome
+
+    async def _propagate(
+        self,
+        touched: dict[str, SuppressionState],
+        emitted: dict[str, SuppressionState],
+        applied_at: list[datetime],
+        dead: list[DeadLetter],
+        now: datetime,
+    ) -> None:
+        retry_cap = self._settings.retry_backoff_max_seconds
+
+        async def write_view() -> None:
+            async with self._view_lock:
+                await self._view.write(touched.values(), now)
+
+        if touched:
+            await until_done(write_view, what="view write", dependency="redis", max_backoff=retry_cap)
+            visible_at = datetime.now(UTC)
+            for occurred_at in applied_at:
+                observe_propagation("suppression_view", occurred_at, visible_at)
+
+        changes = [SuppressionChange.of(s, now, cause="event") for s in emitted.values()]
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if changes:
+            steps.append(("emit changes", lambda: self._sink.emit_changes(changes)))
+        if dead:
+            steps.append(("dead-letter", lambda: self._sink.dead_letter(dead)))
+        steps.append(("flush changelog", self._sink.flush))
+        for what, step in steps:
+            await until_done(step, what=what, dependency="kafka", max_backoff=retry_cap)
+        for letter in dead:
+            DEAD_LETTERS.labels(reason=letter.reason).inc()
+            log.warning(
+                "dead-lettered %s[%d]@%d: %s (%s)",
+                letter.message.topic, letter.message.partition, letter.message.offset,
+                letter.reason, letter.detail,
+            )  # fmt: skip
+
+
+def _count_suppressed(
+    before: SuppressionState | None, after: SuppressionState, now: datetime
+) -> None:
+    was = before is not None and before.effective(now) is not None
+    now_suppressed = after.effective(now) is not None
+    if was != now_suppressed:
+        owner = after.target.split("/", 1)[0]
+        SUPPRESSED_NUMBERS.labels(tenant=owner).inc(1 if now_suppressed else -1)

@@ -1,0 +1,76 @@
+"""Session-scoped real services (Kafka KRaft from Maven jars, Redis), unique topics per test.
+
+Markers are enforced: a test that uses the real services without declaring the marker
+fails, so the fast unit suite can never silently depend on them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from infra.services import KAFKA_DEFAULT_VERSION, LocalStack
+from tests.harness import Pipeline
+
+SERVICE_MARKERS = {"kafka", "redis", "pipeline"}
+
+
+@pytest.fixture(scope="session")
+def local_stack() -> Iterator[LocalStack]:
+    """Real Kafka and Redis on free loopback ports, in a temporary directory."""
+    base = Path(tempfile.mkdtemp(prefix="dnc-test-stack-"))
+    version = os.environ.get("DNC_KAFKA_VERSION", KAFKA_DEFAULT_VERSION)
+    stack = LocalStack(base, kafka_version=version, partitions=3)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _require_marker(request: pytest.FixtureRequest, marker: str) -> None:
+    if request.node.get_closest_marker(marker) is None and request.node.get_closest_marker(
+        "pipeline"
+    ) is None:
+        pytest.fail(f"this test uses the real {marker} service: mark it @pytest.mark.{marker}")
+
+
+@pytest.fixture
+def redis_client(local_stack: LocalStack, request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
+    """A client of the real Redis, flushed before the test."""
+    _require_marker(request, "redis")
+    client = redis.Redis.from_url(local_stack.redis_url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def bootstrap(local_stack: LocalStack, request: pytest.FixtureRequest) -> str:
+    """Bootstrap servers of the real Kafka."""
+    _require_marker(request, "kafka")
+    return local_stack.bootstrap_servers
+
+
+@pytest.fixture
+def pipeline(
+    local_stack: LocalStack, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Pipeline]:
+    """A pipeline with its own topics, consumer group and worker process (started on demand)."""
+    _require_marker(request, "pipeline")
+    client = redis.Redis.from_url(local_stack.redis_url)
+    client.flushall()
+    client.close()
+    p = Pipeline(local_stack, tmp_path, prefix=f"t{uuid.uuid4().hex[:10]}")
+    try:
+        yield p
+    finally:
+        p.close()

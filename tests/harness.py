@@ -1,0 +1,197 @@
+"""Test harness: one pipeline (topics, worker process, clients) on the session's real services."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+from confluent_kafka import Consumer, Message
+
+from consumers.checker import CheckResult, SuppressionChecker
+from infra.services import LocalStack, free_port
+from infra.topics import ensure_pipeline_topics
+from producers.publisher import OppositionPublisher
+from schemas.settings import Settings
+from schemas.tenants import TenantDirectory
+from streams.app import view_layout
+
+REPO = Path(__file__).resolve().parent.parent
+
+TENANTS_TOML = """
+[tenants.acme]
+default_region = "FR"
+
+[tenants.globex]
+default_region = "GB"
+
+[tenants.quick]
+default_region = "FR"
+refusal_cooldown = 4   # seconds: lets a test watch a refusal expire
+"""
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1,
+             what: str = "condition") -> Any:  # fmt: skip
+    """Poll until ``predicate`` returns a truthy value; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Pipeline:
+    """Unique topics and group on the shared stack; a real `dnc worker` subprocess."""
+
+    def __init__(self, stack: LocalStack, tmp: Path, prefix: str) -> None:
+        self.stack = stack
+        self.tmp = tmp
+        tenants_file = tmp / "tenants.toml"
+        tenants_file.write_text(TENANTS_TOML)
+        dnc = {
+            "DNC_KAFKA_BOOTSTRAP": stack.bootstrap_servers,
+            "DNC_REDIS_URL": stack.redis_url,
+            "DNC_TENANTS_FILE": str(tenants_file),
+            "DNC_OPPOSITIONS_TOPIC": f"{prefix}.oppositions",
+            "DNC_SUPPRESSIONS_TOPIC": f"{prefix}.suppressions",
+            "DNC_DEAD_LETTER_TOPIC": f"{prefix}.dead-letter",
+            "DNC_WORKER_GROUP": f"{prefix}-worker",
+            "DNC_PARTITIONS": "3",
+            "DNC_HEARTBEAT_TTL_SECONDS": "3",
+            "DNC_HEARTBEAT_INTERVAL_SECONDS": "0.5",
+            "DNC_EXPIRY_INTERVAL_SECONDS": "0.2",
+            "DNC_VIEW_KEY": "test-view-key-" + prefix,
+            "DNC_LOG_LEVEL": "INFO",
+        }
+        self.env = {**os.environ, **dnc}
+        self.settings = Settings(**{k[4:].lower(): v for k, v in dnc.items()})
+        self.tenants = TenantDirectory.load(tenants_file)
+        ensure_pipeline_topics(self.settings)
+        self.publisher = OppositionPublisher.from_settings(self.settings, self.tenants)
+        self.redis = redis.Redis.from_url(stack.redis_url)
+        self.checker = SuppressionChecker(
+            redis.Redis.from_url(stack.redis_url, socket_timeout=2),
+            view_layout(self.settings, self.tenants),
+            self.tenants,
+            partitions_hint=3,
+        )
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.metrics_port = 0
+        self._worker_runs = 0
+
+    # -- the worker process -------------------------------------------------------------
+    def start_worker(self, wait_ready: bool = True) -> None:
+        """Start `dnc worker` and wait until the view is ready."""
+        self._worker_runs += 1
+        self.metrics_port = free_port()
+        env = {**self.env, "DNC_WORKER_METRICS_PORT": str(self.metrics_port)}
+        with (self.tmp / f"worker-{self._worker_runs}.log").open("wb") as log:
+            self.worker = subprocess.Popen(
+                [sys.executable, "-m", "dnc", "worker", "--id", f"test-{self._worker_runs}"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            )  # fmt: skip
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Until a check answers something other than unavailable."""
+        def ready() -> bool:
+            assert self.worker is not None and self.worker.poll() is None, self.worker_log()
+            return self.check("+33612345678", "acme").answer.value != "unavailable"
+
+        wait_for(ready, timeout=timeout, interval=0.2, what="the view to be ready")
+
+    def stop_worker(self, timeout: float = 60) -> None:
+        """Graceful stop (SIGTERM), as an orchestrator would."""
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGTERM)
+            try:
+                self.worker.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait()
+                raise AssertionError("worker did not stop within 60s of SIGTERM") from None
+
+    def kill_worker(self) -> None:
+        """Crash (SIGKILL): no chance to commit anything."""
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.kill()
+            self.worker.wait()
+
+    def worker_log(self) -> str:
+        """The latest worker log, for failure messages."""
+        path = self.tmp / f"worker-{self._worker_runs}.log"
+        return path.read_text(errors="replace")[-5000:] if path.exists() else "(no log)"
+
+    # -- helpers ------------------------------------------------------------------------
+    def check(self, phone: str, tenant: str, campaign: str | None = None) -> CheckResult:
+        """The library check."""
+        return self.checker.check(phone, tenant, campaign)
+
+    def wait_answer(self, phone: str, tenant: str, answer: str, campaign: str | None = None,
+                    timeout: float = 30) -> CheckResult:  # fmt: skip
+        """Poll the check until it gives ``answer``."""
+        def got() -> CheckResult | None:
+            result = self.check(phone, tenant, campaign)
+            return result if result.answer.value == answer else None
+
+        return wait_for(got, timeout=timeout, what=f"{phone}@{tenant}/{campaign} -> {answer}")
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run the real `dnc` CLI with this pipeline's environment."""
+        return subprocess.run(
+            [sys.executable, "-m", "dnc", *args], env=self.env, capture_output=True, text=True,
+            timeout=timeout, cwd=REPO,
+        )  # fmt: skip
+
+    def consume(self, topic: str, count: int, timeout: float = 30) -> list[Message]:
+        """Read ``count`` messages of ``topic`` from the beginning."""
+        consumer = Consumer({
+            "bootstrap.servers": self.stack.bootstrap_servers,
+            "group.id": f"reader-{time.monotonic_ns()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        })  # fmt: skip
+        consumer.subscribe([topic])
+        out: list[Message] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while len(out) < count and time.monotonic() < deadline:
+                msg = consumer.poll(0.5)
+                if msg is None or msg.error():
+                    continue
+                out.append(msg)
+        finally:
+            consumer.close()
+        return out
+
+    def metrics(self) -> str:
+        """The worker's /metrics page."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def close(self) -> None:
+        """Stop the worker and release clients."""
+        try:
+            self.stop_worker()
+        finally:
+            self.publisher.close()
+            self.redis.close()
+
+
+def raw_event(**fields: Any) -> bytes:
+    """An event as a non-Python producer would write it."""
+    return json.dumps(fields).encode()

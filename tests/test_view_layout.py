@@ -1,0 +1,37 @@
+"""View layout: keyed hashing, buckets, no clear numbers."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from schemas.view import VIEW_PREFIX, ViewLayout
+
+LAYOUT = ViewLayout(b"secret", 64)
+
+
+def test_members_are_positive_int64_and_keys_are_bucketed() -> None:
+    slot = LAYOUT.slot("acme", "+33612345678")
+    assert 0 <= slot.member < 2**63
+    prefix, bucket = slot.key.rsplit(":", 1)
+    assert prefix == f"{VIEW_PREFIX}:acme" and 0 <= int(bucket) < 64
+
+
+def test_key_and_scope_change_the_member() -> None:
+    a = LAYOUT.slot("acme", "+33612345678")
+    assert ViewLayout(b"other", 64).slot("acme", "+33612345678") != a
+    assert LAYOUT.slot("globex", "+33612345678").member != a.member
+    assert LAYOUT.slot("acme", "+33612345678") == a
+
+
+def test_tenant_bucket_override_applies_to_its_campaigns() -> None:
+    layout = ViewLayout(b"k", 1024, {"acme": 8})
+    assert layout.buckets_for("acme") == 8
+    assert layout.buckets_for("acme/spring") == 8
+    assert layout.buckets_for("_global") == 1024
+
+
+@given(st.integers(10**8, 10**9 - 1))
+def test_buckets_spread_numbers(n: int) -> None:
+    slot = LAYOUT.slot("acme", f"+336{n:08d}"[:12])
+    assert int(slot.key.rsplit(":", 1)[1]) < 64

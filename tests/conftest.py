@@ -74,3 +74,21 @@ def pipeline(
         yield p
     finally:
         p.close()
+
+
+@pytest.fixture(scope="module")
+def running_pipeline(
+    local_stack: LocalStack, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pipeline]:
+    """One pipeline with its worker already running, shared by a module's tests."""
+    if request.node.get_closest_marker("pipeline") is None:
+        pytest.fail("modules using running_pipeline must set pytestmark = pytest.mark.pipeline")
+    client = redis.Redis.from_url(local_stack.redis_url)
+    client.flushall()
+    client.close()
+    p = Pipeline(local_stack, tmp_path_factory.mktemp("pipeline"), prefix=f"m{uuid.uuid4().hex[:10]}")
+    try:
+        p.start_worker()
+        yield p
+    finally:
+        p.close()

@@ -1,0 +1,167 @@
+"""End to end on real Kafka, a real `dnc worker` process and real Redis: oppose -> check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from confluent_kafka import Producer
+
+from schemas.events import Kind, OppositionEvent, Scope
+from tests.harness import Pipeline, raw_event
+
+pytestmark = pytest.mark.pipeline
+
+
+def cli_check(p: Pipeline, phone: str, tenant: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return p.cli("check", phone, "--tenant", tenant, *extra)
+
+
+def test_cli_oppose_then_check_suppressed_unrelated_stays_callable(running_pipeline: Pipeline) -> None:
+    p = running_pipeline
+    before = cli_check(p, "06 11 22 33 44", "acme")
+    assert (before.returncode, before.stdout.strip()) == (0, "callable")
+
+    recorded = p.cli("oppose", "06 11 22 33 44", "--tenant", "acme", "--agent", "agent-7")
+    assert recorded.returncode == 0, recorded.stderr
+    uuid.UUID(recorded.stdout.strip())  # prints the event id once Kafka acknowledged
+
+    p.wait_answer("+33611223344", "acme", "suppressed")
+    after = cli_check(p, "+33 6 11 22 33 44", "acme")
+    assert after.returncode == 1
+    assert after.stdout.strip() == "suppressed (scope tenant)"
+    unrelated = cli_check(p, "06 11 22 33 45", "acme")
+    assert (unrelated.returncode, unrelated.stdout.strip()) == (0, "callable")
+
+
+def test_raw_json_from_a_plain_kafka_producer(running_pipeline: Pipeline) -> None:
+    p = running_pipeline
+    producer = Producer({"bootstrap.servers": p.stack.bootstrap_servers, "acks": "all",
+                         "partitioner": "murmur2_random"})  # fmt: skip
+    payload = raw_event(
+        schema_version=1, event_id=str(uuid.uuid4()), tenant="acme", phone="+33622334455",
+        kind="consent_withdrawn", scope="tenant", source="agent_desktop",
+        occurred_at=datetime.now(UTC).isoformat(),
+    )  # fmt: skip
+    producer.produce(p.settings.oppositions_topic, key=b"acme:+33622334455", value=payload)
+    assert producer.flush(10) == 0
+    p.wait_answer("06 22 33 44 55", "acme", "suppressed")
+
+
+def test_lift_by_admin_makes_it_callable_again(running_pipeline: Pipeline) -> None:
+    p = running_pipeline
+    assert p.cli("oppose", "0633445566", "--tenant", "acme").returncode == 0
+    p.wait_answer("0633445566", "acme", "suppressed")
+    lifted = p.cli("lift", "0633445566", "--tenant", "acme", "--justification", "recorded by mistake")
+    assert lifted.returncode == 0, lifted.stderr
+    p.wait_answer("0633445566", "acme", "callable")
+    refused = p.cli("oppose", "0633445566", "--tenant", "acme", "--kind", "lift")
+    assert refused.returncode == 3 and "dnc lift" in refused.stderr
+
+
+def test_refusal_expires_after_its_cooldown(running_pipeline: Pipeline) -> None:
+    p = running_pipeline  # tenant "quick" has a 4-second cooldown
+    assert p.cli("oppose", "0644556677", "--tenant", "quick", "--kind", "refusal").returncode == 0
+    p.wait_answer("0644556677", "quick", "suppressed")
+    p.wait_answer("0644556677", "quick", "callable", timeout=20)
+    # the expiry was propagated as a change on the compacted topic too
+    changes = [json.loads(m.value()) for m in p.consume(p.settings.suppressions_topic, 200, timeout=5)]
+    mine = [c for c in changes if c["phone_e164"] == "+33644556677"]
+    assert [c["cause"] for c in mine][-1] == "expiry" and mine[-1]["suppressed"] is False
+
+
+def test_scopes(running_pipeline: Pipeline) -> None:
+    p = running_pipeline
+    publish = p.publisher.publish
+    publish(OppositionEvent.record(tenant="acme", phone="0655667788", kind=Kind.OPPOSITION,
+                                   scope=Scope.CAMPAIGN, campaign_id="spring"))  # fmt: skip
+    publish(OppositionEvent.record(tenant="acme", phone="0666778899", kind=Kind.ERASURE,
+                                   scope=Scope.GLOBAL))  # fmt: skip
+    publish(OppositionEvent.record(tenant="globex", phone="+33677889900", kind=Kind.OPPOSITION))
+
+    p.wait_answer("0655667788", "acme", "suppressed", campaign="spring")
+    assert p.check("0655667788", "acme", "autumn").answer.value == "callable"
+    assert p.check("0655667788", "acme").answer.value == "callable"
+
+    hit = p.wait_answer("0666778899", "acme", "suppressed")
+    assert hit.scope is Scope.GLOBAL
+    assert p.check("+33666778899", "globex").answer.value == "suppressed"
+    assert p.check("+33666778899", "quick", "any").answer.value == "suppressed"
+
+    p.wait_answer("+33677889900", "globex", "suppressed")
+    assert p.check("+33677889900", "acme").answer.value == "callable"
+
+    bulk = p.checker.check_many(["0655667788", "0666778899", "0600000001", "nonsense"], "acme", "spring")
+    assert [r.answer.value for r in bulk] == ["suppressed", "suppressed", "callable", "unavailable"]
+    assert bulk[3].why and "not a" in bulk[3].why
+
+
+def test_bad_input_is_dead_lettered_with_reason_and_the_worker_keeps_going(running_pipeline: Pipeline) -> None:
+    p = running_pipeline
+    now = datetime.now(UTC).isoformat()
+
+    def ev(**over: object) -> dict[str, object]:
+        base: dict[str, object] = {"schema_version": 1, "event_id": str(uuid.uuid4()), "tenant": "acme",
+                                   "phone": "0611111111", "kind": "opposition", "occurred_at": now}  # fmt: skip
+        base.update(over)
+        return base
+
+    bad = {
+        "malformed_json": b'{"schema_version": 1, "tenant": ',
+        "invalid_phone": json.dumps(ev(phone="+33 1")).encode(),
+        "unknown_kind": json.dumps(ev(kind="please-call-more")).encode(),
+        "missing_field": json.dumps({k: v for k, v in ev().items() if k != "occurred_at"}).encode(),
+        "unsupported_schema_version": json.dumps(ev(schema_version=7)).encode(),
+        "oversized": json.dumps(ev(reason_code="z" * 40_000)).encode(),
+    }
+    producer = Producer({"bootstrap.servers": p.stack.bootstrap_servers})
+    for i, payload in enumerate(bad.values()):
+        producer.produce(p.settings.oppositions_topic, key=f"bad-{i}".encode(), value=payload)
+    producer.produce(p.settings.oppositions_topic, key=b"acme:+33612121212",
+                     value=json.dumps(ev(phone="0612121212")).encode())  # fmt: skip
+    assert producer.flush(10) == 0
+
+    letters = p.consume(p.settings.dead_letter_topic, len(bad), timeout=30)
+    by_reason = {dict(m.headers())["dnc.dlq.reason"].decode(): m for m in letters}
+    assert set(by_reason) == set(bad)
+    for reason, message in by_reason.items():
+        headers = dict(message.headers())
+        assert message.value() == bad[reason]  # the original bytes, untouched
+        assert headers["dnc.dlq.topic"].decode() == p.settings.oppositions_topic
+        assert int(headers["dnc.dlq.offset"]) >= 0 and headers["dnc.dlq.detail"]
+    p.wait_answer("0612121212", "acme", "suppressed")
+    assert p.worker is not None and p.worker.poll() is None
+    metrics = p.metrics()
+    assert 'dnc_dead_letters_total{reason="oversized"} 1.0' in metrics
+    assert 'dnc_events_total{kind="unknown",outcome="rejected"}' in metrics
+
+
+def test_redis_holds_no_phone_number_in_clear(running_pipeline: Pipeline) -> None:
+    p = running_pipeline
+    p.publisher.publish(OppositionEvent.record(tenant="acme", phone="0699887766", kind=Kind.OPPOSITION))
+    p.wait_answer("0699887766", "acme", "suppressed")
+    scan = subprocess.run(
+        ["redis-cli", "-p", str(p.stack.redis.port), "--scan"], capture_output=True, text=True, check=True
+    )  # type: ignore[union-attr]
+    keys = scan.stdout.split()
+    assert keys, "the view should not be empty"
+    dump = list(keys)
+    for key in keys:
+        if p.redis.type(key) == b"set":
+            dump += [m.decode() for m in p.redis.smembers(key)]
+            assert p.redis.object("encoding", key) == b"intset"
+        else:
+            dump.append(str(p.redis.get(key) if p.redis.type(key) == b"string" else p.redis.hgetall(key)))
+    text = "\n".join(dump)
+    for fragment in ("699887766", "611223344", "622334455", "+33"):
+        assert fragment not in text
+
+
+def test_metrics_expose_the_catalogue(running_pipeline: Pipeline) -> None:
+    text = running_pipeline.metrics()
+    for name in ("dnc_events_total", "dnc_propagation_seconds_bucket", "dnc_view_ready 1.0",
+                 'stage="suppression_view"', "dnc_suppressed_numbers"):  # fmt: skip
+        assert name in text

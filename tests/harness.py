@@ -155,8 +155,9 @@ class Pipeline:
             timeout=timeout, cwd=REPO,
         )  # fmt: skip
 
-    def consume(self, topic: str, count: int, timeout: float = 30) -> list[Message]:
-        """Read ``count`` messages of ``topic`` from the beginning."""
+    def consume(self, topic: str, count: int, timeout: float = 30,
+                idle: float | None = None) -> list[Message]:  # fmt: skip
+        """Read ``count`` messages of ``topic`` from the beginning (or all, until ``idle`` s of quiet)."""
         consumer = Consumer({
             "bootstrap.servers": self.stack.bootstrap_servers,
             "group.id": f"reader-{time.monotonic_ns()}",
@@ -166,11 +167,15 @@ class Pipeline:
         consumer.subscribe([topic])
         out: list[Message] = []
         deadline = time.monotonic() + timeout
+        last = time.monotonic()
         try:
             while len(out) < count and time.monotonic() < deadline:
                 msg = consumer.poll(0.5)
                 if msg is None or msg.error():
+                    if idle is not None and out and time.monotonic() - last > idle:
+                        break
                     continue
+                last = time.monotonic()
                 out.append(msg)
         finally:
             consumer.close()

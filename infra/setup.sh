@@ -3,7 +3,7 @@
 #
 #   bash infra/setup.sh            (run by `make setup`; as root, or as a user with sudo)
 #
-# 1. Debian packages: redis-server redis-tools openjdk-17-jre-headless maven.
+# 1. Debian packages: redis-server redis-tools openjdk-17-jre-headless maven python3-venv.
 #    Only missing ones are installed; `apt-get update` runs only if one is missing.
 # 2. The Kafka broker jars for ${DNC_KAFKA_VERSION:-3.9.1}, fetched from Maven Central
 #    into ~/.cache/dnc/kafka/<version>/libs (see infra/services.py; honours
@@ -17,7 +17,7 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KAFKA_VERSION="${DNC_KAFKA_VERSION:-3.9.1}"
-PACKAGES=(redis-server redis-tools openjdk-17-jre-headless maven)
+PACKAGES=(redis-server redis-tools openjdk-17-jre-headless maven python3-venv)
 
 # --- 1. Debian packages --------------------------------------------------------------
 is_installed() {

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     batch_max_events: int = Field(500, ge=1, description="most events applied in one batch")
     batch_max_seconds: float = Field(0.005, gt=0, description="longest wait to fill a batch")
     commit_interval_seconds: float = Field(1.0, gt=0)
+    session_timeout_seconds: float = Field(
+        10.0, ge=6, description="a crashed worker's partitions move after this long"
+    )
     heartbeat_interval_seconds: float = Field(1.0, gt=0)
     heartbeat_ttl_seconds: float = Field(
         10.0, gt=0, description="a check answers unavailable when the heartbeat is older"

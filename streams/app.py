@@ -60,6 +60,10 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=settings.commit_interval_seconds,
+        # Faust's 60 s default would leave a crashed worker's partitions unprocessed (and
+        # dialers answered "unavailable") for a minute before another member takes them.
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=settings.session_timeout_seconds / 5,
         stream_wait_empty=True,
         producer_acks=-1,
     )

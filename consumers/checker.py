@@ -95,7 +95,7 @@ class SuppressionChecker:
         return None
 
     def check(self, phone: str, tenant: str, campaign: str | None = None) -> CheckResult:
-        """Answer for one number. Invalid input raises; infrastructure trouble answers unavailable."""
+        """Answer for one number: invalid input raises, infrastructure trouble is unavailable."""
         started = time.perf_counter()
         region = self._tenants.get(tenant).default_region
         e164 = normalise(phone, region)
@@ -116,7 +116,7 @@ class SuppressionChecker:
         self._readiness_commands(pipe)
         for _scope, target in targets:
             slot = self._layout.slot(target, e164)
-            pipe.sismember(slot.key, slot.member)
+            pipe.sismember(slot.key, str(slot.member))
         meta, heartbeats, *members = pipe.execute()
         why = self._unready_reason(meta, heartbeats)
         if why is not None:
@@ -176,7 +176,7 @@ class SuppressionChecker:
         for key, entries in by_key.items():
             for start in range(0, len(entries), self._chunk):
                 chunk = entries[start : start + self._chunk]
-                pipe.smismember(key, [member for _i, member, _s in chunk])
+                pipe.smismember(key, [str(member) for _i, member, _s in chunk])
                 asked.append(chunk)
         meta, heartbeats, *replies = pipe.execute()
         why = self._unready_reason(meta, heartbeats)

@@ -29,7 +29,9 @@ err = Console(stderr=True)
 
 EXIT_CALLABLE, EXIT_SUPPRESSED, EXIT_UNAVAILABLE, EXIT_ERROR = 0, 1, 2, 3
 
-TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="tenant (client) as in the tenants file")]
+TenantOpt = Annotated[
+    str, typer.Option("--tenant", "-t", help="tenant (client) as in the tenants file")
+]
 CampaignOpt = Annotated[str | None, typer.Option("--campaign", "-c", help="campaign id")]
 
 
@@ -59,46 +61,69 @@ def schema() -> None:
 
 @app.command()
 def oppose(
-    phone: Annotated[str, typer.Argument(help="number as given, e.g. '06 12 34 56 78' or +33612345678")],
+    phone: Annotated[
+        str, typer.Argument(help="number as given, e.g. '06 12 34 56 78' or +33612345678")
+    ],
     tenant: TenantOpt,
     campaign: CampaignOpt = None,
     agent: Annotated[str | None, typer.Option("--agent", "-a", help="agent id")] = None,
-    kind: Annotated[Kind, typer.Option("--kind", "-k", help="what the person asked for")] = Kind.OPPOSITION,
-    scope: Annotated[Scope | None, typer.Option("--scope", "-s", help="default: campaign if --campaign, else tenant")] = None,
+    kind: Annotated[
+        Kind, typer.Option("--kind", "-k", help="what the person asked for")
+    ] = Kind.OPPOSITION,
+    scope: Annotated[
+        Scope | None,
+        typer.Option("--scope", "-s", help="default: campaign if --campaign, else tenant"),
+    ] = None,
     reason: Annotated[str | None, typer.Option("--reason", help="reason code")] = None,
 ) -> None:
     """Record an opposition; prints the event id once Kafka acknowledged it."""
-    from producers.publisher import OppositionPublisher
-
     if kind is Kind.LIFT:
         raise _fail("a lift is an admin action with a justification: use `dnc lift`")
     settings, tenants = _settings()
     chosen_scope = scope or (Scope.CAMPAIGN if campaign else Scope.TENANT)
-    _publish(settings, tenants, OppositionPublisher, tenant=tenant, phone=phone, kind=kind,
-             scope=chosen_scope, campaign_id=campaign, agent_id=agent, reason_code=reason,
-             source=Source.CLI)  # fmt: skip
+    _publish(
+        settings,
+        tenants,
+        tenant=tenant,
+        phone=phone,
+        kind=kind,
+        scope=chosen_scope,
+        campaign_id=campaign,
+        agent_id=agent,
+        reason_code=reason,
+        source=Source.CLI,
+    )
 
 
 @app.command()
 def lift(
     phone: Annotated[str, typer.Argument(help="number to make callable again")],
     tenant: TenantOpt,
-    justification: Annotated[str, typer.Option("--justification", "-j", help="why (mandatory, audited)")],
+    justification: Annotated[
+        str, typer.Option("--justification", "-j", help="why (mandatory, audited)")
+    ],
     campaign: CampaignOpt = None,
     scope: Annotated[Scope | None, typer.Option("--scope", "-s")] = None,
     admin: Annotated[str | None, typer.Option("--admin", help="admin's id")] = None,
 ) -> None:
     """Admin: end a suppression of one scope, with a justification."""
-    from producers.publisher import OppositionPublisher
-
     settings, tenants = _settings()
     chosen_scope = scope or (Scope.CAMPAIGN if campaign else Scope.TENANT)
-    _publish(settings, tenants, OppositionPublisher, tenant=tenant, phone=phone, kind=Kind.LIFT,
-             scope=chosen_scope, campaign_id=campaign, agent_id=admin,
-             justification=justification, source=Source.ADMIN)  # fmt: skip
+    _publish(
+        settings,
+        tenants,
+        tenant=tenant,
+        phone=phone,
+        kind=Kind.LIFT,
+        scope=chosen_scope,
+        campaign_id=campaign,
+        agent_id=admin,
+        justification=justification,
+        source=Source.ADMIN,
+    )
 
 
-def _publish(settings: Settings, tenants: TenantDirectory, publisher_cls: type, **fields: object) -> None:
+def _publish(settings: Settings, tenants: TenantDirectory, **fields: object) -> None:
     from pydantic import ValidationError
 
     from schemas.events import describe_validation_error
@@ -107,7 +132,9 @@ def _publish(settings: Settings, tenants: TenantDirectory, publisher_cls: type, 
         event = OppositionEvent.record(**{k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
         raise _fail(describe_validation_error(exc)) from None
-    publisher = publisher_cls.from_settings(settings, tenants)
+    from producers.publisher import OppositionPublisher
+
+    publisher = OppositionPublisher.from_settings(settings, tenants)
     try:
         receipt = publisher.publish(event)
     finally:
@@ -118,12 +145,24 @@ def _publish(settings: Settings, tenants: TenantDirectory, publisher_cls: type, 
 
 @app.command(name="import")
 def import_(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV: one number per line, or a header with 'phone' (+ optional campaign_id, kind, scope, reason_code, agent_id, occurred_at)")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help=(
+                "CSV: one number per line, or a header with 'phone' (optional: campaign_id, "
+                "kind, scope, reason_code, agent_id, occurred_at)"
+            ),
+        ),
+    ],
     tenant: TenantOpt,
     kind: Annotated[Kind, typer.Option("--kind", "-k")] = Kind.OPPOSITION,
     scope: Annotated[Scope | None, typer.Option("--scope", "-s")] = None,
     campaign: CampaignOpt = None,
-    rejects: Annotated[Path | None, typer.Option("--rejects", help="write rejected rows to this CSV")] = None,
+    rejects: Annotated[
+        Path | None, typer.Option("--rejects", help="write rejected rows to this CSV")
+    ] = None,
 ) -> None:
     """Publish a CSV of numbers, with a progress bar and a report of rejected rows."""
     import csv
@@ -136,15 +175,28 @@ def import_(
     chosen_scope = scope or (Scope.CAMPAIGN if campaign else Scope.TENANT)
     total = count_rows(file)
     publisher = OppositionPublisher.from_settings(settings, tenants)
-    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=err) as progress:  # fmt: skip
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    ) as progress:
         task = progress.add_task(f"importing {file.name}", total=total)
-        report = import_file(file, publisher, tenant=tenant, kind=kind, scope=chosen_scope,
-                             campaign=campaign,
-                             on_progress=lambda n: progress.advance(task, n))  # fmt: skip
+        report = import_file(
+            file,
+            publisher,
+            tenant=tenant,
+            kind=kind,
+            scope=chosen_scope,
+            campaign=campaign,
+            on_progress=lambda n: progress.advance(task, n),
+        )
     publisher.close()
-    out.print(f"published {report.published} of {total} rows; rejected {len(report.rejected)}; "
-              f"not acknowledged {len(report.failed)}")  # fmt: skip
+    out.print(
+        f"published {report.published} of {total} rows; rejected {len(report.rejected)}; "
+        f"not acknowledged {len(report.failed)}"
+    )
     problems = report.rejected + report.failed
     if problems:
         table = Table("line", "phone", "reason", title="rows not recorded")
@@ -152,7 +204,9 @@ def import_(
             table.add_row(str(row.line), row.phone, row.reason)
         err.print(table)
         if len(problems) > 50:
-            err.print(f"... and {len(problems) - 50} more" + ("" if rejects else " (use --rejects FILE)"))
+            err.print(
+                f"... and {len(problems) - 50} more" + ("" if rejects else " (use --rejects FILE)")
+            )
         if rejects:
             with rejects.open("w", newline="") as handle:
                 writer = csv.writer(handle)
@@ -178,19 +232,31 @@ def check(
 
     settings, tenants = _settings()
     client = checker_client(settings.redis_url.get_secret_value(), settings.check_timeout_seconds)
-    checker = SuppressionChecker(client, view_layout(settings, tenants), tenants,
-                                 partitions_hint=settings.partitions,
-                                 bulk_chunk_size=settings.bulk_chunk_size)  # fmt: skip
+    checker = SuppressionChecker(
+        client,
+        view_layout(settings, tenants),
+        tenants,
+        partitions_hint=settings.partitions,
+        bulk_chunk_size=settings.bulk_chunk_size,
+    )
     if len(phones) == 1:
         results = [checker.check(phones[0], tenant, campaign)]
     else:
         results = checker.check_many(phones, tenant, campaign)
     for given, result in zip(phones, results, strict=True):
         if as_json:
-            sys.stdout.write(json.dumps({"phone": given, "phone_e164": result.phone_e164,
-                                         "answer": result.answer.value,
-                                         "scope": result.scope.value if result.scope else None,
-                                         "why": result.why}) + "\n")  # fmt: skip
+            sys.stdout.write(
+                json.dumps(
+                    {
+                        "phone": given,
+                        "phone_e164": result.phone_e164,
+                        "answer": result.answer.value,
+                        "scope": result.scope.value if result.scope else None,
+                        "why": result.why,
+                    }
+                )
+                + "\n"
+            )
             continue
         line = result.answer.value
         if result.scope is not None:
@@ -208,7 +274,9 @@ def check(
 
 @app.command()
 def worker(
-    worker_id: Annotated[str | None, typer.Option("--id", help="worker id (default host-pid)")] = None,
+    worker_id: Annotated[
+        str | None, typer.Option("--id", help="worker id (default host-pid)")
+    ] = None,
 ) -> None:
     """Run the stream worker (Faust) in the foreground; Ctrl-C stops it gracefully."""
     from streams.worker import run_worker
@@ -219,7 +287,9 @@ def worker(
 
 @app.command()
 def up(
-    kafka_version: Annotated[str | None, typer.Option("--kafka-version", help="Kafka release to run")] = None,
+    kafka_version: Annotated[
+        str | None, typer.Option("--kafka-version", help="Kafka release to run")
+    ] = None,
 ) -> None:
     """Start Kafka, Redis and the worker on loopback in the foreground; Ctrl-C stops them all."""
     from dnc.local import run_local_stack
@@ -232,10 +302,10 @@ def up(
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
 ) -> None:
-    """Is the pipeline up and ready, and how far behind is the worker? Exits 0 when healthy, 2 if not."""
+    """Is the pipeline up and ready, how far behind is the worker? Exit 0 healthy, 2 not."""
     from dnc.health import pipeline_status, render_status
 
-    settings, tenants = _settings()
+    settings = Settings()
     report = pipeline_status(settings)
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")

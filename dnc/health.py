@@ -40,8 +40,11 @@ def view_readiness(settings: Settings) -> tuple[bool, str]:
 def consumer_lag(settings: Settings, group: str, topic: str) -> dict[int, dict[str, int]]:
     """Per partition: end offset, committed offset of ``group`` and lag."""
     consumer = Consumer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": group,
-         "enable.auto.commit": False}  # fmt: skip
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+        }
     )
     try:
         metadata = consumer.list_topics(topic, timeout=5)
@@ -79,8 +82,10 @@ def render_status(report: dict[str, Any], console: Console) -> None:
     """Human summary of :func:`pipeline_status`."""
     ok = "[green]yes[/]"
     no = "[red]no[/]"
-    console.print(f"Kafka {report['kafka']}: {'reachable' if report['kafka_reachable'] else 'UNREACHABLE'}"
-                  + ("" if report["kafka_reachable"] else f" ({report.get('kafka_error')})"))  # fmt: skip
+    console.print(
+        f"Kafka {report['kafka']}: {'reachable' if report['kafka_reachable'] else 'UNREACHABLE'}"
+        + ("" if report["kafka_reachable"] else f" ({report.get('kafka_error')})")
+    )
     console.print(f"view ready: {ok if report['view_ready'] else no} ({report['view']})")
     if report.get("worker_lag") is not None:
         table = Table("partition", "end offset", "committed", "lag", title="worker lag")
@@ -88,4 +93,6 @@ def render_status(report: dict[str, Any], console: Console) -> None:
             table.add_row(str(p), str(row["end"]), str(row["committed"]), str(row["lag"]))
         console.print(table)
         console.print(f"behind by {report['worker_lag_total']} events")
-    console.print("healthy" if report["healthy"] else "[bold red]NOT healthy: dialers get 'unavailable'[/]")
+    console.print(
+        "healthy" if report["healthy"] else "[bold red]NOT healthy: dialers get 'unavailable'[/]"
+    )

@@ -1,4 +1,4 @@
-"""`dnc up`: Kafka, Redis and the worker on loopback, in the foreground, stopped cleanly on Ctrl-C."""
+"""`dnc up`: Kafka, Redis and the worker on loopback, in the foreground; Ctrl-C stops all."""
 
 from __future__ import annotations
 
@@ -21,11 +21,12 @@ def _worker_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env["DNC_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
     env["DNC_REDIS_URL"] = settings.redis_url.get_secret_value()
+    env["PYTHONUNBUFFERED"] = "1"  # the log must survive a crash
     return env
 
 
 def run_local_stack(settings: Settings, kafka_version: str, console: Console) -> None:
-    """Start everything, print where it listens, block until SIGINT/SIGTERM, stop in reverse order."""
+    """Start everything, say where it listens, block until SIGINT/SIGTERM, stop in reverse."""
     stopping = False
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -60,7 +61,7 @@ def run_local_stack(settings: Settings, kafka_version: str, console: Console) ->
         deadline = time.monotonic() + 120
         ready = False
         while not stopping and worker.poll() is None and time.monotonic() < deadline:
-            ready, why = view_readiness(settings)
+            ready, _why = view_readiness(settings)
             if ready:
                 break
             time.sleep(0.5)

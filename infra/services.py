@@ -303,13 +303,19 @@ def _start_redis_once(
     offset = _file_size(log_path)
     cmd = [
         binary,
-        "--bind", host,
-        "--port", str(port),
-        "--dir", str(data_dir),
-        "--logfile", str(log_path),
-        "--daemonize", "no",
-        "--protected-mode", "yes",
-    ]  # fmt: skip
+        "--bind",
+        host,
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--logfile",
+        str(log_path),
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "yes",
+    ]
     if persistence:
         cmd += ["--appendonly", "yes", "--appendfsync", "everysec"]
     else:
@@ -438,13 +444,17 @@ def ensure_kafka_jars(version: str = KAFKA_DEFAULT_VERSION) -> Path:
     libs.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".libs-", dir=libs.parent))
     cmd = [
-        mvn, "-q", "-B", "-Dstyle.color=never",
-        "-f", str(_POM_PATH),
+        mvn,
+        "-q",
+        "-B",
+        "-Dstyle.color=never",
+        "-f",
+        str(_POM_PATH),
         f"-Dkafka.version={version}",
         f"-Dkafka.logging={'log4j2' if major >= 4 else 'reload4j'}",
         "dependency:copy-dependencies",
         f"-DoutputDirectory={tmp}",
-    ]  # fmt: skip
+    ]
     log.info("downloading Kafka %s jars with Maven into %s", version, libs)
     started = time.monotonic()
     try:
@@ -665,9 +675,18 @@ def _format_storage(java: str, libs: Path, data_dir: Path, props: Path, jvm_log:
         return
     cluster_id = _random_cluster_id()
     cmd = [
-        java, "-Xmx256m", *jvm_log, "-cp", f"{libs}/*",
-        "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
-    ]  # fmt: skip
+        java,
+        "-Xmx256m",
+        *jvm_log,
+        "-cp",
+        f"{libs}/*",
+        "kafka.tools.StorageTool",
+        "format",
+        "-t",
+        cluster_id,
+        "-c",
+        str(props),
+    ]
     log_path = data_dir / "kafka-format.log"
     with log_path.open("ab") as out:
         result = subprocess.run(
@@ -708,15 +727,21 @@ def _start_kafka_once(
     offset = _file_size(log_path)
     cmd = [
         java,
-        "-Xms256m", "-Xmx512m",
-        "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:InitiatingHeapOccupancyPercent=35",
-        "-XX:+ExplicitGCInvokesConcurrent", "-XX:-UsePerfData",
+        "-Xms256m",
+        "-Xmx512m",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-XX:InitiatingHeapOccupancyPercent=35",
+        "-XX:+ExplicitGCInvokesConcurrent",
+        "-XX:-UsePerfData",
         "-Djava.awt.headless=true",
         f"-Dkafka.logs.dir={data_dir}",
         *jvm_log,
-        "-cp", f"{libs}/*",
-        "kafka.Kafka", str(props),
-    ]  # fmt: skip
+        "-cp",
+        f"{libs}/*",
+        "kafka.Kafka",
+        str(props),
+    ]
     env = dict(os.environ)
     for var in ("KAFKA_OPTS", "KAFKA_HEAP_OPTS", "KAFKA_LOG4J_OPTS", "JAVA_TOOL_OPTIONS"):
         env.pop(var, None)

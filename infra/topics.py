@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from schemas.errors import ConfigError
 from schemas.settings import Settings
@@ -24,8 +24,12 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec], timeout: float = 30.0)
             f"cannot reach Kafka at {bootstrap}: {exc} (is it running? `dnc up` starts one)"
         ) from exc
     wanted = [
-        NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor,
-                 config=s.config)  # fmt: skip
+        NewTopic(
+            s.name,
+            num_partitions=s.partitions,
+            replication_factor=s.replication_factor,
+            config=s.config,
+        )
         for s in specs
         if s.name not in existing
     ]

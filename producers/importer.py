@@ -91,7 +91,9 @@ def import_file(
 ) -> ImportReport:
     """Validate and publish every row of ``path``; rows go out in pipelined batches."""
     if kind is Kind.LIFT:
-        raise InvalidEventError("unauthorised_lift", "lifts cannot be bulk-imported: use `dnc lift`")
+        raise InvalidEventError(
+            "unauthorised_lift", "lifts cannot be bulk-imported: use `dnc lift`"
+        )
     report = ImportReport()
     pending: list[tuple[int, OppositionEvent]] = []
 

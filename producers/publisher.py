@@ -114,7 +114,7 @@ class OppositionPublisher:
                         "(not recorded: check the broker and retry)"
                     )
                 else:
-                    result = Receipt(str(event.event_id), msg.partition(), msg.offset())
+                    result = Receipt(str(event.event_id), msg.partition() or 0, msg.offset() or 0)
                 results[index] = result
                 if on_done is not None:
                     on_done(event, result)
@@ -137,7 +137,9 @@ class OppositionPublisher:
             for r in results
         ]
 
-    def _produce(self, event: OppositionEvent, payload: bytes, callback: Callable[..., None]) -> None:
+    def _produce(
+        self, event: OppositionEvent, payload: bytes, callback: Callable[..., None]
+    ) -> None:
         while True:
             try:
                 self._producer.produce(

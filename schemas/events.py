@@ -72,7 +72,7 @@ class OppositionEvent(BaseModel):
         json_schema_extra={"title": "OppositionEvent", "$id": "urn:dnc:opposition-event:v1"},
     )
 
-    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="contract version; must be 1")
+    schema_version: Literal[1] = Field(1, description="contract version; must be 1")
     event_id: uuid.UUID = Field(description="unique id chosen by the producer; replays are no-ops")
     tenant: str = Field(pattern=TENANT_PATTERN, description="client the call was made for")
     phone: str = Field(

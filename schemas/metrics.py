@@ -38,7 +38,9 @@ VIEW_READY = Gauge("dnc_view_ready", "The Redis view is complete for the owned p
 # Numbers suppressed right now, per tenant (global scope counts as "_global").
 SUPPRESSED_NUMBERS = Gauge("dnc_suppressed_numbers", "Suppressed numbers", ["tenant"])
 # Consumer lag (messages) per group, topic and partition, as seen by the consumer.
-CONSUMER_LAG = Gauge("dnc_consumer_lag", "Consumer lag in messages", ["group", "topic", "partition"])
+CONSUMER_LAG = Gauge(
+    "dnc_consumer_lag", "Consumer lag in messages", ["group", "topic", "partition"]
+)
 # View rebuilds, by trigger (startup, view_lost, redis_restarted).
 VIEW_REBUILDS = Counter("dnc_view_rebuilds_total", "Redis view rebuilds", ["trigger"])
 # Transient failures the worker retried (redis, kafka), before the batch went through.

@@ -55,7 +55,7 @@ class TenantDirectory:
 
     @classmethod
     def load(cls, path: Path) -> TenantDirectory:
-        """Read and validate a tenants TOML file; raise :class:`ConfigError` saying what is wrong."""
+        """Read and validate a tenants TOML file; :class:`ConfigError` says what is wrong."""
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:

@@ -43,7 +43,7 @@ class ViewSlot:
 
 
 class ViewLayout:
-    """Computes view slots; the view key and bucket counts are settings (changing them = rebuild)."""
+    """Computes view slots; view key and bucket counts are settings (changing = rebuild)."""
 
     def __init__(
         self, view_key: bytes, default_buckets: int, tenant_buckets: Mapping[str, int] | None = None

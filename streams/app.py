@@ -1,4 +1,4 @@
-"""Composition of the Faust worker: topics, table, the agent, timers. Built on demand, not on import."""
+"""Composition of the Faust worker: topics, table, agent, timers; built on demand, not on import."""
 
 from __future__ import annotations
 
@@ -118,16 +118,28 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     )
 
     @app.agent(source, name="apply-oppositions", concurrency=1)
-    async def apply_oppositions(stream: faust.StreamT[bytes]) -> None:
+    async def apply_oppositions(stream: Any) -> None:
         # take_events acks the batch's events only after this body returns for the batch.
         async for batch in stream.take_events(
             settings.batch_max_events, within=settings.batch_max_seconds
         ):
-            await processor.process([(event, source_message(event)) for event in batch])
+            work = asyncio.ensure_future(
+                processor.process([(event, source_message(event)) for event in batch])
+            )
+            try:
+                await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # take_events acks the batch when this body ends, even on cancellation:
+                # finish the side effects first, or the offsets would be committed for
+                # events whose change was never emitted.
+                log.warning("stopping: finishing the batch in flight (%d events)", len(batch))
+                await work
+                raise
 
     def owned_partitions() -> set[int] | None:
         """Owned source partitions, or None while rebalancing or recovering the table."""
-        if app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
+        tables: Any = app.tables
+        if app.rebalancing or app.in_recovery or not tables.recovery.completed.is_set():
             return None
         return {
             tp.partition
@@ -151,7 +163,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             return
         await maintenance.expire_due()
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
         maintenance.forget()
 

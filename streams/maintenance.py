@@ -102,8 +102,10 @@ class ViewMaintenance:
         VIEW_READY.set(1)
         log.info(
             "view ready: %d states in %.2fs for partitions %s",
-            len(states), asyncio.get_running_loop().time() - started, sorted(partitions),
-        )  # fmt: skip
+            len(states),
+            asyncio.get_running_loop().time() - started,
+            sorted(partitions),
+        )
 
     def _reschedule(self, states: list[SuppressionState], now: datetime) -> None:
         self._expiry.clear()
@@ -138,13 +140,18 @@ class ViewMaintenance:
                         ended[key] = state
                 await self._view.write(ended.values(), now)
 
-        await until_done(write, what="expiry view write", dependency="redis",
-                         max_backoff=self._retry_cap)  # fmt: skip
+        await until_done(
+            write, what="expiry view write", dependency="redis", max_backoff=self._retry_cap
+        )
         if not ended:
             return 0
         changes = [SuppressionChange.of(s, now, cause="expiry") for s in ended.values()]
-        await until_done(lambda: self._sink.emit_changes(changes), what="expiry emit",
-                         dependency="kafka", max_backoff=self._retry_cap)  # fmt: skip
+        await until_done(
+            lambda: self._sink.emit_changes(changes),
+            what="expiry emit",
+            dependency="kafka",
+            max_backoff=self._retry_cap,
+        )
         EXPIRED.inc(len(ended))
         for state in ended.values():
             SUPPRESSED_NUMBERS.labels(tenant=state.target.split("/", 1)[0]).dec()

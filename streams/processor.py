@@ -225,7 +225,9 @@ class OppositionProcessor:
                 await self._view.write(touched.values(), now)
 
         if touched:
-            await until_done(write_view, what="view write", dependency="redis", max_backoff=retry_cap)
+            await until_done(
+                write_view, what="view write", dependency="redis", max_backoff=retry_cap
+            )
             visible_at = datetime.now(UTC)
             for occurred_at in applied_at:
                 observe_propagation("suppression_view", occurred_at, visible_at)
@@ -243,9 +245,12 @@ class OppositionProcessor:
             DEAD_LETTERS.labels(reason=letter.reason).inc()
             log.warning(
                 "dead-lettered %s[%d]@%d: %s (%s)",
-                letter.message.topic, letter.message.partition, letter.message.offset,
-                letter.reason, letter.detail,
-            )  # fmt: skip
+                letter.message.topic,
+                letter.message.partition,
+                letter.message.offset,
+                letter.reason,
+                letter.detail,
+            )
 
 
 def _count_suppressed(

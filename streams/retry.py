@@ -33,7 +33,11 @@ async def until_done(
             RETRIES.labels(dependency=dependency).inc()
             log.warning(
                 "%s failed (attempt %d, %s unreachable?): %s; retrying in %.2fs",
-                what, attempt, dependency, exc, delay,
-            )  # fmt: skip
+                what,
+                attempt,
+                dependency,
+                exc,
+                delay,
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_backoff)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any, cast
 from datetime import datetime
 
 from redis.asyncio import Redis
@@ -47,7 +48,7 @@ class SuppressionViewWriter:
         stamp = str(int(time.time() * 1000))
         mapping = {ready_field(p): stamp for p in partitions}
         mapping[META_PARTITIONS] = str(total_partitions)
-        await self._redis.hset(META_KEY, mapping=mapping)
+        await self._redis.hset(META_KEY, mapping=cast(Any, mapping))
 
     async def unmark_ready(self, partitions: Iterable[int]) -> None:
         """Withdraw readiness (checks fail closed) before a rebuild starts."""

@@ -1,4 +1,4 @@
-"""Runs the Faust worker as a process: topics, metrics endpoint, graceful shutdown on SIGTERM/SIGINT."""
+"""Runs the Faust worker process: topics, metrics endpoint, graceful shutdown on SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -32,9 +32,12 @@ def run_worker(settings: Settings, worker_id: str | None = None) -> None:
     start_http_server(settings.worker_metrics_port, addr=settings.metrics_host)
     log.info(
         "worker %s: Kafka %s, topic %s, metrics on http://%s:%d/metrics",
-        ident, settings.kafka_bootstrap, settings.oppositions_topic,
-        settings.metrics_host, settings.worker_metrics_port,
-    )  # fmt: skip
+        ident,
+        settings.kafka_bootstrap,
+        settings.oppositions_topic,
+        settings.metrics_host,
+        settings.worker_metrics_port,
+    )
     built = build_worker(settings, tenants, ident)
     worker = faust.Worker(built.app, loglevel=settings.log_level)
     worker.execute_from_commandline()

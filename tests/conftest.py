@@ -37,9 +37,10 @@ def local_stack() -> Iterator[LocalStack]:
 
 
 def _require_marker(request: pytest.FixtureRequest, marker: str) -> None:
-    if request.node.get_closest_marker(marker) is None and request.node.get_closest_marker(
-        "pipeline"
-    ) is None:
+    if (
+        request.node.get_closest_marker(marker) is None
+        and request.node.get_closest_marker("pipeline") is None
+    ):
         pytest.fail(f"this test uses the real {marker} service: mark it @pytest.mark.{marker}")
 
 
@@ -78,7 +79,9 @@ def pipeline(
 
 @pytest.fixture(scope="module")
 def running_pipeline(
-    local_stack: LocalStack, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    local_stack: LocalStack,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Pipeline]:
     """One pipeline with its worker already running, shared by a module's tests."""
     if request.node.get_closest_marker("pipeline") is None:
@@ -86,7 +89,9 @@ def running_pipeline(
     client = redis.Redis.from_url(local_stack.redis_url)
     client.flushall()
     client.close()
-    p = Pipeline(local_stack, tmp_path_factory.mktemp("pipeline"), prefix=f"m{uuid.uuid4().hex[:10]}")
+    p = Pipeline(
+        local_stack, tmp_path_factory.mktemp("pipeline"), prefix=f"m{uuid.uuid4().hex[:10]}"
+    )
     try:
         p.start_worker()
         yield p

@@ -38,8 +38,12 @@ refusal_cooldown = 4   # seconds: lets a test watch a refusal expire
 """
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1,
-             what: str = "condition") -> Any:  # fmt: skip
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 60.0,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> Any:
     """Poll until ``predicate`` returns a truthy value; fail with ``what`` on timeout."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -95,17 +99,25 @@ class Pipeline:
         """Start `dnc worker` and wait until the view is ready."""
         self._worker_runs += 1
         self.metrics_port = free_port()
-        env = {**self.env, "DNC_WORKER_METRICS_PORT": str(self.metrics_port)}
+        env = {
+            **self.env,
+            "DNC_WORKER_METRICS_PORT": str(self.metrics_port),
+            "PYTHONUNBUFFERED": "1",
+        }
         with (self.tmp / f"worker-{self._worker_runs}.log").open("wb") as log:
             self.worker = subprocess.Popen(
                 [sys.executable, "-m", "dnc", "worker", "--id", f"test-{self._worker_runs}"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-            )  # fmt: skip
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
         if wait_ready:
             self.wait_ready()
 
     def wait_ready(self, timeout: float = 90) -> None:
         """Until a check answers something other than unavailable."""
+
         def ready() -> bool:
             assert self.worker is not None and self.worker.poll() is None, self.worker_log()
             return self.check("+33612345678", "acme").answer.value != "unavailable"
@@ -139,9 +151,11 @@ class Pipeline:
         """The library check."""
         return self.checker.check(phone, tenant, campaign)
 
-    def wait_answer(self, phone: str, tenant: str, answer: str, campaign: str | None = None,
-                    timeout: float = 30) -> CheckResult:  # fmt: skip
+    def wait_answer(
+        self, phone: str, tenant: str, answer: str, campaign: str | None = None, timeout: float = 30
+    ) -> CheckResult:
         """Poll the check until it gives ``answer``."""
+
         def got() -> CheckResult | None:
             result = self.check(phone, tenant, campaign)
             return result if result.answer.value == answer else None
@@ -151,19 +165,31 @@ class Pipeline:
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run the real `dnc` CLI with this pipeline's environment."""
         return subprocess.run(
-            [sys.executable, "-m", "dnc", *args], env=self.env, capture_output=True, text=True,
-            timeout=timeout, cwd=REPO,
-        )  # fmt: skip
+            [sys.executable, "-m", "dnc", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+        )
 
-    def consume(self, topic: str, count: int, timeout: float = 30,
-                idle: float | None = None) -> list[Message]:  # fmt: skip
-        """Read ``count`` messages of ``topic`` from the beginning (or all, until ``idle`` s of quiet)."""
-        consumer = Consumer({
-            "bootstrap.servers": self.stack.bootstrap_servers,
-            "group.id": f"reader-{time.monotonic_ns()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        })  # fmt: skip
+    def consume(
+        self,
+        topic: str,
+        count: int,
+        timeout: float = 30,
+        idle: float | None = None,
+        until: Callable[[list[Message]], bool] | None = None,
+    ) -> list[Message]:
+        """Read ``count`` messages of ``topic`` from the start (or until ``idle`` s of quiet)."""
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.stack.bootstrap_servers,
+                "group.id": f"reader-{time.monotonic_ns()}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
         consumer.subscribe([topic])
         out: list[Message] = []
         deadline = time.monotonic() + timeout
@@ -177,6 +203,8 @@ class Pipeline:
                     continue
                 last = time.monotonic()
                 out.append(msg)
+                if until is not None and until(out):
+                    break
         finally:
             consumer.close()
         return out
@@ -185,7 +213,9 @@ class Pipeline:
         """The worker's /metrics page."""
         import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as r:
             return r.read().decode()
 
     def close(self) -> None:

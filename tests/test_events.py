@@ -16,15 +16,26 @@ from schemas.tenants import TenantDirectory
 
 TENANTS = TenantDirectory.load(Path(__file__).resolve().parent.parent / "infra" / "tenants.toml")
 REASONS = {
-    "oversized", "malformed_json", "unsupported_schema_version", "missing_field", "unknown_kind",
-    "schema_violation", "unknown_tenant", "invalid_phone", "phone_mismatch",
+    "oversized",
+    "malformed_json",
+    "unsupported_schema_version",
+    "missing_field",
+    "unknown_kind",
+    "schema_violation",
+    "unknown_tenant",
+    "invalid_phone",
+    "phone_mismatch",
 }
 
 
 def good(**over: object) -> dict[str, object]:
     base: dict[str, object] = {
-        "schema_version": 1, "event_id": str(uuid.uuid4()), "tenant": "acme",
-        "phone": "06 12 34 56 78", "kind": "opposition", "occurred_at": "2026-11-22T10:00:00+01:00",
+        "schema_version": 1,
+        "event_id": str(uuid.uuid4()),
+        "tenant": "acme",
+        "phone": "06 12 34 56 78",
+        "kind": "opposition",
+        "occurred_at": "2026-11-22T10:00:00+01:00",
     }
     base.update(over)
     return base
@@ -72,8 +83,12 @@ def test_random_bytes_never_escape_as_another_exception(raw: bytes) -> None:
         assert exc.reason in REASONS
 
 
-@given(st.dictionaries(st.sampled_from(list(good()) + ["scope", "campaign_id", "expires_at"]),
-                       st.one_of(st.none(), st.integers(), st.text(max_size=20), st.booleans())))
+@given(
+    st.dictionaries(
+        st.sampled_from([*good(), "scope", "campaign_id", "expires_at"]),
+        st.one_of(st.none(), st.integers(), st.text(max_size=20), st.booleans()),
+    )
+)
 def test_random_objects_never_escape_as_another_exception(obj: dict[str, object]) -> None:
     try:
         decode_event(json.dumps(obj).encode(), TENANTS, 4096)

@@ -25,7 +25,9 @@ def test_national_and_international_forms(raw: str, region: str, expected: str) 
     assert normalise(raw, region) == expected
 
 
-@pytest.mark.parametrize("raw", ["", "   ", "hello", "12", "+33 6", "06 12 34 56 78 90 12 34", "x" * 80])
+@pytest.mark.parametrize(
+    "raw", ["", "   ", "hello", "12", "+33 6", "06 12 34 56 78 90 12 34", "x" * 80]
+)
 def test_invalid_numbers_are_refused_with_a_reason(raw: str) -> None:
     with pytest.raises(InvalidPhoneNumber) as info:
         normalise(raw, "FR")
@@ -44,7 +46,9 @@ def test_any_text_either_normalises_to_e164_or_is_refused(raw: str) -> None:
 
 
 @given(st.sampled_from(["FR", "GB", "DE", "US", "ES"]), st.data())
-def test_normalisation_is_idempotent_and_region_independent_for_e164(region: str, data: st.DataObject) -> None:
+def test_normalisation_is_idempotent_and_region_independent_for_e164(
+    region: str, data: st.DataObject
+) -> None:
     example = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.MOBILE)
     national = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.NATIONAL)
     e164 = normalise(national, region)

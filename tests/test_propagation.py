@@ -6,21 +6,26 @@ import json
 import subprocess
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
 
 from schemas.events import Kind, OppositionEvent, Scope
-from tests.harness import Pipeline, raw_event
+from tests.harness import Pipeline, raw_event, wait_for
 
 pytestmark = pytest.mark.pipeline
 
 
-def cli_check(p: Pipeline, phone: str, tenant: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def cli_check(
+    p: Pipeline, phone: str, tenant: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
     return p.cli("check", phone, "--tenant", tenant, *extra)
 
 
-def test_cli_oppose_then_check_suppressed_unrelated_stays_callable(running_pipeline: Pipeline) -> None:
+def test_cli_oppose_then_check_suppressed_unrelated_stays_callable(
+    running_pipeline: Pipeline,
+) -> None:
     p = running_pipeline
     before = cli_check(p, "06 11 22 33 44", "acme")
     assert (before.returncode, before.stdout.strip()) == (0, "callable")
@@ -39,13 +44,23 @@ def test_cli_oppose_then_check_suppressed_unrelated_stays_callable(running_pipel
 
 def test_raw_json_from_a_plain_kafka_producer(running_pipeline: Pipeline) -> None:
     p = running_pipeline
-    producer = Producer({"bootstrap.servers": p.stack.bootstrap_servers, "acks": "all",
-                         "partitioner": "murmur2_random"})  # fmt: skip
+    producer = Producer(
+        {
+            "bootstrap.servers": p.stack.bootstrap_servers,
+            "acks": "all",
+            "partitioner": "murmur2_random",
+        }
+    )
     payload = raw_event(
-        schema_version=1, event_id=str(uuid.uuid4()), tenant="acme", phone="+33622334455",
-        kind="consent_withdrawn", scope="tenant", source="agent_desktop",
+        schema_version=1,
+        event_id=str(uuid.uuid4()),
+        tenant="acme",
+        phone="+33622334455",
+        kind="consent_withdrawn",
+        scope="tenant",
+        source="agent_desktop",
         occurred_at=datetime.now(UTC).isoformat(),
-    )  # fmt: skip
+    )
     producer.produce(p.settings.oppositions_topic, key=b"acme:+33622334455", value=payload)
     assert producer.flush(10) == 0
     p.wait_answer("06 22 33 44 55", "acme", "suppressed")
@@ -55,7 +70,9 @@ def test_lift_by_admin_makes_it_callable_again(running_pipeline: Pipeline) -> No
     p = running_pipeline
     assert p.cli("oppose", "0633445566", "--tenant", "acme").returncode == 0
     p.wait_answer("0633445566", "acme", "suppressed")
-    lifted = p.cli("lift", "0633445566", "--tenant", "acme", "--justification", "recorded by mistake")
+    lifted = p.cli(
+        "lift", "0633445566", "--tenant", "acme", "--justification", "recorded by mistake"
+    )
     assert lifted.returncode == 0, lifted.stderr
     p.wait_answer("0633445566", "acme", "callable")
     refused = p.cli("oppose", "0633445566", "--tenant", "acme", "--kind", "lift")
@@ -68,7 +85,9 @@ def test_refusal_expires_after_its_cooldown(running_pipeline: Pipeline) -> None:
     p.wait_answer("0644556677", "quick", "suppressed")
     p.wait_answer("0644556677", "quick", "callable", timeout=20)
     # the expiry was propagated as a change on the compacted topic too
-    changes = [json.loads(m.value()) for m in p.consume(p.settings.suppressions_topic, 200, timeout=5)]
+    changes = [
+        json.loads(m.value()) for m in p.consume(p.settings.suppressions_topic, 200, timeout=5)
+    ]
     mine = [c for c in changes if c["phone_e164"] == "+33644556677"]
     assert [c["cause"] for c in mine][-1] == "expiry" and mine[-1]["suppressed"] is False
 
@@ -76,10 +95,20 @@ def test_refusal_expires_after_its_cooldown(running_pipeline: Pipeline) -> None:
 def test_scopes(running_pipeline: Pipeline) -> None:
     p = running_pipeline
     publish = p.publisher.publish
-    publish(OppositionEvent.record(tenant="acme", phone="0655667788", kind=Kind.OPPOSITION,
-                                   scope=Scope.CAMPAIGN, campaign_id="spring"))  # fmt: skip
-    publish(OppositionEvent.record(tenant="acme", phone="0666778899", kind=Kind.ERASURE,
-                                   scope=Scope.GLOBAL))  # fmt: skip
+    publish(
+        OppositionEvent.record(
+            tenant="acme",
+            phone="0655667788",
+            kind=Kind.OPPOSITION,
+            scope=Scope.CAMPAIGN,
+            campaign_id="spring",
+        )
+    )
+    publish(
+        OppositionEvent.record(
+            tenant="acme", phone="0666778899", kind=Kind.ERASURE, scope=Scope.GLOBAL
+        )
+    )
     publish(OppositionEvent.record(tenant="globex", phone="+33677889900", kind=Kind.OPPOSITION))
 
     p.wait_answer("0655667788", "acme", "suppressed", campaign="spring")
@@ -94,18 +123,28 @@ def test_scopes(running_pipeline: Pipeline) -> None:
     p.wait_answer("+33677889900", "globex", "suppressed")
     assert p.check("+33677889900", "acme").answer.value == "callable"
 
-    bulk = p.checker.check_many(["0655667788", "0666778899", "0600000001", "nonsense"], "acme", "spring")
+    bulk = p.checker.check_many(
+        ["0655667788", "0666778899", "0600000001", "nonsense"], "acme", "spring"
+    )
     assert [r.answer.value for r in bulk] == ["suppressed", "suppressed", "callable", "unavailable"]
     assert bulk[3].why and "not a" in bulk[3].why
 
 
-def test_bad_input_is_dead_lettered_with_reason_and_the_worker_keeps_going(running_pipeline: Pipeline) -> None:
+def test_bad_input_is_dead_lettered_with_reason_and_the_worker_keeps_going(
+    running_pipeline: Pipeline,
+) -> None:
     p = running_pipeline
     now = datetime.now(UTC).isoformat()
 
     def ev(**over: object) -> dict[str, object]:
-        base: dict[str, object] = {"schema_version": 1, "event_id": str(uuid.uuid4()), "tenant": "acme",
-                                   "phone": "0611111111", "kind": "opposition", "occurred_at": now}  # fmt: skip
+        base: dict[str, object] = {
+            "schema_version": 1,
+            "event_id": str(uuid.uuid4()),
+            "tenant": "acme",
+            "phone": "0611111111",
+            "kind": "opposition",
+            "occurred_at": now,
+        }
         base.update(over)
         return base
 
@@ -120,8 +159,11 @@ def test_bad_input_is_dead_lettered_with_reason_and_the_worker_keeps_going(runni
     producer = Producer({"bootstrap.servers": p.stack.bootstrap_servers})
     for i, payload in enumerate(bad.values()):
         producer.produce(p.settings.oppositions_topic, key=f"bad-{i}".encode(), value=payload)
-    producer.produce(p.settings.oppositions_topic, key=b"acme:+33612121212",
-                     value=json.dumps(ev(phone="0612121212")).encode())  # fmt: skip
+    producer.produce(
+        p.settings.oppositions_topic,
+        key=b"acme:+33612121212",
+        value=json.dumps(ev(phone="0612121212")).encode(),
+    )
     assert producer.flush(10) == 0
 
     letters = p.consume(p.settings.dead_letter_topic, len(bad), timeout=30)
@@ -141,10 +183,15 @@ def test_bad_input_is_dead_lettered_with_reason_and_the_worker_keeps_going(runni
 
 def test_redis_holds_no_phone_number_in_clear(running_pipeline: Pipeline) -> None:
     p = running_pipeline
-    p.publisher.publish(OppositionEvent.record(tenant="acme", phone="0699887766", kind=Kind.OPPOSITION))
+    p.publisher.publish(
+        OppositionEvent.record(tenant="acme", phone="0699887766", kind=Kind.OPPOSITION)
+    )
     p.wait_answer("0699887766", "acme", "suppressed")
     scan = subprocess.run(
-        ["redis-cli", "-p", str(p.stack.redis.port), "--scan"], capture_output=True, text=True, check=True
+        ["redis-cli", "-p", str(p.stack.redis.port), "--scan"],
+        capture_output=True,
+        text=True,
+        check=True,
     )  # type: ignore[union-attr]
     keys = scan.stdout.split()
     assert keys, "the view should not be empty"
@@ -154,7 +201,9 @@ def test_redis_holds_no_phone_number_in_clear(running_pipeline: Pipeline) -> Non
             dump += [m.decode() for m in p.redis.smembers(key)]
             assert p.redis.object("encoding", key) == b"intset"
         else:
-            dump.append(str(p.redis.get(key) if p.redis.type(key) == b"string" else p.redis.hgetall(key)))
+            dump.append(
+                str(p.redis.get(key) if p.redis.type(key) == b"string" else p.redis.hgetall(key))
+            )
     text = "\n".join(dump)
     for fragment in ("699887766", "611223344", "622334455", "+33"):
         assert fragment not in text
@@ -162,6 +211,67 @@ def test_redis_holds_no_phone_number_in_clear(running_pipeline: Pipeline) -> Non
 
 def test_metrics_expose_the_catalogue(running_pipeline: Pipeline) -> None:
     text = running_pipeline.metrics()
-    for name in ("dnc_events_total", "dnc_propagation_seconds_bucket", "dnc_view_ready 1.0",
-                 'stage="suppression_view"', "dnc_suppressed_numbers"):  # fmt: skip
+    for name in (
+        "dnc_events_total",
+        "dnc_propagation_seconds_bucket",
+        "dnc_view_ready 1.0",
+        'stage="suppression_view"',
+        "dnc_suppressed_numbers",
+    ):
         assert name in text
+
+
+def test_raw_producer_payload_follows_the_published_json_schema(running_pipeline: Pipeline) -> None:
+    import jsonschema
+
+    schema = json.loads(running_pipeline.cli("schema").stdout)
+    payload = json.loads(
+        raw_event(
+            schema_version=1,
+            event_id=str(uuid.uuid4()),
+            tenant="acme",
+            phone="0611223344",
+            kind="refusal",
+            occurred_at=datetime.now(UTC).isoformat(),
+        )
+    )
+    jsonschema.validate(payload, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**payload, "kind": "maybe"}, schema)
+
+
+def test_bulk_import_reports_rejected_rows_and_publishes_the_rest(
+    running_pipeline: Pipeline, tmp_path: Path
+) -> None:
+    p = running_pipeline
+    csv_file = tmp_path / "numbers.csv"
+    csv_file.write_text(
+        "phone,campaign_id,reason_code\n"
+        "0670000001,,do-not-call\n"
+        "not a number,,\n"
+        "+33670000002,,\n"
+        "0670000003,bad campaign id!,\n"
+    )
+    rejects = tmp_path / "rejects.csv"
+    result = p.cli("import", str(csv_file), "--tenant", "acme", "--rejects", str(rejects))
+    assert result.returncode == 1, result.stderr
+    assert "published 2 of 4 rows; rejected 2" in result.stdout
+    rows = rejects.read_text().splitlines()
+    assert rows[0] == "line,phone,reason"
+    assert rows[1].startswith("3,not a number,") and rows[2].startswith("5,0670000003,")
+    p.wait_answer("0670000001", "acme", "suppressed")
+    p.wait_answer("0670000002", "acme", "suppressed")
+    missing = p.cli("import", str(tmp_path / "nope.csv"), "--tenant", "acme")
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+def test_status_reports_ready_and_caught_up(running_pipeline: Pipeline) -> None:
+    p = running_pipeline
+
+    def caught_up() -> dict[str, object] | None:
+        result = p.cli("status", "--json")
+        report = json.loads(result.stdout)
+        return report if result.returncode == 0 and report["worker_lag_total"] == 0 else None
+
+    report = wait_for(caught_up, timeout=30, interval=1, what="status healthy with no lag")
+    assert report["view_ready"] is True and report["kafka_reachable"] is True

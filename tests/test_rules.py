@@ -17,9 +17,15 @@ COOLDOWN = timedelta(days=60)
 PHONE = "+33612345678"
 
 
-def event(kind: Kind, at: int, *, eid: uuid.UUID | None = None, expires: int | None = None) -> OppositionEvent:
+def event(
+    kind: Kind, at: int, *, eid: uuid.UUID | None = None, expires: int | None = None
+) -> OppositionEvent:
     fields = dict(
-        event_id=eid or uuid.uuid4(), tenant="acme", phone=PHONE, phone_e164=PHONE, kind=kind,
+        event_id=eid or uuid.uuid4(),
+        tenant="acme",
+        phone=PHONE,
+        phone_e164=PHONE,
+        kind=kind,
         occurred_at=T0 + timedelta(hours=at),
     )
     if kind is Kind.LIFT:
@@ -29,7 +35,9 @@ def event(kind: Kind, at: int, *, eid: uuid.UUID | None = None, expires: int | N
     return OppositionEvent.model_validate(fields)
 
 
-def run(events: list[OppositionEvent], now: datetime) -> tuple[SuppressionState | None, list[Outcome]]:
+def run(
+    events: list[OppositionEvent], now: datetime
+) -> tuple[SuppressionState | None, list[Outcome]]:
     state = None
     outcomes = []
     for e in events:
@@ -90,9 +98,13 @@ def test_lift_between_two_suppressions_keeps_the_newer() -> None:
     assert current is not None and current.kind is Kind.REFUSAL
 
 
-kinds = st.sampled_from([Kind.REFUSAL, Kind.OPPOSITION, Kind.CONSENT_WITHDRAWN, Kind.ERASURE, Kind.LIFT])
+kinds = st.sampled_from(
+    [Kind.REFUSAL, Kind.OPPOSITION, Kind.CONSENT_WITHDRAWN, Kind.ERASURE, Kind.LIFT]
+)
 event_specs = st.lists(
-    st.tuples(kinds, st.integers(0, 48), st.one_of(st.none(), st.integers(1, 100))), min_size=1, max_size=8
+    st.tuples(kinds, st.integers(0, 48), st.one_of(st.none(), st.integers(1, 100))),
+    min_size=1,
+    max_size=8,
 )
 
 
@@ -118,9 +130,16 @@ def test_effect_is_independent_of_order_and_duplicates(specs, rnd, later_hours: 
 
 
 def test_campaign_scope_is_its_own_target() -> None:
-    e = OppositionEvent.model_validate(dict(
-        event_id=uuid.uuid4(), tenant="acme", phone=PHONE, kind=Kind.OPPOSITION,
-        scope=Scope.CAMPAIGN, campaign_id="spring-2026", occurred_at=T0,
-    ))  # fmt: skip
+    e = OppositionEvent.model_validate(
+        dict(
+            event_id=uuid.uuid4(),
+            tenant="acme",
+            phone=PHONE,
+            kind=Kind.OPPOSITION,
+            scope=Scope.CAMPAIGN,
+            campaign_id="spring-2026",
+            occurred_at=T0,
+        )
+    )
     assert e.target == "acme/spring-2026"
     assert e.kafka_key.startswith(b"acme:")

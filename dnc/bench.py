@@ -25,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 import redis
+from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.status import Status
@@ -33,7 +34,7 @@ from rich.table import Table
 from consumers.checker import Answer, SuppressionChecker, checker_client
 from infra.services import KAFKA_DEFAULT_VERSION, LocalStack, free_port
 from infra.topics import ensure_pipeline_topics
-from producers.publisher import OppositionPublisher
+from producers.publisher import OppositionPublisher, producer_config
 from schemas.errors import DncError, PublishError
 from schemas.events import GLOBAL_TARGET, Kind, OppositionEvent
 from schemas.settings import Settings
@@ -82,6 +83,7 @@ class Bench:
     url: str
     metrics_port: int
     status: Status
+    interrupted: threading.Event
 
     def checker(self) -> SuppressionChecker:
         """A checker as a dialer would build it, with its own Redis client."""
@@ -163,7 +165,17 @@ def _bucket_bound_ms(before: dict[float, float], after: dict[float, float], q: f
 
 def bench_propagation(b: Bench, rate: int, seconds: float) -> Figures:
     """Publish ``rate`` events/s for ``seconds``; a poller thread records when each is visible."""
-    publisher, poller = OppositionPublisher.from_settings(b.settings, b.tenants), b.checker()
+    timeout, kafka_log = b.settings.publish_timeout_seconds, logging.getLogger("dnc.bench.kafka")
+    kafka_log.setLevel(logging.ERROR)  # librdkafka's logs, served by poll(), not from its threads
+    producer = Producer(producer_config(b.settings.kafka_bootstrap, timeout, logger=kafka_log))
+    publisher = OppositionPublisher(
+        b.settings.kafka_bootstrap,
+        b.settings.oppositions_topic,
+        b.tenants,
+        timeout_seconds=timeout,
+        producer=producer,
+    )
+    poller = b.checker()
     outstanding: dict[str, float] = {}  # number -> perf_counter() at its publish call
     latencies: list[float] = []
     lock, stop = threading.Lock(), threading.Event()
@@ -185,7 +197,12 @@ def bench_propagation(b: Bench, rate: int, seconds: float) -> Figures:
                   for p in phones]  # fmt: skip
         with lock:
             outstanding.update(dict.fromkeys(phones, perf()))
-        results = publisher.publish_many(events)
+        try:
+            results = publisher.publish_many(events)
+        except SystemError:  # Ctrl-C inside a delivery callback loses the KeyboardInterrupt
+            if b.interrupted.is_set():
+                raise KeyboardInterrupt from None
+            raise
         with lock:  # not recorded: will never become visible
             lost = [outstanding.pop(p, 0.0) for p, r in zip(phones, results, strict=True)
                     if isinstance(r, PublishError)]  # fmt: skip
@@ -223,7 +240,7 @@ def bench_propagation(b: Bench, rate: int, seconds: float) -> Figures:
     finally:
         stop.set()
         thread.join(5)
-        publisher.close()
+    publisher.close()  # not when interrupted: it would wait for Kafka, which may be gone
     return {"propagation_p50_ms": _pct(latencies, 0.5) * 1e3,
             "propagation_p99_ms": _pct(latencies, 0.99) * 1e3,
             "propagation_max_ms": max(latencies, default=float("nan")) * 1e3,
@@ -255,16 +272,13 @@ def bench_memory(b: Bench, numbers: int) -> Figures:
         return int(admin.info("memory")["used_memory"]) - before
 
     layout_bytes = used_by("view layout", by_key.items())
-    pipe = admin.pipeline(transaction=False)
-    for key in by_key:
-        pipe.object("encoding", key)
-    encodings = Counter(e.decode() if isinstance(e, bytes) else str(e) for e in pipe.execute())
+    encodings = Counter(admin.object("encoding", key) for key in by_key)
     plain_bytes = used_by("plain set of E.164 strings", [("bench:plain", phones)])
     admin.flushall()
     admin.close()
     return {"memory_numbers": float(numbers), "memory_buckets": float(buckets),
             "largest_bucket": float(max(len(m) for m in by_key.values())),
-            "intset_keys": float(encodings["intset"]), "view_keys": float(len(by_key)),
+            "intset_keys": float(encodings[b"intset"]), "view_keys": float(len(by_key)),
             "layout_bytes_per_number": layout_bytes / numbers,
             "plain_bytes_per_number": plain_bytes / numbers,
             "memory_ratio": plain_bytes / layout_bytes}  # fmt: skip
@@ -279,8 +293,8 @@ def _report(f: Figures, console: Console) -> None:
     table.add_row("bulk check", f"{f['bulk_numbers_per_s']:,.0f} numbers/s",
                   f"{f['smismember_numbers_per_s']:,.0f} numbers/s (SMISMEMBER)",
                   f"{f['bulk_ratio']:.2f}x")  # fmt: skip
-    table.add_row("propagation p50/p99/max", "/".join(f"{f[f'propagation_{k}_ms']:.1f}"
-                                                      for k in ("p50", "p99", "max")) + " ms")  # fmt: skip
+    latencies = (f"{f[f'propagation_{k}_ms']:.1f}" for k in ("p50", "p99", "max"))
+    table.add_row("propagation p50/p99/max", "/".join(latencies) + " ms")
     table.add_row("Redis bytes per number", f"{f['layout_bytes_per_number']:.1f} B (intsets)",
                   f"{f['plain_bytes_per_number']:.1f} B (plain set)",
                   f"{1 / f['memory_ratio']:.2f}x")  # fmt: skip
@@ -309,18 +323,20 @@ def _stop_worker(worker: subprocess.Popen[bytes] | None, timeout: float = 60) ->
             worker.wait()
 
 
-def _interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def run_bench(numbers: int, rate: int, seconds: float, console: Console) -> Figures:
     """Start a private stack and worker, run the four measurements, print and return them.
 
     Everything started here is stopped and its directory removed, also on Ctrl-C or SIGTERM.
     """
-    tmp = Path(tempfile.mkdtemp(prefix="dnc-bench-"))
+    tmp, interrupted = Path(tempfile.mkdtemp(prefix="dnc-bench-")), threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     infra_log = logging.getLogger("dnc.infra")
-    level, previous_term = infra_log.level, signal.signal(signal.SIGTERM, _interrupt)
+    level = infra_log.level
     infra_log.setLevel(logging.WARNING)
     version = os.environ.get("DNC_KAFKA_VERSION", KAFKA_DEFAULT_VERSION)
     stack = LocalStack(tmp / "stack", kafka_version=version, partitions=3)
@@ -340,7 +356,7 @@ def run_bench(numbers: int, rate: int, seconds: float, console: Console) -> Figu
             settings = Settings.model_validate({k[4:].lower(): v for k, v in dnc.items()})
             tenants = TenantDirectory.load(tmp / "tenants.toml")
             layout = view_layout(settings, tenants)
-            b = Bench(settings, tenants, layout, stack.redis_url, port, status)
+            b = Bench(settings, tenants, layout, stack.redis_url, port, status, interrupted)
             ensure_pipeline_topics(settings)
             status.update("starting the worker; waiting for the view to be ready")
             env = {k: v for k, v in os.environ.items() if not k.startswith("DNC_")} | dnc
@@ -363,13 +379,14 @@ def run_bench(numbers: int, rate: int, seconds: float, console: Console) -> Figu
         _report(figures, console)
         return figures
     finally:
-        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # cleanup is not interrupted
+        for s in handlers:
+            signal.signal(s, signal.SIG_IGN)  # the cleanup is not interrupted
         try:
             with console.status("stopping the worker, Kafka and Redis"):
-                _stop_worker(worker, timeout=30)
+                _stop_worker(worker, timeout=10 if interrupted.is_set() else 60)
                 stack.stop()
                 shutil.rmtree(tmp, ignore_errors=True)
         finally:
-            signal.signal(signal.SIGINT, previous_int)
-            signal.signal(signal.SIGTERM, previous_term)
+            for s, handler in handlers.items():
+                signal.signal(s, handler)
             infra_log.setLevel(level)

@@ -95,10 +95,10 @@ def import_file(
             "unauthorised_lift", "lifts cannot be bulk-imported: use `dnc lift`"
         )
     report = ImportReport()
-    pending: list[tuple[int, OppositionEvent]] = []
+    pending: list[tuple[int, OppositionEvent, bytes]] = []
 
     def flush() -> None:
-        lines = {id(e): line for line, e in pending}
+        lines = {id(e): line for line, e, _payload in pending}
 
         def done(event: OppositionEvent, outcome: Receipt | PublishError) -> None:
             if isinstance(outcome, PublishError):
@@ -108,7 +108,7 @@ def import_file(
             if on_progress is not None:
                 on_progress(1)
 
-        publisher.publish_many([e for _line, e in pending], on_done=done)
+        publisher.publish_prepared([(e, payload) for _line, e, payload in pending], on_done=done)
         pending.clear()
 
     for line, row in read_rows(path):
@@ -117,7 +117,7 @@ def import_file(
             event = build_event(row, tenant, kind, scope, campaign)
             if event.kind is Kind.LIFT:
                 raise InvalidEventError("unauthorised_lift", "lifts cannot be bulk-imported")
-            publisher.prepare(event)
+            event, payload = publisher.prepare(event)
         except ValidationError as exc:
             report.rejected.append(RejectedRow(line, phone, describe_validation_error(exc)))
             if on_progress is not None:
@@ -128,7 +128,7 @@ def import_file(
             if on_progress is not None:
                 on_progress(1)
             continue
-        pending.append((line, event))
+        pending.append((line, event, payload))
         if len(pending) >= batch_size:
             flush()
     if pending:

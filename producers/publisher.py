@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,7 +102,14 @@ class OppositionPublisher:
         on_done: Callable[[OppositionEvent, Receipt | PublishError], None] | None = None,
     ) -> list[Receipt | PublishError]:
         """Publish many events, pipelined; one receipt or error per event, in order."""
-        prepared = [self.prepare(e) for e in events]
+        return self.publish_prepared([self.prepare(e) for e in events], on_done)
+
+    def publish_prepared(
+        self,
+        prepared: Sequence[tuple[OppositionEvent, bytes]],
+        on_done: Callable[[OppositionEvent, Receipt | PublishError], None] | None = None,
+    ) -> list[Receipt | PublishError]:
+        """Publish events already returned by :meth:`prepare`, pipelined, waiting for the acks."""
         results: list[Receipt | PublishError | None] = [None] * len(prepared)
 
         def callback_for(index: int, event: OppositionEvent) -> Callable[..., None]:

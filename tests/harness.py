@@ -103,6 +103,7 @@ class Pipeline:
             **self.env,
             "DNC_WORKER_METRICS_PORT": str(self.metrics_port),
             "PYTHONUNBUFFERED": "1",
+            "PYTHONFAULTHANDLER": "1",
         }
         with (self.tmp / f"worker-{self._worker_runs}.log").open("wb") as log:
             self.worker = subprocess.Popen(
@@ -126,6 +127,8 @@ class Pipeline:
 
     def stop_worker(self, timeout: float = 60) -> None:
         """Graceful stop (SIGTERM), as an orchestrator would."""
+        if self.worker is not None and self.worker.poll() is not None:
+            print(f"worker {self._worker_runs} had already exited with {self.worker.returncode}")
         if self.worker is not None and self.worker.poll() is None:
             self.worker.send_signal(signal.SIGTERM)
             try:

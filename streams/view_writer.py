@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any, cast
 from datetime import datetime
+from typing import Any, cast
 
 from redis.asyncio import Redis
 

@@ -165,15 +165,11 @@ def _bucket_bound_ms(before: dict[float, float], after: dict[float, float], q: f
 
 def bench_propagation(b: Bench, rate: int, seconds: float) -> Figures:
     """Publish ``rate`` events/s for ``seconds``; a poller thread records when each is visible."""
-    timeout, kafka_log = b.settings.publish_timeout_seconds, logging.getLogger("dnc.bench.kafka")
-    kafka_log.setLevel(logging.ERROR)  # librdkafka's logs, served by poll(), not from its threads
-    producer = Producer(producer_config(b.settings.kafka_bootstrap, timeout, logger=kafka_log))
+    s, t, log = b.settings, b.settings.publish_timeout_seconds, logging.getLogger("dnc.bench.kafka")
+    log.setLevel(logging.ERROR)  # librdkafka's logs, served by poll(), not from its own threads
+    producer = Producer(producer_config(s.kafka_bootstrap, t, logger=log))
     publisher = OppositionPublisher(
-        b.settings.kafka_bootstrap,
-        b.settings.oppositions_topic,
-        b.tenants,
-        timeout_seconds=timeout,
-        producer=producer,
+        s.kafka_bootstrap, s.oppositions_topic, b.tenants, timeout_seconds=t, producer=producer
     )
     poller = b.checker()
     outstanding: dict[str, float] = {}  # number -> perf_counter() at its publish call
@@ -293,8 +289,8 @@ def _report(f: Figures, console: Console) -> None:
     table.add_row("bulk check", f"{f['bulk_numbers_per_s']:,.0f} numbers/s",
                   f"{f['smismember_numbers_per_s']:,.0f} numbers/s (SMISMEMBER)",
                   f"{f['bulk_ratio']:.2f}x")  # fmt: skip
-    latencies = (f"{f[f'propagation_{k}_ms']:.1f}" for k in ("p50", "p99", "max"))
-    table.add_row("propagation p50/p99/max", "/".join(latencies) + " ms")
+    for k in ("p50", "p99", "max"):
+        table.add_row(f"propagation {k}", f"{f[f'propagation_{k}_ms']:.1f} ms")
     table.add_row("Redis bytes per number", f"{f['layout_bytes_per_number']:.1f} B (intsets)",
                   f"{f['plain_bytes_per_number']:.1f} B (plain set)",
                   f"{1 / f['memory_ratio']:.2f}x")  # fmt: skip
@@ -309,7 +305,9 @@ def _report(f: Figures, console: Console) -> None:
         f"{f['worker_p99_le_ms']:g} ms (bucket bounds)\n"
         f"memory at {f['memory_numbers']:,.0f} numbers: {f['memory_buckets']:.0f} buckets, "
         f"largest {f['largest_bucket']:.0f} members, {f['intset_keys']:.0f}/{f['view_keys']:.0f} "
-        f"sets encoded intset; a plain set takes {f['memory_ratio']:.2f}x the memory"
+        f"sets encoded intset; a plain set takes {f['memory_ratio']:.2f}x the memory\n"
+        f"machine: {os.cpu_count()} cores, 1-minute load average {f['load_average']:.2f} at the "
+        "end (the stack, the worker and the bench share them with anything else running)"
     )
 
 
@@ -376,6 +374,7 @@ def run_bench(numbers: int, rate: int, seconds: float, console: Console) -> Figu
             status.update("stopping the worker")
             _stop_worker(worker)
             figures |= bench_memory(b, numbers)
+        figures["load_average"] = os.getloadavg()[0]
         _report(figures, console)
         return figures
     finally:

@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     )
     expiry_interval_seconds: float = Field(1.0, gt=0, description="cooldown expiry resolution")
     retry_backoff_max_seconds: float = Field(5.0, gt=0)
+    stall_after_seconds: float = Field(
+        30.0, gt=0, description="input waiting this long without progress: stop heartbeating"
+    )
+    stall_exit_after_seconds: float = Field(
+        120.0, ge=0, description="stalled this long: exit for the supervisor to restart (0: never)"
+    )
 
     # The dialer check.
     check_timeout_seconds: float = Field(0.5, gt=0, description="Redis socket timeout for checks")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.types import TP
 from redis.asyncio import Redis
 
 from schemas.settings import Settings
@@ -17,6 +19,7 @@ from streams.expiry import ExpirySchedule
 from streams.faust_bridge import FaustChangeSink, bound_event, source_message
 from streams.maintenance import ViewMaintenance
 from streams.processor import OppositionProcessor
+from streams.progress import ProgressWatch
 from streams.view_writer import SuppressionViewWriter
 
 log = logging.getLogger("dnc.streams")
@@ -97,6 +100,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     sink = FaustChangeSink(app, changes, dead_letters)
     expiry = ExpirySchedule()
     lock = asyncio.Lock()
+    progress = ProgressWatch(settings.stall_after_seconds)
     processor = OppositionProcessor(
         table=table,
         view=view,
@@ -106,6 +110,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         expiry=expiry,
         view_lock=lock,
         bind_event=bound_event,
+        progress=progress,
     )
     maintenance = ViewMaintenance(
         table=table,
@@ -153,9 +158,29 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         if owned is None:
             return
         try:
-            await maintenance.tick(owned)
+            stalled = await stalled_partitions(owned)
+            await maintenance.tick(owned, stalled)
         except Exception as exc:  # Redis down: checks fail closed by themselves; try again
             log.warning("view maintenance failed (%s); retrying next tick", exc)
+
+    async def stalled_partitions(owned: set[int]) -> set[int]:
+        """Owned partitions with input waiting and no progress (they lose their heartbeat)."""
+        tps = {p: TP(settings.oppositions_topic, p) for p in owned}
+        highwaters = await app.consumer.highwaters(*tps.values())
+        positions = {p: await app.consumer.position(tp) for p, tp in tps.items()}
+        stalled = progress.stalled_for({p: highwaters.get(tp) for p, tp in tps.items()}, positions)
+        for partition, idle in stalled.items():
+            log.error(
+                "partition %d has events waiting but made no progress for %.0fs: "
+                "withholding its heartbeat (dialers get 'unavailable')",
+                partition,
+                idle,
+            )
+            limit = settings.stall_exit_after_seconds
+            if limit and idle > limit:
+                log.critical("stalled for over %.0fs: exiting so a supervisor restarts me", limit)
+                os._exit(70)  # nothing past the applied events is committed: they replay
+        return set(stalled)
 
     @app.timer(settings.expiry_interval_seconds, name="cooldown-expiry")
     async def expire() -> None:
@@ -166,5 +191,6 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
         maintenance.forget()
+        progress.forget()
 
     return WorkerApp(app=app, processor=processor, maintenance=maintenance, redis=redis)

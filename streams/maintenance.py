@@ -61,8 +61,8 @@ class ViewMaintenance:
         self._materialised = None
         VIEW_READY.set(0)
 
-    async def tick(self, owned: Iterable[int]) -> None:
-        """One round: rebuild if needed, then heartbeat for the owned partitions."""
+    async def tick(self, owned: Iterable[int], stalled: Iterable[int] = ()) -> None:
+        """One round: rebuild if needed, then heartbeat for the owned partitions not stalled."""
         partitions = frozenset(owned)
         run_id = await self._view.server_run_id()
         trigger = None
@@ -75,7 +75,7 @@ class ViewMaintenance:
         if trigger is not None:
             await self.rebuild(partitions, trigger)
             self._run_id = run_id
-        await self._view.heartbeat(partitions)
+        await self._view.heartbeat(partitions - frozenset(stalled))
 
     def _owned_states(self, partitions: frozenset[int]) -> list[SuppressionState]:
         states = []

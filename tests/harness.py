@@ -21,6 +21,7 @@ from infra.topics import ensure_pipeline_topics
 from producers.publisher import OppositionPublisher
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
+from schemas.view import heartbeat_key
 from streams.app import view_layout
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,8 +120,12 @@ class Pipeline:
     def wait_ready(self, timeout: float = 90) -> None:
         """Until a check answers something other than unavailable."""
 
+        me = f"test-{self._worker_runs}".encode()
+
         def ready() -> bool:
             assert self.worker is not None and self.worker.poll() is None, self.worker_log()
+            if self.redis.get(heartbeat_key(0)) != me:  # not a predecessor's heartbeat
+                return False
             return self.check("+33612345678", "acme").answer.value != "unavailable"
 
         wait_for(ready, timeout=timeout, interval=0.2, what="the view to be ready")
@@ -220,6 +225,16 @@ class Pipeline:
             f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
         ) as r:
             return r.read().decode()
+
+    def diagnose(self) -> str:
+        """What a person debugging a failure wants: status, counters, the worker's log tail."""
+        parts = [self.cli("status", "--json").stdout]
+        try:
+            parts += [line for line in self.metrics().splitlines() if line.startswith("dnc_")]
+        except OSError as exc:
+            parts.append(f"(no metrics: {exc})")
+        parts.append(self.worker_log())
+        return "\n".join(parts)
 
     def close(self) -> None:
         """Stop the worker and release clients."""

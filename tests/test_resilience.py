@@ -52,7 +52,11 @@ def test_worker_crash_and_restart_mid_stream_loses_nothing_and_applies_nothing_t
         return all(r.answer.value == "suppressed" for r in results)
 
     t0 = time.monotonic()
-    wait_for(all_suppressed, timeout=90, interval=0.5, what="every published number suppressed")
+    try:
+        wait_for(all_suppressed, timeout=90, interval=0.5, what="every published number suppressed")
+    except AssertionError:
+        print(pipeline.diagnose())
+        raise
     print(f"caught up in {time.monotonic() - t0:.1f}s")
 
     # Every number got exactly one event: each one's latest state must be version 1,

@@ -93,6 +93,7 @@ def run_local_stack(settings: Settings, kafka_version: str, console: Console) ->
             try:
                 worker.wait(timeout=60)
             except subprocess.TimeoutExpired:
+                console.print("[red]the worker did not stop within 60 s of SIGTERM: killed it[/]")
                 worker.kill()
         stack.stop()
         for sig, handler in previous.items():

@@ -254,6 +254,9 @@ def _spawn(
             cwd=str(cwd),
             env=env,
             close_fds=True,
+            # Own session: a Ctrl-C in the terminal reaches `dnc up` only, which then
+            # stops the worker before Kafka and Redis, in that order.
+            start_new_session=True,
         )
 
 

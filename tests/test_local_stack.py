@@ -39,7 +39,7 @@ def test_dnc_up_serves_oppose_and_check_then_stops_cleanly_on_ctrl_c(tmp_path: P
     with log_path.open("wb") as log:
         up = subprocess.Popen(
             [sys.executable, "-m", "dnc", "up"], env=env, stdout=log, stderr=subprocess.STDOUT,
-            cwd=REPO,
+            cwd=REPO, start_new_session=True,
         )  # fmt: skip
     try:
         wait_for(lambda: "pipeline ready" in log_path.read_text(), timeout=150, interval=0.5,
@@ -56,9 +56,13 @@ def test_dnc_up_serves_oppose_and_check_then_stops_cleanly_on_ctrl_c(tmp_path: P
                  timeout=30, what="suppressed through the local stack")  # fmt: skip
         assert dnc("status").returncode == 0
     finally:
-        up.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        os.killpg(up.pid, signal.SIGINT)  # what Ctrl-C sends: to the whole foreground group
         code = up.wait(timeout=90)
     assert code == 0, log_path.read_text()[-3000:]
+    worker_log = (tmp_path / "state" / "worker.log").read_text()
+    assert "Signal received: 15" in worker_log  # the worker was stopped by `dnc up`, in order
+    assert "Closing event loop" in worker_log  # ... and finished its shutdown cleanly
+    assert "killed it" not in log_path.read_text()
     assert "stopped." in log_path.read_text()
     time.sleep(0.5)
     for port in (kafka_port, redis_port, metrics_port):

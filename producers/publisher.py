@@ -31,6 +31,10 @@ def producer_config(bootstrap: str, timeout_seconds: float, **extra: Any) -> dic
         "compression.type": "lz4",
         "message.timeout.ms": int(timeout_seconds * 1000),
         "client.id": "dnc-publisher",
+        # librdkafka's own log lines go through Python logging, errors only: transient
+        # warnings (broker still starting) are retried internally and would only alarm.
+        "logger": logging.getLogger("dnc.kafka"),
+        "log_level": 3,
         **extra,
     }
 

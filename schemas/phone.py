@@ -11,6 +11,13 @@ from schemas.errors import InvalidPhoneNumber
 MAX_PHONE_INPUT = 64
 E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
 _E164 = re.compile(E164_PATTERN)
+_PARSE_ERRORS = {
+    phonenumbers.NumberParseException.INVALID_COUNTRY_CODE: "unknown country code",
+    phonenumbers.NumberParseException.NOT_A_NUMBER: "not digits",
+    phonenumbers.NumberParseException.TOO_SHORT_AFTER_IDD: "too short after the prefix",
+    phonenumbers.NumberParseException.TOO_SHORT_NSN: "too short",
+    phonenumbers.NumberParseException.TOO_LONG: "too long",
+}
 
 
 def normalise(raw: str, default_region: str) -> str:
@@ -27,7 +34,10 @@ def normalise(raw: str, default_region: str) -> str:
     try:
         parsed = phonenumbers.parse(text, default_region.upper())
     except phonenumbers.NumberParseException as exc:
-        raise InvalidPhoneNumber(f"{text!r} is not a phone number: {exc}") from exc
+        raise InvalidPhoneNumber(
+            f"{text!r} is not a phone number ({_PARSE_ERRORS.get(exc.error_type, 'unreadable')}): "
+            "give it in international form (+33612345678) or in the tenant's national form"
+        ) from exc
     if not phonenumbers.is_valid_number(parsed):
         raise InvalidPhoneNumber(
             f"{text!r} is not a valid number for region {default_region.upper()} "

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_VIEW_KEY = "local-development-view-key-change-me"
@@ -65,6 +66,9 @@ class Settings(BaseSettings):
     )
     expiry_interval_seconds: float = Field(1.0, gt=0, description="cooldown expiry resolution")
     retry_backoff_max_seconds: float = Field(5.0, gt=0)
+    shutdown_grace_seconds: float = Field(
+        30.0, gt=0, description="on stop, how long the batch in flight may take to finish"
+    )
     stall_after_seconds: float = Field(
         30.0, gt=0, description="input waiting this long without progress: stop heartbeating"
     )
@@ -80,6 +84,77 @@ class Settings(BaseSettings):
     publish_timeout_seconds: float = Field(15.0, gt=0)
 
     log_level: str = "INFO"
+
+    # Kafka security (librdkafka names; the local stack runs PLAINTEXT). Redis AUTH/ACL and
+    # TLS need no setting: put them in DNC_REDIS_URL (redis://user:password@host:6379/0,
+    # rediss://... for TLS).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="security.protocol of every Kafka client"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="sasl.mechanism when the protocol is SASL_*"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (secret)")
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="CA bundle that signs the brokers' certificates (SSL, SASL_SSL)"
+    )
+
+    # The HTTP gateway (`dnc gateway`).
+    gateway_host: str = Field("127.0.0.1", description="address the gateway binds")
+    gateway_port: int = Field(8080, ge=0, le=65535, description="gateway port (0 picks a free one)")
+    audit_topic: str = Field(
+        "dnc.audit.v1", description="topic of the gateway's audit records (who did what, when)"
+    )
+    audit_timeout_seconds: float = Field(
+        5.0, gt=0, description="longest wait for Kafka to acknowledge an audit record (then 503)"
+    )
+    gateway_bulk_check_limit: int = Field(
+        1000, ge=1, le=100_000, description="most numbers in one POST /v1/checks"
+    )
+    gateway_max_body_bytes: int = Field(
+        256 * 1024, ge=1024, description="largest request body the gateway reads (413 beyond)"
+    )
+    gateway_request_timeout_seconds: float = Field(
+        30.0, gt=0, description="longest a request may take: 408 for a slow body, 503 otherwise"
+    )
+    gateway_rate_limit_per_second: float = Field(
+        200.0, gt=0, description="sustained requests per second per token, per gateway process"
+    )
+    gateway_rate_limit_burst: int = Field(
+        400, ge=1, description="requests a token may send at once before the rate applies"
+    )
+    gateway_subject_scan_seconds: float = Field(
+        10.0, gt=0, description="longest a subject access request reads the event log"
+    )
+    gateway_subject_scan_max_messages: int = Field(
+        5_000_000, ge=1, description="most log messages one subject access request reads"
+    )
+
+    @model_validator(mode="after")
+    def _kafka_security_complete(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                "DNC_KAFKA_SECURITY_PROTOCOL=SASL_* needs DNC_KAFKA_SASL_MECHANISM, "
+                "DNC_KAFKA_SASL_USERNAME and DNC_KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka security options for every Kafka client (empty for PLAINTEXT)."""
+        config: dict[str, str] = {}
+        if self.kafka_security_protocol != "PLAINTEXT":
+            config["security.protocol"] = self.kafka_security_protocol.lower()
+        if self.kafka_security_protocol.startswith("SASL_"):
+            assert self.kafka_sasl_password is not None  # checked by the validator
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism or "PLAIN"
+            config["sasl.username"] = self.kafka_sasl_username or ""
+            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_cafile is not None:
+            config["ssl.ca.location"] = str(self.kafka_ssl_cafile)
+        return config
 
     @property
     def kafka_host_port(self) -> tuple[str, int]:

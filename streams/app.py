@@ -138,7 +138,15 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
                 # finish the side effects first, or the offsets would be committed for
                 # events whose change was never emitted.
                 log.warning("stopping: finishing the batch in flight (%d events)", len(batch))
-                await work
+                try:
+                    await asyncio.wait_for(asyncio.shield(work), settings.shutdown_grace_seconds)
+                except TimeoutError:
+                    log.critical(
+                        "the batch in flight did not finish within %.0fs (Redis or Kafka down?): "
+                        "exiting without committing it; it will be replayed on restart",
+                        settings.shutdown_grace_seconds,
+                    )
+                    os._exit(75)
                 raise
 
     def owned_partitions() -> set[int] | None:

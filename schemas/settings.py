@@ -54,8 +54,9 @@ class Settings(BaseSettings):
     worker_group: str = Field("dnc-worker", description="Faust app id and consumer group")
     worker_metrics_port: int = Field(9310, ge=0, le=65535, description="0 picks a free port")
     metrics_host: str = Field("127.0.0.1", description="address the /metrics endpoints bind")
-    batch_max_events: int = Field(500, ge=1, description="most events applied in one batch")
-    batch_max_seconds: float = Field(0.005, gt=0, description="longest wait to fill a batch")
+    batch_max_events: int = Field(
+        500, ge=1, description="most events applied in one batch (a batch is what was fetched)"
+    )
     commit_interval_seconds: float = Field(1.0, gt=0)
     session_timeout_seconds: float = Field(
         10.0, ge=6, description="a crashed worker's partitions move after this long"
@@ -66,9 +67,6 @@ class Settings(BaseSettings):
     )
     expiry_interval_seconds: float = Field(1.0, gt=0, description="cooldown expiry resolution")
     retry_backoff_max_seconds: float = Field(5.0, gt=0)
-    shutdown_grace_seconds: float = Field(
-        30.0, gt=0, description="on stop, how long the batch in flight may take to finish"
-    )
     stall_after_seconds: float = Field(
         30.0, gt=0, description="input waiting this long without progress: stop heartbeating"
     )

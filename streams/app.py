@@ -15,8 +15,9 @@ from redis.asyncio import Redis
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
 from schemas.view import ViewLayout
+from streams.credentials import faust_credentials
 from streams.expiry import ExpirySchedule
-from streams.faust_bridge import FaustChangeSink, bound_event, source_message
+from streams.faust_bridge import FaustChangeSink, apply_in_batches, bound_event
 from streams.maintenance import ViewMaintenance
 from streams.processor import OppositionProcessor
 from streams.progress import ProgressWatch
@@ -25,6 +26,7 @@ from streams.view_writer import SuppressionViewWriter
 log = logging.getLogger("dnc.streams")
 
 TABLE_NAME = "suppression-state"
+STALL_CHECK_INTERVAL = 5.0  # seconds between end-offset reads (one ListOffsets request)
 
 
 @dataclass
@@ -69,6 +71,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         broker_heartbeat_interval=settings.session_timeout_seconds / 5,
         stream_wait_empty=True,
         producer_acks=-1,
+        broker_credentials=faust_credentials(settings),  # Kafka SASL/TLS (None: PLAINTEXT)
     )
     source = app.topic(
         settings.oppositions_topic,
@@ -110,7 +113,6 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         expiry=expiry,
         view_lock=lock,
         bind_event=bound_event,
-        progress=progress,
     )
     maintenance = ViewMaintenance(
         table=table,
@@ -124,30 +126,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
 
     @app.agent(source, name="apply-oppositions", concurrency=1)
     async def apply_oppositions(stream: Any) -> None:
-        # take_events acks the batch's events only after this body returns for the batch.
-        async for batch in stream.take_events(
-            settings.batch_max_events, within=settings.batch_max_seconds
-        ):
-            work = asyncio.ensure_future(
-                processor.process([(event, source_message(event)) for event in batch])
-            )
-            try:
-                await asyncio.shield(work)
-            except asyncio.CancelledError:
-                # take_events acks the batch when this body ends, even on cancellation:
-                # finish the side effects first, or the offsets would be committed for
-                # events whose change was never emitted.
-                log.warning("stopping: finishing the batch in flight (%d events)", len(batch))
-                try:
-                    await asyncio.wait_for(asyncio.shield(work), settings.shutdown_grace_seconds)
-                except TimeoutError:
-                    log.critical(
-                        "the batch in flight did not finish within %.0fs (Redis or Kafka down?): "
-                        "exiting without committing it; it will be replayed on restart",
-                        settings.shutdown_grace_seconds,
-                    )
-                    os._exit(75)
-                raise
+        await apply_in_batches(stream.noack(), processor, settings.batch_max_events, progress)
 
     def owned_partitions() -> set[int] | None:
         """Owned source partitions, or None while rebalancing or recovering the table."""
@@ -160,24 +139,38 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             if tp.topic == settings.oppositions_topic
         }
 
+    stalled: set[int] = set()
+
     @app.timer(settings.heartbeat_interval_seconds, name="view-maintenance")
     async def keep_view() -> None:
         owned = owned_partitions()
         if owned is None:
             return
         try:
-            stalled = await stalled_partitions(owned)
-            await maintenance.tick(owned, stalled)
+            await maintenance.tick(owned, stalled & owned)
         except Exception as exc:  # Redis down: checks fail closed by themselves; try again
             log.warning("view maintenance failed (%s); retrying next tick", exc)
 
-    async def stalled_partitions(owned: set[int]) -> set[int]:
-        """Owned partitions with input waiting and no progress (they lose their heartbeat)."""
+    @app.timer(STALL_CHECK_INTERVAL, name="stall-watch")
+    async def watch_progress() -> None:
+        """Find owned partitions with input waiting and no progress (they lose their heartbeat)."""
+        owned = owned_partitions()
+        if owned is None:
+            stalled.clear()
+            return
         tps = {p: TP(settings.oppositions_topic, p) for p in owned}
-        highwaters = await app.consumer.highwaters(*tps.values())
-        positions = {p: await app.consumer.position(tp) for p, tp in tps.items()}
-        stalled = progress.stalled_for({p: highwaters.get(tp) for p, tp in tps.items()}, positions)
-        for partition, idle in stalled.items():
+        try:
+            highwaters = await app.consumer.highwaters(*tps.values())
+            # Faust's record of the committed offsets (set when it seeks after assignment).
+            consumer: Any = app.consumer
+            committed = {p: consumer._committed_offset.get(tp) for p, tp in tps.items()}
+        except Exception as exc:  # Kafka unreachable: the next round judges again
+            log.warning("cannot read end offsets to watch progress: %s", exc)
+            return
+        found = progress.stalled_for({p: highwaters.get(tp) for p, tp in tps.items()}, committed)
+        stalled.clear()
+        stalled.update(found)
+        for partition, idle in found.items():
             log.error(
                 "partition %d has events waiting but made no progress for %.0fs: "
                 "withholding its heartbeat (dialers get 'unavailable')",
@@ -188,7 +181,6 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             if limit and idle > limit:
                 log.critical("stalled for over %.0fs: exiting so a supervisor restarts me", limit)
                 os._exit(70)  # nothing past the applied events is committed: they replay
-        return set(stalled)
 
     @app.timer(settings.expiry_interval_seconds, name="cooldown-expiry")
     async def expire() -> None:

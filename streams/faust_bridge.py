@@ -21,7 +21,8 @@ from schemas.topics import (
     DLQ_REASON,
     DLQ_TOPIC,
 )
-from streams.processor import DeadLetter, SourceMessage
+from streams.processor import DeadLetter, OppositionProcessor, SourceMessage
+from streams.progress import ProgressWatch
 
 
 @contextmanager
@@ -95,3 +96,31 @@ class FaustChangeSink:
     async def flush(self) -> None:
         """Flush the producer: the table's changelog writes are durable after this."""
         await self._app.producer.flush()
+
+
+async def apply_in_batches(
+    stream: Any, processor: OppositionProcessor, max_events: int, progress: ProgressWatch
+) -> None:
+    """Consume ``stream`` (created with ``noack()``) in adaptive batches, acking by hand.
+
+    A batch is whatever has already been fetched, up to ``max_events``: it is applied as
+    soon as the stream's queue runs dry, so latency stays low when traffic is light and
+    batches grow under load. Events are acked only after :meth:`OppositionProcessor.process`
+    returned, i.e. after every side effect is durable; a crash or a cancellation before
+    that leaves them unacked, so they are replayed (every effect is idempotent).
+
+    Faust's ``take_events`` is not used: its buffer hand-off can drop an event from a
+    batch under load (the event is neither applied nor acked, and commits stall).
+    """
+    batch: list[Any] = []
+    queue = stream.channel.queue
+    async for event in stream.events():
+        progress.received(event.message.partition, event.message.offset)
+        batch.append(event)
+        if len(batch) < max_events and not queue.empty():
+            continue
+        await processor.process([(e, source_message(e)) for e in batch])
+        progress.applied()
+        for done in batch:
+            await stream.ack(done)
+        batch.clear()

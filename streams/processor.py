@@ -25,7 +25,6 @@ from schemas.settings import Settings
 from schemas.state import SuppressionChange, SuppressionState, state_key
 from schemas.tenants import TenantDirectory
 from streams.expiry import ExpirySchedule
-from streams.progress import ProgressWatch
 from streams.retry import until_done
 from streams.rules import Outcome, apply_event
 from streams.view_writer import SuppressionViewWriter
@@ -115,7 +114,6 @@ class OppositionProcessor:
         expiry: ExpirySchedule,
         view_lock: asyncio.Lock,
         bind_event: Callable[[Any], Any],
-        progress: ProgressWatch | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._table = table
@@ -126,7 +124,6 @@ class OppositionProcessor:
         self._expiry = expiry
         self._view_lock = view_lock
         self._bind_event = bind_event
-        self._progress = progress
         self._clock = clock
 
     async def process(self, batch: Sequence[tuple[Any, SourceMessage]]) -> BatchResult:
@@ -149,9 +146,6 @@ class OppositionProcessor:
             else:
                 result.rejected += 1
         await self._propagate(touched, emitted, applied_at, dead, now)
-        if self._progress is not None:
-            for _faust_event, message in batch:
-                self._progress.applied(message.partition, message.offset)
         result.changed_keys = list(emitted)
         return result
 

@@ -14,46 +14,54 @@ from collections.abc import Callable, Mapping
 
 
 class ProgressWatch:
-    """Tracks, per partition, the next offset to apply and when it last moved."""
+    """Per partition: what the stream delivered, what is being applied, and since when."""
 
     def __init__(self, stall_after: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._stall_after = stall_after
         self._clock = clock
-        self._next: dict[int, int] = {}
-        self._moved_at: dict[int, float] = {}
+        self._expected: dict[int, int] = {}  # next offset the stream should deliver
+        self._moved_at: dict[int, float] = {}  # input last delivered, or nothing was waiting
+        self._in_flight_since: dict[int, float] = {}  # oldest delivered, not yet applied
 
-    def applied(self, partition: int, offset: int) -> None:
-        """The processor finished ``offset`` (its side effects are durable)."""
-        if offset + 1 > self._next.get(partition, -1):
-            self._next[partition] = offset + 1
-            self._moved_at[partition] = self._clock()
+    def received(self, partition: int, offset: int) -> None:
+        """The stream delivered ``offset`` to the agent."""
+        now = self._clock()
+        if offset + 1 > self._expected.get(partition, -1):
+            self._expected[partition] = offset + 1
+        self._moved_at[partition] = now
+        self._in_flight_since.setdefault(partition, now)
+
+    def applied(self) -> None:
+        """Everything delivered so far is applied (its side effects are durable)."""
+        self._in_flight_since.clear()
 
     def forget(self) -> None:
         """On rebalance: positions are measured again from the new assignment."""
-        self._next.clear()
+        self._expected.clear()
         self._moved_at.clear()
+        self._in_flight_since.clear()
 
     def stalled_for(
-        self, highwaters: Mapping[int, int | None], positions: Mapping[int, int | None]
+        self, highwaters: Mapping[int, int | None], committed: Mapping[int, int | None]
     ) -> dict[int, float]:
-        """Partitions with input waiting and no progress for longer than the threshold.
+        """Partitions stuck for longer than the threshold, with how long.
 
-        ``positions`` (the consumer's fetch positions) seed partitions this worker has
-        not applied anything on yet: after assignment that is the committed offset.
+        Stuck means a delivered batch is still not applied, or the log has events the
+        stream has not delivered. ``committed`` seeds partitions nothing was delivered
+        on yet (after an assignment, delivery starts at the committed offset).
         """
         now = self._clock()
         stalled: dict[int, float] = {}
         for partition, highwater in highwaters.items():
-            if partition not in self._next:
-                seed = positions.get(partition)
-                if seed is None:
-                    continue
-                self._next[partition] = seed
-                self._moved_at[partition] = now
-            if highwater is None or highwater <= self._next[partition]:
+            since = self._in_flight_since.get(partition)
+            if since is not None and now - since > self._stall_after:
+                stalled[partition] = now - since
+                continue
+            expected = self._expected.get(partition, committed.get(partition))
+            if expected is None or highwater is None or highwater <= expected:
                 self._moved_at[partition] = now  # nothing waiting: not stalled
                 continue
-            idle = now - self._moved_at[partition]
+            idle = now - self._moved_at.setdefault(partition, now)
             if idle > self._stall_after:
                 stalled[partition] = idle
         return stalled

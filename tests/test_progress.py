@@ -13,33 +13,39 @@ class Clock:
         return self.now
 
 
-def test_waiting_input_without_progress_is_a_stall() -> None:
+def test_a_batch_that_never_finishes_is_a_stall() -> None:
     clock = Clock()
     watch = ProgressWatch(stall_after=10, clock=clock)
-    assert watch.stalled_for({0: 100}, {0: 40}) == {}  # seeded at the committed offset
+    watch.received(0, 40)
+    clock.now = 9
+    assert watch.stalled_for({0: 41}, {0: 40}) == {}
     clock.now = 11
-    assert set(watch.stalled_for({0: 100}, {0: 40})) == {0}
-    watch.applied(0, 60)
-    assert watch.stalled_for({0: 100}, {0: 90}) == {}
-    clock.now = 30
-    assert set(watch.stalled_for({0: 100}, {0: 90})) == {0}
+    assert watch.stalled_for({0: 41}, {0: 40}) == {0: 11}
+    watch.applied()
+    assert watch.stalled_for({0: 41}, {0: 40}) == {}
 
 
-def test_no_input_waiting_is_never_a_stall() -> None:
+def test_events_in_the_log_never_delivered_are_a_stall() -> None:
     clock = Clock()
     watch = ProgressWatch(stall_after=5, clock=clock)
-    watch.applied(1, 99)
-    clock.now = 1000
-    assert watch.stalled_for({1: 100}, {1: 100}) == {}
-    clock.now = 1001  # new input arrives: idle time counts from the last idle observation
-    assert watch.stalled_for({1: 150}, {1: 100}) == {}
-    clock.now = 1006.5
-    assert set(watch.stalled_for({1: 150}, {1: 100})) == {1}
+    assert watch.stalled_for({1: 100}, {1: 40}) == {}  # seeded at the committed offset
+    clock.now = 6
+    assert set(watch.stalled_for({1: 100}, {1: 40})) == {1}
+    watch.received(1, 99)
+    watch.applied()
+    clock.now = 100
+    assert watch.stalled_for({1: 100}, {1: 40}) == {}  # caught up: nothing waiting
 
 
-def test_unknown_positions_are_not_judged_and_rebalance_forgets() -> None:
-    watch = ProgressWatch(stall_after=0)
-    assert watch.stalled_for({2: 10}, {2: None}) == {}
-    watch.applied(2, 1)
+def test_slow_but_moving_is_not_a_stall_and_unknowns_are_not_judged() -> None:
+    clock = Clock()
+    watch = ProgressWatch(stall_after=5, clock=clock)
+    for second in range(1, 30):
+        clock.now = second
+        watch.received(2, second)
+        watch.applied()
+        assert watch.stalled_for({2: 1000}, {2: 0}) == {}
+    assert watch.stalled_for({3: 10}, {3: None}) == {}
     watch.forget()
+    clock.now = 1000
     assert watch.stalled_for({2: 10}, {2: None}) == {}

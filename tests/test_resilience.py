@@ -130,3 +130,31 @@ def test_redis_down_or_worker_gone_fails_closed(pipeline: Pipeline) -> None:
         "unavailable",
         "unavailable",
     ]
+
+
+def test_a_stalled_worker_loses_its_heartbeat_so_checks_fail_closed(pipeline: Pipeline) -> None:
+    """Redis is fine, but the worker cannot finish a batch (its output topic is gone)."""
+    from confluent_kafka.admin import AdminClient
+
+    from infra.topics import ensure_pipeline_topics
+
+    pipeline.env["DNC_STALL_AFTER_SECONDS"] = "2"
+    pipeline.env["DNC_STALL_EXIT_AFTER_SECONDS"] = "0"
+    pipeline.start_worker()
+    admin = AdminClient({"bootstrap.servers": pipeline.stack.bootstrap_servers})
+    for future in admin.delete_topics([pipeline.settings.suppressions_topic]).values():
+        future.result(timeout=30)
+    time.sleep(2)
+    pipeline.publisher.publish(
+        OppositionEvent.record(tenant="acme", phone="0687654321", kind=Kind.OPPOSITION)
+    )
+    stalled = wait_for(
+        lambda: (r := pipeline.check("0687654321", "acme")).answer.value == "unavailable" and r,
+        timeout=40,
+        what="checks to fail closed while the worker is stalled",
+    )
+    assert "heartbeat" in (stalled.why or "")
+    assert "made no progress" in pipeline.worker_log()
+
+    ensure_pipeline_topics(pipeline.settings)  # the operator restores the topic
+    pipeline.wait_answer("0687654321", "acme", "suppressed", timeout=60)

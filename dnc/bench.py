@@ -350,7 +350,8 @@ def run_bench(numbers: int, rate: int, seconds: float, console: Console) -> Figu
                    "DNC_OPPOSITIONS_TOPIC": "bench.oppositions", "DNC_VIEW_BUCKETS": "1024",
                    "DNC_SUPPRESSIONS_TOPIC": "bench.suppressions", "DNC_LOG_LEVEL": "INFO",
                    "DNC_DEAD_LETTER_TOPIC": "bench.dead-letter", "DNC_WORKER_GROUP": "bench",
-                   "DNC_VIEW_KEY": "bench-key", "DNC_WORKER_METRICS_PORT": str(port)}  # fmt: skip
+                   "DNC_VIEW_KEY": "bench-key", "DNC_WORKER_METRICS_PORT": str(port),
+                   "DNC_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}  # fmt: skip
             settings = Settings.model_validate({k[4:].lower(): v for k, v in dnc.items()})
             tenants = TenantDirectory.load(tmp / "tenants.toml")
             layout = view_layout(settings, tenants)
@@ -358,6 +359,7 @@ def run_bench(numbers: int, rate: int, seconds: float, console: Console) -> Figu
             ensure_pipeline_topics(settings)
             status.update("starting the worker; waiting for the view to be ready")
             env = {k: v for k, v in os.environ.items() if not k.startswith("DNC_")} | dnc
+            env["PYTHONUNBUFFERED"] = "1"  # a readable log tail if it fails to start
             with (tmp / "worker.log").open("wb") as log:
                 worker = subprocess.Popen([sys.executable, "-m", "dnc", "worker", "--id", "bench"],
                                           env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
@@ -382,7 +384,7 @@ def run_bench(numbers: int, rate: int, seconds: float, console: Console) -> Figu
             signal.signal(s, signal.SIG_IGN)  # the cleanup is not interrupted
         try:
             with console.status("stopping the worker, Kafka and Redis"):
-                _stop_worker(worker, timeout=10 if interrupted.is_set() else 60)
+                _stop_worker(worker, timeout=30)
                 stack.stop()
                 shutil.rmtree(tmp, ignore_errors=True)
         finally:

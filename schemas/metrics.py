@@ -45,8 +45,32 @@ CONSUMER_LAG = Gauge(
 VIEW_REBUILDS = Counter("dnc_view_rebuilds_total", "Redis view rebuilds", ["trigger"])
 # Transient failures the worker retried (redis, kafka), before the batch went through.
 RETRIES = Counter("dnc_worker_retries_total", "Retried side effects", ["dependency"])
+# Offsets the worker's stream skipped (detected), fetched again (repaired) or gave up on.
+DELIVERY_HOLES = Counter("dnc_delivery_holes_total", "Skipped offsets", ["outcome"])
 # Suppressions ended by their cooldown.
 EXPIRED = Counter("dnc_expired_total", "Suppressions expired by their cooldown")
+
+# --- The HTTP gateway (`dnc gateway`). Routes are templates, never a raw path. -------------
+GATEWAY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+)  # fmt: skip
+# Gateway requests answered, by route template, method and status code.
+GATEWAY_REQUESTS = Counter(
+    "dnc_gateway_requests_total", "Gateway requests answered", ["route", "method", "status"]
+)
+# Time to answer a gateway request, by route template.
+GATEWAY_REQUEST_SECONDS = Histogram(
+    "dnc_gateway_request_seconds", "Gateway request latency", ["route"], buckets=GATEWAY_BUCKETS
+)
+# Numbers checked through the gateway, by tenant and answer (dialer reads are counted, not logged).
+GATEWAY_CHECKS = Counter(
+    "dnc_gateway_checks_total", "Numbers checked through the gateway", ["tenant", "outcome"]
+)
+# Requests refused before reaching an endpoint: missing_token, unknown_token, forbidden_role,
+# forbidden_tenant, rate_limited.
+GATEWAY_DENIED = Counter("dnc_gateway_denied_total", "Gateway requests refused", ["reason"])
+# Audit records by action and result: written (acknowledged), failed (not acknowledged).
+AUDIT_RECORDS = Counter("dnc_audit_records_total", "Audit records", ["action", "result"])
 
 
 def observe_propagation(stage: str, occurred_at: datetime, visible_at: datetime) -> None:

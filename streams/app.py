@@ -16,6 +16,7 @@ from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
 from schemas.view import ViewLayout
 from streams.credentials import faust_credentials
+from streams.delivery import DeliveryHoles
 from streams.expiry import ExpirySchedule
 from streams.faust_bridge import FaustChangeSink, apply_in_batches, bound_event
 from streams.maintenance import ViewMaintenance
@@ -104,6 +105,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     expiry = ExpirySchedule()
     lock = asyncio.Lock()
     progress = ProgressWatch(settings.stall_after_seconds)
+    holes = DeliveryHoles()
     processor = OppositionProcessor(
         table=table,
         view=view,
@@ -126,7 +128,9 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
 
     @app.agent(source, name="apply-oppositions", concurrency=1)
     async def apply_oppositions(stream: Any) -> None:
-        await apply_in_batches(stream.noack(), processor, settings.batch_max_events, progress)
+        await apply_in_batches(
+            stream.noack(), processor, settings.batch_max_events, progress, holes, app.consumer
+        )
 
     def owned_partitions() -> set[int] | None:
         """Owned source partitions, or None while rebalancing or recovering the table."""
@@ -192,5 +196,6 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
         maintenance.forget()
         progress.forget()
+        holes.forget()
 
     return WorkerApp(app=app, processor=processor, maintenance=maintenance, redis=redis)

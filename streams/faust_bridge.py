@@ -7,6 +7,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import faust
@@ -21,6 +22,7 @@ from schemas.topics import (
     DLQ_REASON,
     DLQ_TOPIC,
 )
+from streams.delivery import DeliveryHoles
 from streams.processor import DeadLetter, OppositionProcessor, SourceMessage
 from streams.progress import ProgressWatch
 
@@ -99,7 +101,12 @@ class FaustChangeSink:
 
 
 async def apply_in_batches(
-    stream: Any, processor: OppositionProcessor, max_events: int, progress: ProgressWatch
+    stream: Any,
+    processor: OppositionProcessor,
+    max_events: int,
+    progress: ProgressWatch,
+    holes: DeliveryHoles,
+    consumer: Any,
 ) -> None:
     """Consume ``stream`` (created with ``noack()``) in adaptive batches, acking by hand.
 
@@ -115,7 +122,13 @@ async def apply_in_batches(
     batch: list[Any] = []
     queue = stream.channel.queue
     async for event in stream.events():
-        progress.received(event.message.partition, event.message.offset)
+        message = event.message
+        progress.received(message.partition, message.offset)
+        rewind = holes.seek_needed(
+            message.tp, message.offset, partial(_known_gap, consumer, message.tp)
+        )
+        if rewind is not None:
+            await consumer.seek(message.tp, rewind)
         batch.append(event)
         if len(batch) < max_events and not queue.empty():
             continue
@@ -124,3 +137,11 @@ async def apply_in_batches(
         for done in batch:
             await stream.ack(done)
         batch.clear()
+
+
+def _known_gap(consumer: Any, tp: Any, start: int, end: int) -> bool:
+    """True when Faust recorded ``start..end-1`` as offsets that do not exist (control records)."""
+    gaps = getattr(consumer, "_gap", {}).get(tp)
+    if not gaps or end - start > 10_000:
+        return False
+    return all(gaps.overlaps_point(offset) for offset in range(start, end))

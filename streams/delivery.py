@@ -1,0 +1,71 @@
+"""Delivery continuity: find offsets the stream skipped and have them fetched again.
+
+Faust's fetcher can abandon a message while the flow is suspended (rebalance, table
+recovery): its read offset moves on, the message is never delivered to the agent, and
+the partition's commits stall behind it. If the message had been applied before a crash
+but its change was not emitted, nothing would ever emit it. Offsets are contiguous on the
+oppositions topic (no compaction, no transactions from our producers); holes that Faust
+itself recorded as real gaps (control records) are left alone. Any other hole is fetched
+again by seeking back to it; everything delivered twice is applied idempotently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Hashable
+
+from schemas.metrics import DELIVERY_HOLES
+
+log = logging.getLogger("dnc.streams")
+
+MAX_REPAIRS = 3  # per hole: after that it is logged and accepted as a gap
+
+
+class DeliveryHoles:
+    """Tracks the next expected offset per partition and decides when to seek back."""
+
+    def __init__(self) -> None:
+        self._expected: dict[Hashable, int] = {}
+        self._repairing: dict[Hashable, int] = {}
+        self._attempts: Counter[tuple[Hashable, int]] = Counter()
+
+    def forget(self) -> None:
+        """On rebalance: delivery restarts from the committed offsets."""
+        self._expected.clear()
+        self._repairing.clear()
+
+    def seek_needed(
+        self, tp: Hashable, offset: int, known_gap: Callable[[int, int], bool]
+    ) -> int | None:
+        """The offset to seek ``tp`` back to, or None when delivery is continuous.
+
+        ``known_gap(a, b)`` says whether offsets ``a..b-1`` are a gap the consumer knows of.
+        """
+        waiting_for = self._repairing.get(tp)
+        if waiting_for is not None:
+            if offset != waiting_for:
+                return None  # messages fetched before the seek, still in the queue
+            del self._repairing[tp]
+            self._expected[tp] = offset + 1
+            DELIVERY_HOLES.labels(outcome="repaired").inc()
+            return None
+        expected = self._expected.get(tp)
+        self._expected[tp] = max(expected or 0, offset + 1)
+        if expected is None or offset <= expected:
+            return None
+        if known_gap(expected, offset):
+            return None
+        self._attempts[(tp, expected)] += 1
+        if self._attempts[(tp, expected)] > MAX_REPAIRS:
+            log.error("offsets %d..%d of %s never arrived after %d seeks: accepted as a gap",
+                      expected, offset - 1, tp, MAX_REPAIRS)  # fmt: skip
+            DELIVERY_HOLES.labels(outcome="accepted").inc()
+            return None
+        log.error(
+            "the stream skipped offsets %d..%d of %s (delivered %d): fetching them again",
+            expected, offset - 1, tp, offset,
+        )  # fmt: skip
+        self._repairing[tp] = expected
+        DELIVERY_HOLES.labels(outcome="detected").inc()
+        return expected

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     )
     expiry_interval_seconds: float = Field(1.0, gt=0, description="cooldown expiry resolution")
     retry_backoff_max_seconds: float = Field(5.0, gt=0)
+    shutdown_timeout_seconds: float = Field(
+        30.0, gt=0, description="a graceful stop taking longer exits anyway (nothing is lost)"
+    )
     stall_after_seconds: float = Field(
         30.0, gt=0, description="input waiting this long without progress: stop heartbeating"
     )
@@ -127,6 +130,11 @@ class Settings(BaseSettings):
     )
     gateway_subject_scan_max_messages: int = Field(
         5_000_000, ge=1, description="most log messages one subject access request reads"
+    )
+    gateway_cors_origins: list[str] = Field(
+        default_factory=list,
+        description="web origins of agent desktops allowed to call the gateway (JSON list, e.g. "
+        '["https://desk.example"]); empty: no CORS',
     )
 
     @model_validator(mode="after")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 
 import faust
 from prometheus_client import start_http_server
@@ -15,6 +16,39 @@ from schemas.tenants import TenantDirectory
 from streams.app import build_worker
 
 log = logging.getLogger("dnc.streams")
+
+
+class BoundedShutdownWorker(faust.Worker):
+    """A Faust worker whose graceful stop cannot hang forever.
+
+    Faust can block in shutdown (e.g. SIGTERM while it is joining its group, or a broker
+    gone). Events are acked only after their side effects are durable, so exiting without
+    finishing loses nothing: what was not committed is replayed by the next worker.
+    """
+
+    shutdown_timeout: float = 30.0
+
+    def _on_sigint(self) -> None:
+        self._arm_watchdog()
+        super()._on_sigint()
+
+    def _on_sigterm(self) -> None:
+        self._arm_watchdog()
+        super()._on_sigterm()
+
+    def _arm_watchdog(self) -> None:
+        def force_exit() -> None:
+            log.error(
+                "graceful shutdown still not done after %.0fs: exiting now "
+                "(nothing uncommitted is lost; it replays on restart)",
+                self.shutdown_timeout,
+            )
+            logging.shutdown()
+            os._exit(1)
+
+        timer = threading.Timer(self.shutdown_timeout, force_exit)
+        timer.daemon = True
+        timer.start()
 
 
 def run_worker(settings: Settings, worker_id: str | None = None) -> None:
@@ -39,5 +73,6 @@ def run_worker(settings: Settings, worker_id: str | None = None) -> None:
         settings.worker_metrics_port,
     )
     built = build_worker(settings, tenants, ident)
-    worker = faust.Worker(built.app, loglevel=settings.log_level)
+    worker = BoundedShutdownWorker(built.app, loglevel=settings.log_level)
+    worker.shutdown_timeout = settings.shutdown_timeout_seconds
     worker.execute_from_commandline()

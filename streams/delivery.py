@@ -4,16 +4,18 @@ Faust's fetcher can abandon a message while the flow is suspended (rebalance, ta
 recovery): its read offset moves on, the message is never delivered to the agent, and
 the partition's commits stall behind it. If the message had been applied before a crash
 but its change was not emitted, nothing would ever emit it. Offsets are contiguous on the
-oppositions topic (no compaction, no transactions from our producers); holes that Faust
-itself recorded as real gaps (control records) are left alone. Any other hole is fetched
-again by seeking back to it; everything delivered twice is applied idempotently.
+oppositions topic (no compaction, no transactions from our producers), so any hole is
+fetched again by seeking back to it; everything delivered twice is applied idempotently.
+Faust's own gap bookkeeping is not trusted: after dropping messages it can record them as a
+gap and commit past them. A real gap (control records of a transactional producer) costs at
+most MAX_REPAIRS seeks and is then accepted, with an error in the log.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 
 from schemas.metrics import DELIVERY_HOLES
 
@@ -35,13 +37,8 @@ class DeliveryHoles:
         self._expected.clear()
         self._repairing.clear()
 
-    def seek_needed(
-        self, tp: Hashable, offset: int, known_gap: Callable[[int, int], bool]
-    ) -> int | None:
-        """The offset to seek ``tp`` back to, or None when delivery is continuous.
-
-        ``known_gap(a, b)`` says whether offsets ``a..b-1`` are a gap the consumer knows of.
-        """
+    def seek_needed(self, tp: Hashable, offset: int) -> int | None:
+        """The offset to seek ``tp`` back to, or None when delivery is continuous."""
         waiting_for = self._repairing.get(tp)
         if waiting_for is not None:
             if offset != waiting_for:
@@ -53,8 +50,6 @@ class DeliveryHoles:
         expected = self._expected.get(tp)
         self._expected[tp] = max(expected or 0, offset + 1)
         if expected is None or offset <= expected:
-            return None
-        if known_gap(expected, offset):
             return None
         self._attempts[(tp, expected)] += 1
         if self._attempts[(tp, expected)] > MAX_REPAIRS:

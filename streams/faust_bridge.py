@@ -7,7 +7,6 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 import faust
@@ -124,9 +123,7 @@ async def apply_in_batches(
     async for event in stream.events():
         message = event.message
         progress.received(message.partition, message.offset)
-        rewind = holes.seek_needed(
-            message.tp, message.offset, partial(_known_gap, consumer, message.tp)
-        )
+        rewind = holes.seek_needed(message.tp, message.offset)
         if rewind is not None:
             await consumer.seek(message.tp, rewind)
         batch.append(event)
@@ -137,11 +134,3 @@ async def apply_in_batches(
         for done in batch:
             await stream.ack(done)
         batch.clear()
-
-
-def _known_gap(consumer: Any, tp: Any, start: int, end: int) -> bool:
-    """True when Faust recorded ``start..end-1`` as offsets that do not exist (control records)."""
-    gaps = getattr(consumer, "_gap", {}).get(tp)
-    if not gaps or end - start > 10_000:
-        return False
-    return all(gaps.overlaps_point(offset) for offset in range(start, end))

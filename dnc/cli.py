@@ -326,6 +326,69 @@ def bench(
     run_bench(numbers=numbers, rate=rate, seconds=seconds, console=out)
 
 
+# --- HTTP gateway: `dnc gateway`, `dnc token create`, `dnc bench-gateway` ----------------------
+
+
+@app.command()
+def gateway(
+    host: Annotated[str | None, typer.Option("--host", help="default DNC_GATEWAY_HOST")] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="default DNC_GATEWAY_PORT; 0 picks a free port")
+    ] = None,
+) -> None:
+    """Serve the HTTP API for agent desktops and dialers; Ctrl-C stops it gracefully."""
+    from dnc.gateway import run_gateway
+
+    settings = Settings()
+    run_gateway(
+        settings,
+        host if host is not None else settings.gateway_host,
+        port if port is not None else settings.gateway_port,
+    )
+
+
+token_app = typer.Typer(help="Gateway access tokens (stored hashed in the tenants file).")
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    tenant: TenantOpt,
+    role: Annotated[str, typer.Option("--role", "-r", help="agent, dialer or admin")],
+    token_id: Annotated[
+        str | None, typer.Option("--id", help="name of the token in audit records")
+    ] = None,
+) -> None:
+    """Create a token: prints it once, appends its SHA-256 to the tenants file."""
+    from schemas.tenants import issue_token
+    from schemas.tokens import Role
+
+    try:
+        chosen_role = Role(role)
+    except ValueError:
+        raise _fail(f"unknown role {role!r}: use agent, dialer or admin") from None
+    settings = Settings()
+    created_id, token = issue_token(settings.tenants_file, tenant, chosen_role, token_id)
+    sys.stdout.write(token + "\n")
+    err.print(
+        f"token [bold]{created_id}[/] ({chosen_role.value}) of tenant {tenant}: its hash was "
+        f"appended to {settings.tenants_file}. This is the only time the token is shown; "
+        "restart the gateway to load it."
+    )
+
+
+@app.command(name="bench-gateway")
+def bench_gateway(
+    checks: Annotated[int, typer.Option(help="single checks per side")] = 4000,
+    bulk: Annotated[int, typer.Option(help="numbers per bulk request")] = 1000,
+    events: Annotated[int, typer.Option(help="POST-to-suppressed measurements")] = 300,
+) -> None:
+    """Benchmark the gateway against the library on a private stack (checks, bulk, propagation)."""
+    from dnc.bench_gateway import run_gateway_bench
+
+    run_gateway_bench(checks=checks, bulk=bulk, events=events, console=out)
+
+
 def main() -> None:
     """Entry point: clear errors instead of tracebacks for what users can fix."""
     _setup_logging(Settings().log_level if "--help" not in sys.argv else "WARNING")

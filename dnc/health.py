@@ -44,6 +44,7 @@ def consumer_lag(settings: Settings, group: str, topic: str) -> dict[int, dict[s
             "bootstrap.servers": settings.kafka_bootstrap,
             "group.id": group,
             "enable.auto.commit": False,
+            **settings.kafka_client_config(),  # Kafka SASL/TLS (empty for PLAINTEXT)
         }
     )
     try:

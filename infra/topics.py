@@ -14,9 +14,17 @@ from schemas.topics import TopicSpec, pipeline_topics
 log = logging.getLogger("dnc.infra")
 
 
-def ensure_topics(bootstrap: str, specs: list[TopicSpec], timeout: float = 30.0) -> list[str]:
-    """Create the missing topics; return the names created. Existing topics are left as they are."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def ensure_topics(
+    bootstrap: str,
+    specs: list[TopicSpec],
+    timeout: float = 30.0,
+    client_config: dict[str, str] | None = None,
+) -> list[str]:
+    """Create the missing topics; return the names created. Existing topics are left as they are.
+
+    ``client_config``: extra librdkafka options, e.g. ``Settings.kafka_client_config()``.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(client_config or {})})
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
@@ -49,5 +57,9 @@ def ensure_topics(bootstrap: str, specs: list[TopicSpec], timeout: float = 30.0)
 
 
 def ensure_pipeline_topics(settings: Settings) -> list[str]:
-    """Create the oppositions, suppressions and dead-letter topics if missing."""
-    return ensure_topics(settings.kafka_bootstrap, pipeline_topics(settings))
+    """Create the oppositions, suppressions, dead-letter and audit topics if missing."""
+    return ensure_topics(
+        settings.kafka_bootstrap,
+        pipeline_topics(settings),
+        client_config=settings.kafka_client_config(),
+    )

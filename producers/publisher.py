@@ -11,7 +11,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from schemas.errors import InvalidEventError, PublishError
-from schemas.events import OppositionEvent
+from schemas.events import OppositionEvent, check_clock
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
 
@@ -80,10 +80,19 @@ class OppositionPublisher:
             tenants,
             timeout_seconds=settings.publish_timeout_seconds,
             max_event_bytes=settings.max_event_bytes,
+            # Kafka SASL/TLS options (empty for the local PLAINTEXT stack).
+            producer=Producer(
+                producer_config(
+                    settings.kafka_bootstrap,
+                    settings.publish_timeout_seconds,
+                    **settings.kafka_client_config(),
+                )
+            ),
         )
 
     def prepare(self, event: OppositionEvent) -> tuple[OppositionEvent, bytes]:
         """Normalise and encode; raises InvalidEventError before anything is sent."""
+        check_clock(event)
         normalised = event.normalised(self._tenants)
         payload = normalised.model_dump_json(exclude_none=True).encode()
         if len(payload) > self._max_bytes:

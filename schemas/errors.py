@@ -44,3 +44,7 @@ class UnknownTenant(InvalidEventError):
 
 class PublishError(DncError):
     """Kafka did not acknowledge an event; it was NOT recorded and must be retried."""
+
+
+class AuditError(DncError):
+    """An audit record was not acknowledged by Kafka: the access it records must not be served."""

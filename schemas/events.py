@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -188,12 +188,31 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+MAX_FUTURE_SKEW = timedelta(minutes=5)
+
+
+def check_clock(event: OppositionEvent, now: datetime | None = None) -> None:
+    """Refuse an ``occurred_at`` in the future beyond clock skew.
+
+    Last writer wins: an event stamped far ahead would outrank every later lift and make
+    its suppression impossible to end.
+    """
+    limit = (now or datetime.now(UTC)) + MAX_FUTURE_SKEW
+    if event.occurred_at > limit:
+        raise InvalidEventError(
+            "future_timestamp",
+            f"occurred_at {event.occurred_at.isoformat()} is more than "
+            f"{int(MAX_FUTURE_SKEW.total_seconds() // 60)} minutes in the future: check the "
+            "producer's clock",
+        )
+
+
 def decode_event(raw: bytes, tenants: TenantDirectory, max_bytes: int) -> OppositionEvent:
     """Parse, validate and normalise raw bytes from Kafka.
 
     Raises :class:`InvalidEventError` whose ``reason`` is one of: oversized,
     malformed_json, unsupported_schema_version, missing_field, unknown_kind,
-    schema_violation, unknown_tenant, invalid_phone, phone_mismatch.
+    schema_violation, unknown_tenant, invalid_phone, phone_mismatch, future_timestamp.
     """
     if len(raw) > max_bytes:
         raise InvalidEventError(
@@ -208,4 +227,5 @@ def decode_event(raw: bytes, tenants: TenantDirectory, max_bytes: int) -> Opposi
         event = OppositionEvent.model_validate_json(raw)
     except ValidationError as exc:
         raise InvalidEventError(_reason_for(exc), describe_validation_error(exc)) from exc
+    check_clock(event)
     return event.normalised(tenants)

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import hmac
+import os
 import re
 import tomllib
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from schemas.errors import ConfigError, UnknownTenant
+from schemas.tokens import (
+    MAX_TOKEN_LENGTH,
+    TOKEN_ID_PATTERN,
+    Principal,
+    Role,
+    TokenRecord,
+    new_token,
+    token_block,
+    token_digest,
+)
 
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 DEFAULT_REFUSAL_COOLDOWN = timedelta(days=60)
@@ -30,6 +42,10 @@ class TenantConfig(BaseModel):
     view_buckets: int | None = Field(
         None, ge=1, le=1 << 20, description="buckets of this tenant's view (default: setting)"
     )
+    # Gateway tokens, declared as [[tenants.NAME.tokens]] blocks (`dnc token create`).
+    tokens: tuple[TokenRecord, ...] = Field(
+        (), description="gateway tokens of this tenant: id, role and SHA-256 (never the token)"
+    )
 
     @field_validator("default_region")
     @classmethod
@@ -46,12 +62,30 @@ class TenantConfig(BaseModel):
             raise ValueError("refusal_cooldown must be positive")
         return value
 
+    @field_validator("tokens")
+    @classmethod
+    def _unique_token_ids(cls, value: tuple[TokenRecord, ...]) -> tuple[TokenRecord, ...]:
+        ids = [t.id for t in value]
+        duplicated = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicated:
+            raise ValueError(f"token ids must be unique within a tenant: {duplicated}")
+        return value
+
 
 class TenantDirectory:
     """The declared tenants; unknown tenants are refused (a typo must not hide a refusal)."""
 
     def __init__(self, tenants: Mapping[str, TenantConfig]) -> None:
         self._tenants = dict(tenants)
+        self._tokens: dict[str, tuple[str, TokenRecord]] = {}  # sha256 -> (tenant, record)
+        for name, config in self._tenants.items():
+            for record in config.tokens:
+                if record.sha256 in self._tokens:
+                    raise ConfigError(
+                        f"token {record.id!r} of tenant {name!r} has the same hash as token "
+                        f"{self._tokens[record.sha256][1].id!r}: create a new token"
+                    )
+                self._tokens[record.sha256] = (name, record)
 
     @classmethod
     def load(cls, path: Path) -> TenantDirectory:
@@ -93,3 +127,50 @@ class TenantDirectory:
     def names(self) -> list[str]:
         """Declared tenant names, sorted."""
         return sorted(self._tenants)
+
+    def authenticate(self, token: str) -> Principal | None:
+        """The tenant and role of a gateway token, or None when no tenant declares it.
+
+        The lookup key is the SHA-256 of a 256-bit random secret, so its timing tells an
+        attacker nothing; the final comparison is constant-time all the same.
+        """
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            return None
+        digest = token_digest(token)
+        found = self._tokens.get(digest)
+        if found is None or not hmac.compare_digest(found[1].sha256, digest):
+            return None
+        tenant, record = found
+        return Principal(tenant=tenant, token_id=record.id, role=record.role)
+
+
+def issue_token(
+    path: Path, tenant: str, role: Role, token_id: str | None = None
+) -> tuple[str, str]:
+    """Create a token for ``tenant``: append its hash to the tenants file, return (id, token).
+
+    The file is only appended to (never rewritten), and only after the appended version
+    has been checked to load; the token itself is returned once and stored nowhere.
+    """
+    directory = TenantDirectory.load(path)
+    config = directory.get(tenant)
+    chosen_id = token_id or f"{role.value}-{new_token()[4:12].lower()}"
+    if not re.match(TOKEN_ID_PATTERN, chosen_id):
+        raise ConfigError(f"token id {chosen_id!r} must match {TOKEN_ID_PATTERN}")
+    if any(t.id == chosen_id for t in config.tokens):
+        raise ConfigError(f"tenant {tenant!r} already has a token with id {chosen_id!r}")
+    token = new_token()
+    record = TokenRecord(id=chosen_id, role=role, sha256=token_digest(token))
+    stamp = datetime.now(UTC).replace(microsecond=0).isoformat()
+    block = token_block(tenant, record, f"token {chosen_id} ({role.value}), created {stamp}")
+    original = path.read_text(encoding="utf-8")
+    candidate = path.with_name(f".{path.name}.{os.getpid()}.check")
+    try:
+        separator = "" if not original or original.endswith("\n") else "\n"
+        candidate.write_text(original + separator + block, encoding="utf-8")
+        TenantDirectory.load(candidate)  # raises ConfigError if the result would not load
+    finally:
+        candidate.unlink(missing_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(separator + block)
+    return chosen_id, token

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from schemas.settings import Settings
 
 DAY_MS = 24 * 3600 * 1000
+AUDIT_RETENTION_DAYS = 400
 
 # Dead-letter headers: the value and key are the original bytes, untouched.
 DLQ_REASON = "dnc.dlq.reason"
@@ -28,7 +29,8 @@ class TopicSpec:
 
 
 def pipeline_topics(settings: Settings) -> list[TopicSpec]:
-    """The oppositions log of record, the compacted suppressions state and the dead letters."""
+    """The oppositions log of record, the compacted suppressions state, the dead letters and
+    the gateway's audit trail."""
     rf = settings.replication_factor
     min_isr = str(min(2, rf))
     return [
@@ -50,5 +52,12 @@ def pipeline_topics(settings: Settings) -> list[TopicSpec]:
             1,
             rf,
             {"retention.ms": str(90 * DAY_MS), "min.insync.replicas": min_isr},
+        ),
+        TopicSpec(
+            settings.audit_topic,
+            1,
+            rf,
+            # The gateway's audit trail (who read or wrote what): kept for 400 days.
+            {"retention.ms": str(AUDIT_RETENTION_DAYS * DAY_MS), "min.insync.replicas": min_isr},
         ),
     ]

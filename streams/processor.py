@@ -243,14 +243,15 @@ class OppositionProcessor:
             await until_done(step, what=what, dependency="kafka", max_backoff=retry_cap)
         for letter in dead:
             DEAD_LETTERS.labels(reason=letter.reason).inc()
+            # The detail may quote the number: it goes to the dead-letter headers and DEBUG only.
             log.warning(
-                "dead-lettered %s[%d]@%d: %s (%s)",
+                "dead-lettered %s[%d]@%d: %s",
                 letter.message.topic,
                 letter.message.partition,
                 letter.message.offset,
                 letter.reason,
-                letter.detail,
             )
+            log.debug("dead-letter detail for offset %d: %s", letter.message.offset, letter.detail)
 
 
 def _count_suppressed(

@@ -71,6 +71,7 @@ class Pipeline:
             "DNC_OPPOSITIONS_TOPIC": f"{prefix}.oppositions",
             "DNC_SUPPRESSIONS_TOPIC": f"{prefix}.suppressions",
             "DNC_DEAD_LETTER_TOPIC": f"{prefix}.dead-letter",
+            "DNC_AUDIT_TOPIC": f"{prefix}.audit",
             "DNC_WORKER_GROUP": f"{prefix}-worker",
             "DNC_PARTITIONS": "3",
             "DNC_HEARTBEAT_TTL_SECONDS": "3",

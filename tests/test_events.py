@@ -25,6 +25,7 @@ REASONS = {
     "unknown_tenant",
     "invalid_phone",
     "phone_mismatch",
+    "future_timestamp",
 }
 
 
@@ -35,7 +36,7 @@ def good(**over: object) -> dict[str, object]:
         "tenant": "acme",
         "phone": "06 12 34 56 78",
         "kind": "opposition",
-        "occurred_at": "2026-11-22T10:00:00+01:00",
+        "occurred_at": "2026-01-05T10:00:00+01:00",
     }
     base.update(over)
     return base
@@ -64,9 +65,10 @@ def test_valid_event_is_normalised() -> None:
         (json.dumps(good(schema_version=2)).encode(), "unsupported_schema_version"),
         (json.dumps(good(reason_code="x" * 5000)).encode(), "oversized"),
         (json.dumps(good(tenant="nobody")).encode(), "unknown_tenant"),
-        (json.dumps(good(occurred_at="2026-11-22T10:00:00")).encode(), "schema_violation"),
+        (json.dumps(good(occurred_at="2026-01-05T10:00:00")).encode(), "schema_violation"),
         (json.dumps(good(kind="lift")).encode(), "schema_violation"),
         (json.dumps(good(phone_e164="+33699999999")).encode(), "phone_mismatch"),
+        (json.dumps(good(occurred_at="2999-01-01T00:00:00+00:00")).encode(), "future_timestamp"),
         (json.dumps(good(scope="campaign")).encode(), "schema_violation"),
         (json.dumps(good(extra="field")).encode(), "schema_violation"),
     ],

@@ -1,0 +1,237 @@
+"""The agent-facing HTTP endpoints: record an opposition, lift a suppression (admin).
+
+Both answer 202 only once Kafka acknowledged the event (the publisher waits for acks=all),
+422 with field-level details for invalid input, 503 when Kafka cannot take the event:
+never a silent loss. The tenant is the token's; the audit trail is written by the
+gateway around these endpoints.
+"""
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from producers.publisher import OppositionPublisher, Receipt
+from schemas.api import (
+    AUTHENTICATED_ERRORS,
+    ApiError,
+    ErrorDetail,
+    PhonePath,
+    error_responses,
+    invalid_input,
+    resolve_tenant,
+)
+from schemas.audit import AuditAction
+from schemas.errors import InvalidEventError, PublishError
+from schemas.events import CAMPAIGN_PATTERN, Kind, OppositionEvent, Scope, Source
+from schemas.phone import MAX_PHONE_INPUT
+from schemas.tokens import Permission, Principal
+
+MAX_FUTURE_SKEW = timedelta(minutes=5)  # an occurred_at later than this is a clock error
+MAX_BACKDATE = timedelta(days=366)  # older events are imports: use `dnc import`
+
+Phone = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_PHONE_INPUT,
+        description="as the person gave it ('06 12 34 56 78') or E.164 ('+33612345678')",
+    ),
+]
+TenantParam = Annotated[
+    str | None,
+    Field(max_length=64, description="defaults to the token's tenant; any other is 403"),
+]
+Require = Callable[[Permission], Callable[..., Any]]
+
+
+class OppositionRequest(BaseModel):
+    """What an agent desktop sends when a person says "do not call me"."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"phone": "06 12 34 56 78", "kind": "refusal", "agent_id": "agent-42"}]
+        },
+    )
+
+    phone: Phone
+    kind: Literal["refusal", "opposition", "consent_withdrawn", "erasure"] = Field(
+        description="refusal: cooldown (60 days by default); the others: until lifted"
+    )
+    scope: Literal["tenant", "campaign"] | None = Field(
+        None, description="default: campaign when campaign_id is given, else tenant"
+    )
+    campaign_id: str | None = Field(None, pattern=CAMPAIGN_PATTERN)
+    agent_id: str | None = Field(None, max_length=128, description="the agent who heard it")
+    reason_code: str | None = Field(None, max_length=64)
+    occurred_at: AwareDatetime | None = Field(
+        None, description="when the person said it (default: now); at most 5 min ahead"
+    )
+    expires_at: AwareDatetime | None = Field(None, description="optional end of the suppression")
+    event_id: uuid.UUID | None = Field(
+        None, description="choose it to retry safely: the same event twice is a no-op"
+    )
+    tenant: TenantParam = None
+
+
+class LiftRequest(BaseModel):
+    """An administrator ends a suppression of one scope, saying why."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"justification": "recorded by mistake (ticket 1234)"}]},
+    )
+
+    justification: str = Field(
+        min_length=1, max_length=1000, description="why the suppression ends (audited)"
+    )
+    campaign_id: str | None = Field(None, pattern=CAMPAIGN_PATTERN, description="lift one campaign")
+    event_id: uuid.UUID | None = Field(None, description="choose it to retry safely")
+    tenant: TenantParam = None
+
+
+class Recorded(BaseModel):
+    """Kafka acknowledged the event (acks=all): it is in the log of record."""
+
+    event_id: uuid.UUID
+    phone_e164: str
+    kind: Kind
+    scope: Scope
+    campaign_id: str | None = None
+    partition: int
+    offset: int
+
+
+def _invalid(exc: ValidationError | InvalidEventError) -> ApiError:
+    if isinstance(exc, InvalidEventError):
+        field = "phone" if exc.reason == "invalid_phone" else "body"
+        details = [ErrorDetail(field=field, message=exc.message)]
+    else:
+        details = [
+            ErrorDetail(
+                field=".".join(str(p) for p in e["loc"]) or "body",
+                message=e["msg"].removeprefix("Value error, "),
+            )
+            for e in exc.errors()
+        ]
+    return ApiError(
+        422, "invalid_request", "the request is not valid: see details", details=details
+    )
+
+
+def _check_time(occurred_at: datetime | None) -> None:
+    # A far-future occurred_at would outrank every later lift (last writer wins): refuse it.
+    if occurred_at is None:
+        return
+    now = datetime.now(UTC)
+    if occurred_at > now + MAX_FUTURE_SKEW or occurred_at < now - MAX_BACKDATE:
+        raise invalid_input(
+            "occurred_at",
+            "must be within the last 366 days and at most 5 minutes ahead of the gateway's "
+            "clock (omit it to use now)",
+        )
+
+
+class OppositionWrites:
+    """Builds, validates and publishes the events of the two write endpoints."""
+
+    def __init__(self, publisher: OppositionPublisher) -> None:
+        self._publisher = publisher
+
+    async def publish(self, request: Request, **fields: Any) -> Recorded:
+        """Validate, normalise, publish and wait for the ack; ApiError 422 / 503 otherwise."""
+        try:
+            event, payload = self._publisher.prepare(OppositionEvent.record(**fields))
+        except (ValidationError, InvalidEventError) as exc:
+            raise _invalid(exc) from None
+        assert event.phone_e164 is not None
+        request.state.audit_subject = event.phone_e164
+        request.state.audit_event_id = event.event_id
+        outcome = (await run_in_threadpool(self._publisher.publish_prepared, [(event, payload)]))[0]
+        if isinstance(outcome, PublishError):
+            raise ApiError(
+                503,
+                "kafka_unavailable",
+                f"the event was not recorded: {outcome} (retry with the same event_id)",
+                headers={"Retry-After": "1"},
+                retry_after=1.0,
+                event_id=str(event.event_id),
+            )
+        return _recorded(event, outcome)
+
+
+def _recorded(event: OppositionEvent, receipt: Receipt) -> Recorded:
+    assert event.phone_e164 is not None
+    return Recorded(
+        event_id=event.event_id,
+        phone_e164=event.phone_e164,
+        kind=event.kind,
+        scope=event.scope,
+        campaign_id=event.campaign_id,
+        partition=receipt.partition,
+        offset=receipt.offset,
+    )
+
+
+def oppositions_router(publisher: OppositionPublisher, require: Require) -> APIRouter:
+    """POST /v1/oppositions (agent, admin) and DELETE /v1/suppressions/{phone} (admin)."""
+    router = APIRouter(tags=["agent desktop"])
+    writes = OppositionWrites(publisher)
+
+    @router.post(
+        "/v1/oppositions",
+        status_code=202,
+        response_model=Recorded,
+        responses=error_responses(*AUTHENTICATED_ERRORS),
+        openapi_extra={"x-dnc-audit": AuditAction.RECORD_OPPOSITION.value},
+        summary="Record an opposition (agent)",
+    )
+    async def record_opposition(
+        body: OppositionRequest,
+        request: Request,
+        principal: Annotated[Principal, Depends(require(Permission.RECORD))],
+    ) -> Recorded:
+        """Record what the person asked for; 202 once Kafka acknowledged the event."""
+        tenant = resolve_tenant(principal, body.tenant, request.state)
+        _check_time(body.occurred_at)
+        fields = body.model_dump(exclude_none=True, exclude={"tenant", "scope"})
+        scope = body.scope or ("campaign" if body.campaign_id else "tenant")
+        return await writes.publish(
+            request, **fields, tenant=tenant, scope=scope, source=Source.HTTP_GATEWAY
+        )
+
+    @router.delete(
+        "/v1/suppressions/{phone}",
+        status_code=202,
+        response_model=Recorded,
+        responses=error_responses(*AUTHENTICATED_ERRORS),
+        openapi_extra={"x-dnc-audit": AuditAction.LIFT.value},
+        summary="Lift a suppression (admin, with a justification)",
+    )
+    async def lift_suppression(
+        phone: PhonePath,
+        body: LiftRequest,
+        request: Request,
+        principal: Annotated[Principal, Depends(require(Permission.LIFT))],
+    ) -> Recorded:
+        """End the suppression of one scope (the tenant's, or one campaign's); audited."""
+        tenant = resolve_tenant(principal, body.tenant, request.state)
+        return await writes.publish(
+            request,
+            tenant=tenant,
+            phone=phone,
+            kind=Kind.LIFT,
+            scope=Scope.CAMPAIGN if body.campaign_id else Scope.TENANT,
+            campaign_id=body.campaign_id,
+            justification=body.justification,
+            agent_id=f"token:{principal.token_id}",
+            source=Source.ADMIN,
+            **({"event_id": body.event_id} if body.event_id else {}),
+        )
+
+    return router

@@ -147,7 +147,9 @@ class OppositionPublisher:
         while any(r is None for r in results):
             if time.monotonic() > deadline:
                 break
-            self._producer.poll(0.05)
+            # Short waits: with concurrent callers another thread may serve our delivery
+            # report, and a long poll would only notice it when the timeout ran out.
+            self._producer.poll(0.005)
         return [
             r
             if r is not None

@@ -391,7 +391,14 @@ def bench_gateway(
 
 def main() -> None:
     """Entry point: clear errors instead of tracebacks for what users can fix."""
-    _setup_logging(Settings().log_level if "--help" not in sys.argv else "WARNING")
+    from pydantic import ValidationError
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        err.print(f"[bold red]invalid configuration (DNC_* environment variables):[/]\n{exc}")
+        sys.exit(EXIT_ERROR)
+    _setup_logging(settings.log_level if "--help" not in sys.argv else "WARNING")
     try:
         app()
     except InvalidEventError as exc:

@@ -55,7 +55,8 @@ def mobile(i: int) -> str:
     return f"+33{_PREFIXES[i // 10**7]}{i % 10**7:07d}"
 
 
-def _pct(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
@@ -112,7 +113,7 @@ def bench_single(b: Bench, iterations: int = 20_000, block: int = 500) -> Figure
                     samples[kind].append(perf() - t)
                     unavailable += kind == "check" and answer is Answer.UNAVAILABLE
         b.status.update(f"[1/4] single check latency: {max(0, n + 1) * block}/{iterations}")
-    f = {f"{kind}_p{q}_ms": _pct(values, q / 100) * 1e3
+    f = {f"{kind}_p{q}_ms": percentile(values, q / 100) * 1e3
          for kind, values in samples.items() for q in (50, 99)}  # fmt: skip
     f["check_ratio_p50"] = f["check_p50_ms"] / f["sismember_p50_ms"]
     f["check_ratio_p99"] = f["check_p99_ms"] / f["sismember_p99_ms"]
@@ -237,8 +238,8 @@ def bench_propagation(b: Bench, rate: int, seconds: float) -> Figures:
         stop.set()
         thread.join(5)
     publisher.close()  # not when interrupted: it would wait for Kafka, which may be gone
-    return {"propagation_p50_ms": _pct(latencies, 0.5) * 1e3,
-            "propagation_p99_ms": _pct(latencies, 0.99) * 1e3,
+    return {"propagation_p50_ms": percentile(latencies, 0.5) * 1e3,
+            "propagation_p99_ms": percentile(latencies, 0.99) * 1e3,
             "propagation_max_ms": max(latencies, default=float("nan")) * 1e3,
             "propagation_events": float(total), "propagation_visible": float(len(latencies)),
             "publish_failed": float(failed), "publish_rate": total / elapsed,

@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from consumers.checker import Answer, SuppressionChecker, checker_client
+from dnc.bench import percentile
 from infra.services import KAFKA_DEFAULT_VERSION, LocalStack, free_port
 from infra.topics import ensure_pipeline_topics
 from schemas.errors import DncError
@@ -49,12 +50,6 @@ perf = time.perf_counter
 def number(i: int) -> str:
     """The ``i``-th distinct valid French mobile number (E.164)."""
     return f"+3361{i:07d}"
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The ``q`` quantile of ``values`` (nearest rank)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 @dataclass

@@ -49,6 +49,32 @@ RETRIES = Counter("dnc_worker_retries_total", "Retried side effects", ["dependen
 DELIVERY_HOLES = Counter("dnc_delivery_holes_total", "Skipped offsets", ["outcome"])
 # Suppressions ended by their cooldown.
 EXPIRED = Counter("dnc_expired_total", "Suppressions expired by their cooldown")
+# Last time (unix seconds) the worker heartbeated a partition in Redis; a stalled or dead
+# worker stops moving it.
+WORKER_HEARTBEAT = Gauge(
+    "dnc_worker_heartbeat_timestamp_seconds", "Last view heartbeat per partition", ["partition"]
+)
+
+# --- The reference-list sync (`dnc sync`): one lane per tenant with a sink. -----------------
+# Changes read for the tenant and not yet acknowledged by its sink.
+REFERENCE_PENDING = Gauge(
+    "dnc_reference_list_pending", "Changes waiting for the reference-list sink", ["tenant"]
+)
+# Age of the oldest change waiting for the sink (0 when none waits).
+REFERENCE_OLDEST_PENDING = Gauge(
+    "dnc_reference_list_oldest_pending_seconds",
+    "Age of the oldest change not yet acknowledged by the sink",
+    ["tenant"],
+)
+# Changes acknowledged by the sink, by tenant and sink (postgres, webhook).
+REFERENCE_DELIVERED = Counter(
+    "dnc_reference_list_delivered_total", "Changes acknowledged by the sink", ["tenant", "sink"]
+)
+# Failed delivery attempts by kind: unavailable, timeout, server_error (retried), rejected
+# (4xx: dead-lettered), invalid_change (undecodable record: dead-lettered).
+REFERENCE_ERRORS = Counter(
+    "dnc_reference_list_errors_total", "Reference-list delivery errors", ["tenant", "sink", "kind"]
+)
 
 # --- The HTTP gateway (`dnc gateway`). Routes are templates, never a raw path. -------------
 GATEWAY_BUCKETS = (

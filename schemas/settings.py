@@ -137,6 +137,34 @@ class Settings(BaseSettings):
         '["https://desk.example"]); empty: no CORS',
     )
 
+    # The reference-list sync (`dnc sync`) and the local PostgreSQL it writes to.
+    postgres_dsn: SecretStr = Field(
+        SecretStr("postgresql://dnc@127.0.0.1:5432/dnc"),
+        description="PostgreSQL of the reference list (sinks without a dsn of their own)",
+    )
+    sync_group_prefix: str = Field(
+        "dnc-sync", description="consumer group of a tenant's sync lane: PREFIX-TENANT"
+    )
+    sync_metrics_port: int = Field(9311, ge=0, le=65535, description="0 picks a free port")
+    sync_batch_max: int = Field(500, ge=1, description="most changes handed to a sink at once")
+    sync_max_buffered: int = Field(
+        50_000, ge=1, description="changes read ahead per tenant while its sink is behind or down"
+    )
+    sync_retry_initial_seconds: float = Field(0.2, gt=0, description="first retry delay")
+    sync_retry_max_seconds: float = Field(30.0, gt=0, description="longest retry delay")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="one webhook request")
+    webhook_max_in_flight: int = Field(
+        16, ge=1, le=1024, description="most webhook requests in flight per tenant"
+    )
+    reference_dead_letter_topic: str = Field(
+        "dnc.reference-list.dead-letter.v1",
+        description="changes a sink refused (4xx) or that cannot be read, with the reason",
+    )
+
+    # Observability of the local stack.
+    prometheus_port: int = Field(9090, ge=0, le=65535, description="Prometheus `dnc up` runs")
+    demo_metrics_port: int = Field(9312, ge=0, le=65535, description="/metrics of `dnc up --demo`")
+
     @model_validator(mode="after")
     def _kafka_security_complete(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL_") and not (

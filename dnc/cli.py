@@ -286,6 +286,43 @@ def worker(
 
 
 @app.command()
+def sync(
+    tenant: Annotated[
+        list[str] | None,
+        typer.Option("--tenant", "-t", help="only this tenant's lane (repeatable; default all)"),
+    ] = None,
+) -> None:
+    """Deliver every suppression change to each tenant's reference list (PostgreSQL or webhook).
+
+    One lane per tenant declaring [tenants.NAME.reference_list]; offsets are committed only
+    after the sink acknowledged. Ctrl-C stops gracefully.
+    """
+    from consumers.sync_service import run_sync
+
+    raise typer.Exit(run_sync(Settings(), tenant or None))
+
+
+@app.command()
+def migrate(
+    dsn: Annotated[
+        str | None, typer.Option("--dsn", help="PostgreSQL DSN (default DNC_POSTGRES_DSN)")
+    ] = None,
+) -> None:
+    """Create or update the reference-list tables (`dnc sync` also does it at start)."""
+    import psycopg
+
+    from infra.migrations import apply_migrations, migration_files
+
+    settings = Settings()
+    try:
+        applied = apply_migrations(dsn or settings.postgres_dsn.get_secret_value())
+    except psycopg.Error as exc:
+        raise _fail(f"cannot migrate the reference list: {exc}".strip()) from None
+    known = len(migration_files())
+    out.print(f"applied {len(applied)} of {known} migrations: {', '.join(applied) or 'up to date'}")
+
+
+@app.command()
 def up(
     kafka_version: Annotated[
         str | None, typer.Option("--kafka-version", help="Kafka release to run")
@@ -302,11 +339,15 @@ def up(
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
 ) -> None:
-    """Is the pipeline up and ready, how far behind is the worker? Exit 0 healthy, 2 not."""
+    """Is the pipeline up and ready, how far behind are the worker and the reference lists?
+
+    Per tenant: suppressed numbers, changes pending for the reference list and the age of the
+    oldest, the sync's lag, readiness. Exit 0 healthy, 2 not.
+    """
     from dnc.health import pipeline_status, render_status
 
-    settings = Settings()
-    report = pipeline_status(settings)
+    settings, tenants = _settings()
+    report = pipeline_status(settings, tenants)
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
     else:

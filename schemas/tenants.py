@@ -14,6 +14,7 @@ import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from schemas.errors import ConfigError, UnknownTenant
+from schemas.reference import SinkConfig
 from schemas.tokens import (
     MAX_TOKEN_LENGTH,
     TOKEN_ID_PATTERN,
@@ -41,6 +42,9 @@ class TenantConfig(BaseModel):
     )
     view_buckets: int | None = Field(
         None, ge=1, le=1 << 20, description="buckets of this tenant's view (default: setting)"
+    )
+    reference_list: SinkConfig | None = Field(
+        None, description="where `dnc sync` delivers this tenant's changes (none: not synced)"
     )
     # Gateway tokens, declared as [[tenants.NAME.tokens]] blocks (`dnc token create`).
     tokens: tuple[TokenRecord, ...] = Field(

@@ -29,8 +29,8 @@ class TopicSpec:
 
 
 def pipeline_topics(settings: Settings) -> list[TopicSpec]:
-    """The oppositions log of record, the compacted suppressions state, the dead letters and
-    the gateway's audit trail."""
+    """The oppositions log of record, the compacted suppressions state, the dead letters (of
+    the worker and of the reference-list sync) and the gateway's audit trail."""
     rf = settings.replication_factor
     min_isr = str(min(2, rf))
     return [
@@ -51,6 +51,13 @@ def pipeline_topics(settings: Settings) -> list[TopicSpec]:
             settings.dead_letter_topic,
             1,
             rf,
+            {"retention.ms": str(90 * DAY_MS), "min.insync.replicas": min_isr},
+        ),
+        TopicSpec(
+            settings.reference_dead_letter_topic,
+            1,
+            rf,
+            # Changes a reference list refused (4xx) or that could not be read: kept 90 days.
             {"retention.ms": str(90 * DAY_MS), "min.insync.replicas": min_isr},
         ),
         TopicSpec(

@@ -12,6 +12,7 @@ import faust
 from faust.types import TP
 from redis.asyncio import Redis
 
+from schemas.metrics import CONSUMER_LAG
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
 from schemas.view import ViewLayout
@@ -171,6 +172,12 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         except Exception as exc:  # Kafka unreachable: the next round judges again
             log.warning("cannot read end offsets to watch progress: %s", exc)
             return
+        for partition, tp in tps.items():
+            high, done = highwaters.get(tp), committed.get(partition)
+            if high is not None and done is not None:
+                CONSUMER_LAG.labels(settings.worker_group, tp.topic, str(partition)).set(
+                    max(0, high - done)
+                )
         found = progress.stalled_for({p: highwaters.get(tp) for p, tp in tps.items()}, committed)
         stalled.clear()
         stalled.update(found)

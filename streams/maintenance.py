@@ -9,7 +9,13 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.metrics import EXPIRED, SUPPRESSED_NUMBERS, VIEW_READY, VIEW_REBUILDS
+from schemas.metrics import (
+    EXPIRED,
+    SUPPRESSED_NUMBERS,
+    VIEW_READY,
+    VIEW_REBUILDS,
+    WORKER_HEARTBEAT,
+)
 from schemas.state import SuppressionChange, SuppressionState
 from streams.expiry import ExpirySchedule
 from streams.processor import ChangeSink, load_state
@@ -75,7 +81,10 @@ class ViewMaintenance:
         if trigger is not None:
             await self.rebuild(partitions, trigger)
             self._run_id = run_id
-        await self._view.heartbeat(partitions - frozenset(stalled))
+        beating = partitions - frozenset(stalled)
+        await self._view.heartbeat(beating)
+        for partition in beating:
+            WORKER_HEARTBEAT.labels(partition=str(partition)).set_to_current_time()
 
     def _owned_states(self, partitions: frozenset[int]) -> list[SuppressionState]:
         states = []

@@ -59,11 +59,19 @@ def wait_for(
 class Pipeline:
     """Unique topics and group on the shared stack; a real `dnc worker` subprocess."""
 
-    def __init__(self, stack: LocalStack, tmp: Path, prefix: str) -> None:
+    def __init__(
+        self,
+        stack: LocalStack,
+        tmp: Path,
+        prefix: str,
+        tenants_toml: str = TENANTS_TOML,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.stack = stack
         self.tmp = tmp
+        self.prefix = prefix
         tenants_file = tmp / "tenants.toml"
-        tenants_file.write_text(TENANTS_TOML)
+        tenants_file.write_text(tenants_toml)
         dnc = {
             "DNC_KAFKA_BOOTSTRAP": stack.bootstrap_servers,
             "DNC_REDIS_URL": stack.redis_url,
@@ -72,6 +80,8 @@ class Pipeline:
             "DNC_SUPPRESSIONS_TOPIC": f"{prefix}.suppressions",
             "DNC_DEAD_LETTER_TOPIC": f"{prefix}.dead-letter",
             "DNC_AUDIT_TOPIC": f"{prefix}.audit",
+            "DNC_REFERENCE_DEAD_LETTER_TOPIC": f"{prefix}.reference-dead-letter",
+            "DNC_SYNC_GROUP_PREFIX": f"{prefix}-sync",
             "DNC_WORKER_GROUP": f"{prefix}-worker",
             "DNC_PARTITIONS": "3",
             "DNC_HEARTBEAT_TTL_SECONDS": "3",
@@ -79,9 +89,12 @@ class Pipeline:
             "DNC_EXPIRY_INTERVAL_SECONDS": "0.2",
             "DNC_VIEW_KEY": "test-view-key-" + prefix,
             "DNC_LOG_LEVEL": "INFO",
+            **(extra_env or {}),
         }
         self.env = {**os.environ, **dnc}
-        self.settings = Settings(**{k[4:].lower(): v for k, v in dnc.items()})
+        self.settings = Settings(
+            **{k[4:].lower(): v for k, v in dnc.items() if k.startswith("DNC_")}
+        )
         self.tenants = TenantDirectory.load(tenants_file)
         ensure_pipeline_topics(self.settings)
         self.publisher = OppositionPublisher.from_settings(self.settings, self.tenants)

@@ -1,5 +1,6 @@
 # Two commands on a fresh Debian machine:
-#   make up     set everything up, then run the pipeline locally (Kafka, Redis, worker)
+#   make up     set everything up, then run the pipeline locally with simulated traffic
+#               (Kafka, Redis, PostgreSQL, Prometheus, worker, sync, gateway, demo)
 #   make test   set everything up, then run the whole test suite on real services
 VENV ?= .venv
 PYTHON ?= python3
@@ -19,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 up: setup
-	$(BIN)/dnc up
+	$(BIN)/dnc up --demo
 
 test: setup
 	$(BIN)/pytest

@@ -327,12 +327,51 @@ def up(
     kafka_version: Annotated[
         str | None, typer.Option("--kafka-version", help="Kafka release to run")
     ] = None,
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help="also run simulated agent desktops and dialers, with a live summary",
+        ),
+    ] = False,
 ) -> None:
-    """Start Kafka, Redis and the worker on loopback in the foreground; Ctrl-C stops them all."""
+    """Run the whole pipeline on loopback in the foreground; Ctrl-C stops it all.
+
+    Kafka, Redis, PostgreSQL (the reference list), Prometheus (graphs, alert rules), the
+    worker, the reference-list sync and the HTTP gateway. Data and logs go to DNC_DATA_DIR.
+    """
     from dnc.local import run_local_stack
 
     settings = Settings()
-    run_local_stack(settings, kafka_version or settings.kafka_version, out)
+    run_local_stack(settings, kafka_version or settings.kafka_version, out, demo=demo)
+
+
+@app.command(name="demo-traffic")
+def demo_traffic(
+    events_per_second: Annotated[
+        float, typer.Option("--events-per-second", min=0.1, help="what the agents record")
+    ] = 20.0,
+    checks_per_second: Annotated[
+        float, typer.Option("--checks-per-second", min=0.1, help="what the dialers check")
+    ] = 50.0,
+    agents: Annotated[int, typer.Option("--agents", min=1, help="simulated agents")] = 40,
+) -> None:
+    """Simulated agent desktops and dialers against the running pipeline (Ctrl-C stops).
+
+    A realistic mix of refusals, objections, consent withdrawals, erasures and admin lifts
+    (some campaign-scoped, a few mistyped numbers that end in the dead letters); dialers
+    check before each call. Counted on /metrics (DNC_DEMO_METRICS_PORT).
+    """
+    import signal
+    import threading
+
+    from dnc.demo import DemoRates, run_demo_traffic
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    rates = DemoRates(events_per_second, checks_per_second, agents)
+    run_demo_traffic(Settings(), rates, stop)
 
 
 @app.command()

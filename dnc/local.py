@@ -1,4 +1,10 @@
-"""`dnc up`: Kafka, Redis and the worker on loopback, in the foreground; Ctrl-C stops all."""
+"""`dnc up`: the whole pipeline on loopback, in the foreground; Ctrl-C stops everything.
+
+Services: Kafka, Redis, PostgreSQL (the reference list) and Prometheus (graphs and alert
+rules), then the processes: the worker, the reference-list sync, the HTTP gateway, and with
+``--demo`` simulated agent desktops and dialers plus a live summary. A process that dies is
+restarted (a few times, with a pause); Ctrl-C stops the processes first, then the services.
+"""
 
 from __future__ import annotations
 
@@ -7,95 +13,256 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit
 
+import httpx
 from rich.console import Console
+from rich.live import Live
 
 from dnc.health import view_readiness
-from infra.services import LocalStack
+from dnc.live_summary import read_snapshot, render
+from infra.postgres_service import start_postgres
+from infra.prometheus_service import local_prometheus_config, start_prometheus
+from infra.services import LocalStack, RunningService
 from infra.topics import ensure_pipeline_topics
 from schemas.settings import Settings
 
+RULES_FILE = Path(__file__).resolve().parent.parent / "infra" / "prometheus" / "alerts.yml"
+MAX_RESTARTS = 5
 
-def _worker_env(settings: Settings) -> dict[str, str]:
+
+@dataclass
+class Child:
+    """A pipeline process `dnc up` runs and restarts if it dies."""
+
+    name: str
+    args: list[str]
+    log_path: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = field(default=0.0)
+
+    def start(self) -> None:
+        """Start (or restart) the process, its output appended to its log."""
+        with self.log_path.open("ab") as log_handle:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "dnc", *self.args],
+                env=self.env,
+                stdout=log_handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches `dnc up`, which stops us in order
+            )
+        self.started_at = time.monotonic()
+
+    @property
+    def exited(self) -> int | None:
+        """The exit status once it has exited."""
+        return None if self.process is None else self.process.poll()
+
+    def stop(self, timeout: float, console: Console) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            console.print(f"[red]the {self.name} did not stop within {timeout:.0f}s: killed it[/]")
+            self.process.kill()
+            self.process.wait()
+
+
+def _env(settings: Settings, postgres_dsn: str) -> dict[str, str]:
     env = dict(os.environ)
     env["DNC_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
     env["DNC_REDIS_URL"] = settings.redis_url.get_secret_value()
+    env["DNC_POSTGRES_DSN"] = postgres_dsn
     env["PYTHONUNBUFFERED"] = "1"  # the log must survive a crash
     return env
 
 
-def run_local_stack(settings: Settings, kafka_version: str, console: Console) -> None:
-    """Start everything, say where it listens, block until SIGINT/SIGTERM, stop in reverse."""
-    stopping = False
+def _postgres_port(settings: Settings) -> int:
+    return urlsplit(settings.postgres_dsn.get_secret_value()).port or 5432
 
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
 
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    kafka_host, kafka_port = settings.kafka_host_port
-    _redis_host, redis_port = settings.redis_host_port
-    stack = LocalStack(
-        settings.data_dir,
-        kafka_version=kafka_version,
-        kafka_port=kafka_port,
-        redis_port=redis_port,
-        partitions=settings.partitions,
-    )
-    worker: subprocess.Popen[bytes] | None = None
-    try:
-        console.print(f"starting Kafka {kafka_version} and Redis (data in {settings.data_dir}) ...")
-        stack.start()
-        ensure_pipeline_topics(settings)
-        worker_log = settings.data_dir / "worker.log"
-        console.print(f"starting the worker (log: {worker_log}) ...")
-        with worker_log.open("ab") as log_handle:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "dnc", "worker"],
-                env=_worker_env(settings),
-                stdout=log_handle,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches us; we stop the worker first, in order
+def _scrape_targets(settings: Settings, demo: bool) -> dict[str, list[str]]:
+    host = settings.metrics_host
+    targets = {
+        "dnc-worker": [f"{host}:{settings.worker_metrics_port}"],
+        "dnc-sync": [f"{host}:{settings.sync_metrics_port}"],
+        "dnc-gateway": [f"{settings.gateway_host}:{settings.gateway_port}"],
+    }
+    if demo:
+        targets["dnc-demo"] = [f"{host}:{settings.demo_metrics_port}"]
+    return targets
+
+
+class LocalPipeline:
+    """Everything `dnc up` runs, started and stopped in order."""
+
+    def __init__(self, settings: Settings, kafka_version: str, demo: bool, console: Console):
+        self.settings = settings
+        self.demo = demo
+        self.console = console
+        _kafka_host, kafka_port = settings.kafka_host_port
+        _redis_host, redis_port = settings.redis_host_port
+        self.stack = LocalStack(
+            settings.data_dir,
+            kafka_version=kafka_version,
+            kafka_port=kafka_port,
+            redis_port=redis_port,
+            partitions=settings.partitions,
+        )
+        self.kafka_version = kafka_version
+        self.postgres: object | None = None
+        self.prometheus: RunningService | None = None
+        self.children: list[Child] = []
+        self.postgres_dsn = settings.postgres_dsn.get_secret_value()
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.prometheus_port}"
+
+    def start_services(self) -> None:
+        data = self.settings.data_dir
+        self.console.print(f"starting Kafka {self.kafka_version} and Redis (data in {data}) ...")
+        self.stack.start()
+        ensure_pipeline_topics(self.settings)
+        self.console.print("starting PostgreSQL (the reference list) ...")
+        pg = start_postgres(data / "postgres", port=_postgres_port(self.settings))
+        self.postgres = pg
+        self.postgres_dsn = pg.dsn
+        self.console.print("starting Prometheus ...")
+        config = local_prometheus_config(_scrape_targets(self.settings, self.demo), [RULES_FILE])
+        self.prometheus = start_prometheus(
+            data / "prometheus", config, port=self.settings.prometheus_port
+        )
+
+    def start_processes(self) -> None:
+        env = _env(self.settings, self.postgres_dsn)
+        data = self.settings.data_dir
+        self.children = [
+            Child("worker", ["worker"], data / "worker.log", env),
+            Child("sync", ["sync"], data / "sync.log", env),
+            Child("gateway", ["gateway"], data / "gateway.log", env),
+        ]
+        if self.demo:
+            self.children.append(Child("demo", ["demo-traffic"], data / "demo.log", env))
+        for child in self.children:
+            self.console.print(f"starting the {child.name} (log: {child.log_path}) ...")
+            child.start()
+
+    def supervise(self) -> None:
+        """Restart a process that died (up to MAX_RESTARTS times, with a growing pause)."""
+        for child in self.children:
+            code = child.exited
+            if code is None:
+                continue
+            if child.restarts >= MAX_RESTARTS:
+                raise RuntimeError(
+                    f"the {child.name} keeps exiting (status {code}); see {child.log_path}"
+                )
+            pause = min(30.0, 2.0**child.restarts)
+            if time.monotonic() - child.started_at < pause:
+                continue
+            child.restarts += 1
+            self.console.print(
+                f"[yellow]the {child.name} exited ({code}); restarting it "
+                f"({child.restarts}/{MAX_RESTARTS}), see {child.log_path}[/]"
             )
+            child.start()
+
+    def wait_ready(self, stopping: list[bool]) -> bool:
         deadline = time.monotonic() + 120
-        ready = False
-        while not stopping and worker.poll() is None and time.monotonic() < deadline:
-            ready, _why = view_readiness(settings)
+        while not stopping and time.monotonic() < deadline:
+            self.supervise()
+            ready, _why = view_readiness(self.settings)
             if ready:
-                break
+                return True
             time.sleep(0.5)
-        if worker.poll() is not None:
-            console.print(f"[red]the worker exited ({worker.returncode}); see {worker_log}[/]")
-            return
-        console.print(
+        return False
+
+    def banner(self, ready: bool) -> str:
+        s = self.settings
+        kafka_host, kafka_port = s.kafka_host_port
+        pids = ", ".join(
+            f"{c.name} {c.process.pid}" for c in self.children if c.process is not None
+        )
+        return (
             f"\n[bold green]pipeline {'ready' if ready else 'started (view not ready yet)'}[/]\n"
-            f"  Kafka     {kafka_host}:{kafka_port}   topics {settings.oppositions_topic}, "
-            f"{settings.suppressions_topic}, {settings.dead_letter_topic}\n"
-            f"  Redis     {stack.redis_url}\n"
-            f"  metrics   http://{settings.metrics_host}:{settings.worker_metrics_port}/metrics\n"
-            f"  worker    pid {worker.pid}, log {worker_log}\n\n"
+            f"  Kafka       {kafka_host}:{kafka_port}   topics {s.oppositions_topic}, "
+            f"{s.suppressions_topic}, {s.dead_letter_topic}\n"
+            f"  Redis       {self.stack.redis_url}\n"
+            f"  PostgreSQL  {self.postgres_dsn}   (table reference_list)\n"
+            f"  gateway     http://{s.gateway_host}:{s.gateway_port}/docs\n"
+            f"  metrics     worker :{s.worker_metrics_port}, sync :{s.sync_metrics_port}"
+            f"{f', demo :{s.demo_metrics_port}' if self.demo else ''} (/metrics)\n"
+            f"  [bold]graphs      {self.prometheus_url}/graph[/]   "
+            f"alerts {self.prometheus_url}/alerts\n"
+            f"  processes   {pids}; logs in {s.data_dir}\n\n"
             "In another shell:\n"
             "  dnc oppose '06 12 34 56 78' --tenant demo\n"
             "  dnc check  '06 12 34 56 78' --tenant demo\n"
             "  dnc status\n"
             "Ctrl-C stops everything."
         )
+
+    def stop(self) -> None:
+        timeout = self.settings.shutdown_timeout_seconds + 30
+        for child in reversed(self.children):
+            child.stop(timeout, self.console)
+        if self.prometheus is not None:
+            self.prometheus.stop()
+        stop_pg = getattr(self.postgres, "stop", None)
+        if stop_pg is not None:
+            stop_pg()
+        self.stack.stop()
+
+
+def run_local_stack(
+    settings: Settings, kafka_version: str, console: Console, demo: bool = False
+) -> None:
+    """Start everything, say where it listens, block until SIGINT/SIGTERM, stop in reverse."""
+    stopping: list[bool] = []
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(True)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    local = LocalPipeline(settings, kafka_version, demo, console)
+    try:
+        local.start_services()
+        local.start_processes()
+        ready = local.wait_ready(stopping)
+        console.print(local.banner(ready))
+        if demo and not stopping:
+            _live_summary(local, stopping, console)
         while not stopping:
-            if worker.poll() is not None:
-                console.print(f"[red]the worker exited ({worker.returncode}); see {worker_log}[/]")
-                break
+            local.supervise()
             time.sleep(0.5)
+    except RuntimeError as exc:
+        console.print(f"[red]{exc}[/]")
     finally:
         console.print("stopping ...")
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                console.print("[red]the worker did not stop within 60 s of SIGTERM: killed it[/]")
-                worker.kill()
-        stack.stop()
+        local.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         console.print("stopped.")
+
+
+def _live_summary(local: LocalPipeline, stopping: list[bool], console: Console) -> None:
+    with (
+        httpx.Client(base_url=local.prometheus_url, timeout=2) as client,
+        Live(console=console, refresh_per_second=1, transient=False) as live,
+    ):
+        while not stopping:
+            local.supervise()
+            live.update(render(read_snapshot(client), local.prometheus_url))
+            for _ in range(4):
+                if stopping:
+                    break
+                time.sleep(0.5)

@@ -12,14 +12,17 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 import redis
 
+from infra.postgres_service import start_postgres
 from infra.services import KAFKA_DEFAULT_VERSION, LocalStack
 from tests.harness import Pipeline
 
-SERVICE_MARKERS = {"kafka", "redis", "pipeline"}
+SERVICE_MARKERS = {"kafka", "redis", "pipeline", "postgres"}
 
 
 @pytest.fixture(scope="session")
@@ -97,3 +100,29 @@ def running_pipeline(
         yield p
     finally:
         p.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """A real PostgreSQL (Debian's) on a free loopback port, for the whole session."""
+    base = Path(tempfile.mkdtemp(prefix="dnc-test-postgres-"))
+    server = start_postgres(base / "pg", fast=True)
+    try:
+        yield server
+    finally:
+        server.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def reference_db(postgres_server: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    """DSN of a fresh database of the real PostgreSQL, dropped after the test."""
+    if request.node.get_closest_marker("postgres") is None:
+        pytest.fail("this test uses the real PostgreSQL: mark it @pytest.mark.postgres")
+    name = f"ref_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server.admin_dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" OWNER dnc')
+    dsn = postgres_server.dsn.rsplit("/", 1)[0] + f"/{name}"
+    yield dsn
+    with psycopg.connect(postgres_server.admin_dsn, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

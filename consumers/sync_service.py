@@ -102,6 +102,7 @@ def run_sync(settings: Settings, only: list[str] | None = None) -> int:
 
     Returns the exit status: 0 after a requested stop, 1 when a lane crashed.
     """
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per webhook request
     tenants = TenantDirectory.load(settings.tenants_file)
     created = ensure_pipeline_topics(settings)
     if created:

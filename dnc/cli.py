@@ -457,6 +457,20 @@ def token_create(
     )
 
 
+@app.command(name="bench-sync")
+def bench_sync(
+    rate: Annotated[int, typer.Option("--rate", min=1, help="events per second")] = 500,
+    seconds: Annotated[float, typer.Option("--seconds", min=1, help="per sink")] = 20,
+) -> None:
+    """Measure propagation to the reference list (PostgreSQL and webhook) beside the view.
+
+    Runs on a private stack it starts and removes (Kafka, Redis, PostgreSQL, a worker, a sync).
+    """
+    from dnc.bench_sync import run_bench_sync
+
+    run_bench_sync(rate, seconds, out)
+
+
 @app.command(name="bench-gateway")
 def bench_gateway(
     checks: Annotated[int, typer.Option(help="single checks per side")] = 4000,

@@ -255,14 +255,22 @@ def run_local_stack(
 
 
 def _live_summary(local: LocalPipeline, stopping: list[bool], console: Console) -> None:
-    with (
-        httpx.Client(base_url=local.prometheus_url, timeout=2) as client,
-        Live(console=console, refresh_per_second=1, transient=False) as live,
-    ):
-        while not stopping:
-            local.supervise()
-            live.update(render(read_snapshot(client), local.prometheus_url))
-            for _ in range(4):
-                if stopping:
-                    break
-                time.sleep(0.5)
+    """Refresh the summary in place on a terminal; print it every 15 s into a log or pipe."""
+    with httpx.Client(base_url=local.prometheus_url, timeout=2) as client:
+        if not console.is_terminal:
+            while not stopping:
+                console.print(render(read_snapshot(client), local.prometheus_url))
+                _sleep_unless(stopping, 15, local)
+            return
+        with Live(console=console, refresh_per_second=1, transient=False) as live:
+            while not stopping:
+                live.update(render(read_snapshot(client), local.prometheus_url))
+                _sleep_unless(stopping, 2, local)
+
+
+def _sleep_unless(stopping: list[bool], seconds: float, local: LocalPipeline) -> None:
+    """Sleep up to ``seconds``, supervising the processes, until a stop is requested."""
+    deadline = time.monotonic() + seconds
+    while not stopping and time.monotonic() < deadline:
+        local.supervise()
+        time.sleep(0.5)

@@ -34,14 +34,17 @@ mode 0700.  Rather than loosening permissions of directories we do not own (pyte
 would even reset them under a running server), the cluster is then placed in a *shadow
 directory*:
 
-* ``/var/tmp/dnc-postgres/<random id>/data`` holds the cluster (owned by ``postgres``,
-  mode 0700; ``/var/tmp/dnc-postgres`` and the id directory are root's, mode 0711);
+* ``/var/lib/dnc-postgres/<random id>/data`` holds the cluster (owned by ``postgres``,
+  mode 0700; ``/var/lib/dnc-postgres`` and the id directory are root's, mode 0711).
+  ``/var/lib``, not ``/var/tmp``: age-based temp cleaners would eat a quiet cluster;
 * the requested ``data_dir`` becomes a symbolic link to it, so restarting on the same
   ``data_dir`` finds the same cluster, and deleting ``data_dir`` (the link) forgets it;
-* ``/var/tmp/dnc-postgres/<id>/origin`` records the link's path.  Every start as root
-  deletes shadow directories whose link is gone and whose server is not running, so
-  ``shutil.rmtree`` of a test directory leaks the cluster at most until the next start.
-  :meth:`PostgresService.destroy` deletes the shadow directory at once.
+* ``/var/lib/dnc-postgres/<id>/origin`` records the link's path.  Every start as root
+  deletes the shadow directories of ``fast=True`` (test) clusters whose link is gone
+  and whose server is not running, so ``shutil.rmtree`` of a test directory leaks the
+  cluster at most until the next start.  :meth:`PostgresService.destroy` deletes the
+  shadow directory at once.  Durable clusters (``fast=False``, e.g. ``dnc up``) are
+  never collected automatically.
 
 When the requested directory is reachable by ``postgres`` (e.g. below ``/work`` or
 ``/var/tmp``), or when not running as root, the cluster lives in ``data_dir`` itself.
@@ -66,7 +69,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 import psycopg
 
@@ -84,6 +87,7 @@ from infra.services import (
 
 __all__ = [
     "PostgresService",
+    "ServiceError",
     "postgres_bindir",
     "restart_postgres",
     "start_postgres",
@@ -96,7 +100,7 @@ APP_ROLE = "dnc"
 APP_DATABASE = "dnc"
 SUPERUSER = "postgres"
 SYSTEM_USER = "postgres"
-SHADOW_ROOT = Path("/var/tmp/dnc-postgres")
+SHADOW_ROOT = Path("/var/lib/dnc-postgres")
 """Where clusters go when root runs PostgreSQL for a directory ``postgres`` cannot reach."""
 
 _DEBIAN_ROOT = Path("/usr/lib/postgresql")
@@ -106,7 +110,6 @@ _INITDB_TIMEOUT = 120.0
 _STOP_ESCALATION_TIMEOUT = 5.0
 _PORT_RETRIES = 3
 _SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
-_ORPHAN_MIN_AGE = 24 * 3600.0  # a shadow dir without an origin file may still be in creation
 _BIND_ERRORS = ("could not create any TCP/IP sockets", "Address already in use")
 _LOG_NAME = "postgres.log"
 _HBA = """\
@@ -199,7 +202,15 @@ def _postgres_account() -> _Account | None:
     return _Account(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir)
 
 
-def _as_account(account: _Account | None) -> dict[str, object]:
+class _RunAs(TypedDict, total=False):
+    """``subprocess`` keyword arguments that switch the child to another account."""
+
+    user: int
+    group: int
+    extra_groups: list[int]
+
+
+def _as_account(account: _Account | None) -> _RunAs:
     """``subprocess`` keyword arguments that run the child as ``account``."""
     if account is None:
         return {}
@@ -238,7 +249,7 @@ def _reachable(directory: Path, account: _Account) -> bool:
         capture_output=True,
         timeout=30,
         check=False,
-        **_as_account(account),  # type: ignore[arg-type]
+        **_as_account(account),
     )
     return result.returncode == 0
 
@@ -284,36 +295,37 @@ def _links_to(link: Path, target: Path) -> bool:
 
 
 def _collect_orphans() -> None:
-    """Delete shadow clusters whose ``data_dir`` link is gone and whose server is down."""
+    """Delete disposable shadow clusters whose ``data_dir`` link is gone and server is down.
+
+    Only clusters created with ``fast=True`` are collected: their data is disposable by
+    definition.  A durable cluster whose link was moved or deleted is left in place.
+    """
     if not SHADOW_ROOT.is_dir():
         return
-    now = time.time()
     for shadow in SHADOW_ROOT.iterdir():
-        origin_file = shadow / "origin"
         try:
-            if origin_file.is_file():
-                origin = Path(origin_file.read_text(encoding="utf-8").strip())
-                if _links_to(origin, shadow / "data"):
-                    continue
-            elif now - shadow.lstat().st_mtime < _ORPHAN_MIN_AGE:
+            if not (shadow / "disposable").is_file():
                 continue
+            origin = Path((shadow / "origin").read_text(encoding="utf-8").strip())
         except OSError:
             continue
-        if _postmaster_alive(shadow / "data"):
+        if _links_to(origin, shadow / "data") or _postmaster_alive(shadow / "data"):
             continue
-        log.info("removing orphaned PostgreSQL shadow directory %s", shadow)
+        log.info("removing orphaned PostgreSQL test cluster %s (%s is gone)", shadow, origin)
         shutil.rmtree(shadow, ignore_errors=True)
 
 
-def _new_shadow(data_dir: Path, account: _Account) -> Path:
+def _new_shadow(data_dir: Path, account: _Account, disposable: bool) -> Path:
     """Create a shadow cluster directory and make ``data_dir`` a link to it."""
     shadow = _shadow_root() / uuid.uuid4().hex
     shadow.mkdir(mode=0o711)
     cluster = shadow / "data"
-    # The link first, then the origin file: a concurrent orphan collection either sees
-    # no origin (too young to collect) or an origin whose link is in place.
+    # Link, then origin, then the disposable mark: a concurrent orphan collection only
+    # considers directories with the mark, whose link is in place by then.
     data_dir.symlink_to(cluster, target_is_directory=True)
     (shadow / "origin").write_text(f"{data_dir}\n", encoding="utf-8")
+    if disposable:
+        (shadow / "disposable").write_text("created with fast=True\n", encoding="utf-8")
     cluster.mkdir(mode=0o700)
     _chown(cluster, account)
     log.info(
@@ -324,7 +336,7 @@ def _new_shadow(data_dir: Path, account: _Account) -> Path:
     return cluster
 
 
-def _cluster_dir(data_dir: Path, account: _Account | None) -> Path:
+def _cluster_dir(data_dir: Path, account: _Account | None, disposable: bool) -> Path:
     """The directory holding the cluster for ``data_dir`` (see the module docstring)."""
     if data_dir.is_symlink():
         target = data_dir.parent / os.readlink(data_dir)
@@ -353,7 +365,7 @@ def _cluster_dir(data_dir: Path, account: _Account | None) -> Path:
         )
     if data_dir.is_dir():
         data_dir.rmdir()
-    return _new_shadow(data_dir, account)
+    return _new_shadow(data_dir, account, disposable)
 
 
 # --------------------------------------------------------------------------- initdb
@@ -408,7 +420,7 @@ def _initdb(
                 env=_child_env(account),
                 timeout=_INITDB_TIMEOUT,
                 check=False,
-                **_as_account(account),  # type: ignore[arg-type]
+                **_as_account(account),
             )
         except subprocess.TimeoutExpired:
             raise _error(
@@ -455,13 +467,18 @@ def _admin_dsn(port: int) -> str:
     return f"postgresql://{SUPERUSER}@{HOST}:{port}/postgres"
 
 
-def _accepts_connections(port: int) -> bool:
+def _accepts_connections(port: int, cluster: Path) -> bool:
+    """True if the server on ``port`` accepts connections and serves ``cluster``.
+
+    Checking the data directory makes sure we are not talking to another server that
+    grabbed the port first (ours then exits with a bind error).
+    """
     try:
         with psycopg.connect(_admin_dsn(port), connect_timeout=2, autocommit=True) as conn:
-            conn.execute("SELECT 1")
+            row = conn.execute("SELECT current_setting('data_directory')").fetchone()
     except psycopg.Error:
         return False
-    return True
+    return row is not None and row[0] == str(cluster)
 
 
 def _spawn_server(
@@ -478,7 +495,7 @@ def _spawn_server(
             env=_child_env(account),
             close_fds=True,
             start_new_session=True,
-            **_as_account(account),  # type: ignore[arg-type]
+            **_as_account(account),
         )
 
 
@@ -505,7 +522,7 @@ def _start_server_once(
                 log_path,
                 offset,
             )
-        if _accepts_connections(port) and proc.poll() is None:
+        if _accepts_connections(port, cluster) and proc.poll() is None:
             return proc
         time.sleep(0.1)
     _kill_group(proc)
@@ -636,7 +653,9 @@ class PostgresService(RunningService):
     def kill(self) -> None:
         """SIGKILL the postmaster and all its backends at once (a crash) and reap it.
 
-        The next start runs crash recovery; committed transactions survive.
+        The next start runs crash recovery.  Committed transactions survive, except with
+        ``fast=True``, where ``synchronous_commit=off`` loses the last fraction of a
+        second of commits.
         """
         if self.process.poll() is None:
             log.info("killing postgres (pid %d) with SIGKILL", self.process.pid)
@@ -706,7 +725,7 @@ def start_postgres(
     account = _postgres_account()
     data_dir = _absolute(data_dir)
     log_path = data_dir.parent / _LOG_NAME
-    cluster = _cluster_dir(data_dir, account)
+    cluster = _cluster_dir(data_dir, account, disposable=fast)
     if not _check_existing_cluster(cluster, major):
         _initdb(bindir, cluster, account, log_path, fast)
     proc, chosen = _start_server(bindir, cluster, account, log_path, port, fast)

@@ -1,104 +1,314 @@
-"""Run a real Prometheus (Debian's package) on loopback, scraping the local pipeline.
+"""Run a real Prometheus (Debian's ``prometheus`` package) as a local child process.
 
-The scrape jobs are the ones the alert rules and the Grafana dashboard know:
-``dnc-worker``, ``dnc-sync``, ``dnc-gateway`` and ``dnc-demo``. The configuration is checked
-with ``promtool check config`` before the server starts, so a broken rule file is a clear
-error, not a Prometheus that silently evaluates nothing.
+Like :mod:`infra.services`, no Docker and no systemd: ``/usr/bin/prometheus`` runs in the
+foreground as a child of the Python process, bound to ``127.0.0.1`` on a free (or given)
+port, with its configuration, TSDB and log in one directory.  Typical use::
+
+    from infra.prometheus_service import local_prometheus_config, start_prometheus
+
+    config = local_prometheus_config(
+        {"dnc-worker": ["127.0.0.1:9310"], "dnc-sync": ["127.0.0.1:9311"]},
+        [Path("infra/prometheus/alerts.yml")],
+    )
+    prom = start_prometheus(tmp_path / "prometheus", config)
+    prom.address    # "127.0.0.1:40126"; the UI is http://127.0.0.1:40126/graph
+    prom.stop()
+
+The scrape jobs the alert rules and the Grafana dashboard know are ``dnc-worker``,
+``dnc-sync``, ``dnc-gateway`` and ``dnc-demo``.  The configuration (and the rule files it
+names) is checked with ``promtool check config`` before the server starts, so a broken
+rule file is a clear error, not a Prometheus that silently evaluates nothing.
+
+A system Prometheus installed by the same package (``prometheus.service`` on port 9090)
+is neither needed nor touched.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import re
 import shutil
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
 
-from infra.services import RunningService, ServiceError, _log_tail, _register, _spawn, free_port
+from infra.services import (
+    RunningService,
+    ServiceError,
+    _error,
+    _file_size,
+    _first_line_with,
+    _read_from,
+    _register,
+    _spawn,
+    _terminate_quietly,
+    free_port,
+)
 
+__all__ = [
+    "ServiceError",
+    "check_config",
+    "local_prometheus_config",
+    "prometheus_path",
+    "promtool_path",
+    "start_prometheus",
+]
+
+log = logging.getLogger("dnc.infra")
+
+HOST = "127.0.0.1"
+_SETUP_HINT = "run `bash infra/setup.sh` (it installs Debian's `prometheus` package)."
 _START_TIMEOUT = 30.0
-_SETUP_HINT = "run `bash infra/setup.sh` (installs Debian's prometheus package)"
+_PROMTOOL_TIMEOUT = 60.0
+_PORT_RETRIES = 3
+_BIND_ERRORS = ("address already in use",)
+# Prometheus durations: units from years down to milliseconds, largest first, e.g. "1m30s".
+_DURATION = re.compile(r"(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?")
+_JOB_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.:-]*")
+_TARGET = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}")
+# Loopback never goes through an http_proxy from the environment.
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _tool(name: str) -> str:
-    found = shutil.which(name) or (
-        f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None
-    )
-    if found is None:
-        raise ServiceError(f"{name} not found: {_SETUP_HINT}")
-    return found
+# --------------------------------------------------------------------------- binaries
+
+
+def _find_tool(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidate = f"/usr/bin/{name}"
+    if os.access(candidate, os.X_OK):
+        return candidate
+    raise _error(f"{name} was not found on PATH or at {candidate}.", _SETUP_HINT)
+
+
+def prometheus_path() -> str:
+    """Path of the ``prometheus`` server binary; :class:`ServiceError` if not installed."""
+    return _find_tool("prometheus")
 
 
 def promtool_path() -> str:
-    """Path of promtool (rule tests, config checks)."""
-    return _tool("promtool")
+    """Path of ``promtool`` (config checks, rule unit tests); :class:`ServiceError` if absent."""
+    return _find_tool("promtool")
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def _check_duration(value: str) -> None:
+    if not value or not _DURATION.fullmatch(value) or not re.search(r"[1-9]", value):
+        raise ValueError(
+            f"scrape_interval {value!r} is not a Prometheus duration; use e.g. '5s', '1m' or "
+            "'1m30s'."
+        )
+
+
+def _check_targets(job: str, targets: Sequence[str]) -> None:
+    if not _JOB_NAME.fullmatch(job):
+        raise ValueError(
+            f"job name {job!r} is not usable; use letters, digits, '_', '-', e.g. 'dnc-worker'."
+        )
+    if isinstance(targets, str) or not targets:
+        raise ValueError(f"job {job!r} needs a non-empty list of 'host:port' targets.")
+    for target in targets:
+        if not _TARGET.fullmatch(target):
+            raise ValueError(
+                f"target {target!r} of job {job!r} is not 'host:port' (no scheme, no path); "
+                "use e.g. '127.0.0.1:9310'."
+            )
 
 
 def local_prometheus_config(
-    targets: dict[str, list[str]], rule_files: list[Path], scrape_interval: str = "5s"
+    targets: Mapping[str, Sequence[str]],
+    rule_files: Sequence[Path] = (),
+    scrape_interval: str = "5s",
 ) -> str:
-    """prometheus.yml scraping ``targets`` (job -> host:port list) with ``rule_files``."""
+    """A ``prometheus.yml`` scraping ``targets`` and evaluating ``rule_files``.
+
+    ``targets`` maps a job name (``"dnc-worker"``, ``"dnc-sync"``, ...) to its
+    ``host:port`` targets, one scrape job per key, scraped over plain HTTP at
+    ``/metrics``.  Rules are evaluated as often as targets are scraped
+    (``evaluation_interval = scrape_interval``).  Rule files are written as absolute
+    paths, so the config works from any directory.  Raises :class:`ValueError` for a
+    malformed job name, target or interval.
+    """
+    _check_duration(scrape_interval)
+    for job, hosts in targets.items():
+        _check_targets(job, hosts)
     config = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
         "rule_files": [str(Path(p).resolve()) for p in rule_files],
         "scrape_configs": [
-            {"job_name": job, "static_configs": [{"targets": hosts}]}
+            {"job_name": job, "static_configs": [{"targets": list(hosts)}]}
             for job, hosts in targets.items()
         ],
     }
-    return str(yaml.safe_dump(config, sort_keys=False))
+    body = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+    return f"# Generated by infra/prometheus_service.py for local use.\n{body}"
 
 
 def check_config(path: Path) -> None:
-    """``promtool check config``; ServiceError with its output when it fails."""
-    done = subprocess.run(
-        [promtool_path(), "check", "config", str(path)], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise ServiceError(f"Prometheus config {path} is invalid:\n{done.stdout}{done.stderr}")
+    """Run ``promtool check config`` on ``path`` (and the rule files it names).
 
-
-def _ready(port: int) -> bool:
+    Raises :class:`ServiceError` with promtool's output if the check fails.
+    """
+    cmd = [promtool_path(), "check", "config", str(path)]
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1) as response:
-            return bool(response.status == 200)
+        result = subprocess.run(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=_PROMTOOL_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise _error(
+            f"`promtool check config {path}` did not finish within {_PROMTOOL_TIMEOUT:.0f} s.",
+            "the machine may be overloaded; retry.",
+        ) from None
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).strip()
+        raise ServiceError(
+            f"the Prometheus configuration {path} is invalid (promtool exit code "
+            f"{result.returncode}).\n"
+            "  What to do: fix the configuration or the rule file named below, then retry.\n"
+            f"  --- promtool check config ---\n{output}"
+        )
+
+
+# --------------------------------------------------------------------------- server
+
+
+def _get(port: int, path: str) -> bytes | None:
+    """Body of ``GET http://127.0.0.1:port/path`` if it answers 200, else ``None``."""
+    try:
+        with _NO_PROXY.open(f"http://{HOST}:{port}{path}", timeout=1) as response:
+            return bytes(response.read()) if response.status == 200 else None
     except (urllib.error.URLError, OSError):
+        return None
+
+
+def _ready(port: int, tsdb_path: Path) -> bool:
+    """True if ``GET /-/ready`` answers 200 (503 while the TSDB loads) and it is ours.
+
+    "Ours" means it runs with ``tsdb_path``, not another Prometheus that grabbed the port
+    first (ours then exits with a bind error).
+    """
+    if _get(port, "/-/ready") is None:
         return False
+    flags = _get(port, "/api/v1/status/flags")
+    try:
+        data = json.loads(flags or b"{}").get("data", {})
+    except (ValueError, AttributeError):
+        return False
+    return bool(data.get("storage.tsdb.path") == str(tsdb_path))
 
 
-def start_prometheus(data_dir: Path, config_text: str, port: int | None = None) -> RunningService:
-    """Write and check the config, start Prometheus on 127.0.0.1, wait until it is ready."""
-    binary = _tool("prometheus")
-    data_dir = Path(data_dir)
+def _tsdb_path(data_dir: Path) -> Path:
+    return data_dir / "tsdb"
+
+
+def _prometheus_command(data_dir: Path, config_path: Path, port: int, lifecycle: bool) -> list[str]:
+    cmd = [
+        prometheus_path(),
+        f"--config.file={config_path}",
+        f"--storage.tsdb.path={_tsdb_path(data_dir)}",
+        f"--web.listen-address={HOST}:{port}",
+    ]
+    if lifecycle:
+        cmd.append("--web.enable-lifecycle")
+    return cmd
+
+
+def _start_once(
+    data_dir: Path, config_path: Path, port: int, lifecycle: bool
+) -> RunningService | str:
+    """Start Prometheus on ``port``; return the bind error line if the port was taken."""
+    log_path = data_dir / "prometheus.log"
+    offset = _file_size(log_path)
+    proc = _spawn(_prometheus_command(data_dir, config_path, port, lifecycle), log_path, data_dir)
+    deadline = time.monotonic() + _START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            text = _read_from(log_path, offset)
+            if any(marker in text for marker in _BIND_ERRORS):
+                return _first_line_with(text, *_BIND_ERRORS)
+            raise _error(
+                f"Prometheus exited with code {proc.returncode} while starting on {HOST}:{port}.",
+                "read the log below; if another Prometheus uses this data directory (TSDB "
+                "lock), stop it first.",
+                log_path,
+                offset,
+            )
+        if _ready(port, _tsdb_path(data_dir)) and proc.poll() is None:
+            service = RunningService("prometheus", HOST, port, proc, log_path, data_dir=data_dir)
+            _register(service)
+            return service
+        time.sleep(0.1)
+    _terminate_quietly(proc)
+    raise _error(
+        f"Prometheus was not ready (GET /-/ready) on {HOST}:{port} within {_START_TIMEOUT:.0f} s.",
+        "read the log below; replaying a large write-ahead log or an overloaded machine can "
+        "be slow.",
+        log_path,
+        offset,
+    )
+
+
+def start_prometheus(
+    data_dir: Path,
+    config_text: str,
+    port: int | None = None,
+    *,
+    enable_lifecycle: bool = False,
+) -> RunningService:
+    """Start Prometheus on ``127.0.0.1:port`` with ``config_text`` as its configuration.
+
+    ``data_dir`` receives ``prometheus.yml`` (rewritten on every start), the TSDB in
+    ``tsdb/`` (kept across starts) and the server output in ``prometheus.log``.  The
+    configuration is checked with ``promtool`` first.  ``port=None`` picks a free port
+    (retrying with another if it was taken meanwhile); a scrape job that targets
+    Prometheus itself needs a fixed ``port``.  ``enable_lifecycle`` turns on
+    ``POST /-/reload`` and ``/-/quit``.
+
+    Returns once ``GET /-/ready`` answers 200, registered for termination at exit;
+    raises :class:`ServiceError` (with promtool's output or the log tail) otherwise.
+    """
+    data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     config_path = data_dir / "prometheus.yml"
-    config_path.write_text(config_text)
+    config_path.write_text(config_text, encoding="utf-8")
     check_config(config_path)
-    chosen = port or free_port()
-    log_path = data_dir / "prometheus.log"
-    process = _spawn(
-        [
-            binary,
-            f"--config.file={config_path}",
-            f"--storage.tsdb.path={data_dir / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{chosen}",
-            "--web.enable-lifecycle",
-        ],
-        log_path,
-        data_dir,
-    )
-    service = RunningService("prometheus", "127.0.0.1", chosen, process, log_path, data_dir)
-    _register(service)
-    deadline = time.monotonic() + _START_TIMEOUT
-    while not _ready(chosen):
-        if process.poll() is not None or time.monotonic() > deadline:
-            service.kill()
-            raise ServiceError(
-                f"Prometheus did not become ready on port {chosen}; log {log_path}:\n"
-                f"{_log_tail(log_path)}"
+    attempts = 1 if port is not None else _PORT_RETRIES
+    bind_error = ""
+    for _ in range(attempts):
+        chosen = port if port is not None else free_port(HOST)
+        started = time.monotonic()
+        service = _start_once(data_dir, config_path, chosen, enable_lifecycle)
+        if isinstance(service, RunningService):
+            log.info(
+                "prometheus started at %s in %.2f s (pid %d, log %s)",
+                service.address,
+                time.monotonic() - started,
+                service.process.pid,
+                service.log_path,
             )
-        time.sleep(0.2)
-    return service
+            return service
+        bind_error = service
+        log.info("prometheus could not bind %s:%d (%s)", HOST, chosen, bind_error)
+    raise _error(
+        f"Prometheus could not listen on {HOST}:{port if port is not None else '(free port)'}: "
+        f"address already in use.\n  Server said: {bind_error}",
+        "stop whatever listens on that port (a system Prometheus uses 9090), or pass "
+        "port=None to pick a free one.",
+        data_dir / "prometheus.log",
+    )

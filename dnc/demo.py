@@ -65,7 +65,7 @@ class DemoRates:
 def number_pool(region: str, size: int = POOL_SIZE) -> list[str]:
     """Valid mobile numbers of ``region`` in E.164 (France and the UK; others use France's)."""
     if region == "GB":
-        return [f"+447700{900000 + i:06d}" for i in range(size)]
+        return [f"+447400{100000 + i:06d}" for i in range(size)]
     return [f"+3367{1000000 + i * 37:07d}" for i in range(size)]
 
 

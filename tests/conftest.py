@@ -17,12 +17,20 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
 
 from infra.postgres_service import start_postgres
 from infra.services import KAFKA_DEFAULT_VERSION, LocalStack
 from tests.harness import Pipeline
 
 SERVICE_MARKERS = {"kafka", "redis", "pipeline", "postgres"}
+
+# The suite shares two cores with Kafka, PostgreSQL and worker processes: generation speed
+# and per-example time say nothing about correctness here, so they must not fail a run.
+settings.register_profile(
+    "shared-machine", suppress_health_check=[HealthCheck.too_slow], deadline=None
+)
+settings.load_profile("shared-machine")
 
 
 @pytest.fixture(scope="session")

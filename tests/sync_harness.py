@@ -9,15 +9,20 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from consumers.sinks.base import Delivery
 from consumers.sinks.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify
 from infra.services import free_port
+from schemas.events import Kind, Scope
+from schemas.state import SuppressionChange
 from tests.harness import REPO, Pipeline
 
 
@@ -181,3 +186,34 @@ class WebhookServer:
         """Stop serving."""
         self.server.shutdown()
         self.server.server_close()
+
+
+def delivery(
+    phone: str,
+    version: int = 1,
+    *,
+    tenant: str = "acme",
+    kind: Kind | None = Kind.OPPOSITION,
+    cause: str = "event",
+    at: datetime | None = None,
+) -> Delivery:
+    """A change as the worker writes it, ready for a sink (suppressed unless a lift/expiry)."""
+    stamp = at or datetime.now(UTC)
+    change = SuppressionChange(
+        target=tenant,
+        tenant=tenant,
+        scope=Scope.TENANT,
+        campaign_id=None,
+        phone_e164=phone,
+        suppressed=kind not in (None, Kind.LIFT),
+        kind=kind,
+        expires_at=None,
+        erasure_requested=False,
+        cause=cause,
+        source_event_id=uuid.uuid4() if cause == "event" else None,
+        occurred_at=stamp if cause == "event" else None,
+        reason_code=None,
+        version=version,
+        changed_at=stamp,
+    )
+    return Delivery(change, change.model_dump_json().encode(), None, 0, version)

@@ -16,10 +16,9 @@ from consumers.sinks.postgres import PostgresSink
 from infra.migrations import apply_migrations
 from infra.postgres_service import restart_postgres
 from infra.services import LocalStack
-from schemas.events import Kind, OppositionEvent, Scope, Source
-from schemas.state import SuppressionChange
+from schemas.events import Kind, OppositionEvent, Source
 from tests.harness import TENANTS_TOML, Pipeline, wait_for
-from tests.sync_harness import SyncProcess
+from tests.sync_harness import SyncProcess, delivery
 
 PG_TENANTS = (
     TENANTS_TOML
@@ -169,24 +168,8 @@ def test_a_replayed_older_change_never_moves_a_row_backwards(reference_db: str) 
     now = datetime.now(UTC)
 
     def change(version: int, suppressed: bool, at: datetime) -> Delivery:
-        c = SuppressionChange(
-            target="acme",
-            tenant="acme",
-            scope=Scope.TENANT,
-            campaign_id=None,
-            phone_e164="+33612000009",
-            suppressed=suppressed,
-            kind=Kind.OPPOSITION if suppressed else Kind.LIFT,
-            expires_at=None,
-            erasure_requested=False,
-            cause="event",
-            source_event_id=uuid.uuid4(),
-            occurred_at=at,
-            reason_code=None,
-            version=version,
-            changed_at=at,
-        )
-        return Delivery(c, c.model_dump_json().encode(), None, 0, version)
+        kind = Kind.OPPOSITION if suppressed else Kind.LIFT
+        return delivery("+33612000009", version, kind=kind, at=at)
 
     newer = change(2, suppressed=True, at=now)
     older = change(1, suppressed=False, at=now - timedelta(minutes=5))

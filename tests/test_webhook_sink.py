@@ -15,10 +15,9 @@ import pytest
 from consumers.sinks.base import Delivery, Verdict
 from consumers.sinks.webhook import WebhookSink, classify, sign, verify
 from infra.services import LocalStack
-from schemas.events import Kind, OppositionEvent, Scope
-from schemas.state import SuppressionChange
+from schemas.events import Kind, OppositionEvent
 from tests.harness import TENANTS_TOML, Pipeline, wait_for
-from tests.sync_harness import Receiver, SyncProcess, WebhookServer
+from tests.sync_harness import Receiver, SyncProcess, WebhookServer, delivery
 
 SECRET = "test-webhook-secret-0123456789"
 
@@ -54,24 +53,7 @@ def test_http_answers_are_classified(status: int, verdict: Verdict, kind: str | 
 
 
 def _delivery(phone: str, version: int) -> Delivery:
-    change = SuppressionChange(
-        target="globex",
-        tenant="globex",
-        scope=Scope.TENANT,
-        campaign_id=None,
-        phone_e164=phone,
-        suppressed=True,
-        kind=Kind.OPPOSITION,
-        expires_at=None,
-        erasure_requested=False,
-        cause="event",
-        source_event_id=uuid.uuid4(),
-        occurred_at=datetime.now(UTC),
-        reason_code=None,
-        version=version,
-        changed_at=datetime.now(UTC),
-    )
-    return Delivery(change, change.model_dump_json().encode(), None, 0, version)
+    return delivery(phone, version, tenant="globex")
 
 
 def test_one_numbers_changes_stay_in_order_and_a_failure_holds_the_rest() -> None:
@@ -79,8 +61,8 @@ def test_one_numbers_changes_stay_in_order_and_a_failure_holds_the_rest() -> Non
     server = WebhookServer(receiver)
     sink = WebhookSink(server.url, SECRET.encode(), timeout=5, max_in_flight=4)
     try:
-        batch = [_delivery("+447700900001", v) for v in (1, 2, 3)]
-        batch += [_delivery("+447700900002", 1)]
+        batch = [_delivery("+447400900001", v) for v in (1, 2, 3)]
+        batch += [_delivery("+447400900002", 1)]
         receiver.fail_next = 1  # the first request (whichever number) gets a 503
         results = sink.deliver(batch)
         retried = [i for i, r in enumerate(results) if r.verdict is Verdict.RETRY]
@@ -91,11 +73,11 @@ def test_one_numbers_changes_stay_in_order_and_a_failure_holds_the_rest() -> Non
         again = sink.deliver(batch)
         assert all(r.verdict is Verdict.DELIVERED for r in again)
         assert len(receiver.applied) == 4
-        first_keys = [c.key for c in receiver.calls if c.body["phone_e164"] == "+447700900001"]
+        first_keys = [c.key for c in receiver.calls if c.body["phone_e164"] == "+447400900001"]
         applied_versions = [
             c.body["version"]
             for c in receiver.calls
-            if c.status == 200 and c.body["phone_e164"] == "+447700900001"
+            if c.status == 200 and c.body["phone_e164"] == "+447400900001"
         ]
         assert applied_versions[:3] == [1, 2, 3]  # in order, whatever the concurrency
         assert set(first_keys) == {d.idempotency_key for d in batch[:3]}
@@ -155,9 +137,9 @@ def test_webhook_signed_retried_on_5xx_idempotent_and_4xx_dead_lettered(
 ) -> None:
     pipeline, sync, receiver = webhook_pipeline
     receiver.fail_next = 4  # the CRM answers 503 four times, then recovers
-    receiver.reject = lambda body: body["phone_e164"] == "+447700900999"
-    good = [_globex(f"07700 900{n:03d}") for n in range(1, 6)]
-    bad = _globex("07700 900999")
+    receiver.reject = lambda body: body["phone_e164"] == "+447400900999"
+    good = [_globex(f"07400 900{n:03d}") for n in range(1, 6)]
+    bad = _globex("07400 900999")
     pipeline.publisher.publish_many([*good, bad])
 
     wait_for(lambda: len(receiver.applied) == 5, timeout=60, what="5 changes applied")
@@ -167,9 +149,9 @@ def test_webhook_signed_retried_on_5xx_idempotent_and_4xx_dead_lettered(
     # Every 503 was retried with the same idempotency key until a 2xx.
     for call in receiver.calls:
         if call.status == 503:
-            assert call.key in receiver.applied or call.body["phone_e164"] == "+447700900999"
+            assert call.key in receiver.applied or call.body["phone_e164"] == "+447400900999"
     applied_phones = sorted(str(c["phone_e164"]) for c in receiver.applied.values())
-    assert applied_phones == [f"+447700900{n:03d}" for n in range(1, 6)]
+    assert applied_phones == [f"+447400900{n:03d}" for n in range(1, 6)]
 
     # The 4xx went to the dead letters with the response, and was not retried.
     letters = pipeline.consume(pipeline.settings.reference_dead_letter_topic, 1, timeout=30)
@@ -179,8 +161,8 @@ def test_webhook_signed_retried_on_5xx_idempotent_and_4xx_dead_lettered(
     assert headers["dnc.dlq.detail"].startswith("HTTP 422")
     assert "scripted" in headers["dnc.dlq.detail"]  # the response body, for the operator
     assert headers["dnc.dlq.tenant"] == "globex"
-    assert json.loads(letters[0].value())["phone_e164"] == "+447700900999"
-    bad_statuses = [c.status for c in receiver.calls if c.body["phone_e164"] == "+447700900999"]
+    assert json.loads(letters[0].value())["phone_e164"] == "+447400900999"
+    bad_statuses = [c.status for c in receiver.calls if c.body["phone_e164"] == "+447400900999"]
     assert bad_statuses[-1] == 422 and bad_statuses.count(422) == 1, bad_statuses
     wait_for(
         lambda: sync.sample("dnc_reference_list_pending", tenant="globex") == 0,

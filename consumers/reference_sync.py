@@ -183,9 +183,12 @@ class Lane:
     def _read(self, timeout: float) -> None:
         room = self._settings.sync_max_buffered - len(self._pending)
         self._pause(room <= 0)
-        messages = self.consumer.consume(
-            max(1, min(room, self._settings.sync_batch_max)), timeout=timeout
-        )
+        # consume(n, timeout) waits for n messages or the timeout: block for the first one
+        # only, then take what is already fetched, so a change never waits for a batch to fill.
+        messages = self.consumer.consume(1, timeout=timeout)
+        wanted = min(room, self._settings.sync_batch_max) - 1
+        if messages and wanted > 0:
+            messages += self.consumer.consume(wanted, timeout=0)
         for message in messages:
             self._take(message)
 

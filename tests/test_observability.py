@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from infra.dashboard_queries import dashboard_exprs, rule_exprs
 
+from infra.dashboard_queries import dashboard_exprs, rule_exprs
 from infra.prometheus_service import local_prometheus_config, start_prometheus
 from infra.services import LocalStack
 from schemas.events import Kind
@@ -96,7 +96,8 @@ def test_prometheus_scrapes_the_pipeline_and_every_query_answers(
         "dnc_worker_heartbeat_timestamp_seconds",
         "sum by (kind, outcome) (dnc_events_total)",
     ):
-        assert query(client, expr), f"no data for {expr}"
+        # rate() needs two scrapes inside its window: wait for them rather than race them.
+        wait_for(lambda e=expr: query(client, e), timeout=30, interval=1, what=f"data for {expr}")
     lag_groups = {r["metric"]["group"] for r in query(client, "dnc_consumer_lag")}
     assert ref.pipeline.settings.worker_group in lag_groups
     assert f"{ref.pipeline.prefix}-sync-acme" in lag_groups

@@ -41,6 +41,7 @@ def _setup_logging(level: str) -> None:
         format="%(message)s",
         handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)],
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise
 
 
 def _settings() -> tuple[Settings, TenantDirectory]:

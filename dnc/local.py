@@ -22,13 +22,14 @@ import httpx
 from rich.console import Console
 from rich.live import Live
 
-from dnc.health import view_readiness
+from dnc.health import sync_reports, view_readiness
 from dnc.live_summary import read_snapshot, render
 from infra.postgres_service import start_postgres
 from infra.prometheus_service import local_prometheus_config, start_prometheus
 from infra.services import LocalStack, RunningService
 from infra.topics import ensure_pipeline_topics
 from schemas.settings import Settings
+from schemas.tenants import TenantDirectory
 
 RULES_FILE = Path(__file__).resolve().parent.parent / "infra" / "prometheus" / "alerts.yml"
 MAX_RESTARTS = 5
@@ -150,11 +151,17 @@ class LocalPipeline:
             Child("sync", ["sync"], data / "sync.log", env),
             Child("gateway", ["gateway"], data / "gateway.log", env),
         ]
-        if self.demo:
-            self.children.append(Child("demo", ["demo-traffic"], data / "demo.log", env))
         for child in self.children:
             self.console.print(f"starting the {child.name} (log: {child.log_path}) ...")
             child.start()
+
+    def start_demo(self) -> None:
+        """Simulated agents and dialers, once the pipeline is ready to receive them."""
+        env = _env(self.settings, self.postgres_dsn)
+        child = Child("demo", ["demo-traffic"], self.settings.data_dir / "demo.log", env)
+        self.console.print(f"starting simulated agents and dialers (log: {child.log_path}) ...")
+        child.start()
+        self.children.append(child)
 
     def supervise(self) -> None:
         """Restart a process that died (up to MAX_RESTARTS times, with a growing pause)."""
@@ -177,11 +184,15 @@ class LocalPipeline:
             child.start()
 
     def wait_ready(self, stopping: list[bool]) -> bool:
+        """Until the view is ready and every reference-list lane reports running (2 min)."""
+        tenants = TenantDirectory.load(self.settings.tenants_file)
+        synced = [t for t in tenants.names if tenants.get(t).reference_list is not None]
         deadline = time.monotonic() + 120
         while not stopping and time.monotonic() < deadline:
             self.supervise()
             ready, _why = view_readiness(self.settings)
-            if ready:
+            reports = sync_reports(self.settings, synced)
+            if ready and all(r and r.get("running") for r in reports.values()):
                 return True
             time.sleep(0.5)
         return False
@@ -238,6 +249,8 @@ def run_local_stack(
         local.start_services()
         local.start_processes()
         ready = local.wait_ready(stopping)
+        if demo and not stopping:
+            local.start_demo()
         console.print(local.banner(ready))
         if demo and not stopping:
             _live_summary(local, stopping, console)

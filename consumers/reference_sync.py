@@ -96,10 +96,9 @@ def backoff_seconds(failures: int, initial: float, cap: float, rng: random.Rando
 
 
 def propagation_origin(change: SuppressionChange) -> datetime:
-    """When the change began: the event's occurred_at, or the worker's expiry time."""
-    if change.cause == "event" and change.occurred_at is not None:
-        return change.occurred_at
-    return change.changed_at
+    """When the change began: the causing event's occurred_at, else when the worker made it
+    (an expiry, a re-emission)."""
+    return change.event_occurred_at or change.changed_at
 
 
 class Lane:

@@ -135,9 +135,19 @@ class SuppressionChange(BaseModel):
     reason_code: str | None
     version: int
     changed_at: AwareDatetime
+    # When the person said what caused this change (the event applied last); None for an
+    # expiry or a re-emission. ``occurred_at`` above is the stamp of the state in force, which
+    # can be older (a refusal under a standing objection changes nothing it shows).
+    event_occurred_at: AwareDatetime | None = None
 
     @classmethod
-    def of(cls, state: SuppressionState, now: datetime, cause: str) -> SuppressionChange:
+    def of(
+        cls,
+        state: SuppressionState,
+        now: datetime,
+        cause: str,
+        event_occurred_at: datetime | None = None,
+    ) -> SuppressionChange:
         """The change record for ``state`` as seen at ``now``."""
         current = state.effective(now)
         latest: ActiveSuppression | LiftRecord | None = current
@@ -166,4 +176,5 @@ class SuppressionChange(BaseModel):
             reason_code=current.reason_code if current else None,
             version=state.version,
             changed_at=now,
+            event_occurred_at=event_occurred_at,
         )

@@ -132,7 +132,7 @@ class OppositionProcessor:
         result = BatchResult()
         touched: dict[str, SuppressionState] = {}
         emitted: dict[str, SuppressionState] = {}
-        applied_at: list[datetime] = []
+        applied_at: dict[str, list[datetime]] = {}  # state key -> occurred_at applied
         dead: list[DeadLetter] = []
         for faust_event, message in batch:
             with self._bind_event(faust_event):
@@ -155,7 +155,7 @@ class OppositionProcessor:
         now: datetime,
         touched: dict[str, SuppressionState],
         emitted: dict[str, SuppressionState],
-        applied_at: list[datetime],
+        applied_at: dict[str, list[datetime]],
         dead: list[DeadLetter],
     ) -> Outcome:
         try:
@@ -184,7 +184,7 @@ class OppositionProcessor:
         now: datetime,
         touched: dict[str, SuppressionState],
         emitted: dict[str, SuppressionState],
-        applied_at: list[datetime],
+        applied_at: dict[str, list[datetime]],
     ) -> Outcome:
         assert event.phone_e164 is not None
         key = state_key(event.target, event.phone_e164)
@@ -197,7 +197,7 @@ class OppositionProcessor:
         state = application.state
         if application.outcome is Outcome.APPLIED:
             self._table[key] = dump_state(state)
-            applied_at.append(event.occurred_at)
+            applied_at.setdefault(key, []).append(event.occurred_at)
             emitted[key] = state
             _count_suppressed(before, state, now)
             expiry = state.next_expiry(now)
@@ -214,7 +214,7 @@ class OppositionProcessor:
         self,
         touched: dict[str, SuppressionState],
         emitted: dict[str, SuppressionState],
-        applied_at: list[datetime],
+        applied_at: dict[str, list[datetime]],
         dead: list[DeadLetter],
         now: datetime,
     ) -> None:
@@ -229,10 +229,16 @@ class OppositionProcessor:
                 write_view, what="view write", dependency="redis", max_backoff=retry_cap
             )
             visible_at = datetime.now(UTC)
-            for occurred_at in applied_at:
-                observe_propagation("suppression_view", occurred_at, visible_at)
+            for stamps in applied_at.values():
+                for occurred_at in stamps:
+                    observe_propagation("suppression_view", occurred_at, visible_at)
 
-        changes = [SuppressionChange.of(s, now, cause="event") for s in emitted.values()]
+        changes = [
+            SuppressionChange.of(
+                s, now, cause="event", event_occurred_at=applied_at.get(key, [None])[-1]
+            )
+            for key, s in emitted.items()
+        ]
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
         if changes:
             steps.append(("emit changes", lambda: self._sink.emit_changes(changes)))

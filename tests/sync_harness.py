@@ -212,6 +212,7 @@ def delivery(
         cause=cause,
         source_event_id=uuid.uuid4() if cause == "event" else None,
         occurred_at=stamp if cause == "event" else None,
+        event_occurred_at=stamp if cause == "event" else None,
         reason_code=None,
         version=version,
         changed_at=stamp,

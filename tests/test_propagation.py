@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Producer
@@ -275,3 +276,31 @@ def test_status_reports_ready_and_caught_up(running_pipeline: Pipeline) -> None:
 
     report = wait_for(caught_up, timeout=30, interval=1, what="status healthy with no lag")
     assert report["view_ready"] is True and report["kafka_reachable"] is True
+
+
+def test_a_change_says_which_event_caused_it(running_pipeline: Pipeline) -> None:
+    """A refusal under a standing objection changes nothing visible, yet its change record
+    says when it was said: that is where reference-list latency is measured from."""
+    p = running_pipeline
+    objection_at = datetime.now(UTC) - timedelta(minutes=10)
+    refusal_at = datetime.now(UTC)
+    for kind, at in ((Kind.OPPOSITION, objection_at), (Kind.REFUSAL, refusal_at)):
+        p.publisher.publish(
+            OppositionEvent(
+                event_id=uuid.uuid4(), tenant="acme", phone="0677889900", kind=kind, occurred_at=at
+            )
+        )
+
+    def both(messages: list[Any]) -> bool:
+        return len([m for m in messages if b"+33677889900" in m.value()]) >= 2
+
+    changes = [
+        json.loads(m.value())
+        for m in p.consume(p.settings.suppressions_topic, 10_000, timeout=30, until=both)
+        if b"+33677889900" in m.value()
+    ]
+    assert len(changes) >= 2, changes
+    last = changes[-1]
+    assert last["kind"] == "opposition"  # the objection still governs
+    assert datetime.fromisoformat(last["occurred_at"]) == objection_at
+    assert datetime.fromisoformat(last["event_occurred_at"]) == refusal_at

@@ -44,6 +44,11 @@ def test_propagation_counts_from_the_event_or_from_the_expiry() -> None:
     assert propagation_origin(change(occurred=said).change) == said
     expired = change(cause="expiry").change
     assert propagation_origin(expired) == expired.changed_at
+    # A refusal under a standing objection: the state's stamp is the old objection, the
+    # change was caused now: latency counts from the refusal.
+    standing = change(occurred=said - timedelta(days=30)).change
+    caused = standing.model_copy(update={"event_occurred_at": said})
+    assert propagation_origin(caused) == said
 
 
 def test_demo_number_pools_are_valid_numbers_of_their_region() -> None:

@@ -15,7 +15,6 @@ from consumers.reference_sync import Lane
 from consumers.sinks.base import Sink
 from consumers.sinks.postgres import PostgresSink
 from consumers.sinks.webhook import WebhookSink
-from infra.migrations import apply_migrations
 from infra.topics import ensure_pipeline_topics
 from schemas.errors import ConfigError
 from schemas.reference import PostgresSinkConfig, WebhookSinkConfig
@@ -38,19 +37,6 @@ def build_sink(tenant: str, tenants: TenantDirectory, settings: Settings) -> Sin
             max_in_flight=settings.webhook_max_in_flight,
         )
     return None
-
-
-def prepare_databases(tenants: TenantDirectory, settings: Settings) -> None:
-    """Apply the shipped migrations to every PostgreSQL reference list (once per DSN)."""
-    dsns = set()
-    for name in tenants.names:
-        config = tenants.get(name).reference_list
-        if isinstance(config, PostgresSinkConfig):
-            dsns.add(config.dsn(settings.postgres_dsn.get_secret_value()))
-    for dsn in dsns:
-        applied = apply_migrations(dsn)
-        if applied:
-            log.info("reference-list schema: applied %s", ", ".join(applied))
 
 
 def dead_letter_producer(settings: Settings) -> Producer:
@@ -107,7 +93,6 @@ def run_sync(settings: Settings, only: list[str] | None = None) -> int:
     created = ensure_pipeline_topics(settings)
     if created:
         log.info("created topics: %s", ", ".join(created))
-    prepare_databases(tenants, settings)
     lanes = build_lanes(settings, tenants, only)
     start_http_server(settings.sync_metrics_port, addr=settings.metrics_host)
     log.info(

@@ -45,11 +45,15 @@ def event(phone: str, kind: Kind = Kind.OPPOSITION, **fields: Any) -> Opposition
 
 
 def row(dsn: str, phone: str, tenant: str = "acme") -> dict[str, Any] | None:
-    """The reference_list row of ``phone``."""
+    """The reference_list row of ``phone`` (None before the sync created the table)."""
     with psycopg.connect(dsn) as conn:
-        cur = conn.execute(
-            "SELECT * FROM reference_list WHERE tenant = %s AND phone_e164 = %s", (tenant, phone)
-        )
+        try:
+            cur = conn.execute(
+                "SELECT * FROM reference_list WHERE tenant = %s AND phone_e164 = %s",
+                (tenant, phone),
+            )
+        except psycopg.errors.UndefinedTable:
+            return None
         found = cur.fetchone()
         if found is None:
             return None

@@ -1,10 +1,11 @@
 """The PostgreSQL reference list: idempotent upserts that never move a row backwards in time.
 
-A batch is one transaction (the commit is the acknowledgement), so it is delivered whole or
-not at all. Each change replaces the ``reference_list_scope`` row of its number and scope
-only if it is newer (``changed_at``, then ``version``); the tenant's ``reference_list`` row
-is then derived from the scope rows, and an erasure clears the contact's personal fields.
-Schema: ``infra/postgres/migrations``.
+The shipped migrations are applied on the first connection (a database that is down at
+start is just a backlog). A batch is one transaction (the commit is the acknowledgement), so
+it is delivered whole or not at all. Each change replaces the ``reference_list_scope`` row
+of its number and scope only if it is newer (``changed_at``, then ``version``); the
+tenant's ``reference_list`` row is then derived from the scope rows, and an erasure clears
+the contact's personal fields. Schema: ``infra/postgres/migrations``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 import psycopg
 
 from consumers.sinks.base import Delivery, Result, Verdict
+from infra.migrations import apply_migrations
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +106,16 @@ class PostgresSink:
         self._dsn = dsn
         self._connect_timeout = connect_timeout
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self._migrated = False
 
     def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self.close()
+            if not self._migrated:  # the schema, once the database is reachable
+                applied = apply_migrations(self._dsn)
+                if applied:
+                    log.info("tenant %s: reference-list schema: applied %s", self._tenant, applied)
+                self._migrated = True
             self._conn = psycopg.connect(
                 self._dsn,
                 connect_timeout=max(1, int(self._connect_timeout)),

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import TP
@@ -164,6 +164,11 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             stalled.clear()
             return
         tps = {p: TP(settings.oppositions_topic, p) for p in owned}
+        for tp, offset in holes.overdue().items():
+            try:
+                await cast(Any, app.consumer).seek(tp, offset)
+            except Exception as exc:  # the next round tries again
+                log.warning("cannot seek %s back to %d: %s", tp, offset, exc)
         try:
             highwaters = await app.consumer.highwaters(*tps.values())
             # Faust's record of the committed offsets (set when it seeks after assignment).

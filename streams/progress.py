@@ -22,6 +22,7 @@ class ProgressWatch:
         self._expected: dict[int, int] = {}  # next offset the stream should deliver
         self._moved_at: dict[int, float] = {}  # input last delivered, or nothing was waiting
         self._in_flight_since: dict[int, float] = {}  # oldest delivered, not yet applied
+        self._commit_seen: dict[int, tuple[int, float]] = {}  # committed offset, seen since
 
     def received(self, partition: int, offset: int) -> None:
         """The stream delivered ``offset`` to the agent."""
@@ -40,15 +41,18 @@ class ProgressWatch:
         self._expected.clear()
         self._moved_at.clear()
         self._in_flight_since.clear()
+        self._commit_seen.clear()
 
     def stalled_for(
         self, highwaters: Mapping[int, int | None], committed: Mapping[int, int | None]
     ) -> dict[int, float]:
         """Partitions stuck for longer than the threshold, with how long.
 
-        Stuck means a delivered batch is still not applied, or the log has events the
-        stream has not delivered. ``committed`` seeds partitions nothing was delivered
-        on yet (after an assignment, delivery starts at the committed offset).
+        Stuck means a delivered batch is still not applied, the log has events the stream
+        has not delivered, or the committed offset stays behind the log (an event the stream
+        skipped holds commits back while later ones are applied: its refusal is missing).
+        ``committed`` also seeds partitions nothing was delivered on yet (after an
+        assignment, delivery starts at the committed offset).
         """
         now = self._clock()
         stalled: dict[int, float] = {}
@@ -56,6 +60,10 @@ class ProgressWatch:
             since = self._in_flight_since.get(partition)
             if since is not None and now - since > self._stall_after:
                 stalled[partition] = now - since
+                continue
+            stuck = self._commits_stuck_for(partition, highwater, committed.get(partition), now)
+            if stuck > self._stall_after:
+                stalled[partition] = stuck
                 continue
             expected = self._expected.get(partition, committed.get(partition))
             if expected is None or highwater is None or highwater <= expected:
@@ -65,3 +73,16 @@ class ProgressWatch:
             if idle > self._stall_after:
                 stalled[partition] = idle
         return stalled
+
+    def _commits_stuck_for(
+        self, partition: int, highwater: int | None, committed: int | None, now: float
+    ) -> float:
+        """How long the committed offset has stayed put with events after it (0: moving)."""
+        if highwater is None or committed is None or committed >= highwater:
+            self._commit_seen.pop(partition, None)
+            return 0.0
+        seen = self._commit_seen.get(partition)
+        if seen is None or seen[0] != committed:
+            self._commit_seen[partition] = (committed, now)
+            return 0.0
+        return now - seen[1]

@@ -309,7 +309,7 @@ def migrate(
         str | None, typer.Option("--dsn", help="PostgreSQL DSN (default DNC_POSTGRES_DSN)")
     ] = None,
 ) -> None:
-    """Create or update the reference-list tables (`dnc sync` also does it at start)."""
+    """Create or update the reference-list tables (`dnc sync` does it on first contact too)."""
     import psycopg
 
     from infra.migrations import apply_migrations, migration_files

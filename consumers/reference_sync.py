@@ -57,6 +57,7 @@ STATUS_TTL_SECONDS = 30
 _POLL_SECONDS = 0.2
 _LAG_EVERY_SECONDS = 5.0
 _STATUS_EVERY_SECONDS = 2.0
+_COMMIT_EVERY_SECONDS = 0.5
 
 
 def status_key(tenant: str) -> str:
@@ -131,6 +132,7 @@ class Lane:
         self._rng = random.Random()
         self._last_lag = 0.0
         self._last_status = 0.0
+        self._last_commit = 0.0
         self._lag: dict[int, int] = {}
         self.consumer = Consumer(
             {
@@ -170,7 +172,7 @@ class Lane:
         self._read(self._poll_timeout())
         if self._pending and self._clock() >= self._next_attempt:
             self._attempt()
-        self._commit()
+        self._commit(force=False)
         self._report()
 
     # --- reading ---------------------------------------------------------------------------
@@ -340,7 +342,13 @@ class Lane:
                 targets[entry.partition] = entry.offset
         return {p: o for p, o in targets.items() if self._committed.get(p) != o}
 
-    def _commit(self) -> None:
+    def _commit(self, force: bool = True) -> None:
+        """Commit what is acknowledged; unforced, at most every ``_COMMIT_EVERY_SECONDS``
+        (a crash redelivers the rest, which the idempotent sinks absorb)."""
+        now = time.monotonic()
+        if not force and now - self._last_commit < _COMMIT_EVERY_SECONDS:
+            return
+        self._last_commit = now
         targets = self._commit_targets()
         if not targets:
             return

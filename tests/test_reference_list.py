@@ -254,3 +254,31 @@ def test_postgres_down_holds_the_backlog_then_delivers_everything_in_order(
     for phone in phones:
         versions = [v for p, v in history if p == phone]
         assert versions == [1, 2, 3, 4, 5], (phone, versions)
+
+
+@pytest.mark.pipeline
+@pytest.mark.postgres
+def test_sync_started_while_postgres_is_down_waits_then_migrates_and_delivers(
+    local_stack: LocalStack, tmp_path: Path, reference_db: str, postgres_server: Any
+) -> None:
+    stack = RefStack(local_stack, tmp_path, reference_db)
+    stack.pipeline.start_worker()
+    postgres_server.stop()
+    try:
+        stack.sync.start()  # a database down at start is a backlog, not a crash
+        stack.pipeline.publisher.publish(event("06 12 00 00 99"))
+        wait_for(
+            lambda: stack.sync.sample("dnc_reference_list_pending", tenant="acme") >= 1,
+            what="the change pending while PostgreSQL is down",
+        )
+        assert stack.sync.process is not None and stack.sync.process.poll() is None
+        restart_postgres(postgres_server)
+        found = stack.wait_row("+33612000099", do_not_call=True)  # the schema was created
+        assert found["kind"] == "opposition"
+    finally:
+        if not postgres_server.running:
+            restart_postgres(postgres_server)
+        try:
+            assert stack.sync.stop() == 0, stack.sync.log()
+        finally:
+            stack.pipeline.close()

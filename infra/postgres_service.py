@@ -82,7 +82,7 @@ from infra.services import (
     _read_from,
     _register,
     _unregister,
-    free_port,
+    start_with_port_retries,
 )
 
 __all__ = [
@@ -108,7 +108,6 @@ _SETUP_HINT = "run `bash infra/setup.sh` (it installs Debian's `postgresql` pack
 _START_TIMEOUT = 30.0
 _INITDB_TIMEOUT = 120.0
 _STOP_ESCALATION_TIMEOUT = 5.0
-_PORT_RETRIES = 3
 _SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 _BIND_ERRORS = ("could not create any TCP/IP sockets", "Address already in use")
 _LOG_NAME = "postgres.log"
@@ -544,31 +543,24 @@ def _start_server(
     fast: bool,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start the server, retrying with a new port if ``port`` was None and got taken."""
-    attempts = 1 if port is not None else _PORT_RETRIES
-    bind_error = ""
-    for _ in range(attempts):
-        chosen = port if port is not None else free_port(HOST)
-        started = time.monotonic()
-        result = _start_server_once(bindir, cluster, account, log_path, chosen, fast)
-        if isinstance(result, subprocess.Popen):
-            log.info(
-                "postgres started at %s:%d in %.2f s (pid %d, data %s, log %s)",
-                HOST,
-                chosen,
-                time.monotonic() - started,
-                result.pid,
-                cluster,
-                log_path,
-            )
-            return result, chosen
-        bind_error = result
-        log.info("postgres could not bind %s:%d (%s)", HOST, chosen, bind_error)
-    raise _error(
-        f"PostgreSQL could not listen on {HOST}:{port if port is not None else '(free port)'}: "
-        f"address already in use.\n  Server said: {bind_error}",
-        "stop whatever listens on that port, or pass port=None to pick a free one.",
+    started = time.monotonic()
+    proc, chosen = start_with_port_retries(
+        "PostgreSQL",
+        HOST,
+        port,
+        lambda p: _start_server_once(bindir, cluster, account, log_path, p, fast),
         log_path,
     )
+    log.info(
+        "postgres started at %s:%d in %.2f s (pid %d, data %s, log %s)",
+        HOST,
+        chosen,
+        time.monotonic() - started,
+        proc.pid,
+        cluster,
+        log_path,
+    )
+    return proc, chosen
 
 
 def _ensure_role_and_database(port: int) -> None:

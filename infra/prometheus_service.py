@@ -49,7 +49,7 @@ from infra.services import (
     _register,
     _spawn,
     _terminate_quietly,
-    free_port,
+    start_with_port_retries,
 )
 
 __all__ = [
@@ -67,7 +67,6 @@ HOST = "127.0.0.1"
 _SETUP_HINT = "run `bash infra/setup.sh` (it installs Debian's `prometheus` package)."
 _START_TIMEOUT = 30.0
 _PROMTOOL_TIMEOUT = 60.0
-_PORT_RETRIES = 3
 _BIND_ERRORS = ("address already in use",)
 # Prometheus durations: units from years down to milliseconds, largest first, e.g. "1m30s".
 _DURATION = re.compile(r"(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?")
@@ -288,27 +287,19 @@ def start_prometheus(
     config_path = data_dir / "prometheus.yml"
     config_path.write_text(config_text, encoding="utf-8")
     check_config(config_path)
-    attempts = 1 if port is not None else _PORT_RETRIES
-    bind_error = ""
-    for _ in range(attempts):
-        chosen = port if port is not None else free_port(HOST)
-        started = time.monotonic()
-        service = _start_once(data_dir, config_path, chosen, enable_lifecycle)
-        if isinstance(service, RunningService):
-            log.info(
-                "prometheus started at %s in %.2f s (pid %d, log %s)",
-                service.address,
-                time.monotonic() - started,
-                service.process.pid,
-                service.log_path,
-            )
-            return service
-        bind_error = service
-        log.info("prometheus could not bind %s:%d (%s)", HOST, chosen, bind_error)
-    raise _error(
-        f"Prometheus could not listen on {HOST}:{port if port is not None else '(free port)'}: "
-        f"address already in use.\n  Server said: {bind_error}",
-        "stop whatever listens on that port (a system Prometheus uses 9090), or pass "
-        "port=None to pick a free one.",
+    started = time.monotonic()
+    service, _port = start_with_port_retries(
+        "Prometheus",
+        HOST,
+        port,
+        lambda chosen: _start_once(data_dir, config_path, chosen, enable_lifecycle),
         data_dir / "prometheus.log",
     )
+    log.info(
+        "prometheus started at %s in %.2f s (pid %d, log %s)",
+        service.address,
+        time.monotonic() - started,
+        service.process.pid,
+        service.log_path,
+    )
+    return service

@@ -40,9 +40,11 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 __all__ = [
     "KAFKA_DEFAULT_VERSION",
@@ -147,9 +149,38 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 # --------------------------------------------------------------------------- processes
 
+T = TypeVar("T")
 _live_lock = threading.Lock()
 _live: dict[int, RunningService] = {}
 _atexit_registered = False
+
+
+def start_with_port_retries(
+    name: str,
+    host: str,
+    port: int | None,
+    start_once: Callable[[int], T | str],
+    log_path: Path | None = None,
+) -> tuple[T, int]:
+    """Start a server with ``start_once(port)``; it returns the server, or the bind error
+    line when the port was taken. ``port`` None picks a free port and retries with another
+    if it was taken meanwhile. Returns the server and the port it listens on.
+    """
+    attempts = 1 if port is not None else _PORT_RETRIES
+    bind_error = ""
+    for _ in range(attempts):
+        chosen = port if port is not None else free_port(host)
+        result = start_once(chosen)
+        if not isinstance(result, str):
+            return result, chosen
+        bind_error = result
+        log.info("%s could not bind %s:%d (%s)", name, host, chosen, bind_error)
+    raise _error(
+        f"{name} could not listen on {host}:{port if port is not None else '(free port)'}: "
+        f"address already in use.\n  Server said: {bind_error}",
+        "stop whatever listens on that port, or pass port=None to pick a free one.",
+        log_path,
+    )
 
 
 def _register(service: RunningService) -> None:
@@ -365,31 +396,21 @@ def start_redis(
     """
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    attempts = 1 if port is not None else _PORT_RETRIES
-    bind_error = ""
-    for _ in range(attempts):
-        chosen = port if port is not None else free_port(host)
-        started = time.monotonic()
-        service = _start_redis_once(data_dir, chosen, host, persistence)
-        if isinstance(service, RunningService):
-            log.info(
-                "redis started at %s in %.2f s (pid %d, log %s)",
-                service.address,
-                time.monotonic() - started,
-                service.process.pid,
-                service.log_path,
-            )
-            return service
-        bind_error = service
-        log.info("redis could not bind %s:%d (%s)", host, chosen, bind_error)
-    raise _error(
-        f"redis-server could not bind {host}:{port if port is not None else '(free port)'}: "
-        f"address already in use.\n  Server said: {bind_error}",
-        "stop whatever listens on that port, or pass port=None to pick a free one.",
+    started = time.monotonic()
+    service, _port = start_with_port_retries(
+        "redis-server",
+        host,
+        port,
+        lambda chosen: _start_redis_once(data_dir, chosen, host, persistence),
     )
-
-
-# --------------------------------------------------------------------------- kafka jars
+    log.info(
+        "redis started at %s in %.2f s (pid %d, log %s)",
+        service.address,
+        time.monotonic() - started,
+        service.process.pid,
+        service.log_path,
+    )
+    return service
 
 
 def kafka_cache_dir(version: str) -> Path:

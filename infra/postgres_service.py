@@ -78,10 +78,9 @@ from infra.services import (
     ServiceError,
     _error,
     _file_size,
-    _first_line_with,
-    _read_from,
     _register,
     _unregister,
+    bind_error_or_raise,
     start_with_port_retries,
 )
 
@@ -512,15 +511,10 @@ def _start_server_once(
     deadline = time.monotonic() + _START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            text = _read_from(log_path, offset)
-            if any(marker in text for marker in _BIND_ERRORS):
-                return _first_line_with(text, *_BIND_ERRORS)
-            raise _error(
-                f"PostgreSQL exited with code {proc.returncode} while starting on {HOST}:{port}.",
+            return bind_error_or_raise(
+                proc, log_path, offset, _BIND_ERRORS, f"PostgreSQL on {HOST}:{port}",
                 "read the log below; if another server uses this data directory, stop it first.",
-                log_path,
-                offset,
-            )
+            )  # fmt: skip
         if _accepts_connections(port, cluster) and proc.poll() is None:
             return proc
         time.sleep(0.1)

@@ -44,11 +44,10 @@ from infra.services import (
     ServiceError,
     _error,
     _file_size,
-    _first_line_with,
-    _read_from,
     _register,
     _spawn,
     _terminate_quietly,
+    bind_error_or_raise,
     start_with_port_retries,
 )
 
@@ -238,16 +237,11 @@ def _start_once(
     deadline = time.monotonic() + _START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            text = _read_from(log_path, offset)
-            if any(marker in text for marker in _BIND_ERRORS):
-                return _first_line_with(text, *_BIND_ERRORS)
-            raise _error(
-                f"Prometheus exited with code {proc.returncode} while starting on {HOST}:{port}.",
+            return bind_error_or_raise(
+                proc, log_path, offset, _BIND_ERRORS, f"Prometheus on {HOST}:{port}",
                 "read the log below; if another Prometheus uses this data directory (TSDB "
                 "lock), stop it first.",
-                log_path,
-                offset,
-            )
+            )  # fmt: skip
         if _ready(port, _tsdb_path(data_dir)) and proc.poll() is None:
             service = RunningService("prometheus", HOST, port, proc, log_path, data_dir=data_dir)
             _register(service)

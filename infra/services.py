@@ -155,6 +155,24 @@ _live: dict[int, RunningService] = {}
 _atexit_registered = False
 
 
+def bind_error_or_raise(
+    proc: subprocess.Popen[bytes],
+    log_path: Path,
+    offset: int,
+    markers: tuple[str, ...],
+    what: str,
+    hint: str,
+) -> str:
+    """A server exited while starting: the log line saying its port was taken, or else a
+    :class:`ServiceError` with ``hint`` and the log written since ``offset``."""
+    text = _read_from(log_path, offset)
+    if any(marker in text for marker in markers):
+        return _first_line_with(text, *markers)
+    raise _error(
+        f"{what} exited with code {proc.returncode} while starting.", hint, log_path, offset
+    )
+
+
 def start_with_port_retries(
     name: str,
     host: str,
@@ -358,15 +376,10 @@ def _start_redis_once(
     deadline = time.monotonic() + _REDIS_START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            text = _read_from(log_path, offset)
-            if any(marker in text for marker in _BIND_ERRORS):
-                return _first_line_with(text, *_BIND_ERRORS)
-            raise _error(
-                f"redis-server exited with code {proc.returncode} while starting on {host}:{port}.",
+            return bind_error_or_raise(
+                proc, log_path, offset, _BIND_ERRORS, f"redis-server on {host}:{port}",
                 "read the log below; check that the directory is writable.",
-                log_path,
-                offset,
-            )
+            )  # fmt: skip
         if _redis_ping(host, port):
             service = RunningService("redis", host, port, proc, log_path, data_dir=data_dir)
             _register(service)
@@ -774,17 +787,12 @@ def _start_kafka_once(
     started_line_seen = False
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            text = _read_from(log_path, offset)
-            if "Address already in use" in text or "BindException" in text:
-                return _first_line_with(text, "Address already in use", "BindException")
-            raise _error(
-                f"the Kafka broker exited with code {proc.returncode} while starting on "
-                f"{host}:{port} (controller {controller_port}).",
+            return bind_error_or_raise(
+                proc, log_path, offset, ("Address already in use", "BindException"),
+                f"the Kafka broker on {host}:{port} (controller {controller_port})",
                 "read the log below; if the data dir is from another Kafka version or "
                 "cluster, delete it and retry.",
-                log_path,
-                offset,
-            )
+            )  # fmt: skip
         if not started_line_seen:
             started_line_seen = _KAFKA_STARTED_MARKER in _read_from(log_path, offset)
         if started_line_seen and _kafka_metadata_ready(host, port):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import httpx
 
 from schemas.tenants import issue_token
 from schemas.tokens import Role
-from tests.harness import REPO, Pipeline, wait_for
+from tests.harness import REPO, Pipeline, stop_process, wait_for
 
 TENANTS = ("acme", "globex")
 ROLES = (Role.AGENT, Role.DIALER, Role.ADMIN)
@@ -87,17 +86,7 @@ class Gateway:
 
     def stop(self, timeout: float = 30) -> int | None:
         """SIGTERM, as an orchestrator would; returns the exit code."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise AssertionError(f"gateway did not stop on SIGTERM:\n{self.tail()}") from None
-        return self.process.returncode
+        return stop_process(self.process, timeout, "the gateway", self.tail)
 
 
 def wait_answer(

@@ -56,6 +56,27 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def stop_process(
+    process: subprocess.Popen[bytes] | None, timeout: float, what: str, tail: Callable[[], str]
+) -> int | None:
+    """SIGTERM, as an orchestrator would; wait, and fail with the log if it does not stop.
+
+    Returns the exit status (None when it was never started)."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise AssertionError(
+                f"{what} did not stop within {timeout}s of SIGTERM:\n{tail()}"
+            ) from None
+    return process.returncode
+
+
 class Pipeline:
     """Unique topics and group on the shared stack; a real `dnc worker` subprocess."""
 

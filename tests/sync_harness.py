@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from consumers.sinks.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify
 from infra.services import free_port
 from schemas.events import Kind, Scope
 from schemas.state import SuppressionChange
-from tests.harness import REPO, Pipeline
+from tests.harness import REPO, Pipeline, stop_process
 
 
 class SyncProcess:
@@ -81,17 +80,7 @@ class SyncProcess:
 
     def stop(self, timeout: float = 60) -> int | None:
         """SIGTERM and wait; returns the exit status."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise AssertionError(f"sync did not stop within {timeout}s\n{self.log()}") from None
-        return self.process.returncode
+        return stop_process(self.process, timeout, "the sync", self.log)
 
     def metrics_text(self) -> str:
         """Its /metrics page."""

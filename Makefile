@@ -2,22 +2,46 @@
 #   make up     set everything up, then run the pipeline locally with simulated traffic
 #               (Kafka, Redis, PostgreSQL, Prometheus, worker, sync, gateway, demo)
 #   make test   set everything up, then run the whole test suite on real services
+#
+# Python packages come only from uv.lock (exact versions and hashes, every transitive
+# dependency, the build backend included): `uv sync --frozen` never resolves anything.
+# uv itself is installed from infra/uv.txt (one pinned version, hashes checked by pip).
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup up worker test unit lint typecheck bench clean
+.PHONY: setup system up worker test unit lint typecheck bench clean lock lock-check
 
-setup: $(VENV)/.installed
+setup: system $(VENV)/.installed
+
+# Debian packages (Java 17, Redis, PostgreSQL, Prometheus, python3-venv) and the Kafka jars.
+system:
 	bash infra/setup.sh
 
-$(VENV)/.installed: pyproject.toml
+$(UV): infra/uv.txt
 	@command -v $(PYTHON) >/dev/null || { echo "[setup] $(PYTHON) not found: install Python 3.11+"; exit 1; }
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS) || { \
 	  echo "[setup] cannot create a virtualenv: run 'bash infra/setup.sh' (installs python3-venv) and retry"; exit 1; }
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r infra/uv.txt
 	touch $@
+
+lock-check: $(UV)
+	@$(UV) lock --check --python $(PYTHON) --quiet || { \
+	  echo "[setup] ERROR: uv.lock does not match pyproject.toml. Run 'make lock' and commit uv.lock."; exit 1; }
+
+$(VENV)/.installed: pyproject.toml uv.lock $(UV)
+	@$(MAKE) --no-print-directory lock-check
+	$(UV) sync --frozen --extra dev --group build --no-install-project --python $(PYTHON) --quiet
+	$(UV) pip install --python $(BIN)/python --no-deps --no-build-isolation --quiet -e .
+	touch $@
+
+# Refresh the lock (newest versions within pyproject.toml's ranges); commit the result.
+lock: $(UV)
+	$(UV) lock --upgrade --python $(PYTHON)
 
 up: setup
 	$(BIN)/dnc up --demo
@@ -26,7 +50,7 @@ test: setup
 	$(BIN)/pytest
 
 unit: $(VENV)/.installed
-	$(BIN)/pytest -m "not pipeline and not kafka and not redis"
+	$(BIN)/pytest -m "not pipeline and not kafka and not redis and not postgres and not prometheus"
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -39,4 +63,4 @@ bench: setup
 	$(BIN)/dnc bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Annotated, cast
 
 import typer
 from rich.console import Console
@@ -24,8 +24,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-out = Console()
-err = Console(stderr=True)
+# soft_wrap: our messages are never cut into lines by the terminal's width, so scripts and
+# tests can match them whatever COLUMNS is.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 EXIT_CALLABLE, EXIT_SUPPRESSED, EXIT_UNAVAILABLE, EXIT_ERROR = 0, 1, 2, 3
 
@@ -149,8 +151,6 @@ def import_(
     file: Annotated[
         Path,
         typer.Argument(
-            exists=True,
-            dir_okay=False,
             help=(
                 "CSV: one number per line, or a header with 'phone' (optional: campaign_id, "
                 "kind, scope, reason_code, agent_id, occurred_at)"
@@ -171,6 +171,8 @@ def import_(
     from producers.importer import count_rows, import_file
     from producers.publisher import OppositionPublisher
 
+    if not file.is_file():
+        raise _fail(f"cannot import {file}: the file does not exist (or is not a file)")
     settings, tenants = _settings()
     tenants.get(tenant)
     chosen_scope = scope or (Scope.CAMPAIGN if campaign else Scope.TENANT)
@@ -342,9 +344,31 @@ def up(
     worker, the reference-list sync and the HTTP gateway. Data and logs go to DNC_DATA_DIR.
     """
     from dnc.local import run_local_stack
+    from dnc.resilient_output import ResilientOutput
 
     settings = Settings()
-    run_local_stack(settings, kafka_version or settings.kafka_version, out, demo=demo)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # `dnc up | tee`, then Ctrl-C, or a closed terminal: output that nobody reads any more
+    # goes to DATA_DIR/up.log, and stopping everything carries on.
+    fallback = settings.data_dir / "up.log"
+    console = Console(file=cast(IO[str], ResilientOutput(sys.stdout, fallback)), soft_wrap=True)
+    err.file = cast(IO[str], ResilientOutput(sys.stderr, fallback))
+    run_local_stack(settings, kafka_version or settings.kafka_version, console, demo=demo)
+
+
+@app.command()
+def down() -> None:
+    """Stop what `dnc up` runs on this data directory (DNC_DATA_DIR), or what a killed one left.
+
+    Asks a running `dnc up` to stop (as Ctrl-C would) and waits for it; then stops any
+    process its pid files still name (Kafka, Redis, PostgreSQL, Prometheus, the worker,
+    the sync, the gateway, the demo), gracefully first, then with SIGKILL.
+    """
+    from dnc.local import stop_recorded
+
+    settings = Settings()
+    stopped = stop_recorded(settings, err)
+    out.print(f"stopped {stopped} process(es)" if stopped else "nothing was running")
 
 
 @app.command(name="demo-traffic")

@@ -4,6 +4,12 @@ Services: Kafka, Redis, PostgreSQL (the reference list) and Prometheus (graphs a
 rules), then the processes: the worker, the reference-list sync, the HTTP gateway, and with
 ``--demo`` simulated agent desktops and dialers plus a live summary. A process that dies is
 restarted (a few times, with a pause); Ctrl-C stops the processes first, then the services.
+
+Nothing it starts may outlive it: SIGINT, SIGTERM and SIGHUP (the terminal closed) all stop
+everything in order, output that nobody reads any more (`dnc up | tee`, then Ctrl-C) goes to
+``DATA_DIR/up.log`` instead of failing, and every process has a pid file
+(:mod:`dnc.pidfiles`) so that what a killed `dnc up` left behind is found and stopped by the
+next one, or by `dnc down`.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from rich.live import Live
 
 from dnc.health import sync_reports, view_readiness
 from dnc.live_summary import read_snapshot, render
+from dnc.pidfiles import SUPERVISOR, RunDirectory
 from infra.postgres_service import start_postgres
 from infra.prometheus_service import local_prometheus_config, start_prometheus
 from infra.services import LocalStack, RunningService
@@ -43,6 +50,8 @@ class Child:
     args: list[str]
     log_path: Path
     env: dict[str, str]
+    run_dir: RunDirectory
+    ports: tuple[int, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = field(default=0.0)
@@ -57,6 +66,7 @@ class Child:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches `dnc up`, which stops us in order
             )
+        self.run_dir.record(self.name, self.process.pid, self.ports)
         self.started_at = time.monotonic()
 
     @property
@@ -67,6 +77,7 @@ class Child:
     def stop(self, timeout: float, console: Console) -> None:
         """SIGTERM, then SIGKILL after ``timeout``."""
         if self.process is None or self.process.poll() is not None:
+            self.run_dir.forget(self.name)
             return
         self.process.send_signal(signal.SIGTERM)
         try:
@@ -75,6 +86,7 @@ class Child:
             console.print(f"[red]the {self.name} did not stop within {timeout:.0f}s: killed it[/]")
             self.process.kill()
             self.process.wait()
+        self.run_dir.forget(self.name)
 
 
 def _env(settings: Settings, postgres_dsn: str) -> dict[str, str]:
@@ -102,6 +114,10 @@ def _scrape_targets(settings: Settings, demo: bool) -> dict[str, list[str]]:
     return targets
 
 
+class LocalStackBusy(RuntimeError):
+    """Another `dnc up` runs on the same data directory."""
+
+
 class LocalPipeline:
     """Everything `dnc up` runs, started and stopped in order."""
 
@@ -123,6 +139,31 @@ class LocalPipeline:
         self.prometheus: RunningService | None = None
         self.children: list[Child] = []
         self.postgres_dsn = settings.postgres_dsn.get_secret_value()
+        self.run_dir = RunDirectory(settings.data_dir)
+
+    def clear_leftovers(self) -> None:
+        """Stop what a previous `dnc up` on this data directory left running, or refuse.
+
+        Refuses while that `dnc up` itself still runs (it owns them); otherwise its
+        processes are orphans holding ports and data files, and are stopped in order.
+        """
+        leftovers = self.run_dir.recorded()
+        owner = next((e for e in leftovers if e.name == SUPERVISOR), None)
+        if owner is not None and owner.pid != os.getpid():
+            others = ", ".join(e.describe() for e in leftovers if e is not owner) or "none yet"
+            raise LocalStackBusy(
+                f"another `dnc up` (pid {owner.pid}) is running on {self.settings.data_dir}; "
+                f"its processes: {others}. Stop it first (Ctrl-C in its terminal, or "
+                f"`dnc down`), or give this one its own DNC_DATA_DIR and ports."
+            )
+        orphans = [e for e in leftovers if e.name != SUPERVISOR]
+        if orphans:
+            self.console.print(
+                "[yellow]a previous `dnc up` on this data directory left these running: "
+                + ", ".join(e.describe() for e in orphans)
+                + "; stopping them first[/]"
+            )
+            self.run_dir.stop_all(orphans, say=self.console.print)
 
     @property
     def prometheus_url(self) -> str:
@@ -131,25 +172,37 @@ class LocalPipeline:
     def start_services(self) -> None:
         data = self.settings.data_dir
         self.console.print(f"starting Kafka {self.kafka_version} and Redis (data in {data}) ...")
-        self.stack.start()
+        try:
+            self.stack.start()
+        finally:  # Kafka may fail after Redis started (LocalStack then stops Redis itself)
+            self._record_stack()
         ensure_pipeline_topics(self.settings)
         self.console.print("starting PostgreSQL (the reference list) ...")
         pg = start_postgres(data / "postgres", port=_postgres_port(self.settings))
         self.postgres = pg
         self.postgres_dsn = pg.dsn
+        # SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for clients to leave).
+        self.run_dir.record("postgres", pg.process.pid, [pg.port], signal.SIGINT)
         self.console.print("starting Prometheus ...")
         config = local_prometheus_config(_scrape_targets(self.settings, self.demo), [RULES_FILE])
         self.prometheus = start_prometheus(
             data / "prometheus", config, port=self.settings.prometheus_port
         )
+        self.run_dir.record("prometheus", self.prometheus.process.pid, [self.prometheus.port])
+
+    def _record_stack(self) -> None:
+        for service in (self.stack.redis, self.stack.kafka):
+            if service is not None and service.running:
+                ports = [service.port, *filter(None, [service.controller_port])]
+                self.run_dir.record(service.name, service.process.pid, ports)
 
     def start_processes(self) -> None:
         env = _env(self.settings, self.postgres_dsn)
-        data = self.settings.data_dir
+        s, data, run = self.settings, self.settings.data_dir, self.run_dir
         self.children = [
-            Child("worker", ["worker"], data / "worker.log", env),
-            Child("sync", ["sync"], data / "sync.log", env),
-            Child("gateway", ["gateway"], data / "gateway.log", env),
+            Child("worker", ["worker"], data / "worker.log", env, run, (s.worker_metrics_port,)),
+            Child("sync", ["sync"], data / "sync.log", env, run, (s.sync_metrics_port,)),
+            Child("gateway", ["gateway"], data / "gateway.log", env, run, (s.gateway_port,)),
         ]
         for child in self.children:
             self.console.print(f"starting the {child.name} (log: {child.log_path}) ...")
@@ -158,7 +211,14 @@ class LocalPipeline:
     def start_demo(self) -> None:
         """Simulated agents and dialers, once the pipeline is ready to receive them."""
         env = _env(self.settings, self.postgres_dsn)
-        child = Child("demo", ["demo-traffic"], self.settings.data_dir / "demo.log", env)
+        child = Child(
+            "demo",
+            ["demo-traffic"],
+            self.settings.data_dir / "demo.log",
+            env,
+            self.run_dir,
+            (self.settings.demo_metrics_port,),
+        )
         self.console.print(f"starting simulated agents and dialers (log: {child.log_path}) ...")
         child.start()
         self.children.append(child)
@@ -228,23 +288,39 @@ class LocalPipeline:
             child.stop(timeout, self.console)
         if self.prometheus is not None:
             self.prometheus.stop()
+            self.run_dir.forget("prometheus")
         stop_pg = getattr(self.postgres, "stop", None)
         if stop_pg is not None:
             stop_pg()
+            self.run_dir.forget("postgres")
         self.stack.stop()
+        self.run_dir.forget("kafka")
+        self.run_dir.forget("redis")
 
 
 def run_local_stack(
     settings: Settings, kafka_version: str, console: Console, demo: bool = False
 ) -> None:
-    """Start everything, say where it listens, block until SIGINT/SIGTERM, stop in reverse."""
+    """Start everything, say where it listens, block until a stop signal, stop in reverse.
+
+    SIGINT (Ctrl-C), SIGTERM and SIGHUP (the terminal closed) all stop everything. A
+    failure of the output (EPIPE when `| tee` died first) never stops the stopping.
+    """
     stopping: list[bool] = []
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
         stopping.append(True)
 
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, request_stop) for s in stop_signals}
     local = LocalPipeline(settings, kafka_version, demo, console)
+    try:
+        local.clear_leftovers()
+    except LocalStackBusy as exc:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        raise SystemExit(f"error: {exc}") from None
+    local.run_dir.record(SUPERVISOR, os.getpid())
     try:
         local.start_services()
         local.start_processes()
@@ -261,10 +337,26 @@ def run_local_stack(
         console.print(f"[red]{exc}[/]")
     finally:
         console.print("stopping ...")
-        local.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        try:
+            local.stop()
+        finally:
+            local.run_dir.forget(SUPERVISOR)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         console.print("stopped.")
+
+
+def stop_recorded(settings: Settings, console: Console) -> int:
+    """`dnc down`: stop what `dnc up` runs (or left running) on this data directory."""
+    run_dir = RunDirectory(settings.data_dir)
+    entries = run_dir.recorded()
+    owner = next((e for e in entries if e.name == SUPERVISOR), None)
+    if owner is not None:
+        # The supervisor stops its processes in order itself; wait for it, then sweep.
+        run_dir.stop_all([owner], timeout=settings.shutdown_timeout_seconds + 90, say=console.print)
+        entries = run_dir.recorded()
+    run_dir.stop_all(entries, say=console.print)
+    return len(entries) + (owner is not None)
 
 
 def _live_summary(local: LocalPipeline, stopping: list[bool], console: Console) -> None:

@@ -263,7 +263,7 @@ def test_bulk_import_reports_rejected_rows_and_publishes_the_rest(
     p.wait_answer("0670000001", "acme", "suppressed")
     p.wait_answer("0670000002", "acme", "suppressed")
     missing = p.cli("import", str(tmp_path / "nope.csv"), "--tenant", "acme")
-    assert missing.returncode != 0 and "does not exist" in missing.stderr
+    assert missing.returncode == 3 and "the file does not exist" in missing.stderr
 
 
 def test_status_reports_ready_and_caught_up(running_pipeline: Pipeline) -> None:

@@ -1,8 +1,9 @@
 """The dialer's question, "may I call this number?", answered from the Redis view.
 
 Fail closed: when Redis cannot be reached, the view is not complete (empty after a
-restart, mid-rebuild) or the worker's heartbeat is missing, the answer is
-``unavailable`` (do not call), never ``callable``.
+restart, mid-rebuild), was written with another layout, or is not current (a partition's
+applied-through time is older than the staleness bound: see :mod:`consumers.readiness`),
+the answer is ``unavailable`` (do not call), never ``callable``.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from typing import Any
 import redis
 from redis import Redis
 
+from consumers.readiness import Readiness, judge, queue_readiness, read_readiness
 from schemas.errors import InvalidPhoneNumber
 from schemas.events import Scope, scope_target
 from schemas.metrics import CHECK_SECONDS, CHECKS
 from schemas.phone import normalise
+from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
-from schemas.view import META_KEY, META_PARTITIONS, ViewLayout, heartbeat_key, ready_field
+from schemas.view import ViewLayout, view_layout
 
 
 class Answer(StrEnum):
@@ -57,14 +60,31 @@ class SuppressionChecker:
         layout: ViewLayout,
         tenants: TenantDirectory,
         *,
-        partitions_hint: int = 1,
+        max_staleness_seconds: float = 5.0,
         bulk_chunk_size: int = 1000,
     ) -> None:
         self._redis = client
         self._layout = layout
+        self._fingerprint = layout.fingerprint
         self._tenants = tenants
-        self._partitions = max(1, partitions_hint)
+        self._max_staleness = max_staleness_seconds
         self._chunk = bulk_chunk_size
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, tenants: TenantDirectory, client: Redis | None = None
+    ) -> SuppressionChecker:
+        """A checker configured like every other reader of this deployment."""
+        return cls(
+            client
+            or checker_client(
+                settings.redis_url.get_secret_value(), settings.check_timeout_seconds
+            ),
+            view_layout(settings, tenants),
+            tenants,
+            max_staleness_seconds=settings.max_staleness_seconds,
+            bulk_chunk_size=settings.bulk_chunk_size,
+        )
 
     def _targets(self, tenant: str, campaign: str | None) -> list[tuple[Scope, str]]:
         targets = [(Scope.GLOBAL, scope_target(Scope.GLOBAL, tenant, None))]
@@ -73,26 +93,16 @@ class SuppressionChecker:
             targets.append((Scope.CAMPAIGN, scope_target(Scope.CAMPAIGN, tenant, campaign)))
         return targets
 
-    def _readiness_commands(self, pipe: Any) -> None:
-        pipe.hgetall(META_KEY)
-        pipe.mget([heartbeat_key(p) for p in range(self._partitions)])
+    def readiness(self) -> Readiness:
+        """The view's readiness alone, as this checker judges it (``/readyz``, `dnc status`)."""
+        try:
+            return read_readiness(self._redis, self._fingerprint, self._max_staleness)
+        except redis.RedisError as exc:
+            return Readiness(False, f"redis unreachable: {exc}")
 
-    def _unready_reason(self, meta: dict[bytes, bytes], heartbeats: list[Any]) -> str | None:
-        """Why the view cannot be trusted, or None; may raise _Repartitioned."""
-        raw_total = meta.get(META_PARTITIONS.encode())
-        if raw_total is None:
-            return "view not ready (empty or being rebuilt by the worker)"
-        total = int(raw_total)
-        if total != self._partitions:
-            self._partitions = total
-            raise _Repartitioned
-        missing = [p for p in range(total) if ready_field(p).encode() not in meta]
-        if missing:
-            return f"view not ready for partitions {missing} (being rebuilt)"
-        stale = [p for p, hb in enumerate(heartbeats) if hb is None]
-        if stale:
-            return f"worker heartbeat missing for partitions {stale} (is `dnc worker` running?)"
-        return None
+    def _unready_reason(self, server_time: Any, meta: Any) -> str | None:
+        """Why the view cannot be trusted right now, or None."""
+        return judge(server_time, meta, self._fingerprint, self._max_staleness).why
 
     def check(self, phone: str, tenant: str, campaign: str | None = None) -> CheckResult:
         """Answer for one number: invalid input raises, infrastructure trouble is unavailable."""
@@ -101,10 +111,7 @@ class SuppressionChecker:
         e164 = normalise(phone, region)
         targets = self._targets(tenant, campaign)
         try:
-            try:
-                result = self._check_once(e164, targets)
-            except _Repartitioned:
-                result = self._check_once(e164, targets)
+            result = self._check_once(e164, targets)
         except redis.RedisError as exc:
             result = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
         CHECKS.labels(outcome=result.answer).inc()
@@ -113,12 +120,12 @@ class SuppressionChecker:
 
     def _check_once(self, e164: str, targets: list[tuple[Scope, str]]) -> CheckResult:
         pipe = self._redis.pipeline(transaction=False)
-        self._readiness_commands(pipe)
+        queue_readiness(pipe)
         for _scope, target in targets:
             slot = self._layout.slot(target, e164)
             pipe.sismember(slot.key, str(slot.member))
-        meta, heartbeats, *members = pipe.execute()
-        why = self._unready_reason(meta, heartbeats)
+        server_time, meta, *members = pipe.execute()
+        why = self._unready_reason(server_time, meta)
         if why is not None:
             return CheckResult(e164, Answer.UNAVAILABLE, why=why)
         for (scope, _target), hit in zip(targets, members, strict=True):
@@ -145,10 +152,7 @@ class SuppressionChecker:
             except InvalidPhoneNumber as exc:
                 results[i] = CheckResult(None, Answer.UNAVAILABLE, why=exc.message)
         try:
-            try:
-                self._check_bulk(valid, targets, results)
-            except _Repartitioned:
-                self._check_bulk(valid, targets, results)
+            self._check_bulk(valid, targets, results)
         except redis.RedisError as exc:
             for i, e164 in valid:
                 results[i] = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
@@ -171,15 +175,15 @@ class SuppressionChecker:
                 slot = self._layout.slot(target, e164)
                 by_key[slot.key].append((i, slot.member, scope))
         pipe = self._redis.pipeline(transaction=False)
-        self._readiness_commands(pipe)
+        queue_readiness(pipe)
         asked: list[list[tuple[int, int, Scope]]] = []
         for key, entries in by_key.items():
             for start in range(0, len(entries), self._chunk):
                 chunk = entries[start : start + self._chunk]
                 pipe.smismember(key, [str(member) for _i, member, _s in chunk])
                 asked.append(chunk)
-        meta, heartbeats, *replies = pipe.execute()
-        why = self._unready_reason(meta, heartbeats)
+        server_time, meta, *replies = pipe.execute()
+        why = self._unready_reason(server_time, meta)
         hits: dict[int, Scope] = {}
         rank = {Scope.GLOBAL: 0, Scope.TENANT: 1, Scope.CAMPAIGN: 2}
         if why is None:
@@ -194,10 +198,6 @@ class SuppressionChecker:
                 results[i] = CheckResult(e164, Answer.SUPPRESSED, scope=hits[i])
             else:
                 results[i] = CheckResult(e164, Answer.CALLABLE)
-
-
-class _Repartitioned(Exception):
-    """The topic's partition count changed: ask again with the new count."""
 
 
 def checker_client(url: str, timeout_seconds: float) -> Redis:

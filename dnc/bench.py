@@ -39,8 +39,7 @@ from schemas.errors import DncError, PublishError
 from schemas.events import GLOBAL_TARGET, Kind, OppositionEvent
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
-from schemas.view import ViewLayout
-from streams.app import view_layout
+from schemas.view import ViewLayout, view_layout
 
 TENANT = "bench"
 REPO = Path(__file__).resolve().parent.parent
@@ -88,8 +87,9 @@ class Bench:
 
     def checker(self) -> SuppressionChecker:
         """A checker as a dialer would build it, with its own Redis client."""
-        return SuppressionChecker(checker_client(self.url, 2.0), self.layout, self.tenants,
-                                  partitions_hint=self.settings.partitions)  # fmt: skip
+        return SuppressionChecker.from_settings(
+            self.settings, self.tenants, checker_client(self.url, 2.0)
+        )
 
 
 def bench_single(b: Bench, iterations: int = 20_000, block: int = 500) -> Figures:

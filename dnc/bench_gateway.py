@@ -38,8 +38,7 @@ from schemas.errors import DncError
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory, issue_token
 from schemas.tokens import Role
-from schemas.view import ViewLayout
-from streams.app import view_layout
+from schemas.view import ViewLayout, view_layout
 
 TENANT = "bench"
 REPO = Path(__file__).resolve().parent.parent
@@ -66,9 +65,7 @@ class GatewayBench:
 
     def new_checker(self) -> SuppressionChecker:
         """A library checker with its own Redis client (one per thread)."""
-        return SuppressionChecker(
-            checker_client(self.redis_url, 2.0), self.layout, self.tenants, partitions_hint=3
-        )
+        return SuppressionChecker(checker_client(self.redis_url, 2.0), self.layout, self.tenants)
 
     def client(self, token: str) -> httpx.Client:
         """A keep-alive HTTP client, as a dialer would hold one."""
@@ -293,9 +290,7 @@ def run_gateway_bench(checks: int, bulk: int, events: int, console: Console) -> 
             worker = _start(["worker", "--id", "bench"], env, tmp / "worker.log", tmp / "w.out")
             gateway = _start(["gateway", "--port", "0"], env, tmp / "gateway.log", tmp / "g.out")
             layout = view_layout(settings, tenants)
-            checker = SuppressionChecker(
-                checker_client(stack.redis_url, 2.0), layout, tenants, partitions_hint=3
-            )
+            checker = SuppressionChecker(checker_client(stack.redis_url, 2.0), layout, tenants)
             probe = number(0)
             _wait("worker", lambda: checker.check(probe, TENANT).answer is not Answer.UNAVAILABLE,
                   worker, tmp / "worker.log")  # fmt: skip

@@ -230,18 +230,10 @@ def check(
 
     With several numbers the exit code is the worst answer. Unavailable means do NOT call.
     """
-    from consumers.checker import Answer, SuppressionChecker, checker_client
-    from streams.app import view_layout
+    from consumers.checker import Answer, SuppressionChecker
 
     settings, tenants = _settings()
-    client = checker_client(settings.redis_url.get_secret_value(), settings.check_timeout_seconds)
-    checker = SuppressionChecker(
-        client,
-        view_layout(settings, tenants),
-        tenants,
-        partitions_hint=settings.partitions,
-        bulk_chunk_size=settings.bulk_chunk_size,
-    )
+    checker = SuppressionChecker.from_settings(settings, tenants)
     if len(phones) == 1:
         results = [checker.check(phones[0], tenant, campaign)]
     else:

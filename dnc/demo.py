@@ -25,13 +25,12 @@ from datetime import UTC, datetime
 from confluent_kafka import Producer
 from prometheus_client import Counter, start_http_server
 
-from consumers.checker import Answer, SuppressionChecker, checker_client
+from consumers.checker import Answer, SuppressionChecker
 from producers.publisher import OppositionPublisher, producer_config
 from schemas.errors import DncError
 from schemas.events import Kind, OppositionEvent, Scope, Source
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
-from streams.app import view_layout
 
 log = logging.getLogger("dnc.demo")
 
@@ -171,12 +170,7 @@ class Dialers:
     def __init__(
         self, settings: Settings, tenants: TenantDirectory, rates: DemoRates, rng: random.Random
     ) -> None:
-        self._checker = SuppressionChecker(
-            checker_client(settings.redis_url.get_secret_value(), settings.check_timeout_seconds),
-            view_layout(settings, tenants),
-            tenants,
-            partitions_hint=settings.partitions,
-        )
+        self._checker = SuppressionChecker.from_settings(settings, tenants)
         self._tenants = tenants.names
         self._pools = {t: number_pool(tenants.get(t).default_region) for t in self._tenants}
         self._rates = rates

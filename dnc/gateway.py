@@ -24,12 +24,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 
-from consumers.checker import SuppressionChecker, checker_client
+from consumers.checker import SuppressionChecker
 from consumers.http import checks_router, subjects_router
 from consumers.subjects import SubjectLog
 from dnc.gateway_access import Authenticator, RateLimiter
 from dnc.gateway_edge import AuditTrail, EdgeObservability, RequestLimits, error_response
-from dnc.health import view_readiness
 from infra.topics import ensure_topics
 from producers.audit import AuditLog
 from producers.http import oppositions_router
@@ -42,7 +41,6 @@ from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
 from schemas.tokens import Permission, Principal
 from schemas.topics import pipeline_topics
-from streams.app import view_layout
 
 log = logging.getLogger("dnc.gateway")
 
@@ -68,13 +66,7 @@ class GatewayServices:
     @classmethod
     def connect(cls, settings: Settings, tenants: TenantDirectory) -> "GatewayServices":
         """Clients for the configured Kafka and Redis (they connect lazily)."""
-        checker = SuppressionChecker(
-            checker_client(settings.redis_url.get_secret_value(), settings.check_timeout_seconds),
-            view_layout(settings, tenants),
-            tenants,
-            partitions_hint=settings.partitions,
-            bulk_chunk_size=settings.bulk_chunk_size,
-        )
+        checker = SuppressionChecker.from_settings(settings, tenants)
         return cls(
             publisher=OppositionPublisher.from_settings(settings, tenants),
             checker=checker,
@@ -173,7 +165,8 @@ def _add_public_routes(
         """200 when Kafka answers and the view is complete; 503 otherwise (with why)."""
         topics = (settings.oppositions_topic, settings.audit_topic)
         kafka_ok = await run_in_threadpool(svc.audit.reachable, 2.0, topics)
-        view_ok, why = await run_in_threadpool(view_readiness, settings)
+        verdict = await run_in_threadpool(svc.checker.readiness)
+        view_ok, why = verdict.ready, verdict.why or "ready and current"
         body = Readiness(
             ready=kafka_ok and view_ok,
             kafka="reachable"

@@ -10,32 +10,21 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
+from consumers.checker import SuppressionChecker
+from consumers.readiness import Readiness
 from consumers.reference_sync import lane_group, status_key
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
-from schemas.view import META_KEY, META_PARTITIONS, VIEW_PREFIX, heartbeat_key, ready_field
+from schemas.view import VIEW_PREFIX
 
 
-def view_readiness(settings: Settings) -> tuple[bool, str]:
-    """(ready, why) as a dialer's check would judge it."""
+def view_readiness(settings: Settings, tenants: TenantDirectory) -> Readiness:
+    """The view's readiness as a dialer's check judges it (the same code, one round trip)."""
     client = redis.Redis.from_url(
         settings.redis_url.get_secret_value(), socket_timeout=2, socket_connect_timeout=2
     )
     try:
-        meta = client.hgetall(META_KEY)
-        total = int(meta.get(META_PARTITIONS.encode(), 0))
-        if not total:
-            return False, "view not ready (empty or being rebuilt)"
-        missing = [p for p in range(total) if ready_field(p).encode() not in meta]
-        beats = client.mget([heartbeat_key(p) for p in range(total)])
-        stale = [p for p, hb in enumerate(beats) if hb is None]
-        if missing:
-            return False, f"partitions {missing} not materialised"
-        if stale:
-            return False, f"no worker heartbeat for partitions {stale}"
-        return True, f"ready, {total} partitions"
-    except redis.RedisError as exc:
-        return False, f"redis unreachable: {exc}"
+        return SuppressionChecker.from_settings(settings, tenants, client).readiness()
     finally:
         client.close()
 
@@ -138,10 +127,24 @@ def tenant_status(
     return out
 
 
-def pipeline_status(settings: Settings, tenants: TenantDirectory | None = None) -> dict[str, Any]:
+def pipeline_status(settings: Settings, tenants: TenantDirectory) -> dict[str, Any]:
     """Everything `dnc status` shows, as a dict (also the --json output)."""
-    ready, why = view_readiness(settings)
-    report: dict[str, Any] = {"view_ready": ready, "view": why, "kafka": settings.kafka_bootstrap}
+    verdict = view_readiness(settings, tenants)
+    report: dict[str, Any] = {
+        "view_ready": verdict.ready,
+        "view": verdict.why or "ready and current",
+        "max_staleness_seconds": settings.max_staleness_seconds,
+        "layout_mismatch": verdict.layout_mismatch,
+        "partitions": {
+            p.partition: {
+                "ready": p.ready,
+                "staleness_seconds": p.staleness_seconds,
+                "vouched_by": p.owner,
+            }
+            for p in verdict.partitions
+        },
+        "kafka": settings.kafka_bootstrap,
+    }
     try:
         lag = consumer_lag(settings, settings.worker_group, settings.oppositions_topic)
         report["kafka_reachable"] = True
@@ -150,9 +153,8 @@ def pipeline_status(settings: Settings, tenants: TenantDirectory | None = None) 
     except KafkaException as exc:
         report["kafka_reachable"] = False
         report["kafka_error"] = str(exc)
-    if tenants is not None:
-        report["tenants"] = tenant_status(settings, tenants, ready, report["kafka_reachable"])
-    report["healthy"] = bool(ready and report["kafka_reachable"])
+    report["tenants"] = tenant_status(settings, tenants, verdict.ready, report["kafka_reachable"])
+    report["healthy"] = bool(verdict.ready and report["kafka_reachable"])
     return report
 
 
@@ -165,17 +167,47 @@ def render_status(report: dict[str, Any], console: Console) -> None:
         + ("" if report["kafka_reachable"] else f" ({report.get('kafka_error')})")
     )
     console.print(f"view ready: {ok if report['view_ready'] else no} ({report['view']})")
-    if report.get("worker_lag") is not None:
-        table = Table("partition", "end offset", "committed", "lag", title="worker lag")
-        for p, row in sorted(report["worker_lag"].items()):
-            table.add_row(str(p), str(row["end"]), str(row["committed"]), str(row["lag"]))
-        console.print(table)
-        console.print(f"behind by {report['worker_lag_total']} events")
+    if report.get("worker_lag") is not None or report["partitions"]:
+        console.print(_partition_table(report))
+        if report.get("worker_lag") is not None:
+            console.print(f"behind by {report['worker_lag_total']} events")
     if report.get("tenants"):
         console.print(_tenant_table(report["tenants"]))
     console.print(
         "healthy" if report["healthy"] else "[bold red]NOT healthy: dialers get 'unavailable'[/]"
     )
+
+
+def _partition_table(report: dict[str, Any]) -> Table:
+    """Per partition: how current the view is (the staleness bound) and the worker's lag."""
+    bound = report["max_staleness_seconds"]
+    table = Table(
+        "partition",
+        "materialised",
+        f"staleness (bound {bound:g}s)",
+        "vouched by",
+        "end offset",
+        "committed",
+        "lag",
+        title="partitions",
+    )
+    lag = report.get("worker_lag") or {}
+    partitions = report["partitions"]
+    for p in sorted(set(partitions) | set(lag)):
+        view = partitions.get(p, {})
+        staleness = view.get("staleness_seconds")
+        fresh = staleness is not None and staleness <= bound
+        offsets = lag.get(p, {})
+        table.add_row(
+            str(p),
+            "[green]yes[/]" if view.get("ready") else "[red]no[/]",
+            ("[green]" if fresh else "[red]") + _cell(staleness, " s") + "[/]",
+            _cell(view.get("vouched_by")),
+            _cell(offsets.get("end")),
+            _cell(offsets.get("committed")),
+            _cell(offsets.get("lag")),
+        )
+    return table
 
 
 def _cell(value: Any, suffix: str = "") -> str:

@@ -15,6 +15,7 @@ next one, or by `dnc down`.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from types import FrameType
 from urllib.parse import urlsplit
 
 import httpx
+from pydantic import SecretStr
 from rich.console import Console
 from rich.live import Live
 
@@ -35,7 +37,7 @@ from infra.postgres_service import start_postgres
 from infra.prometheus_service import local_prometheus_config, start_prometheus
 from infra.services import LocalStack, RunningService
 from infra.topics import ensure_pipeline_topics
-from schemas.settings import Settings
+from schemas.settings import VIEW_KEY_FILE, Settings
 from schemas.tenants import TenantDirectory
 
 RULES_FILE = Path(__file__).resolve().parent.parent / "infra" / "prometheus" / "alerts.yml"
@@ -89,8 +91,26 @@ class Child:
         self.run_dir.forget(self.name)
 
 
+def ensure_view_key(settings: Settings) -> str:
+    """The stack's secret view key: DNC_VIEW_KEY, else one generated once per data directory.
+
+    Every other command finds it there (see ``Settings``), so `dnc check` in another shell
+    reads the view with the key the worker writes with.
+    """
+    if not settings.uses_default_view_key:
+        return settings.view_key.get_secret_value()
+    path = settings.data_dir / VIEW_KEY_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    return path.read_text().strip()
+
+
 def _env(settings: Settings, postgres_dsn: str) -> dict[str, str]:
     env = dict(os.environ)
+    env["DNC_VIEW_KEY"] = ensure_view_key(settings)
     env["DNC_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
     env["DNC_REDIS_URL"] = settings.redis_url.get_secret_value()
     env["DNC_POSTGRES_DSN"] = postgres_dsn
@@ -122,7 +142,9 @@ class LocalPipeline:
     """Everything `dnc up` runs, started and stopped in order."""
 
     def __init__(self, settings: Settings, kafka_version: str, demo: bool, console: Console):
-        self.settings = settings
+        # Everything below (readiness included) uses the stack's own secret view key.
+        key = SecretStr(ensure_view_key(settings))
+        self.settings = settings = settings.model_copy(update={"view_key": key})
         self.demo = demo
         self.console = console
         _kafka_host, kafka_port = settings.kafka_host_port
@@ -250,7 +272,7 @@ class LocalPipeline:
         deadline = time.monotonic() + 120
         while not stopping and time.monotonic() < deadline:
             self.supervise()
-            ready, _why = view_readiness(self.settings)
+            ready = view_readiness(self.settings, tenants).ready
             reports = sync_reports(self.settings, synced)
             if ready and all(r and r.get("running") for r in reports.values()):
                 return True

@@ -51,6 +51,7 @@ __all__ = [
     "LocalStack",
     "RunningService",
     "ServiceError",
+    "cache_root",
     "ensure_kafka_jars",
     "free_port",
     "kafka_cache_dir",
@@ -231,7 +232,9 @@ class RunningService:
     """A service process started by this module.
 
     ``data_dir`` and ``controller_port`` (Kafka only) are extras beyond the address; they
-    let a caller restart a service on the same directory and ports.
+    let a caller restart a service on the same directory and ports.  ``proxied_port`` and
+    ``advertised_proxy_port`` (Kafka only) are set when the broker has the extra
+    ``PROXIED`` listener (see :func:`start_kafka`).
     """
 
     name: str
@@ -241,12 +244,25 @@ class RunningService:
     log_path: Path
     data_dir: Path | None = None
     controller_port: int | None = None
+    proxied_port: int | None = None
+    advertised_proxy_port: int | None = None
 
     @property
     def address(self) -> str:
         """``host:port`` of the client listener."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+    @property
+    def proxied_address(self) -> str:
+        """``host:port`` of Kafka's ``PROXIED`` listener: the upstream of the proxy."""
+        if self.proxied_port is None:
+            raise ServiceError(
+                f"{self.name} at {self.address} has no proxied listener; start it with "
+                "advertised_proxy_port=<the proxy's listen port>."
+            )
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.proxied_port}"
 
     @property
     def running(self) -> bool:
@@ -426,20 +442,27 @@ def start_redis(
     return service
 
 
+def cache_root() -> Path:
+    """The project's download/build cache (Kafka jars, the Toxiproxy binary).
+
+    ``$DNC_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/dnc``, else ``~/.cache/dnc``
+    (infra/setup.sh uses the same rule).
+    """
+    explicit = os.environ.get("DNC_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "dnc"
+
+
 def kafka_cache_dir(version: str) -> Path:
     """Directory holding the broker jars of Kafka ``version``.
 
     ``$DNC_CACHE_DIR/kafka/<version>/libs`` if ``DNC_CACHE_DIR`` is set, else
     ``$XDG_CACHE_HOME/dnc/kafka/<version>/libs``, else ``~/.cache/dnc/kafka/<version>/libs``.
     """
-    explicit = os.environ.get("DNC_CACHE_DIR")
-    if explicit:
-        root = Path(explicit).expanduser()
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-        root = base / "dnc"
-    return root / "kafka" / version / "libs"
+    return cache_root() / "kafka" / version / "libs"
 
 
 def _kafka_major(version: str) -> int:
@@ -559,18 +582,34 @@ def _random_cluster_id() -> str:
 
 
 def _kafka_properties(
-    data_dir: Path, host: str, port: int, controller_port: int, partitions: int, major: int
+    data_dir: Path,
+    host: str,
+    port: int,
+    controller_port: int,
+    partitions: int,
+    major: int,
+    proxied_port: int | None = None,
+    advertised_proxy_port: int | None = None,
 ) -> str:
     h = f"[{host}]" if ":" in host else host
+    listeners = f"PLAINTEXT://{h}:{port},CONTROLLER://{h}:{controller_port}"
+    advertised = f"PLAINTEXT://{h}:{port}"
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    if proxied_port is not None and advertised_proxy_port is not None:
+        # A client that bootstraps at the proxy reaches this listener, and is told to
+        # connect to the proxy again for everything else: all its traffic is proxied.
+        listeners += f",PROXIED://{h}:{proxied_port}"
+        advertised += f",PROXIED://{h}:{advertised_proxy_port}"
+        protocols += ",PROXIED:PLAINTEXT"
     props: dict[str, str] = {
         "node.id": "1",
         "process.roles": "broker,controller",
-        "listeners": f"PLAINTEXT://{h}:{port},CONTROLLER://{h}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{h}:{port}",
+        "listeners": listeners,
+        "advertised.listeners": advertised,
         "inter.broker.listener.name": "PLAINTEXT",
         "controller.listener.names": "CONTROLLER",
         "controller.quorum.voters": f"1@{h}:{controller_port}",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": protocols,
         "log.dirs": str(data_dir / "logs"),
         "num.partitions": str(partitions),
         "default.replication.factor": "1",
@@ -753,10 +792,22 @@ def _start_kafka_once(
     controller_port: int,
     partitions: int,
     major: int,
+    proxied_port: int | None = None,
+    advertised_proxy_port: int | None = None,
 ) -> RunningService | str:
     """Start the broker; if one of its ports is taken, return the broker's error line."""
     props = data_dir / "server.properties"
-    props.write_text(_kafka_properties(data_dir, host, port, controller_port, partitions, major))
+    text = _kafka_properties(
+        data_dir,
+        host,
+        port,
+        controller_port,
+        partitions,
+        major,
+        proxied_port,
+        advertised_proxy_port,
+    )
+    props.write_text(text)
     jvm_log = _write_log_config(data_dir, major)
     _format_storage(java, libs, data_dir, props, jvm_log)
 
@@ -804,6 +855,8 @@ def _start_kafka_once(
                 log_path,
                 data_dir=data_dir,
                 controller_port=controller_port,
+                proxied_port=proxied_port,
+                advertised_proxy_port=advertised_proxy_port,
             )
             _register(service)
             return service
@@ -817,6 +870,15 @@ def _start_kafka_once(
     )
 
 
+def _pick_port(host: str, given: int | None, taken: set[int]) -> int:
+    """``given``, or a free port on ``host`` that is not in ``taken``; added to ``taken``."""
+    chosen = given if given is not None else free_port(host)
+    while given is None and chosen in taken:
+        chosen = free_port(host)
+    taken.add(chosen)
+    return chosen
+
+
 def start_kafka(
     data_dir: Path,
     port: int | None = None,
@@ -824,6 +886,8 @@ def start_kafka(
     host: str = "127.0.0.1",
     version: str = KAFKA_DEFAULT_VERSION,
     partitions: int = 3,
+    proxied_port: int | None = None,
+    advertised_proxy_port: int | None = None,
 ) -> RunningService:
     """Start a single-node KRaft Kafka (broker and controller in one JVM).
 
@@ -834,43 +898,61 @@ def start_kafka(
     address too).  ``None`` ports are picked free, and the whole start is retried with
     new ports if one was taken meanwhile.
 
+    With ``advertised_proxy_port`` the broker gets a second client listener,
+    ``PROXIED`` on ``host:proxied_port`` (picked free when ``None``, like the other
+    ports), which advertises ``host:advertised_proxy_port``: the listen port of a TCP
+    proxy (Toxiproxy) whose upstream is ``proxied_port``.  A client bootstrapping at the
+    proxy then makes every connection through it, while clients of the ``PLAINTEXT``
+    listener (:attr:`RunningService.address`) are not affected.  The returned service's
+    ``proxied_port`` / :attr:`~RunningService.proxied_address` say where to point the
+    proxy.
+
     Returns once the broker has logged that it started and answers a Metadata request
     listing itself; raises :class:`ServiceError` (with the log tail) after 90 s.
     """
     if partitions < 1:
         raise ValueError("partitions must be >= 1")
+    if proxied_port is not None and advertised_proxy_port is None:
+        raise ValueError("proxied_port needs advertised_proxy_port (the proxy's listen port)")
     major = _kafka_major(version)
     libs = ensure_kafka_jars(version)
     java = _find_java()
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    auto_ports = port is None or controller_port is None
+    proxied = advertised_proxy_port is not None
+    auto_ports = port is None or controller_port is None or (proxied and proxied_port is None)
     attempts = _PORT_RETRIES if auto_ports else 1
     bind_error = ""
     for _ in range(attempts):
-        p = port if port is not None else free_port(host)
-        cp = controller_port if controller_port is not None else free_port(host)
-        while cp == p:
-            cp = free_port(host)
+        given = (port, controller_port, proxied_port, advertised_proxy_port)
+        taken = {q for q in given if q is not None}
+        p = _pick_port(host, port, taken)
+        cp = _pick_port(host, controller_port, taken)
+        pp = _pick_port(host, proxied_port, taken) if proxied else None
         started = time.monotonic()
-        service = _start_kafka_once(java, libs, data_dir, host, p, cp, partitions, major)
+        service = _start_kafka_once(
+            java, libs, data_dir, host, p, cp, partitions, major, pp, advertised_proxy_port
+        )
         if isinstance(service, RunningService):
             log.info(
-                "kafka %s started at %s (controller %s:%d) in %.1f s (pid %d, log %s)",
+                "kafka %s started at %s (controller %s:%d%s) in %.1f s (pid %d, log %s)",
                 version,
                 service.address,
                 host,
                 cp,
+                f", proxied {pp} advertised as {advertised_proxy_port}" if proxied else "",
                 time.monotonic() - started,
                 service.process.pid,
                 service.log_path,
             )
             return service
         bind_error = service
-        log.info("kafka could not bind %s:%d/%d (%s)", host, p, cp, bind_error)
+        log.info("kafka could not bind %s:%d/%d/%s (%s)", host, p, cp, pp, bind_error)
     raise _error(
         f"the Kafka broker could not bind its ports on {host} (client {port}, controller "
-        f"{controller_port}): address already in use.\n  Broker said: {bind_error}",
+        f"{controller_port}"
+        + (f", proxied {proxied_port}" if proxied else "")
+        + f"): address already in use.\n  Broker said: {bind_error}",
         "stop whatever listens on those ports, or pass port=None to pick free ones.",
         data_dir / "kafka.log",
     )
@@ -883,6 +965,8 @@ class LocalStack:
     """Kafka + Redis on loopback in a directory it owns; a context manager.
 
     ``base_dir/redis`` and ``base_dir/kafka`` hold each service's files and logs.
+    ``kafka_proxied_port`` / ``kafka_advertised_proxy_port`` give Kafka the extra
+    ``PROXIED`` listener for clients that go through a proxy (see :func:`start_kafka`).
     """
 
     def __init__(
@@ -892,12 +976,16 @@ class LocalStack:
         kafka_port: int | None = None,
         redis_port: int | None = None,
         partitions: int = 3,
+        kafka_proxied_port: int | None = None,
+        kafka_advertised_proxy_port: int | None = None,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.kafka_version = kafka_version
         self.kafka_port = kafka_port
         self.redis_port = redis_port
         self.partitions = partitions
+        self.kafka_proxied_port = kafka_proxied_port
+        self.kafka_advertised_proxy_port = kafka_advertised_proxy_port
         self.host = "127.0.0.1"
         self.kafka: RunningService | None = None
         self.redis: RunningService | None = None
@@ -928,6 +1016,8 @@ class LocalStack:
                     host=self.host,
                     version=self.kafka_version,
                     partitions=self.partitions,
+                    proxied_port=self.kafka_proxied_port,
+                    advertised_proxy_port=self.kafka_advertised_proxy_port,
                 )
         except BaseException:
             self.stop()
@@ -955,7 +1045,10 @@ class LocalStack:
         self.redis = start_redis(self.redis_dir, port=port, host=self.host)
 
     def restart_kafka(self) -> None:
-        """Stop Kafka (if running) and start it on the same ports and data (topics kept)."""
+        """Stop Kafka (if running) and start it on the same ports and data (topics kept).
+
+        The proxied listener, if any, keeps its ports too (a proxy in front stays valid).
+        """
         if self.kafka is None:
             raise ServiceError("restart_kafka(): Kafka was never started; call start() first.")
         old = self.kafka
@@ -967,6 +1060,8 @@ class LocalStack:
             host=self.host,
             version=self.kafka_version,
             partitions=self.partitions,
+            proxied_port=old.proxied_port,
+            advertised_proxy_port=old.advertised_proxy_port,
         )
 
     @property

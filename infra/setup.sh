@@ -19,6 +19,11 @@
 # 2. The Kafka broker jars for ${DNC_KAFKA_VERSION:-3.9.1}, fetched from Maven Central
 #    into ~/.cache/dnc/kafka/<version>/libs (see infra/services.py; honours
 #    DNC_CACHE_DIR and XDG_CACHE_HOME).  Skipped quickly when already cached.
+# 3. The Toxiproxy server (fault injection in the tests, see infra/toxiproxy.py), the
+#    release pinned in TOXIPROXY_VERSION below, built from source with `go install` (Go
+#    1.23 or newer, on PATH or at /usr/local/go/bin/go) into
+#    ~/.cache/dnc/toxiproxy/<version>/server (same cache directory rules as the jars).
+#    Skipped quickly when already there.
 #
 # The Python virtualenv is not handled here (the Makefile does that).
 set -euo pipefail
@@ -28,6 +33,9 @@ die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KAFKA_VERSION="${DNC_KAFKA_VERSION:-3.9.1}"
+# Pinned; infra/toxiproxy.py's TOXIPROXY_VERSION must be the same (a test checks it).
+TOXIPROXY_VERSION="2.12.0"
+CACHE_DIR="${DNC_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dnc}"
 PACKAGES=(redis-server redis-tools openjdk-17-jre-headless maven python3-venv postgresql prometheus)
 
 # --- 1. Debian packages --------------------------------------------------------------
@@ -123,4 +131,51 @@ except ServiceError as exc:
     sys.exit(1)
 ' "$KAFKA_VERSION")" || die "could not fetch the Kafka ${KAFKA_VERSION} jars (see the message above)."
 say "Kafka ${KAFKA_VERSION} jars: ${libs} ($(find "$libs" -name '*.jar' | wc -l) jars)"
+
+# --- 3. Toxiproxy server ---------------------------------------------------------------
+toxiproxy_dir="${CACHE_DIR}/toxiproxy/${TOXIPROXY_VERSION}"
+toxiproxy_bin="${toxiproxy_dir}/server"
+toxiproxy_ok() {
+    [[ -x $toxiproxy_bin ]] \
+        && [[ "$("$toxiproxy_bin" -version 2>/dev/null)" == *"version ${TOXIPROXY_VERSION}" ]]
+}
+if toxiproxy_ok; then
+    say "Toxiproxy ${TOXIPROXY_VERSION} already installed: ${toxiproxy_bin}"
+else
+    # The first Go 1.23+ of: the one on PATH, /usr/local/go/bin/go (the official tarball's).
+    go_bin=""
+    go_too_old=()
+    for candidate in "$(command -v go || true)" /usr/local/go/bin/go; do
+        [[ -n $candidate && -x $candidate ]] || continue
+        go_version="$("$candidate" env GOVERSION 2>/dev/null || true)" # e.g. go1.26.8
+        go_minor="$(sed -n 's/^go1\.\([0-9]*\).*/\1/p' <<<"$go_version")"
+        if [[ -n $go_minor ]] && ((go_minor >= 23)); then
+            go_bin="$candidate"
+            break
+        fi
+        go_too_old+=("$candidate (${go_version:-unknown version})")
+    done
+    if [[ -z $go_bin ]]; then
+        ((${#go_too_old[@]} == 0)) || die "Toxiproxy ${TOXIPROXY_VERSION} needs Go 1.23 or" \
+            "newer; found only: ${go_too_old[*]}. Install a newer Go and retry."
+        die "Go is needed to build Toxiproxy ${TOXIPROXY_VERSION} but was not found on PATH" \
+            "or at /usr/local/go/bin/go; install Go 1.23 or newer and retry."
+    fi
+    say "building Toxiproxy ${TOXIPROXY_VERSION} with ${go_version} (first run only)"
+    mkdir -p "${toxiproxy_dir%/*}"
+    # Built into a temporary directory and renamed into place: an interrupted build never
+    # leaves a half-written binary behind.
+    build_dir="$(mktemp -d "${toxiproxy_dir%/*}/.build-XXXXXX")"
+    trap 'rm -rf "$build_dir"' EXIT
+    # The version is stamped in so that `server -version` and GET /version report it.
+    GOBIN="$build_dir" GOTOOLCHAIN=local "$go_bin" install -trimpath \
+        -ldflags "-X github.com/Shopify/toxiproxy/v2.Version=${TOXIPROXY_VERSION}" \
+        "github.com/Shopify/toxiproxy/v2/cmd/server@v${TOXIPROXY_VERSION}" \
+        || die "could not build Toxiproxy ${TOXIPROXY_VERSION} (see the Go output above;" \
+            "check access to the Go module proxy)."
+    mkdir -p "$toxiproxy_dir"
+    mv -f "$build_dir/server" "$toxiproxy_bin"
+    toxiproxy_ok || die "${toxiproxy_bin} does not report version ${TOXIPROXY_VERSION}."
+    say "Toxiproxy ${TOXIPROXY_VERSION}: ${toxiproxy_bin}"
+fi
 say "done"

@@ -49,10 +49,19 @@ RETRIES = Counter("dnc_worker_retries_total", "Retried side effects", ["dependen
 DELIVERY_HOLES = Counter("dnc_delivery_holes_total", "Skipped offsets", ["outcome"])
 # Suppressions ended by their cooldown.
 EXPIRED = Counter("dnc_expired_total", "Suppressions expired by their cooldown")
-# Last time (unix seconds) the worker heartbeated a partition in Redis; a stalled or dead
-# worker stops moving it.
+# Last time (unix seconds) the worker vouched for a partition in Redis (wrote its
+# applied-through time); a stalled, dead or cut-off worker stops moving it.
 WORKER_HEARTBEAT = Gauge(
-    "dnc_worker_heartbeat_timestamp_seconds", "Last view heartbeat per partition", ["partition"]
+    "dnc_worker_heartbeat_timestamp_seconds",
+    "Last time the worker vouched for the view of a partition",
+    ["partition"],
+)
+# Seconds between Redis's clock and the partition's applied-through time, as the worker last
+# saw it; checks answer "unavailable" beyond DNC_MAX_STALENESS_SECONDS.
+VIEW_STALENESS = Gauge(
+    "dnc_view_staleness_seconds",
+    "How far behind Redis's clock the view of a partition is vouched for",
+    ["partition"],
 )
 
 # --- The reference-list sync (`dnc sync`): one lane per tenant with a sink. -----------------

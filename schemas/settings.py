@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_VIEW_KEY = "local-development-view-key-change-me"
+VIEW_KEY_FILE = "view.key"  # in the data directory: the key `dnc up` generated for its stack
 BUNDLED_TENANTS_FILE = Path(__file__).resolve().parent.parent / "infra" / "tenants.toml"
+
+
+def default_data_dir() -> Path:
+    """Where `dnc up` keeps its services' data unless DNC_DATA_DIR says otherwise."""
+    return Path.home() / ".local" / "state" / "dnc"
 
 
 class Settings(BaseSettings):
@@ -29,7 +35,8 @@ class Settings(BaseSettings):
     )
     kafka_version: str = Field("3.9.1", description="Kafka version `dnc up` runs")
     data_dir: Path = Field(
-        Path.home() / ".local" / "state" / "dnc", description="where `dnc up` keeps service data"
+        default_factory=lambda: default_data_dir(),
+        description="where `dnc up` keeps service data",
     )
 
     # Contracts.
@@ -44,7 +51,19 @@ class Settings(BaseSettings):
     # The Redis view.
     view_key: SecretStr = Field(
         SecretStr(DEFAULT_VIEW_KEY),
-        description="secret key of the view's keyed hash; rotating it means a rebuild",
+        description="secret key of the view's keyed hash; rotating it means a rebuild. Unset: "
+        "the key `dnc up` generated in DATA_DIR/view.key, else a public development key that "
+        "the worker refuses unless DNC_ALLOW_DEVELOPMENT_VIEW_KEY=true",
+    )
+    allow_development_view_key: bool = Field(
+        False, description="let the worker run with the public development view key (tests, demos)"
+    )
+    max_staleness_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="a check answers callable only if every partition is applied up to at most "
+        "this many seconds ago (Redis's clock); otherwise unavailable",
     )
     view_buckets: int = Field(
         1024, ge=1, le=1 << 20, description="default buckets per scope; changing it means a rebuild"
@@ -61,9 +80,11 @@ class Settings(BaseSettings):
     session_timeout_seconds: float = Field(
         10.0, ge=6, description="a crashed worker's partitions move after this long"
     )
-    heartbeat_interval_seconds: float = Field(1.0, gt=0)
-    heartbeat_ttl_seconds: float = Field(
-        10.0, gt=0, description="a check answers unavailable when the heartbeat is older"
+    heartbeat_interval_seconds: float = Field(
+        1.0, gt=0, description="view maintenance: rebuild checks, loss detection"
+    )
+    freshness_interval_seconds: float = Field(
+        0.25, gt=0, description="how often the worker reads the log's end and vouches for the view"
     )
     expiry_interval_seconds: float = Field(1.0, gt=0, description="cooldown expiry resolution")
     retry_backoff_max_seconds: float = Field(5.0, gt=0)
@@ -71,7 +92,7 @@ class Settings(BaseSettings):
         30.0, gt=0, description="a graceful stop taking longer exits anyway (nothing is lost)"
     )
     stall_after_seconds: float = Field(
-        30.0, gt=0, description="input waiting this long without progress: stop heartbeating"
+        30.0, gt=0, description="input waiting this long without progress is logged as a stall"
     )
     stall_exit_after_seconds: float = Field(
         120.0, ge=0, description="stalled this long: exit for the supervisor to restart (0: never)"
@@ -164,6 +185,16 @@ class Settings(BaseSettings):
     # Observability of the local stack.
     prometheus_port: int = Field(9090, ge=0, le=65535, description="Prometheus `dnc up` runs")
     demo_metrics_port: int = Field(9312, ge=0, le=65535, description="/metrics of `dnc up --demo`")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _view_key_of_the_local_stack(cls, data: Any) -> Any:
+        """No DNC_VIEW_KEY: use the key `dnc up` generated in the data directory, if any."""
+        if isinstance(data, dict) and not data.get("view_key"):
+            key_file = Path(data.get("data_dir") or default_data_dir()) / VIEW_KEY_FILE
+            if key_file.is_file():
+                data = {**data, "view_key": key_file.read_text().strip()}
+        return data
 
     @model_validator(mode="after")
     def _kafka_security_complete(self) -> Settings:

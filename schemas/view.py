@@ -4,10 +4,22 @@
   Redis stores each number as an intset entry (8 bytes) and never in clear;
 * key = ``dnc:v1:{target}:{bucket}``, bucket from the next 4 bytes of the same hash,
   so each set stays under ``set-max-intset-entries`` and keeps the compact encoding;
-* ``dnc:v1:_meta`` (hash) says which partitions are materialised (``ready:P``) and how
-  many partitions there are; ``dnc:v1:_hb:P`` (string with a TTL) is the heartbeat of the
-  worker that owns partition P. Both vanish with the data when Redis is flushed, which
-  is what makes a check fail closed until the view is rebuilt.
+* ``dnc:v1:_meta`` (hash) is the view's contract with its readers:
+
+  - ``partitions``: how many partitions the oppositions topic has;
+  - ``layout``: the fingerprint of the layout the worker writes with (a keyed hash of the
+    view key and the bucket counts: equal layouts, equal fingerprints; it reveals nothing
+    of the key);
+  - ``ready:P``: partition P is fully materialised (set after a rebuild);
+  - ``applied:P``: **applied-through** time of partition P, in milliseconds on the Redis
+    server's clock: every message the log held for P when Redis's clock read that time is
+    applied to the view. A reader compares it with Redis's clock (``TIME``), so no host's
+    clock but Redis's is involved, and the promise holds whatever the other clocks say;
+  - ``owner:P``: the worker that last vouched for P (for `dnc status`).
+
+  The hash vanishes with the data when Redis is flushed or restarts empty, and an older
+  snapshot brings back older applied-through times: either way checks fail closed until
+  the worker has rebuilt the view and caught up.
 """
 
 from __future__ import annotations
@@ -15,23 +27,34 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from schemas.events import GLOBAL_TARGET
+
+if TYPE_CHECKING:
+    from schemas.settings import Settings
+    from schemas.tenants import TenantDirectory
 
 VIEW_PREFIX = "dnc:v1"
 META_KEY = f"{VIEW_PREFIX}:_meta"
 META_PARTITIONS = "partitions"
+META_LAYOUT = "layout"
 _INT63 = (1 << 63) - 1
-
-
-def heartbeat_key(partition: int) -> str:
-    """Key of the heartbeat of the worker owning ``partition`` (expires on its own)."""
-    return f"{VIEW_PREFIX}:_hb:{partition}"
 
 
 def ready_field(partition: int) -> str:
     """Field of :data:`META_KEY` set once ``partition`` is fully materialised."""
     return f"ready:{partition}"
+
+
+def applied_field(partition: int) -> str:
+    """Field of :data:`META_KEY`: applied-through time of ``partition`` (ms, Redis clock)."""
+    return f"applied:{partition}"
+
+
+def owner_field(partition: int) -> str:
+    """Field of :data:`META_KEY`: the worker that last vouched for ``partition``."""
+    return f"owner:{partition}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +94,25 @@ class ViewLayout:
         bucket = int.from_bytes(digest[8:12], "big") % self.buckets_for(target)
         return ViewSlot(key=f"{VIEW_PREFIX}:{target}:{bucket}", member=member)
 
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the layout (key and bucket counts) without revealing the key."""
+        buckets = ",".join(f"{t}={n}" for t, n in sorted(self._tenant_buckets.items()))
+        text = f"dnc-view-layout\x1f{VIEW_PREFIX}\x1f{self._default_buckets}\x1f{buckets}"
+        return hashlib.blake2b(text.encode(), key=self._key, digest_size=8).hexdigest()
+
     def pattern(self) -> str:
         """SCAN pattern matching every suppression set (not the meta keys)."""
         return f"{VIEW_PREFIX}:*"
+
+
+def view_layout(settings: Settings, tenants: TenantDirectory) -> ViewLayout:
+    """The view layout every writer and reader derives from the same settings."""
+    overrides = {
+        name: cfg.view_buckets
+        for name in tenants.names
+        if (cfg := tenants.get(name)).view_buckets is not None
+    }
+    return ViewLayout(
+        settings.view_key.get_secret_value().encode(), settings.view_buckets, overrides
+    )

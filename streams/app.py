@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -15,11 +16,13 @@ from redis.asyncio import Redis
 from schemas.metrics import CONSUMER_LAG
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
-from schemas.view import ViewLayout
+from schemas.view import view_layout
 from streams.credentials import faust_credentials
 from streams.delivery import DeliveryHoles
 from streams.expiry import ExpirySchedule
 from streams.faust_bridge import FaustChangeSink, apply_in_batches, bound_event
+from streams.freshness import AppliedFrontier
+from streams.log_end import LogEndReader
 from streams.maintenance import ViewMaintenance
 from streams.processor import OppositionProcessor
 from streams.progress import ProgressWatch
@@ -31,6 +34,21 @@ TABLE_NAME = "suppression-state"
 STALL_CHECK_INTERVAL = 5.0  # seconds between end-offset reads (one ListOffsets request)
 
 
+class _RateLimitedWarning:
+    """A warning logged at most once per ``every_seconds`` (a timer may fail 4 times a second)."""
+
+    def __init__(self, logger: logging.Logger, every_seconds: float) -> None:
+        self._log = logger
+        self._every = every_seconds
+        self._last = float("-inf")
+
+    def warn(self, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last >= self._every:
+            self._last = now
+            self._log.warning(message, *args)
+
+
 @dataclass
 class WorkerApp:
     """The assembled worker: the Faust app and the pieces tests and the CLI look at."""
@@ -39,18 +57,6 @@ class WorkerApp:
     processor: OppositionProcessor
     maintenance: ViewMaintenance
     redis: Redis
-
-
-def view_layout(settings: Settings, tenants: TenantDirectory) -> ViewLayout:
-    """The view layout both the worker and the checkers use."""
-    overrides = {
-        name: cfg.view_buckets
-        for name in tenants.names
-        if (cfg := tenants.get(name)).view_buckets is not None
-    }
-    return ViewLayout(
-        settings.view_key.get_secret_value().encode(), settings.view_buckets, overrides
-    )
 
 
 def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -> WorkerApp:
@@ -99,14 +105,14 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         socket_connect_timeout=5,
         health_check_interval=10,
     )
-    view = SuppressionViewWriter(
-        redis, view_layout(settings, tenants), worker_id, settings.heartbeat_ttl_seconds
-    )
+    view = SuppressionViewWriter(redis, view_layout(settings, tenants), worker_id)
     sink = FaustChangeSink(app, changes, dead_letters)
     expiry = ExpirySchedule()
     lock = asyncio.Lock()
     progress = ProgressWatch(settings.stall_after_seconds)
     holes = DeliveryHoles()
+    frontier = AppliedFrontier()
+    log_end = LogEndReader(settings, settings.oppositions_topic)
     processor = OppositionProcessor(
         table=table,
         view=view,
@@ -130,7 +136,13 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     @app.agent(source, name="apply-oppositions", concurrency=1)
     async def apply_oppositions(stream: Any) -> None:
         await apply_in_batches(
-            stream.noack(), processor, settings.batch_max_events, progress, holes, app.consumer
+            stream.noack(),
+            processor,
+            settings.batch_max_events,
+            progress,
+            holes,
+            frontier,
+            app.consumer,
         )
 
     def owned_partitions() -> set[int] | None:
@@ -144,24 +156,66 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             if tp.topic == settings.oppositions_topic
         }
 
-    stalled: set[int] = set()
-
     @app.timer(settings.heartbeat_interval_seconds, name="view-maintenance")
     async def keep_view() -> None:
         owned = owned_partitions()
         if owned is None:
             return
         try:
-            await maintenance.tick(owned, stalled & owned)
+            await maintenance.tick(owned)
         except Exception as exc:  # Redis down: checks fail closed by themselves; try again
             log.warning("view maintenance failed (%s); retrying next tick", exc)
+
+    cut_off = _RateLimitedWarning(log, every_seconds=10)
+
+    @app.timer(settings.freshness_interval_seconds, name="vouch-for-view")
+    async def vouch() -> None:
+        """Read Redis's clock, then the log's end; vouch for what is applied up to it."""
+        owned = owned_partitions()
+        if owned is None or maintenance.materialised != owned:
+            return  # rebuilding or rebalancing: nothing is vouched for
+        tps = {p: TP(settings.oppositions_topic, p) for p in owned}
+        try:
+            await seed_frontier(tps)
+            now_ms = await view.server_time_ms()  # first: the claim is about the log at now_ms
+            ends = await log_end.end_offsets(owned, wait=settings.max_staleness_seconds)
+        except Exception as exc:  # cut from Redis or Kafka: the view ages, checks fail closed
+            cut_off.warn("cannot read Redis's clock or the log's end offsets (%s): the view "
+                         "is not vouched for; checks fail closed past the bound", exc)  # fmt: skip
+            return
+        frontier.observe(now_ms, ends)
+        vouched = frontier.vouchable()
+        try:
+            await maintenance.vouch(vouched)
+        except Exception as exc:
+            cut_off.warn("cannot record the applied-through times in Redis: %s", exc)
+            return
+        last_vouched.update(vouched)
+        maintenance.report_staleness(
+            now_ms, {p: last_vouched[p] for p in owned if p in last_vouched}
+        )
+
+    last_vouched: dict[int, int] = {}
+
+    async def seed_frontier(tps: dict[int, TP]) -> None:
+        """Start each new partition's frontier where delivery starts: the committed offset."""
+        consumer: Any = app.consumer
+        unseeded = {p: tp for p, tp in tps.items() if frontier.next_offset(p) is None}
+        if not unseeded:
+            return
+        # Faust's record of the committed offsets (set when it seeks after assignment); it
+        # holds None for "never committed" and for 0: delivery then starts at the log start.
+        committed = {p: consumer._committed_offset.get(tp) for p, tp in unseeded.items()}
+        missing = [tp for p, tp in unseeded.items() if not committed[p]]
+        starts = await app.consumer.earliest_offsets(*missing) if missing else {}
+        for partition, tp in unseeded.items():
+            frontier.seed(partition, committed[partition] or starts.get(tp))
 
     @app.timer(STALL_CHECK_INTERVAL, name="stall-watch")
     async def watch_progress() -> None:
         """Find owned partitions with input waiting and no progress (they lose their heartbeat)."""
         owned = owned_partitions()
         if owned is None:
-            stalled.clear()
             return
         tps = {p: TP(settings.oppositions_topic, p) for p in owned}
         for tp, offset in holes.overdue().items():
@@ -184,12 +238,10 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
                     max(0, high - done)
                 )
         found = progress.stalled_for({p: highwaters.get(tp) for p, tp in tps.items()}, committed)
-        stalled.clear()
-        stalled.update(found)
         for partition, idle in found.items():
             log.error(
-                "partition %d has events waiting but made no progress for %.0fs: "
-                "withholding its heartbeat (dialers get 'unavailable')",
+                "partition %d has events waiting but made no progress for %.0fs: it is not "
+                "vouched for, so dialers get 'unavailable'",
                 partition,
                 idle,
             )
@@ -209,5 +261,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         maintenance.forget()
         progress.forget()
         holes.forget()
+        frontier.forget()
+        last_vouched.clear()
 
     return WorkerApp(app=app, processor=processor, maintenance=maintenance, redis=redis)

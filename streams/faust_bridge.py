@@ -22,6 +22,7 @@ from schemas.topics import (
     DLQ_TOPIC,
 )
 from streams.delivery import DeliveryHoles
+from streams.freshness import AppliedFrontier
 from streams.processor import DeadLetter, OppositionProcessor, SourceMessage
 from streams.progress import ProgressWatch
 
@@ -105,6 +106,7 @@ async def apply_in_batches(
     max_events: int,
     progress: ProgressWatch,
     holes: DeliveryHoles,
+    frontier: AppliedFrontier,
     consumer: Any,
 ) -> None:
     """Consume ``stream`` (created with ``noack()``) in adaptive batches, acking by hand.
@@ -131,6 +133,10 @@ async def apply_in_batches(
             continue
         await processor.process([(e, source_message(e)) for e in batch])
         progress.applied()
+        applied: dict[int, list[int]] = {}
         for done in batch:
+            applied.setdefault(done.message.partition, []).append(done.message.offset)
             await stream.ack(done)
+        for partition, offsets in applied.items():
+            frontier.applied(partition, offsets)  # durable: the view may be vouched for now
         batch.clear()

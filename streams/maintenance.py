@@ -1,4 +1,12 @@
-"""The worker's housekeeping: rebuild the view when it is lost, heartbeat, expire cooldowns."""
+"""The worker's housekeeping: rebuild the view when it is lost or wrong, vouch for it, expire.
+
+A rebuild happens when this worker's owned partitions change (start, rebalance), when
+the view's metadata is gone or incomplete (Redis flushed or restarted empty), when Redis
+restarted at all (it may have reloaded an old snapshot), when the view was written with
+another layout (key or bucket counts: the old members are garbage, the view is wiped
+first), and when a key this worker filled has vanished (evicted or deleted). The worker
+refuses to serve at all on a Redis whose eviction policy may drop view keys.
+"""
 
 from __future__ import annotations
 
@@ -14,24 +22,27 @@ from schemas.metrics import (
     SUPPRESSED_NUMBERS,
     VIEW_READY,
     VIEW_REBUILDS,
+    VIEW_STALENESS,
     WORKER_HEARTBEAT,
 )
 from schemas.state import SuppressionChange, SuppressionState
+from schemas.view import META_LAYOUT, META_PARTITIONS, ready_field
 from streams.expiry import ExpirySchedule
 from streams.processor import ChangeSink, load_state
 from streams.retry import until_done
-from streams.view_writer import SuppressionViewWriter
+from streams.view_writer import EVICTING_POLICIES, SuppressionViewWriter
 
 log = logging.getLogger("dnc.streams")
 
+LOSS_CHECK_EVERY = 10  # ticks between checks that every filled key still exists
+
 
 class ViewMaintenance:
-    """Keeps the Redis view complete, fresh and honest about its readiness.
+    """Keeps the Redis view complete and honest about its readiness and freshness.
 
-    A rebuild happens when this worker's owned partitions change (start, rebalance),
-    when the view's metadata is gone (Redis flushed or restarted empty), or when Redis
-    restarted at all (it may have reloaded an old snapshot). It holds the view lock so
-    the agent's writes cannot interleave with it, and marks partitions ready only at the end.
+    A rebuild holds the view lock so the agent's writes cannot interleave with it, and
+    marks partitions ready only at the end; they are current again only once the worker
+    vouches for them (:meth:`vouch`), i.e. once it has applied the log's backlog.
     """
 
     def __init__(
@@ -56,6 +67,7 @@ class ViewMaintenance:
         self._clock = clock
         self._materialised: frozenset[int] | None = None
         self._run_id: str | None = None
+        self._ticks = 0
 
     @property
     def materialised(self) -> frozenset[int]:
@@ -67,24 +79,90 @@ class ViewMaintenance:
         self._materialised = None
         VIEW_READY.set(0)
 
-    async def tick(self, owned: Iterable[int], stalled: Iterable[int] = ()) -> None:
-        """One round: rebuild if needed, then heartbeat for the owned partitions not stalled."""
+    async def tick(self, owned: Iterable[int]) -> None:
+        """One round: refuse an evicting Redis, rebuild if needed, look for lost keys."""
         partitions = frozenset(owned)
+        self._ticks += 1
+        policy = await self._view.eviction_policy()
+        if policy in EVICTING_POLICIES:
+            await self._refuse(partitions, policy)
+            return
         run_id = await self._view.server_run_id()
+        meta = await self._view.meta()
         trigger = None
         if self._materialised != partitions:
             trigger = "startup" if self._materialised is None else "rebalance"
         elif self._run_id is not None and run_id != self._run_id:
             trigger = "redis_restarted"
-        elif not await self._view.view_present():
+        elif META_PARTITIONS not in meta or any(ready_field(p) not in meta for p in partitions):
             trigger = "view_lost"
+        elif meta.get(META_LAYOUT) != self._view.layout.fingerprint:
+            trigger = "layout_changed"
+        elif self._ticks % LOSS_CHECK_EVERY == 0 and await self._keys_lost(partitions):
+            trigger = "keys_lost"
         if trigger is not None:
+            written_with = meta.get(META_LAYOUT)
+            if written_with is not None and written_with != self._view.layout.fingerprint:
+                log.error(
+                    "the view was written with another layout (%s, mine %s: a different "
+                    "DNC_VIEW_KEY or bucket count): wiping it before the rebuild",
+                    written_with,
+                    self._view.layout.fingerprint,
+                )
+                async with self._lock:
+                    await self._view.wipe()
             await self.rebuild(partitions, trigger)
             self._run_id = run_id
-        beating = partitions - frozenset(stalled)
-        await self._view.heartbeat(beating)
-        for partition in beating:
+
+    async def _refuse(self, partitions: frozenset[int], policy: str) -> None:
+        """Withdraw readiness: an evicting Redis may silently drop refusals."""
+        log.critical(
+            "Redis's maxmemory-policy is %s: it may evict view keys and silently drop "
+            "refusals. Not serving: set `maxmemory-policy noeviction` (or a volatile-* "
+            "policy) on Redis; checks answer 'unavailable' until then",
+            policy,
+        )
+        await self._view.unmark_ready(partitions)
+        self._materialised = None
+        VIEW_READY.set(0)
+
+    async def _keys_lost(self, partitions: frozenset[int]) -> bool:
+        """A filled key is gone and the table says it should hold a member: partial loss."""
+        missing = await self._view.missing_keys()
+        if not missing:
+            return False
+        now = self._clock()
+        layout = self._view.layout
+        needed: set[str] = set()
+        for _key, raw in list(self._table.items()):
+            # Hash from the raw fields first: only states in a missing key are parsed.
+            if raw is None or raw.get("partition") not in partitions:
+                continue
+            key = layout.slot(raw["target"], raw["phone_e164"]).key
+            if key in missing and key not in needed:
+                state = load_state(raw)
+                if state is not None and state.effective(now) is not None:
+                    needed.add(key)
+        self._view.filled_keys.difference_update(missing - needed)  # emptied by lifts/expiries
+        if needed:
+            log.error(
+                "%d view keys vanished from Redis (evicted or deleted): rebuilding", len(needed)
+            )
+        return bool(needed)
+
+    async def vouch(self, applied_through_ms: dict[int, int]) -> None:
+        """Publish applied-through times for the partitions this worker has materialised."""
+        mine = {p: ms for p, ms in applied_through_ms.items() if p in self.materialised}
+        if not mine:
+            return
+        await self._view.vouch(mine)
+        for partition in mine:
             WORKER_HEARTBEAT.labels(partition=str(partition)).set_to_current_time()
+
+    def report_staleness(self, now_ms: int, applied_through_ms: dict[int, int]) -> None:
+        """Expose how far behind Redis's clock each owned partition is vouched for."""
+        for partition, ms in applied_through_ms.items():
+            VIEW_STALENESS.labels(partition=str(partition)).set(max(0.0, (now_ms - ms) / 1000))
 
     def _owned_states(self, partitions: frozenset[int]) -> list[SuppressionState]:
         states = []
@@ -103,6 +181,7 @@ class ViewMaintenance:
             await self._view.unmark_ready(partitions)
             now = self._clock()
             states = self._owned_states(partitions)
+            self._view.filled_keys.clear()
             await self._view.write(states, now)
             await self._view.mark_ready(partitions, self._total)
         self._materialised = partitions

@@ -11,6 +11,7 @@ import faust
 from prometheus_client import start_http_server
 
 from infra.topics import ensure_pipeline_topics
+from schemas.errors import ConfigError
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
 from streams.app import build_worker
@@ -53,15 +54,20 @@ class BoundedShutdownWorker(faust.Worker):
 
 def run_worker(settings: Settings, worker_id: str | None = None) -> None:
     """Start the worker and block until it is stopped (Faust handles the signals)."""
+    if settings.uses_default_view_key:
+        if not settings.allow_development_view_key:
+            raise ConfigError(
+                "DNC_VIEW_KEY is the public development default: anyone who knows it can tell "
+                "from the view which numbers are suppressed. Set DNC_VIEW_KEY to a secret "
+                "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`), the same "
+                "for every worker, checker and gateway; `dnc up` generates one per data "
+                "directory. For a throwaway setup, DNC_ALLOW_DEVELOPMENT_VIEW_KEY=true."
+            )
+        log.warning("running on the public development view key (DNC_ALLOW_DEVELOPMENT_VIEW_KEY)")
     tenants = TenantDirectory.load(settings.tenants_file)
     created = ensure_pipeline_topics(settings)
     if created:
         log.info("created topics: %s", ", ".join(created))
-    if settings.uses_default_view_key:
-        log.warning(
-            "DNC_VIEW_KEY is the public development default: set a secret key in production "
-            "(changing it later means a view rebuild)"
-        )
     ident = worker_id or f"{socket.gethostname()}-{os.getpid()}"
     start_http_server(settings.worker_metrics_port, addr=settings.metrics_host)
     log.info(

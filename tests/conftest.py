@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, settings
 
 from infra.postgres_service import start_postgres
 from infra.services import KAFKA_DEFAULT_VERSION, LocalStack
+from infra.toxiproxy import Toxiproxy, start_toxiproxy
 from tests.harness import Pipeline
 
 SERVICE_MARKERS = {"kafka", "redis", "pipeline", "postgres"}
@@ -134,3 +135,22 @@ def reference_db(postgres_server: Any, request: pytest.FixtureRequest) -> Iterat
     yield dsn
     with psycopg.connect(postgres_server.admin_dsn, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --------------------------------------------------------------------------- toxiproxy
+# Fault injection between a client and the real services (tests/test_toxiproxy.py and the
+# fault tests).  One server for the session, started on first use only; each test creates
+# its own proxies under unique names and deletes them.  It needs no marker of its own:
+# the proxies lead to Kafka or Redis, whose markers the tests carry.
+
+
+@pytest.fixture(scope="session")
+def toxiproxy() -> Iterator[Toxiproxy]:
+    """A real Toxiproxy server (built by `make setup`) on a free loopback port."""
+    base = Path(tempfile.mkdtemp(prefix="dnc-test-toxiproxy-"))
+    server = start_toxiproxy(base)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)

@@ -21,8 +21,7 @@ from infra.topics import ensure_pipeline_topics
 from producers.publisher import OppositionPublisher
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
-from schemas.view import heartbeat_key
-from streams.app import view_layout
+from schemas.view import META_KEY, owner_field
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -105,7 +104,6 @@ class Pipeline:
             "DNC_SYNC_GROUP_PREFIX": f"{prefix}-sync",
             "DNC_WORKER_GROUP": f"{prefix}-worker",
             "DNC_PARTITIONS": "3",
-            "DNC_HEARTBEAT_TTL_SECONDS": "3",
             "DNC_HEARTBEAT_INTERVAL_SECONDS": "0.5",
             "DNC_EXPIRY_INTERVAL_SECONDS": "0.2",
             "DNC_VIEW_KEY": "test-view-key-" + prefix,
@@ -120,11 +118,8 @@ class Pipeline:
         ensure_pipeline_topics(self.settings)
         self.publisher = OppositionPublisher.from_settings(self.settings, self.tenants)
         self.redis = redis.Redis.from_url(stack.redis_url)
-        self.checker = SuppressionChecker(
-            redis.Redis.from_url(stack.redis_url, socket_timeout=2),
-            view_layout(self.settings, self.tenants),
-            self.tenants,
-            partitions_hint=3,
+        self.checker = SuppressionChecker.from_settings(
+            self.settings, self.tenants, redis.Redis.from_url(stack.redis_url, socket_timeout=2)
         )
         self.worker: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
@@ -159,7 +154,7 @@ class Pipeline:
 
         def ready() -> bool:
             assert self.worker is not None and self.worker.poll() is None, self.worker_log()
-            if self.redis.get(heartbeat_key(0)) != me:  # not a predecessor's heartbeat
+            if self.redis.hget(META_KEY, owner_field(0)) != me:  # vouched for by this worker
                 return False
             return self.check("+33612345678", "acme").answer.value != "unavailable"
 
@@ -184,10 +179,11 @@ class Pipeline:
             self.worker.kill()
             self.worker.wait()
 
-    def worker_log(self) -> str:
-        """The latest worker log, for failure messages."""
+    def worker_log(self, tail: int | None = 5000) -> str:
+        """The latest worker log (its last ``tail`` characters; None: all of it)."""
         path = self.tmp / f"worker-{self._worker_runs}.log"
-        return path.read_text(errors="replace")[-5000:] if path.exists() else "(no log)"
+        text = path.read_text(errors="replace") if path.exists() else "(no log)"
+        return text if tail is None else text[-tail:]
 
     # -- helpers ------------------------------------------------------------------------
     def check(self, phone: str, tenant: str, campaign: str | None = None) -> CheckResult:

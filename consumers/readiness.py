@@ -1,0 +1,135 @@
+"""May the view be trusted right now? The one judgement every reader of the view shares.
+
+The checker (library, CLI, gateway), `dnc status`, the gateway's ``/readyz`` and
+`dnc verify` all ask here, in the same round trip as their own reads where they can:
+``TIME`` and ``HGETALL dnc:v1:_meta``. The view is trusted only when
+
+* it exists and says how many partitions the oppositions topic has;
+* its layout fingerprint is the reader's (same view key, same bucket counts): a reader
+  with another key or bucket count would look in the wrong places and find nothing;
+* every partition is materialised (``ready:P``) and **current**: its applied-through time
+  is at most ``max_staleness`` behind Redis's clock. An opposition acknowledged by Kafka
+  longer ago than that is therefore in the view, or the answer is "unavailable".
+
+Every partition counts, not only the number's own: until every producer keys events by
+their canonical key, a number's events may sit on any partition.
+
+This module imports neither Faust nor FastAPI: dialers read the view without the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.view import (
+    META_KEY,
+    META_LAYOUT,
+    META_PARTITIONS,
+    applied_field,
+    owner_field,
+    ready_field,
+)
+
+
+@dataclass(frozen=True)
+class PartitionFreshness:
+    """What the view says of one partition."""
+
+    partition: int
+    ready: bool
+    staleness_seconds: float | None  # None: never vouched for
+    owner: str | None
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """The verdict: ``why`` says what is wrong (and what to do) when not ready."""
+
+    ready: bool
+    why: str | None
+    partitions: tuple[PartitionFreshness, ...] = field(default=())
+    layout_mismatch: bool = False
+
+    @property
+    def worst_staleness(self) -> float | None:
+        """The stalest partition's staleness in seconds (None if one was never vouched for)."""
+        values = [p.staleness_seconds for p in self.partitions]
+        if not values or any(v is None for v in values):
+            return None
+        return max(v for v in values if v is not None)
+
+
+def queue_readiness(pipe: Any) -> None:
+    """Queue the two commands the judgement needs on a pipeline (keep them first)."""
+    pipe.time()
+    pipe.hgetall(META_KEY)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def judge(
+    server_time: tuple[int, int] | list[int],
+    meta: Mapping[Any, Any],
+    fingerprint: str,
+    max_staleness: float,
+) -> Readiness:
+    """The verdict from Redis's ``TIME`` reply and the view's metadata hash."""
+    fields = {_text(k): _text(v) for k, v in meta.items()}
+    raw_total = fields.get(META_PARTITIONS)
+    if raw_total is None:
+        return Readiness(False, "view not ready (empty, flushed, or being rebuilt by the worker)")
+    written_with = fields.get(META_LAYOUT)
+    if written_with is not None and written_with != fingerprint:
+        return Readiness(
+            False,
+            f"view layout mismatch: the worker writes with layout {written_with}, this reader "
+            f"uses {fingerprint}; give every process the same DNC_VIEW_KEY, DNC_VIEW_BUCKETS "
+            "and tenants file (view_buckets)",
+            layout_mismatch=True,
+        )
+    now_ms = int(server_time[0]) * 1000 + int(server_time[1]) // 1000
+    partitions = []
+    for p in range(int(raw_total)):
+        applied = fields.get(applied_field(p))
+        partitions.append(
+            PartitionFreshness(
+                partition=p,
+                ready=ready_field(p) in fields,
+                staleness_seconds=None if applied is None else (now_ms - int(applied)) / 1000,
+                owner=fields.get(owner_field(p)),
+            )
+        )
+    found = tuple(partitions)
+    if written_with is None:
+        return Readiness(False, "view not ready (no layout recorded yet)", found)
+    unready = [p.partition for p in found if not p.ready]
+    if unready:
+        return Readiness(False, f"view not ready for partitions {unready} (being rebuilt)", found)
+    stale = [p for p in found if p.staleness_seconds is None or p.staleness_seconds > max_staleness]
+    if stale:
+        worst = ", ".join(
+            f"{p.partition}: "
+            + ("never" if p.staleness_seconds is None else f"{p.staleness_seconds:.1f}s")
+            for p in stale[:8]
+        )
+        return Readiness(
+            False,
+            f"view not current: partitions applied longer ago than {max_staleness:g}s ({worst}); "
+            "the worker is behind, stopped or cut from Kafka (is `dnc worker` running?)",
+            found,
+        )
+    return Readiness(True, None, found)
+
+
+def read_readiness(client: Any, fingerprint: str, max_staleness: float) -> Readiness:
+    """One round trip to Redis for the verdict alone (`dnc status`, ``/readyz``, verify)."""
+    pipe = client.pipeline(transaction=False)
+    queue_readiness(pipe)
+    server_time, meta = pipe.execute()
+    return judge(server_time, meta, fingerprint, max_staleness)

@@ -1,0 +1,46 @@
+"""The oppositions log's end offsets, read fresh from Kafka on a client of their own.
+
+Bounded staleness needs the high watermark *now* (a ListOffsets request), never a value
+cached from the last fetch: a worker cut from Kafka must not believe it is caught up.
+Faust's consumer can answer that too, but its requests queue behind the consumer thread's
+fetches (up to a second here); a small admin client answers in about a millisecond.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._listoffsets import OffsetSpec  # not re-exported for type checkers
+
+from schemas.settings import Settings
+
+
+class LogEndReader:
+    """ListOffsets (latest) for the owned partitions of one topic, off the event loop."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self._topic = topic
+        self._admin = AdminClient(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "client.id": f"{settings.worker_group}-log-end",
+                **settings.kafka_client_config(),  # Kafka SASL/TLS (empty for PLAINTEXT)
+            }
+        )
+
+    def _read(self, partitions: list[int], timeout: float) -> dict[int, int]:
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        request = {TopicPartition(self._topic, p): latest for p in partitions}
+        futures = self._admin.list_offsets(request, request_timeout=timeout)
+        return {tp.partition: f.result(timeout=timeout).offset for tp, f in futures.items()}
+
+    async def end_offsets(self, partitions: Iterable[int], wait: float) -> dict[int, int]:
+        """The end offset of each partition; raises when Kafka does not answer in time."""
+        wanted = sorted(partitions)
+        if not wanted:
+            return {}
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._read, wanted, wait)

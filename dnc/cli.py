@@ -412,6 +412,76 @@ def status(
 
 
 @app.command()
+def verify(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+) -> None:
+    """Reconcile the log of record with the Redis view and every reference list.
+
+    Reads the compacted suppressions topic (the latest state of every number) and checks
+    that the view holds exactly the suppressions in force and that each PostgreSQL
+    reference list has every change its lane delivers. Run it once the pipeline has caught
+    up (`dnc status`), e.g. after an incident. Exit 0 clean, 1 differences found, 2 it could
+    not verify (Kafka, Redis or the view unavailable).
+    """
+    from consumers.verify import VerifyError, reconcile
+    from consumers.verify import as_json as report_json
+
+    settings, tenants = _settings()
+    try:
+        found = reconcile(settings, tenants)
+    except VerifyError as exc:
+        raise _fail(f"cannot verify: {exc}", EXIT_UNAVAILABLE) from None
+    if as_json:
+        sys.stdout.write(json.dumps(report_json(found), indent=2) + "\n")
+    else:
+        table = Table(
+            "tenant", "kind", "states", "in force", "missing from view (DANGER)",
+            "unexpected in view", "reference list missing", "reference list differs",
+            title=f"dnc verify: {found.changes_read} states; view {found.view_readiness}",
+        )  # fmt: skip
+        for (tenant, kind), t in sorted(found.tallies.items()):
+            table.add_row(tenant, kind, str(t.states), str(t.in_force), str(t.view_missing),
+                          str(t.view_unexpected), str(t.reference_missing),
+                          str(t.reference_differs))  # fmt: skip
+        out.print(table)
+        for owner, count in sorted(found.unexplained_members.items()):
+            out.print(f"[red]{count} members in {owner}'s view sets match no state in the log[/]")
+        for tenant, what in sorted(found.reference_lists.items()):
+            out.print(f"reference list of {tenant}: {what}")
+        out.print(
+            "clean: the view and the reference lists match the log"
+            if not found.differences
+            else f"[bold red]{found.differences} differences[/]"
+        )
+    raise typer.Exit(0 if not found.differences else 1)
+
+
+@app.command(name="bench-faults")
+def bench_faults(
+    fault: Annotated[
+        list[str] | None,
+        typer.Option("--fault", help="only this fault (repeatable); default: all of them"),
+    ] = None,
+    rate: Annotated[float, typer.Option(help="events/s the agents publish meanwhile")] = 100.0,
+) -> None:
+    """Inject real faults into a private stack and print what dialers were answered.
+
+    Per fault (worker SIGKILL/SIGSTOP, Redis flush/restart/old snapshot, broker kill, worker
+    cut from Kafka or Redis by Toxiproxy, Redis latency, PostgreSQL down): answers, share
+    unavailable, callable answers past the staleness bound (must be 0), the oldest
+    acknowledgement answered callable, outage and recovery times, events lost, verify.
+    """
+    from dnc.fault_drill import FAULTS, run_drills
+
+    unknown = [f for f in fault or [] if f not in FAULTS]
+    if unknown:
+        raise _fail(f"unknown fault {unknown[0]!r}: choose from {', '.join(FAULTS)}")
+    results = run_drills(fault or None, rate, out)
+    broken = sum(r.callable_past_bound + r.lost for r in results)
+    raise typer.Exit(0 if not broken else 1)
+
+
+@app.command()
 def bench(
     numbers: Annotated[int, typer.Option(help="numbers for the memory measurement")] = 1_000_000,
     rate: Annotated[int, typer.Option(help="events/s for the propagation measurement")] = 500,

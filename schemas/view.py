@@ -15,7 +15,10 @@
     server's clock: every message the log held for P when Redis's clock read that time is
     applied to the view. A reader compares it with Redis's clock (``TIME``), so no host's
     clock but Redis's is involved, and the promise holds whatever the other clocks say;
-  - ``owner:P``: the worker that last vouched for P (for `dnc status`).
+  - ``owner:P``: the worker that last vouched for P (for `dnc status`);
+  - ``epoch:P``: a fencing token the worker changes at every vouch: a view restored from an
+    older snapshot (or flushed) carries an older one, and the worker rebuilds before it
+    vouches again.
 
   The hash vanishes with the data when Redis is flushed or restarts empty, and an older
   snapshot brings back older applied-through times: either way checks fail closed until
@@ -50,6 +53,11 @@ def ready_field(partition: int) -> str:
 def applied_field(partition: int) -> str:
     """Field of :data:`META_KEY`: applied-through time of ``partition`` (ms, Redis clock)."""
     return f"applied:{partition}"
+
+
+def epoch_field(partition: int) -> str:
+    """Field of :data:`META_KEY`: the fencing token of the worker's last write of ``partition``."""
+    return f"epoch:{partition}"
 
 
 def owner_field(partition: int) -> str:

@@ -34,7 +34,7 @@ from streams.view_writer import EVICTING_POLICIES, SuppressionViewWriter
 
 log = logging.getLogger("dnc.streams")
 
-LOSS_CHECK_EVERY = 10  # ticks between checks that every filled key still exists
+LOSS_CHECK_EVERY = 2  # ticks between checks that every filled key still exists
 
 
 class ViewMaintenance:
@@ -68,6 +68,7 @@ class ViewMaintenance:
         self._materialised: frozenset[int] | None = None
         self._run_id: str | None = None
         self._ticks = 0
+        self._fenced = False
 
     @property
     def materialised(self) -> frozenset[int]:
@@ -94,6 +95,8 @@ class ViewMaintenance:
             trigger = "startup" if self._materialised is None else "rebalance"
         elif self._run_id is not None and run_id != self._run_id:
             trigger = "redis_restarted"
+        elif self._fenced:
+            trigger = "view_replaced"
         elif META_PARTITIONS not in meta or any(ready_field(p) not in meta for p in partitions):
             trigger = "view_lost"
         elif meta.get(META_LAYOUT) != self._view.layout.fingerprint:
@@ -155,7 +158,15 @@ class ViewMaintenance:
         mine = {p: ms for p, ms in applied_through_ms.items() if p in self.materialised}
         if not mine:
             return
-        await self._view.vouch(mine)
+        refused = await self._view.vouch(mine)
+        if refused:
+            log.error(
+                "the view of partitions %s is not the one this worker wrote (Redis flushed, "
+                "restarted or restored from an older snapshot): rebuilding before vouching",
+                sorted(refused),
+            )
+            self._fenced = True
+            return
         for partition in mine:
             WORKER_HEARTBEAT.labels(partition=str(partition)).set_to_current_time()
 
@@ -185,6 +196,7 @@ class ViewMaintenance:
             await self._view.write(states, now)
             await self._view.mark_ready(partitions, self._total)
         self._materialised = partitions
+        self._fenced = False
         self._reschedule(states, now)
         VIEW_REBUILDS.labels(trigger=trigger).inc()
         VIEW_READY.set(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -16,6 +17,7 @@ from schemas.view import (
     META_PARTITIONS,
     ViewLayout,
     applied_field,
+    epoch_field,
     owner_field,
     ready_field,
 )
@@ -24,6 +26,23 @@ from schemas.view import (
 WRITE_CHUNK = 5000
 # Eviction policies that may remove keys without a TTL, i.e. view keys.
 EVICTING_POLICIES = frozenset({"allkeys-lru", "allkeys-lfu", "allkeys-random"})
+
+# A vouch is fenced: each partition's epoch must still be the one this worker wrote last.
+# A Redis flushed, restarted empty or restored from an older snapshot has another (or no)
+# epoch, so the worker cannot vouch for a view it did not write: it rebuilds first.
+# ARGV: owner, then per partition: epoch field, expected, next, applied field, time, owner field
+_VOUCH = """
+local refused = {}
+for i = 2, #ARGV, 6 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
+               ARGV[i + 5], ARGV[1])
+  else
+    table.insert(refused, ARGV[i])
+  end
+end
+return refused
+"""
 
 
 class SuppressionViewWriter:
@@ -36,6 +55,13 @@ class SuppressionViewWriter:
         # Keys this worker put a member in since its last rebuild: each must exist. A key
         # that vanished (evicted, deleted) is found by :meth:`missing_keys`.
         self.filled_keys: set[str] = set()
+        self._epochs: dict[int, str] = {}
+        self._epoch_counter = 0
+        self._vouch = redis.register_script(_VOUCH)
+
+    def _next_epoch(self) -> str:
+        self._epoch_counter += 1
+        return f"{self._worker_id}:{os.getpid()}:{self._epoch_counter}"
 
     @property
     def layout(self) -> ViewLayout:
@@ -65,6 +91,9 @@ class SuppressionViewWriter:
         """Declare ``partitions`` fully materialised (after a rebuild), with the layout."""
         stamp = str(int(time.time() * 1000))
         mapping = {ready_field(p): stamp for p in partitions}
+        for p in partitions:
+            self._epochs[p] = self._next_epoch()
+            mapping[epoch_field(p)] = self._epochs[p]
         mapping[META_PARTITIONS] = str(total_partitions)
         mapping[META_LAYOUT] = self._layout.fingerprint
         await self._redis.hset(META_KEY, mapping=cast(Any, mapping))
@@ -75,14 +104,30 @@ class SuppressionViewWriter:
         if fields:
             await self._redis.hdel(META_KEY, *fields)
 
-    async def vouch(self, applied_through_ms: Mapping[int, int]) -> None:
-        """Record each partition's applied-through time (ms, Redis clock) and this worker."""
-        mapping: dict[str, str] = {}
+    async def vouch(self, applied_through_ms: Mapping[int, int]) -> set[int]:
+        """Record each partition's applied-through time (ms, Redis clock) and this worker.
+
+        Returns the partitions refused because their epoch is not the one this worker
+        wrote last (the view was flushed, restarted or restored): they need a rebuild.
+        """
+        args: list[str] = [self._worker_id]
+        nexts: dict[int, str] = {}
         for p, ms in applied_through_ms.items():
-            mapping[applied_field(p)] = str(ms)
-            mapping[owner_field(p)] = self._worker_id
-        if mapping:
-            await self._redis.hset(META_KEY, mapping=cast(Any, mapping))
+            expected = self._epochs.get(p)
+            if expected is None:
+                continue
+            nexts[p] = self._next_epoch()
+            args += [epoch_field(p), expected, nexts[p], applied_field(p), str(ms), owner_field(p)]
+        if len(args) == 1:
+            return set()
+        refused_fields = await self._vouch(keys=[META_KEY], args=args)
+        refused = {int(f.decode().split(":", 1)[1]) for f in refused_fields}
+        for p, epoch in nexts.items():
+            if p in refused:
+                self._epochs.pop(p, None)
+            else:
+                self._epochs[p] = epoch
+        return refused
 
     async def server_time_ms(self) -> int:
         """Redis's clock, the one clock of the staleness contract."""

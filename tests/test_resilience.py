@@ -103,7 +103,9 @@ def test_flushed_redis_answers_unavailable_until_rebuilt(pipeline: Pipeline) -> 
     )
     results = pipeline.checker.check_many(phones, "acme")
     assert all(r.answer.value == "suppressed" for r in results)
-    assert 'dnc_view_rebuilds_total{trigger="view_lost"}' in pipeline.metrics()
+    metrics = pipeline.metrics()  # the fenced vouch or the maintenance tick saw it first
+    assert any(f'dnc_view_rebuilds_total{{trigger="{t}"}}' in metrics
+               for t in ("view_lost", "view_replaced")), metrics  # fmt: skip
 
 
 def test_redis_down_or_worker_gone_fails_closed(pipeline: Pipeline) -> None:

@@ -1,0 +1,258 @@
+"""`dnc verify`: reconcile the log of record with the Redis view and the reference lists.
+
+The compacted ``dnc.suppressions.v1`` holds the latest state of every number in every
+scope (what the worker's table holds). From it, verify derives what must be true now:
+
+* the **view**: every state in force is a member of its set (a missing one would answer
+  "callable": the dangerous difference), and no set holds a member no state explains;
+* each tenant's **reference list** (PostgreSQL sinks): one ``reference_list_scope`` row per
+  change the tenant's lane delivers, with the same version and suppression.
+
+It reads the topic up to the end offsets it saw when it started; run it once the pipeline
+has caught up (`dnc status`), e.g. after an incident. Differences are counted per tenant and
+kind; any difference makes the command exit non-zero.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+
+from consumers.checker import SuppressionChecker
+from schemas.events import GLOBAL_TARGET
+from schemas.reference import PostgresSinkConfig
+from schemas.settings import Settings
+from schemas.state import SuppressionChange
+from schemas.tenants import TenantDirectory
+from schemas.view import META_KEY, VIEW_PREFIX, ViewLayout, view_layout
+
+SCAN_BATCH = 1000
+
+
+class VerifyError(Exception):
+    """Verification could not run (Kafka, Redis or a database unreachable)."""
+
+
+@dataclass
+class Tally:
+    """Counts for one tenant and kind."""
+
+    states: int = 0
+    in_force: int = 0
+    view_missing: int = 0  # in force, not in the view: a check would answer "callable"
+    view_unexpected: int = 0  # in the view, not in force: a wrongful suppression
+    reference_missing: int = 0  # no row, or an older one, in the tenant's reference list
+    reference_differs: int = 0  # a row with the same version says something else
+
+    @property
+    def differences(self) -> int:
+        """Everything that is not as the log says."""
+        return (
+            self.view_missing
+            + self.view_unexpected
+            + self.reference_missing
+            + self.reference_differs
+        )
+
+
+@dataclass
+class Reconciliation:
+    """What `dnc verify` found."""
+
+    tallies: dict[tuple[str, str], Tally] = field(default_factory=lambda: defaultdict(Tally))
+    unexplained_members: dict[str, int] = field(default_factory=dict)  # per owner of the set
+    reference_lists: dict[str, str] = field(default_factory=dict)  # tenant -> checked / why not
+    view_readiness: str = ""
+    changes_read: int = 0
+
+    @property
+    def differences(self) -> int:
+        """All differences found (view and reference lists)."""
+        return sum(t.differences for t in self.tallies.values()) + sum(
+            self.unexplained_members.values()
+        )
+
+    def tally(self, tenant: str, kind: str) -> Tally:
+        """The counters of ``tenant`` (the owner of the scope) and ``kind``."""
+        return self.tallies[(tenant, kind)]
+
+
+def owner_of(target: str) -> str:
+    """The tenant a scope target belongs to (``_global`` for the platform-wide scope)."""
+    return target.split("/", 1)[0]
+
+
+def _kind(change: SuppressionChange, now: datetime) -> str:
+    if _in_force(change, now):
+        return str(change.kind.value if change.kind else "suppressed")
+    return "lifted" if change.kind is not None else "expired or never suppressed"
+
+
+def _in_force(change: SuppressionChange, now: datetime) -> bool:
+    return change.suppressed and (change.expires_at is None or change.expires_at > now)
+
+
+def read_latest_changes(settings: Settings, timeout: float = 30.0) -> dict[str, SuppressionChange]:
+    """The latest change per ``target|E164`` in the compacted topic, up to its end now."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"dnc-verify-{uuid.uuid4().hex}",  # never committed
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            **settings.kafka_client_config(),
+        }
+    )
+    try:
+        topic = settings.suppressions_topic
+        metadata = consumer.list_topics(topic, timeout=10)
+        if topic not in metadata.topics or metadata.topics[topic].error is not None:
+            raise VerifyError(f"topic {topic} does not exist (has the worker ever run?)")
+        ends: dict[int, int] = {}
+        for p in metadata.topics[topic].partitions:
+            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            ends[p] = high
+        remaining = {p for p, high in ends.items() if high > 0}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
+        latest: dict[str, SuppressionChange] = {}
+        idle_polls = 0
+        while remaining:
+            message = consumer.poll(1.0)
+            if message is None:
+                idle_polls += 1
+                if idle_polls > timeout:
+                    raise VerifyError(f"{topic}: no data for {timeout:.0f}s before its end")
+                continue
+            idle_polls = 0
+            partition, offset = message.partition(), message.offset()
+            if message.error() is None and message.value() is not None:
+                change = SuppressionChange.model_validate_json(message.value() or b"")
+                latest[f"{change.target}|{change.phone_e164}"] = change
+            if partition is not None and offset is not None and offset + 1 >= ends[partition]:
+                remaining.discard(partition)
+        return latest
+    except KafkaException as exc:
+        raise VerifyError(f"Kafka unreachable: {exc}") from exc
+    finally:
+        consumer.close()
+
+
+def _check_view(
+    client: redis.Redis,
+    layout: ViewLayout,
+    changes: dict[str, SuppressionChange],
+    now: datetime,
+    found: Reconciliation,
+) -> None:
+    known: dict[str, set[int]] = defaultdict(set)  # every state's member, in force or not
+    asked: list[tuple[SuppressionChange, str, int]] = []
+    for change in changes.values():
+        slot = layout.slot(change.target, change.phone_e164)
+        asked.append((change, slot.key, slot.member))
+        known[slot.key].add(slot.member)
+    pipe = client.pipeline(transaction=False)
+    for _change, key, member in asked:
+        pipe.sismember(key, str(member))
+    for (change, _key, _member), present in zip(asked, pipe.execute(), strict=True):
+        tally = found.tally(owner_of(change.target), _kind(change, now))
+        tally.states += 1
+        if _in_force(change, now):
+            tally.in_force += 1
+            tally.view_missing += 0 if present else 1
+        elif present:
+            tally.view_unexpected += 1
+    # Members no state explains at all (left by a bug, another key, a stray writer).
+    unexplained: dict[str, int] = defaultdict(int)
+    for raw_key in client.scan_iter(match=layout.pattern(), count=SCAN_BATCH):
+        key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+        target = key[len(VIEW_PREFIX) + 1 :].rsplit(":", 1)[0]
+        if key == META_KEY or (target.startswith("_") and target != GLOBAL_TARGET):
+            continue  # the metadata hash and other bookkeeping keys, not suppression sets
+        explained = known.get(key, set())
+        for raw in client.smembers(key):
+            if int(raw) not in explained:
+                unexplained[owner_of(target)] += 1
+    found.unexplained_members = dict(unexplained)
+
+
+def _check_reference_list(
+    tenant: str,
+    dsn: str,
+    changes: dict[str, SuppressionChange],
+    now: datetime,
+    found: Reconciliation,
+) -> None:
+    delivered = [c for c in changes.values() if c.tenant == tenant]  # what its lane delivers
+    try:
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            rows = conn.execute(
+                "SELECT target, phone_e164, suppressed, version FROM reference_list_scope"
+                " WHERE tenant = %s",
+                (tenant,),
+            ).fetchall()
+    except psycopg.Error as exc:
+        found.reference_lists[tenant] = f"not checked: {str(exc).strip()[:200]}"
+        return
+    have: dict[tuple[str, str], tuple[bool, int]] = {
+        (target, phone): (suppressed, version) for target, phone, suppressed, version in rows
+    }
+    for change in delivered:
+        tally = found.tally(owner_of(change.target), _kind(change, now))
+        row = have.get((change.target, change.phone_e164))
+        if row is None or row[1] < change.version:
+            tally.reference_missing += 1
+        elif row[1] == change.version and row[0] != change.suppressed:
+            tally.reference_differs += 1
+    found.reference_lists[tenant] = f"checked ({len(delivered)} changes, {len(rows)} rows)"
+
+
+def reconcile(settings: Settings, tenants: TenantDirectory) -> Reconciliation:
+    """Compare the log of record with the view and every PostgreSQL reference list."""
+    found = Reconciliation()
+    changes = read_latest_changes(settings)
+    found.changes_read = len(changes)
+    now = datetime.now(UTC)
+    client = redis.Redis.from_url(
+        settings.redis_url.get_secret_value(), socket_timeout=10, socket_connect_timeout=5
+    )
+    try:
+        verdict = SuppressionChecker.from_settings(settings, tenants, client).readiness()
+        found.view_readiness = verdict.why or "ready and current"
+        if verdict.layout_mismatch:
+            raise VerifyError(verdict.why or "view layout mismatch")
+        _check_view(client, view_layout(settings, tenants), changes, now, found)
+    except redis.RedisError as exc:
+        raise VerifyError(f"Redis unreachable: {exc}") from exc
+    finally:
+        client.close()
+    for name in tenants.names:
+        config = tenants.get(name).reference_list
+        if isinstance(config, PostgresSinkConfig):
+            dsn = config.dsn(settings.postgres_dsn.get_secret_value())
+            _check_reference_list(name, dsn, changes, now, found)
+        elif config is not None:
+            found.reference_lists[name] = f"not checked ({config.sink}: the client's system)"
+    return found
+
+
+def as_json(found: Reconciliation) -> dict[str, Any]:
+    """The reconciliation as plain data (`dnc verify --json`)."""
+    return {
+        "changes_read": found.changes_read,
+        "view": found.view_readiness,
+        "differences": found.differences,
+        "tallies": [
+            {"tenant": tenant, "kind": kind, **vars(t), "differences": t.differences}
+            for (tenant, kind), t in sorted(found.tallies.items())
+        ],
+        "unexplained_view_members": found.unexplained_members,
+        "reference_lists": found.reference_lists,
+        "global_target": GLOBAL_TARGET,
+    }

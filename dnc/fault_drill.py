@@ -1,0 +1,503 @@
+"""Fault drills: the promise, measured while real things fail.
+
+A drill runs a private stack (Kafka with a listener behind Toxiproxy, Redis behind
+Toxiproxy, PostgreSQL, a real `dnc worker` and `dnc sync`), publishes oppositions at a
+steady rate, and has a dialer check every number Kafka acknowledged, all the time. Then it
+injects one fault, heals it, and reports:
+
+* answers, the share "unavailable", and the **oldest acknowledgement a "callable" answer
+  was given for** (the promise: never older than ``DNC_MAX_STALENESS_SECONDS``);
+* time to recover (fault healed -> every check answered again);
+* nothing lost: every acknowledged number suppressed at the end, `dnc verify` clean
+  (view and reference list).
+
+The test suite (tests/test_faults.py) asserts on these figures; `dnc bench-faults` prints
+them. Both use this module, so what is tested is what is measured.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from consumers.checker import Answer, SuppressionChecker
+from consumers.verify import Reconciliation, reconcile
+from infra.postgres_service import PostgresService, start_postgres
+from infra.services import LocalStack, free_port
+from infra.topics import ensure_pipeline_topics
+from infra.toxiproxy import Proxy, Toxiproxy, start_toxiproxy
+from producers.publisher import OppositionPublisher
+from schemas.errors import PublishError
+from schemas.events import Kind, OppositionEvent
+from schemas.settings import Settings
+from schemas.tenants import TenantDirectory
+
+log = logging.getLogger("dnc.drill")
+
+TENANT = "drill"
+TENANTS_TOML = f"""
+[tenants.{TENANT}]
+default_region = "FR"
+
+[tenants.{TENANT}.reference_list]
+sink = "postgres"
+"""
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class FaultResult:
+    """What one drill measured."""
+
+    fault: str
+    answers: int = 0
+    unavailable: int = 0
+    callable_past_bound: int = 0  # the promise broken: must be 0
+    max_callable_age: float = 0.0  # oldest acknowledgement answered "callable", seconds
+    recovery_seconds: float | None = None  # healed -> serving again (None: never failed)
+    outage_seconds: float | None = None  # injected -> serving again (None: never failed)
+    published: int = 0
+    lost: int = 0  # acknowledged, not suppressed at the end
+    verify: Reconciliation | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def unavailable_share(self) -> float:
+        """Share of answers that were "unavailable"."""
+        return self.unavailable / self.answers if self.answers else 0.0
+
+    @property
+    def verify_differences(self) -> int | None:
+        """Differences `dnc verify` found at the end (None: not run)."""
+        return None if self.verify is None else self.verify.differences
+
+
+class Traffic:
+    """Agents publishing at a steady rate and a dialer checking every acknowledged number."""
+
+    def __init__(
+        self, drill: FaultDrill, first_number: int, rate: float, bound: float, chunk: int = 200
+    ) -> None:
+        self._drill = drill
+        self._next = first_number
+        self._rate = rate
+        self._bound = bound
+        self._chunk = chunk
+        self._stop_publishing = threading.Event()
+        self._stop_checking = threading.Event()
+        self._lock = threading.Lock()
+        self.acked: dict[str, float] = {}  # number -> monotonic time of the acknowledgement
+        self.result = FaultResult(fault="")
+        self.rounds: list[tuple[float, bool]] = []  # (time, every answer available)
+        self._threads = [
+            threading.Thread(target=self._publish, name="drill-agents", daemon=True),
+            threading.Thread(target=self._check, name="drill-dialer", daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop_publishing(self) -> None:
+        self._stop_publishing.set()
+        self._threads[0].join(timeout=60)
+
+    def stop(self) -> None:
+        self.stop_publishing()
+        self._stop_checking.set()
+        self._threads[1].join(timeout=60)
+
+    def _number(self) -> str:
+        self._next += 1
+        return f"+336{self._next:08d}"
+
+    def _publish(self) -> None:
+        publisher = self._drill.publisher
+        tick = 0.05
+        per_tick = max(1, round(self._rate * tick))
+        while not self._stop_publishing.is_set():
+            started = time.monotonic()
+            events = [
+                OppositionEvent.record(tenant=TENANT, phone=self._number(), kind=Kind.OPPOSITION)
+                for _ in range(per_tick)
+            ]
+
+            def done(event: OppositionEvent, outcome: object) -> None:
+                if not isinstance(outcome, PublishError) and event.phone_e164:
+                    with self._lock:
+                        self.acked[event.phone_e164] = time.monotonic()
+
+            publisher.publish_many(events, on_done=done)
+            with self._lock:
+                self.result.published = len(self.acked)
+            time.sleep(max(0.0, tick - (time.monotonic() - started)))
+
+    def _check(self) -> None:
+        checker = self._drill.checker
+        while not self._stop_checking.is_set():
+            with self._lock:
+                acked = list(self.acked.items())
+            if not acked:
+                time.sleep(0.05)
+                continue
+            available = True
+            for start in range(0, len(acked), self._chunk):
+                chunk = acked[start : start + self._chunk]
+                results = checker.check_many([n for n, _t in chunk], TENANT)
+                answered_at = time.monotonic()  # after the call: the strictest reading
+                for (_number, acked_at), result in zip(chunk, results, strict=True):
+                    self._count(result.answer, answered_at - acked_at)
+                    available = available and result.answer is not Answer.UNAVAILABLE
+                time.sleep(0.005)  # a dialer between calls; leaves the agents their share
+            self.rounds.append((time.monotonic(), available))
+
+    def _count(self, answer: Answer, age: float) -> None:
+        r = self.result
+        r.answers += 1
+        if answer is Answer.UNAVAILABLE:
+            r.unavailable += 1
+        elif answer is Answer.CALLABLE:
+            r.max_callable_age = max(r.max_callable_age, age)
+            if age > self._bound:
+                r.callable_past_bound += 1
+
+    def serving_again_at(self) -> float | None:
+        """When every answer was available again after the last unavailable round."""
+        rounds = list(self.rounds)
+        last_failed = max((i for i, (_t, ok) in enumerate(rounds) if not ok), default=None)
+        if last_failed is None:
+            return None
+        after = [at for at, ok in rounds[last_failed:] if ok]
+        return after[0] if after else float("nan")
+
+
+@dataclass
+class Fault:
+    """A named failure: ``inject`` it, keep it for ``hold`` seconds, then ``heal`` it."""
+
+    name: str
+    inject: Callable[[FaultDrill], None]
+    heal: Callable[[FaultDrill], None]
+    hold: float
+    description: str
+
+
+class FaultDrill:
+    """The private stack faults are injected into, with a supervised worker and sync."""
+
+    def __init__(self, base_dir: Path | None = None, max_staleness: float = 5.0) -> None:
+        self.base = base_dir or Path(tempfile.mkdtemp(prefix="dnc-drill-"))
+        self._own_base = base_dir is None
+        self.max_staleness = max_staleness
+        self.toxiproxy: Toxiproxy = start_toxiproxy(self.base / "toxiproxy")
+        self.kafka_proxy: Proxy = self.toxiproxy.proxy("drill-kafka", "127.0.0.1:9")
+        self.stack = LocalStack(
+            self.base / "stack", partitions=3, kafka_advertised_proxy_port=self.kafka_proxy.port
+        )
+        self.stack.start()
+        assert self.stack.kafka is not None and self.stack.redis is not None
+        self.kafka_proxy.set_upstream(self.stack.kafka.proxied_address)
+        self.redis_proxy: Proxy = self.toxiproxy.proxy("drill-redis", self.stack.redis.address)
+        self.postgres: PostgresService = start_postgres(self.base / "postgres", fast=True)
+        tenants_file = self.base / "tenants.toml"
+        tenants_file.write_text(TENANTS_TOML)
+        common = {
+            "DNC_TENANTS_FILE": str(tenants_file),
+            "DNC_PARTITIONS": "3",
+            "DNC_VIEW_KEY": secrets.token_hex(16),
+            "DNC_MAX_STALENESS_SECONDS": str(max_staleness),
+            "DNC_POSTGRES_DSN": self.postgres.dsn,
+            "DNC_LOG_LEVEL": "INFO",
+        }
+        direct = {
+            **common,
+            "DNC_KAFKA_BOOTSTRAP": self.stack.bootstrap_servers,
+            "DNC_REDIS_URL": self.stack.redis_url,
+        }
+        # The worker reaches Kafka and Redis through the proxies; everybody else directly.
+        self.worker_env = {
+            **os.environ,
+            **common,
+            "DNC_KAFKA_BOOTSTRAP": self.kafka_proxy.listen,
+            "DNC_REDIS_URL": f"redis://{self.redis_proxy.listen}/0",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.sync_env = {**os.environ, **direct, "PYTHONUNBUFFERED": "1"}
+        self.settings = Settings.model_validate({k[4:].lower(): v for k, v in direct.items()})
+        self.tenants = TenantDirectory.load(tenants_file)
+        ensure_pipeline_topics(self.settings)
+        self.publisher = OppositionPublisher.from_settings(self.settings, self.tenants)
+        self.redis = redis.Redis.from_url(self.stack.redis_url, socket_timeout=5)
+        self.checker = SuppressionChecker.from_settings(
+            self.settings,
+            self.tenants,
+            redis.Redis.from_url(self.stack.redis_url, socket_timeout=2, socket_connect_timeout=2),
+        )
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.sync: subprocess.Popen[bytes] | None = None
+        self._runs = 0
+        self._supervising = True
+        self._stopped_by_drill = False
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+
+    # -- processes ------------------------------------------------------------------------
+    def _spawn(self, args: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+        self._runs += 1
+        env = {**env, "DNC_WORKER_METRICS_PORT": str(free_port()),
+               "DNC_SYNC_METRICS_PORT": str(free_port())}  # fmt: skip
+        with (self.base / f"{name}-{self._runs}.log").open("wb") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "dnc", *args], env=env, stdout=out,
+                stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+            )  # fmt: skip
+
+    def start(self) -> None:
+        """Start the worker and the sync, and wait until checks are answered."""
+        self.start_worker()
+        self.sync = self._spawn(["sync"], self.sync_env, "sync")
+        self._supervisor.start()
+        self.wait_serving(timeout=120)
+
+    def start_worker(self) -> None:
+        """A new worker process (the previous one must be gone)."""
+        self.worker = self._spawn(["worker", "--id", f"drill-{self._runs + 1}"],
+                                  self.worker_env, "worker")  # fmt: skip
+
+    def kill_worker(self) -> None:
+        """SIGKILL: no chance to commit anything."""
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.kill()
+            self.worker.wait()
+
+    def _supervise(self) -> None:
+        """Restart a worker or sync that exits on its own (as `dnc up` or Kubernetes would)."""
+        while self._supervising:
+            time.sleep(0.5)
+            if self._stopped_by_drill:
+                continue
+            if self.worker is not None and self.worker.poll() is not None:
+                log.warning("the worker exited (%s): restarting it", self.worker.returncode)
+                self.start_worker()
+            if self.sync is not None and self.sync.poll() is not None:
+                self.sync = self._spawn(["sync"], self.sync_env, "sync")
+
+    def serving(self) -> bool:
+        """A check is answered (callable or suppressed), not "unavailable"."""
+        return self.checker.check("+33699999999", TENANT).answer is not Answer.UNAVAILABLE
+
+    def wait_serving(self, timeout: float) -> float:
+        """Seconds until checks are answered again; raises after ``timeout``."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.serving():
+                return time.monotonic() - started
+            time.sleep(0.1)
+        raise TimeoutError(f"checks still 'unavailable' after {timeout:.0f}s")
+
+    def close(self) -> None:
+        """Stop everything the drill started."""
+        self._supervising = False
+        for proc in (self.worker, self.sync):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=40)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.publisher.close()
+        self.postgres.stop()
+        self.stack.stop()
+        self.toxiproxy.stop()
+        if self._own_base:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    # -- one drill ------------------------------------------------------------------------
+    def run(self, fault: Fault, first_number: int, rate: float = 100.0) -> FaultResult:
+        """Traffic, the fault, recovery, and the end-to-end checks; the figures."""
+        traffic = Traffic(self, first_number, rate, self.max_staleness)
+        traffic.result.fault = fault.name
+        traffic.start()
+        time.sleep(3.0)  # steady state first
+        injected_at = time.monotonic()
+        fault.inject(self)
+        time.sleep(fault.hold)
+        fault.heal(self)
+        healed_at = time.monotonic()
+        try:
+            self.wait_serving(timeout=120)
+        except TimeoutError as exc:
+            traffic.result.notes.append(str(exc))
+        time.sleep(3.0)  # steady state again
+        traffic.stop_publishing()
+        traffic.result.lost = self._wait_all_suppressed(traffic)
+        traffic.stop()
+        result = traffic.result
+        serving_at = traffic.serving_again_at()
+        if serving_at is not None:
+            result.recovery_seconds = max(0.0, serving_at - healed_at)
+            result.outage_seconds = serving_at - injected_at
+        result.verify = self._verify_until_clean()
+        return result
+
+    def _wait_all_suppressed(self, traffic: Traffic, timeout: float = 60.0) -> int:
+        numbers = list(traffic.acked)
+        deadline = time.monotonic() + timeout
+        missing = len(numbers)
+        while time.monotonic() < deadline:
+            results = self.checker.check_many(numbers, TENANT)
+            missing = sum(1 for r in results if r.answer is not Answer.SUPPRESSED)
+            if missing == 0:
+                return 0
+            time.sleep(0.5)
+        return missing
+
+    def _verify_until_clean(self, timeout: float = 60.0) -> Reconciliation:
+        """`dnc verify` until clean (the reference list may still be catching up)."""
+        deadline = time.monotonic() + timeout
+        found = reconcile(self.settings, self.tenants)
+        while found.differences and time.monotonic() < deadline:
+            time.sleep(1.0)
+            found = reconcile(self.settings, self.tenants)
+        return found
+
+
+# -- the faults ---------------------------------------------------------------------------
+def _kill_twice(d: FaultDrill) -> None:
+    d._stopped_by_drill = True
+    d.kill_worker()
+    d.start_worker()
+    time.sleep(2.0)  # the new one is joining, perhaps mid-batch: kill it too
+    d.kill_worker()
+    d.start_worker()
+    d._stopped_by_drill = False
+
+
+def _sigstop(d: FaultDrill) -> None:
+    assert d.worker is not None
+    d.worker.send_signal(signal.SIGSTOP)
+
+
+def _sigcont(d: FaultDrill) -> None:
+    assert d.worker is not None
+    d.worker.send_signal(signal.SIGCONT)
+
+
+def _restart_redis(d: FaultDrill, keep_snapshot: bool) -> None:
+    redis_dir = d.stack.redis_dir
+    if not keep_snapshot:
+        (redis_dir / "dump.rdb").unlink(missing_ok=True)
+    d.stack.restart_redis()
+
+
+def _snapshot_now(d: FaultDrill) -> None:
+    d.redis.save()  # the snapshot the restart will load, older by the hold time
+
+
+def _flushall(d: FaultDrill) -> None:
+    d.redis.flushall()
+
+
+def _kill_broker(d: FaultDrill) -> None:
+    assert d.stack.kafka is not None
+    d.stack.kafka.kill()
+
+
+def _nothing(_d: FaultDrill) -> None:
+    return None
+
+
+FAULTS: dict[str, Fault] = {
+    f.name: f
+    for f in [
+        Fault("worker SIGKILL twice", _kill_twice, _nothing, 0.0,
+              "the worker killed mid-batch, restarted, killed again while joining"),
+        Fault("worker SIGSTOP 8 s", _sigstop, _sigcont, 8.0,
+              "the worker frozen longer than the bound, then resumed"),
+        Fault("Redis FLUSHALL", _flushall, _nothing, 2.0,
+              "the whole view deleted"),
+        Fault("Redis restart, empty", _nothing, lambda d: _restart_redis(d, False), 0.0,
+              "Redis restarted without persistence"),
+        Fault("Redis restart, old snapshot", _snapshot_now, lambda d: _restart_redis(d, True), 4.0,
+              "Redis restarted from a snapshot taken 4 s earlier"),
+        Fault("broker SIGKILL", _kill_broker, lambda d: d.stack.restart_kafka(), 3.0,
+              "the Kafka broker killed, restarted 3 s later"),
+        Fault("worker cut from Kafka 8 s", lambda d: d.kafka_proxy.disable(),
+              lambda d: d.kafka_proxy.enable(), 8.0,
+              "worker to Kafka connections refused (desktops still publish)"),
+        Fault("worker cut from Redis 8 s", lambda d: d.redis_proxy.disable(),
+              lambda d: d.redis_proxy.enable(), 8.0,
+              "worker to Redis connections refused (dialers still read)"),
+        Fault("Redis +200 ms latency", lambda d: d.redis_proxy.add_latency(200),
+              lambda d: d.redis_proxy.remove_toxics(), 8.0,
+              "200 ms added to every worker to Redis reply"),
+        Fault("PostgreSQL down 8 s", lambda d: d.postgres.stop(),
+              lambda d: d.postgres.restart(), 8.0,
+              "the reference list's database stopped, then started"),
+    ]
+}  # fmt: skip
+
+
+def render_results(results: list[FaultResult], bound: float) -> Table:
+    """The drill table `dnc bench-faults` prints (and the README shows)."""
+    table = Table(
+        "fault",
+        "answers",
+        "unavailable",
+        f"callable > {bound:g}s after ack",
+        "oldest ack answered callable",
+        "outage (fault -> serving)",
+        "recovery (healed -> serving)",
+        "lost",
+        "verify",
+        title=f"fault drills (staleness bound {bound:g} s)",
+    )
+    for r in results:
+        outage = "none" if r.outage_seconds is None else f"{r.outage_seconds:.1f} s"
+        recovery = "-" if r.recovery_seconds is None else f"{r.recovery_seconds:.1f} s"
+        table.add_row(
+            r.fault,
+            f"{r.answers:,}",
+            f"{100 * r.unavailable_share:.0f}%",
+            str(r.callable_past_bound),
+            f"{r.max_callable_age:.2f} s",
+            outage,
+            recovery,
+            str(r.lost),
+            "clean" if r.verify_differences == 0 else f"{r.verify_differences} differences",
+        )
+    return table
+
+
+def run_drills(names: list[str] | None, rate: float, console: Console) -> list[FaultResult]:
+    """`dnc bench-faults`: every fault (or the named ones) on one private stack."""
+    chosen = [FAULTS[n] for n in names] if names else list(FAULTS.values())
+    console.print("starting a private stack (Kafka, Redis, PostgreSQL, Toxiproxy, worker, sync)")
+    drill = FaultDrill()
+    results: list[FaultResult] = []
+    try:
+        drill.start()
+        for i, fault in enumerate(chosen):
+            console.print(f"[{i + 1}/{len(chosen)}] {fault.name}: {fault.description} ...")
+            started = time.monotonic()
+            results.append(drill.run(fault, first_number=(i + 1) * 1_000_000, rate=rate))
+            console.print(f"    done in {time.monotonic() - started:.0f} s")
+    finally:
+        drill.close()
+    console.print(render_results(results, drill.max_staleness))
+    return results

@@ -235,6 +235,7 @@ class FaultDrill:
             **common,
             "DNC_KAFKA_BOOTSTRAP": self.kafka_proxy.listen,
             "DNC_REDIS_URL": f"redis://{self.redis_proxy.listen}/0",
+            "DNC_WORKER_INSTANCE_ID": "drill-worker-1",  # as `dnc up` and a StatefulSet do
             "PYTHONUNBUFFERED": "1",
         }
         self.sync_env = {**os.environ, **direct, "PYTHONUNBUFFERED": "1"}

@@ -111,6 +111,8 @@ def ensure_view_key(settings: Settings) -> str:
 def _env(settings: Settings, postgres_dsn: str) -> dict[str, str]:
     env = dict(os.environ)
     env["DNC_VIEW_KEY"] = ensure_view_key(settings)
+    # Static membership: the worker `dnc up` restarts takes its partitions back at once.
+    env.setdefault("DNC_WORKER_INSTANCE_ID", "local-worker-1")
     env["DNC_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
     env["DNC_REDIS_URL"] = settings.redis_url.get_secret_value()
     env["DNC_POSTGRES_DSN"] = postgres_dsn

@@ -71,6 +71,13 @@ class Settings(BaseSettings):
 
     # The worker.
     worker_group: str = Field("dnc-worker", description="Faust app id and consumer group")
+    worker_instance_id: str | None = Field(
+        None,
+        description="static group membership (Kafka's group.instance.id): a worker restarted "
+        "with the same id takes its partitions back at once instead of after the session "
+        "timeout. Give each worker its own stable id (e.g. a StatefulSet pod name); unset: "
+        "dynamic membership",
+    )
     worker_metrics_port: int = Field(9310, ge=0, le=65535, description="0 picks a free port")
     metrics_host: str = Field("127.0.0.1", description="address the /metrics endpoints bind")
     batch_max_events: int = Field(

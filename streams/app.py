@@ -80,6 +80,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         stream_wait_empty=True,
         producer_acks=-1,
         broker_credentials=faust_credentials(settings),  # Kafka SASL/TLS (None: PLAINTEXT)
+        consumer_group_instance_id=settings.worker_instance_id,
     )
     source = app.topic(
         settings.oppositions_topic,

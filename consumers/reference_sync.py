@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from pydantic import ValidationError
 
 from consumers.sinks.base import Delivery, Result, Sink, Verdict
+from schemas.events import GLOBAL_TARGET
 from schemas.metrics import (
     CONSUMER_LAG,
     DEAD_LETTERS,
@@ -58,6 +59,12 @@ _POLL_SECONDS = 0.2
 _LAG_EVERY_SECONDS = 5.0
 _STATUS_EVERY_SECONDS = 2.0
 _COMMIT_EVERY_SECONDS = 0.5
+
+
+def concerns(change: SuppressionChange, tenant: str) -> bool:
+    """Whether ``tenant``'s reference list must hear ``change``: its own changes, and every
+    platform-wide (global scope) one, whichever tenant recorded it."""
+    return change.tenant == tenant or change.target == GLOBAL_TARGET
 
 
 def status_key(tenant: str) -> str:
@@ -231,7 +238,7 @@ class Lane:
             entry.letter = ("invalid_change", detail)
             self._pending.append(entry)
             return
-        if change.tenant != self.tenant:
+        if not concerns(change, self.tenant):
             return  # another tenant's change: its own lane delivers it
         delivery = Delivery(change, value, message.key(), partition, offset)
         self._pending.append(Pending(partition, offset, message.key(), value, delivery))

@@ -26,6 +26,7 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from consumers.checker import SuppressionChecker
+from consumers.reference_sync import concerns
 from schemas.events import GLOBAL_TARGET
 from schemas.reference import PostgresSinkConfig
 from schemas.settings import Settings
@@ -189,7 +190,7 @@ def _check_reference_list(
     now: datetime,
     found: Reconciliation,
 ) -> None:
-    delivered = [c for c in changes.values() if c.tenant == tenant]  # what its lane delivers
+    delivered = [c for c in changes.values() if concerns(c, tenant)]  # what its lane delivers
     try:
         with psycopg.connect(dsn, connect_timeout=10) as conn:
             rows = conn.execute(

@@ -16,7 +16,7 @@ from consumers.sinks.postgres import PostgresSink
 from infra.migrations import apply_migrations
 from infra.postgres_service import restart_postgres
 from infra.services import LocalStack
-from schemas.events import Kind, OppositionEvent, Source
+from schemas.events import Kind, OppositionEvent, Scope, Source
 from tests.harness import TENANTS_TOML, Pipeline, wait_for
 from tests.sync_harness import SyncProcess, delivery
 
@@ -64,23 +64,27 @@ def row(dsn: str, phone: str, tenant: str = "acme") -> dict[str, Any] | None:
 class RefStack:
     """A worker and a sync delivering acme's changes to a fresh PostgreSQL database."""
 
-    def __init__(self, stack: LocalStack, tmp: Path, dsn: str) -> None:
+    def __init__(
+        self, stack: LocalStack, tmp: Path, dsn: str, tenants_toml: str = PG_TENANTS
+    ) -> None:
         self.dsn = dsn
         self.pipeline = Pipeline(
             stack,
             tmp,
             prefix=f"r{uuid.uuid4().hex[:10]}",
-            tenants_toml=PG_TENANTS,
+            tenants_toml=tenants_toml,
             extra_env={"DNC_POSTGRES_DSN": dsn},
         )
         self.sync = SyncProcess(self.pipeline)
 
-    def row(self, phone: str) -> dict[str, Any] | None:
-        return row(self.dsn, phone)
+    def row(self, phone: str, tenant: str = "acme") -> dict[str, Any] | None:
+        return row(self.dsn, phone, tenant)
 
-    def wait_row(self, phone: str, timeout: float = 60, **expected: Any) -> dict[str, Any]:
+    def wait_row(
+        self, phone: str, timeout: float = 60, tenant: str = "acme", **expected: Any
+    ) -> dict[str, Any]:
         def matches() -> dict[str, Any] | None:
-            found = self.row(phone)
+            found = self.row(phone, tenant)
             if found and all(found[k] == v for k, v in expected.items()):
                 return found
             return None
@@ -278,6 +282,29 @@ def test_sync_started_while_postgres_is_down_waits_then_migrates_and_delivers(
     finally:
         if not postgres_server.running:
             restart_postgres(postgres_server)
+        try:
+            assert stack.sync.stop() == 0, stack.sync.log()
+        finally:
+            stack.pipeline.close()
+
+
+@pytest.mark.pipeline
+@pytest.mark.postgres
+def test_a_global_change_reaches_every_tenants_reference_list(
+    local_stack: LocalStack, tmp_path: Path, reference_db: str
+) -> None:
+    """A platform-wide erasure recorded by acme is delivered to globex's list too."""
+    tenants = PG_TENANTS + '\n[tenants.globex.reference_list]\nsink = "postgres"\n'
+    stack = RefStack(local_stack, tmp_path, reference_db, tenants)
+    stack.pipeline.start_worker()
+    stack.sync.start()
+    try:
+        stack.pipeline.publisher.publish(event("+33612000077", Kind.ERASURE, scope=Scope.GLOBAL))
+        for tenant in ("acme", "globex"):
+            found = stack.wait_row("+33612000077", tenant=tenant, do_not_call=True)
+            assert (found["kind"], found["scope"]) == ("erasure", "global"), (tenant, found)
+        assert stack.pipeline.cli("verify").returncode == 0
+    finally:
         try:
             assert stack.sync.stop() == 0, stack.sync.log()
         finally:

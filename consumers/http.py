@@ -17,7 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from consumers.checker import Answer, CheckResult, SuppressionChecker
-from consumers.subjects import SubjectLog, SubjectReport, SubjectScanError, ViewAnswer
+from consumers.subjects import (
+    SubjectLog,
+    SubjectReport,
+    SubjectScanError,
+    SubjectScanPool,
+    SubjectScansBusy,
+    ViewAnswer,
+)
 from schemas.api import (
     AUTHENTICATED_ERRORS,
     ApiError,
@@ -33,10 +40,12 @@ from schemas.errors import InvalidPhoneNumber
 from schemas.events import CAMPAIGN_PATTERN, Scope
 from schemas.metrics import GATEWAY_CHECKS
 from schemas.phone import MAX_PHONE_INPUT, normalise
+from schemas.text import SINGLE_LINE, SingleLine
 from schemas.tokens import Permission, Principal
 
 Require = Callable[[Permission], Callable[..., Any]]
 RETRY_AFTER_SECONDS = 1
+SUBJECT_RETRY_AFTER_SECONDS = 5  # a subject access request takes seconds: so does a place
 
 
 class CheckAnswer(BaseModel):
@@ -58,11 +67,11 @@ class BulkCheckRequest(BaseModel):
         json_schema_extra={"examples": [{"phones": ["0612345678", "+33698765432"]}]},
     )
 
-    phones: list[Annotated[str, Field(max_length=MAX_PHONE_INPUT)]] = Field(
+    phones: list[Annotated[str, SINGLE_LINE, Field(max_length=MAX_PHONE_INPUT)]] = Field(
         min_length=1, description="numbers to check (the limit is DNC_GATEWAY_BULK_CHECK_LIMIT)"
     )
     campaign: str | None = Field(None, pattern=CAMPAIGN_PATTERN)
-    tenant: str | None = Field(
+    tenant: SingleLine | None = Field(
         None, max_length=64, description="defaults to the token's tenant; any other is 403"
     )
 
@@ -177,8 +186,12 @@ def subjects_router(
     checker: SuppressionChecker,
     tenants_region: Callable[[str], str],
     require: Require,
+    scans: SubjectScanPool,
 ) -> APIRouter:
-    """GET /v1/subjects/{phone} (admin): a data subject's access request, audited."""
+    """GET /v1/subjects/{phone} (admin): a data subject's access request, audited.
+
+    The scan runs on ``scans`` (threads of its own): 503 with Retry-After when it is full.
+    """
     router = APIRouter(tags=["data subject access"])
 
     @router.get(
@@ -194,7 +207,11 @@ def subjects_router(
         principal: Annotated[Principal, Depends(require(Permission.SUBJECT_ACCESS))],
         tenant: TenantQuery = None,
     ) -> SubjectReport:
-        """Current state, the events that made it, and reference-list delivery status."""
+        """Current state, the events that made it, and what the reference list was given.
+
+        503 with Retry-After when Kafka cannot be read, or when the gateway already serves as
+        many access requests as it allows (DNC_GATEWAY_SUBJECT_SCAN_WORKERS and _QUEUE).
+        """
         own = resolve_tenant(principal, tenant, request.state)
         try:
             e164 = normalise(phone, tenants_region(own))
@@ -202,7 +219,15 @@ def subjects_router(
             raise invalid_input("phone", exc.message) from None
         request.state.audit_subject = e164
         try:
-            report = await run_in_threadpool(subjects.report, own, e164)
+            report = await scans.run(subjects.report, own, e164)
+        except SubjectScansBusy as exc:
+            raise ApiError(
+                503,
+                "subject_access_busy",
+                f"{exc}: retry in {SUBJECT_RETRY_AFTER_SECONDS} s",
+                headers={"Retry-After": str(SUBJECT_RETRY_AFTER_SECONDS)},
+                retry_after=float(SUBJECT_RETRY_AFTER_SECONDS),
+            ) from None
         except SubjectScanError as exc:
             raise ApiError(
                 503, "kafka_unavailable", str(exc), headers={"Retry-After": "1"}, retry_after=1.0

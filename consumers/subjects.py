@@ -5,33 +5,50 @@ copy: every event is keyed ``tenant:E164`` (``_global:E164`` for the global scop
 murmur2-partitioned, so only the partitions of those two keys are read, from the start,
 keeping the events with exactly those keys. The current state is the history applied with
 the worker's own rules (:func:`streams.rules.apply_event`). Only this tenant's events are
-shown: a global-scope event recorded by another tenant belongs to that tenant.
+shown: a global-scope event recorded by another tenant belongs to that tenant. A message
+under those keys that the worker could not apply either (bad JSON, nested too deep, invalid)
+is listed as unreadable; the rest of the answer stands. What the tenant's reference list was
+given comes from :mod:`consumers.subject_reference`.
 
-The scan is bounded in time and messages; the report says when it was truncated.
+The scan is bounded in time and messages; the report says when it was truncated. Scans run
+on a small pool of their own (:class:`SubjectScanPool`), never on the threads that serve
+dialers' checks.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 from pydantic import AwareDatetime, BaseModel, Field
 
+from consumers.keyed_scan import Found, KeyedScanError, reader, scan_keys
+from consumers.subject_reference import ReferenceListReader, ReferenceListReport
 from schemas.errors import DncError, InvalidEventError
 from schemas.events import GLOBAL_TARGET, Kind, OppositionEvent, Scope, Source, decode_event
-from schemas.partitioning import key_partition
+from schemas.metrics import GATEWAY_SUBJECT_SCANS
 from schemas.settings import Settings
 from schemas.state import SuppressionChange, SuppressionState
 from schemas.tenants import TenantDirectory
 from streams.rules import apply_event
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 
 class SubjectScanError(DncError):
     """The event log could not be read (Kafka unreachable, topic missing)."""
+
+
+class SubjectScansBusy(DncError):
+    """Every subject-access worker is busy and the queue is full: ask again shortly."""
 
 
 class LoggedEvent(BaseModel):
@@ -56,6 +73,15 @@ class LoggedEvent(BaseModel):
     )
 
 
+class UnreadableMessage(BaseModel):
+    """A message under the subject's key that the worker could not apply (dead-lettered)."""
+
+    partition: int
+    offset: int
+    logged_at: AwareDatetime | None = None
+    reason: str = Field(description="e.g. malformed_json, too_deeply_nested, invalid_phone")
+
+
 class ScanInfo(BaseModel):
     """How the log was read."""
 
@@ -66,16 +92,6 @@ class ScanInfo(BaseModel):
     skipped_invalid: int = Field(description="messages with the key that the worker dead-letters")
     truncated: bool = Field(description="true when the time or size bound stopped the scan")
     seconds: float
-
-
-class ReferenceListStatus(BaseModel):
-    """Delivery to the client's reference list (the sync is not part of this release)."""
-
-    status: Literal["not_configured"] = "not_configured"
-    detail: str = (
-        "no reference-list sync is configured: nothing about this number was delivered "
-        "to a client reference list by this platform"
-    )
 
 
 class ViewAnswer(BaseModel):
@@ -97,16 +113,13 @@ class SubjectReport(BaseModel):
     )
     view: ViewAnswer | None = None
     events: list[LoggedEvent]
-    reference_list: ReferenceListStatus = Field(default_factory=ReferenceListStatus)
+    unreadable: list[UnreadableMessage] = Field(
+        default_factory=list, description="messages under the subject's key that were not events"
+    )
+    reference_list: ReferenceListReport = Field(
+        description="what was delivered about the number to the tenant's reference list"
+    )
     scan: ScanInfo
-
-
-@dataclass(frozen=True)
-class _Found:
-    raw: bytes
-    partition: int
-    offset: int
-    timestamp_ms: int | None
 
 
 class SubjectLog:
@@ -115,6 +128,7 @@ class SubjectLog:
     def __init__(self, settings: Settings, tenants: TenantDirectory) -> None:
         self._settings = settings
         self._tenants = tenants
+        self._reference = ReferenceListReader(settings, tenants)
 
     def report(self, tenant: str, phone_e164: str) -> SubjectReport:
         """The history and current state of ``phone_e164`` for ``tenant``."""
@@ -124,11 +138,10 @@ class SubjectLog:
         cooldown = self._tenants.get(tenant).refusal_cooldown
         states: dict[str, SuppressionState] = {}
         events: list[LoggedEvent] = []
+        unreadable: list[UnreadableMessage] = []
         for item in found:
-            try:
-                event = decode_event(item.raw, self._tenants, self._settings.max_event_bytes)
-            except InvalidEventError:
-                scan.skipped_invalid += 1
+            event = self._decode(item, unreadable)
+            if event is None:
                 continue
             if event.tenant != tenant or event.phone_e164 != phone_e164:
                 continue
@@ -142,106 +155,117 @@ class SubjectLog:
             states[event.target] = applied.state
             events.append(_logged(event, item, applied.outcome.value))
         scan.events_found = len(events)
+        scan.skipped_invalid = len(unreadable)
         return SubjectReport(
             tenant=tenant,
             phone_e164=phone_e164,
             generated_at=now,
             current_state=[SuppressionChange.of(s, now, "event") for s in states.values()],
             events=events,
+            unreadable=unreadable,
+            reference_list=self._reference.report(tenant, phone_e164, set(states)),
             scan=scan,
         )
 
-    def _scan(self, keys: set[bytes]) -> tuple[list[_Found], ScanInfo]:
+    def _decode(self, item: Found, unreadable: list[UnreadableMessage]) -> OppositionEvent | None:
+        """The event, or None with the message listed as unreadable (as the worker would)."""
+        try:
+            return decode_event(item.value, self._tenants, self._settings.max_event_bytes)
+        except InvalidEventError as exc:
+            reason = exc.reason
+        except RecursionError:  # json.loads on arrays or objects nested thousands deep
+            reason = "too_deeply_nested"
+        except Exception as exc:  # the worker dead-letters these as processing_error
+            log.warning(
+                "subject access: message %d@%d unreadable: %s",
+                item.partition,
+                item.offset,
+                type(exc).__name__,
+            )
+            reason = "processing_error"
+        unreadable.append(
+            UnreadableMessage(
+                partition=item.partition,
+                offset=item.offset,
+                logged_at=_logged_at(item),
+                reason=reason,
+            )
+        )
+        return None
+
+    def _scan(self, keys: set[bytes]) -> tuple[list[Found], ScanInfo]:
         s = self._settings
         started = time.monotonic()
-        consumer = Consumer(
-            {
-                "bootstrap.servers": s.kafka_bootstrap,
-                "group.id": f"dnc-subject-access-{uuid.uuid4().hex}",  # never joined nor committed
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "client.id": "dnc-subject-access",
-                **s.kafka_client_config(),
-            }
-        )
+        consumer = reader(s, "dnc-subject-access")
         try:
-            ends = self._ends(consumer, keys)
-            found, scanned, truncated = self._read(consumer, keys, ends, started)
-        except KafkaException as exc:
-            raise SubjectScanError(f"cannot read {s.oppositions_topic}: {exc}") from exc
+            scan = scan_keys(
+                consumer,
+                s.oppositions_topic,
+                keys,
+                seconds=s.gateway_subject_scan_seconds,
+                max_messages=s.gateway_subject_scan_max_messages,
+            )
+        except KeyedScanError as exc:
+            raise SubjectScanError(str(exc)) from exc
         finally:
             consumer.close()
         info = ScanInfo(
             topic=s.oppositions_topic,
-            partitions=sorted(ends),
-            messages_scanned=scanned,
+            partitions=scan.partitions,
+            messages_scanned=scan.scanned,
             events_found=0,
             skipped_invalid=0,
-            truncated=truncated,
+            truncated=scan.truncated,
             seconds=round(time.monotonic() - started, 3),
         )
-        return found, info
+        return scan.found, info
 
-    def _ends(self, consumer: Consumer, keys: set[bytes]) -> dict[int, tuple[int, int]]:
-        """(low, high) watermarks of the partitions holding ``keys``."""
-        topic = self._settings.oppositions_topic
-        wait = min(5.0, self._settings.gateway_subject_scan_seconds)
-        metadata = consumer.list_topics(topic, timeout=wait)
-        described = metadata.topics.get(topic)
-        if described is None or described.error is not None or not described.partitions:
-            raise SubjectScanError(f"topic {topic} is not available")
-        count = len(described.partitions)
-        ends = {}
-        for partition in sorted({key_partition(k, count) for k in keys}):
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=wait
+
+class SubjectScanPool:
+    """Runs subject-access scans on ``workers`` threads of their own, with at most ``queue``
+    more waiting; beyond that :class:`SubjectScansBusy` (the gateway answers 503).
+
+    A scan reads Kafka for up to seconds: on the threads that serve dialers' checks, a few
+    administrators would starve the checks. A scan whose caller gave up still holds its
+    place until it ends, so the bound is on the work, not on the requests.
+    """
+
+    def __init__(self, workers: int, queue: int) -> None:
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="subject-scan")
+        self._places = threading.BoundedSemaphore(workers + queue)
+        self.capacity = workers + queue
+
+    async def run(self, function: Callable[..., T], *args: object) -> T:
+        """``function(*args)`` on the pool; :class:`SubjectScansBusy` when it is full."""
+        if not self._places.acquire(blocking=False):
+            raise SubjectScansBusy(
+                f"{self.capacity} subject access requests are already running or waiting"
             )
-            ends[partition] = (low, high)
-        return ends
+        GATEWAY_SUBJECT_SCANS.inc()
+        try:
+            future = self._executor.submit(function, *args)
+        except BaseException:
+            self._release()
+            raise
+        future.add_done_callback(lambda _done: self._release())
+        return await asyncio.wrap_future(future)
 
-    def _read(
-        self,
-        consumer: Consumer,
-        keys: set[bytes],
-        ends: dict[int, tuple[int, int]],
-        started: float,
-    ) -> tuple[list[_Found], int, bool]:
-        s = self._settings
-        topic = s.oppositions_topic
-        pending = {p for p, (low, high) in ends.items() if high > low}
-        if not pending:
-            return [], 0, False
-        consumer.assign([TopicPartition(topic, p, ends[p][0]) for p in sorted(pending)])
-        deadline = started + s.gateway_subject_scan_seconds
-        found: list[_Found] = []
-        scanned = 0
-        while pending:
-            if time.monotonic() > deadline or scanned >= s.gateway_subject_scan_max_messages:
-                return found, scanned, True
-            batch = consumer.consume(num_messages=5000, timeout=0.2)
-            for msg in batch:
-                if msg.error() is not None:
-                    continue
-                scanned += 1
-                partition, offset = msg.partition() or 0, msg.offset() or 0
-                if msg.key() in keys:
-                    _ts_type, ts = msg.timestamp()
-                    found.append(_Found(msg.value() or b"", partition, offset, ts))
-                if offset >= ends[partition][1] - 1:
-                    pending.discard(partition)
-            if not batch:  # the last offsets may be markers that are never delivered
-                for tp in consumer.position([TopicPartition(topic, p) for p in pending]):
-                    if tp.offset >= ends[tp.partition][1]:
-                        pending.discard(tp.partition)
-        return found, scanned, False
+    def _release(self) -> None:
+        GATEWAY_SUBJECT_SCANS.dec()
+        self._places.release()
+
+    def close(self) -> None:
+        """Stop taking scans; scans that run finish on their own."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _logged(event: OppositionEvent, item: _Found, effect: str) -> LoggedEvent:
-    logged_at = (
-        datetime.fromtimestamp(item.timestamp_ms / 1000, UTC)
-        if item.timestamp_ms and item.timestamp_ms > 0
-        else None
-    )
+def _logged_at(item: Found) -> datetime | None:
+    if item.timestamp_ms and item.timestamp_ms > 0:
+        return datetime.fromtimestamp(item.timestamp_ms / 1000, UTC)
+    return None
+
+
+def _logged(event: OppositionEvent, item: Found, effect: str) -> LoggedEvent:
     return LoggedEvent.model_validate(
         {
             **event.model_dump(
@@ -261,7 +285,7 @@ def _logged(event: OppositionEvent, item: _Found, effect: str) -> LoggedEvent:
             ),
             "partition": item.partition,
             "offset": item.offset,
-            "logged_at": logged_at,
+            "logged_at": _logged_at(item),
             "effect": effect,
         }
     )

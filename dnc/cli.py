@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Annotated, cast
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
@@ -203,8 +205,8 @@ def import_(
     problems = report.rejected + report.failed
     if problems:
         table = Table("line", "phone", "reason", title="rows not recorded")
-        for row in problems[:50]:
-            table.add_row(str(row.line), row.phone, row.reason)
+        for row in problems[:50]:  # the file's text is never read as Rich markup
+            table.add_row(str(row.line), escape(row.phone), escape(row.reason))
         err.print(table)
         if len(problems) > 50:
             err.print(
@@ -454,6 +456,168 @@ def verify(
             else f"[bold red]{found.differences} differences[/]"
         )
     raise typer.Exit(0 if not found.differences else 1)
+
+
+# --- dead letters: `dnc dead-letters summary | show | replay` -------------------------------
+
+dead_letters_app = typer.Typer(
+    help="What the worker could not apply (dnc.dead-letter.v1): look, then replay once fixed.",
+    no_args_is_help=True,
+)
+app.add_typer(dead_letters_app, name="dead-letters")
+
+
+@dead_letters_app.command("summary")
+def dead_letters_summary(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+) -> None:
+    """Dead letters by reason, with the oldest and newest failure of each."""
+    from consumers.dead_letters import DeadLetterError, read_all, summarise
+
+    settings = Settings()
+    try:
+        letters, truncated = read_all(settings)
+    except DeadLetterError as exc:
+        raise _fail(f"cannot read the dead letters: {exc}", EXIT_UNAVAILABLE) from None
+    found = summarise(settings.dead_letter_topic, letters, truncated)
+    if as_json:
+        body = {
+            "topic": found.topic,
+            "total": found.total,
+            "truncated": found.truncated,
+            "reasons": [
+                {
+                    "reason": r.reason,
+                    "count": r.count,
+                    "oldest": r.oldest.isoformat() if r.oldest else None,
+                    "newest": r.newest.isoformat() if r.newest else None,
+                }
+                for r in found.reasons
+            ],
+        }
+        sys.stdout.write(json.dumps(body, indent=2) + "\n")
+        return
+    out.print(f"{found.total} dead letters in {found.topic}", markup=False)
+    if found.reasons:
+        table = Table("reason", "letters", "oldest failure", "newest failure")
+        for r in found.reasons:
+            table.add_row(escape(r.reason), str(r.count), _when(r.oldest), _when(r.newest))
+        out.print(table)
+    if found.truncated:
+        out.print("(the read stopped at its time or size bound: counts are partial)")
+
+
+def _when(at: datetime | None) -> str:
+    return at.isoformat(timespec="seconds") if at else "-"
+
+
+@dead_letters_app.command("show")
+def dead_letters_show(
+    offset: Annotated[int, typer.Argument(min=0, help="the letter's offset (see summary)")],
+    partition: Annotated[int, typer.Option("--partition", "-p", min=0)] = 0,
+    reveal: Annotated[
+        bool,
+        typer.Option(
+            "--reveal",
+            help="administrators only: show phone numbers in clear (masked by default)",
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+) -> None:
+    """One letter: reason, detail, where it came from, when, and the event (number masked)."""
+    from consumers.dead_letters import DeadLetterError, describe, read_one
+
+    settings = Settings()
+    try:
+        letter = read_one(settings, partition, offset)
+    except DeadLetterError as exc:
+        raise _fail(str(exc)) from None
+    shown = describe(letter, reveal=reveal)
+    if as_json:
+        sys.stdout.write(json.dumps(shown, indent=2) + "\n")
+        return
+    source = shown["source"]
+    lines = [
+        f"dead letter {settings.dead_letter_topic}[{partition}]@{offset}",
+        f"reason:    {shown['reason']}",
+        f"detail:    {shown['detail']}",
+        f"source:    {source['topic']}[{source['partition']}]@{source['offset']}",
+        f"failed at: {shown['failed_at']}",
+        f"key:       {shown['key']}",
+    ]
+    if "event" in shown:
+        lines.append("event:")
+        lines += [f"  {name}: {value}" for name, value in shown["event"].items()]
+    else:
+        lines.append(f"value ({shown['value_bytes']} bytes, not a JSON object): {shown['value']}")
+    if not reveal:
+        lines.append("(phone numbers masked: --reveal shows them, for administrators)")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+@dead_letters_app.command("replay")
+def dead_letters_replay(
+    reason: Annotated[
+        str | None, typer.Option("--reason", "-r", help="every letter of this reason")
+    ] = None,
+    partition: Annotated[
+        int, typer.Option("--partition", "-p", min=0, help="partition of the --offset letters")
+    ] = 0,
+    offset: Annotated[
+        list[int] | None, typer.Option("--offset", "-o", min=0, help="this letter (repeatable)")
+    ] = None,
+    every: Annotated[bool, typer.Option("--all", help="every dead letter")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="say what would be replayed, send nothing")
+    ] = False,
+) -> None:
+    """Re-publish letters' original bytes and key to the oppositions topic, once fixed.
+
+    Fix the cause first (e.g. declare the tenant and restart the worker). Idempotent: an
+    event already applied is a duplicate for the worker, so replaying twice changes nothing.
+    Exit 0 when every selected letter was acknowledged by Kafka, 2 otherwise.
+    """
+    from consumers.dead_letters import DeadLetterError, read_all, replay, select
+
+    if reason is None and not offset and not every:
+        raise _fail("choose what to replay: --reason R, --offset O [--partition P], or --all")
+    settings, tenants = _settings()
+    try:
+        letters, truncated = read_all(settings)
+    except DeadLetterError as exc:
+        raise _fail(f"cannot read the dead letters: {exc}", EXIT_UNAVAILABLE) from None
+    positions = [(partition, o) for o in offset or []]
+    chosen = select(letters, reason=reason, positions=positions)
+    missing = sorted(set(positions) - {(x.partition, x.offset) for x in chosen})
+    for p, o in missing:
+        also = f" with reason {reason}" if reason else ""
+        err.print(f"no dead letter at partition {p} offset {o}{also}", markup=False)
+    if truncated:
+        err.print("the read stopped at its time or size bound: some letters were not seen")
+    report = replay(settings, tenants, chosen, dry_run=dry_run)
+    for letter, why in report.skipped:
+        err.print(f"skipped {letter.partition}@{letter.offset}: {why}", markup=False)
+    for letter, why in report.still_invalid_here:
+        err.print(
+            f"warning: {letter.partition}@{letter.offset} ({letter.reason}) would still be "
+            f"refused with this machine's tenants file ({why}): it may come back",
+            markup=False,
+        )
+    for letter, why in report.not_acknowledged:
+        err.print(f"not replayed {letter.partition}@{letter.offset}: {why}", markup=False)
+    sendable = len(report.selected) - len(report.skipped)
+    if dry_run:
+        for letter in report.selected:
+            what = f"{letter.partition}@{letter.offset} ({letter.reason})"
+            err.print(f"would replay {what}", markup=False)
+        topic = settings.oppositions_topic
+        out.print(f"would replay {sendable} dead letters to {topic}", markup=False)
+        return
+    out.print(
+        f"replayed {report.replayed} of {sendable} dead letters to {settings.oppositions_topic}",
+        markup=False,
+    )
+    raise typer.Exit(EXIT_UNAVAILABLE if report.not_acknowledged else 0)
 
 
 @app.command(name="bench-faults")

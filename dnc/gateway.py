@@ -26,7 +26,7 @@ from starlette.routing import compile_path
 
 from consumers.checker import SuppressionChecker
 from consumers.http import checks_router, subjects_router
-from consumers.subjects import SubjectLog
+from consumers.subjects import SubjectLog, SubjectScanPool
 from dnc.gateway_access import Authenticator, RateLimiter
 from dnc.gateway_edge import AuditTrail, EdgeObservability, RequestLimits, error_response
 from infra.topics import ensure_topics
@@ -62,6 +62,7 @@ class GatewayServices:
     checker: SuppressionChecker
     audit: AuditLog
     subjects: SubjectLog
+    scans: SubjectScanPool  # subject-access scans run here, never on the checks' threads
 
     @classmethod
     def connect(cls, settings: Settings, tenants: TenantDirectory) -> "GatewayServices":
@@ -72,10 +73,14 @@ class GatewayServices:
             checker=checker,
             audit=AuditLog.from_settings(settings),
             subjects=SubjectLog(settings, tenants),
+            scans=SubjectScanPool(
+                settings.gateway_subject_scan_workers, settings.gateway_subject_scan_queue
+            ),
         )
 
     def close(self) -> None:
         """Deliver what is queued, then release the clients."""
+        self.scans.close()
         self.publisher.close()
         self.audit.close()
 
@@ -120,6 +125,7 @@ def create_app(
             svc.checker,
             lambda tenant: tenants.get(tenant).default_region,
             access.require,
+            svc.scans,
         )
     )
     _add_public_routes(app, settings, svc, access)

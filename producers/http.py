@@ -29,6 +29,7 @@ from schemas.audit import AuditAction
 from schemas.errors import InvalidEventError, PublishError
 from schemas.events import CAMPAIGN_PATTERN, Kind, OppositionEvent, Scope, Source
 from schemas.phone import MAX_PHONE_INPUT
+from schemas.text import SINGLE_LINE, SingleLine
 from schemas.tokens import Permission, Principal
 
 MAX_FUTURE_SKEW = timedelta(minutes=5)  # an occurred_at later than this is a clock error
@@ -36,6 +37,7 @@ MAX_BACKDATE = timedelta(days=366)  # older events are imports: use `dnc import`
 
 Phone = Annotated[
     str,
+    SINGLE_LINE,
     Field(
         min_length=1,
         max_length=MAX_PHONE_INPUT,
@@ -43,7 +45,7 @@ Phone = Annotated[
     ),
 ]
 TenantParam = Annotated[
-    str | None,
+    SingleLine | None,
     Field(max_length=64, description="defaults to the token's tenant; any other is 403"),
 ]
 Require = Callable[[Permission], Callable[..., Any]]
@@ -67,8 +69,10 @@ class OppositionRequest(BaseModel):
         None, description="default: campaign when campaign_id is given, else tenant"
     )
     campaign_id: str | None = Field(None, pattern=CAMPAIGN_PATTERN)
-    agent_id: str | None = Field(None, max_length=128, description="the agent who heard it")
-    reason_code: str | None = Field(None, max_length=64)
+    agent_id: SingleLine | None = Field(
+        None, max_length=128, description="the agent who heard it (one line of text)"
+    )
+    reason_code: SingleLine | None = Field(None, max_length=64, description="one line of text")
     occurred_at: AwareDatetime | None = Field(
         None, description="when the person said it (default: now); at most 5 min ahead"
     )
@@ -87,8 +91,8 @@ class LiftRequest(BaseModel):
         json_schema_extra={"examples": [{"justification": "recorded by mistake (ticket 1234)"}]},
     )
 
-    justification: str = Field(
-        min_length=1, max_length=1000, description="why the suppression ends (audited)"
+    justification: SingleLine = Field(
+        min_length=1, max_length=1000, description="why the suppression ends (audited; one line)"
     )
     campaign_id: str | None = Field(None, pattern=CAMPAIGN_PATTERN, description="lift one campaign")
     event_id: uuid.UUID | None = Field(None, description="choose it to retry safely")

@@ -1,4 +1,10 @@
-"""Bulk import of a CSV of numbers: validate every row, publish the valid ones, report the rest."""
+"""Bulk import of a CSV of numbers: validate every row, publish the valid ones, report the rest.
+
+A row that cannot be read as one number (more cells than the header, several values in one
+cell, a cell over the csv module's size limit) is a rejected row with its reason, like an
+invalid number: the rest of the file is still imported. Only a file that is not UTF-8 stops
+the import, before anything is published.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +17,30 @@ from typing import Any
 from pydantic import ValidationError
 
 from producers.publisher import OppositionPublisher, Receipt
-from schemas.errors import InvalidEventError, PublishError
+from schemas.errors import DncError, InvalidEventError, PublishError
 from schemas.events import Kind, OppositionEvent, Scope, Source, describe_validation_error
+from schemas.phone import MAX_PHONE_INPUT
+from schemas.topics import header_text
 
 # Optional columns a CSV with a header may carry (``phone`` is required).
 OPTIONAL_COLUMNS = ("campaign_id", "kind", "scope", "reason_code", "agent_id", "occurred_at")
+# In a phone cell these mean several values (";" would otherwise be read by phonenumbers as
+# the start of RFC 3966 parameters, keeping the first number and dropping the rest).
+_SEPARATORS = (";", ",", "|", "\t")
+_LAYOUT_HINT = "one number per line, or a comma-separated file with a 'phone' header"
+
+
+class ImportFileError(DncError):
+    """The file as a whole cannot be imported (it is not UTF-8 text)."""
+
+
+@dataclass(frozen=True)
+class CsvRow:
+    """One row of the file: its fields, or why it cannot be read as one number."""
+
+    line: int
+    fields: dict[str, str]
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,21 +66,70 @@ class ImportReport:
         return not self.rejected and not self.failed
 
 
-def read_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    """Yield (line number, row) from a CSV with a ``phone`` header, or one number per line."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        first = handle.readline()
-        handle.seek(0)
-        has_header = "phone" in [c.strip().lower() for c in next(csv.reader([first]), [])]
-        if has_header:
-            reader = csv.DictReader(handle)
-            for row in reader:
-                clean = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
-                yield reader.line_num, clean
-        else:
-            for line_no, cells in enumerate(csv.reader(handle), start=1):
-                if cells and any(c.strip() for c in cells):
-                    yield line_no, {"phone": cells[0].strip()}
+def read_rows(path: Path) -> Iterator[CsvRow]:
+    """Every row of a CSV with a ``phone`` header, or of one number per line.
+
+    Raises :class:`ImportFileError` when the file is not UTF-8; any problem with one row is
+    that row's ``problem``.
+    """
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            yield from _rows(handle)
+    except UnicodeDecodeError as exc:
+        raise ImportFileError(
+            f"{path} is not UTF-8 text (byte {exc.start} of a read block: {exc.reason}): "
+            "save it as UTF-8 CSV"
+        ) from None
+
+
+def _rows(handle: Any) -> Iterator[CsvRow]:
+    first = handle.readline()
+    handle.seek(0)
+    try:
+        first_cells = next(csv.reader([first]), [])
+    except csv.Error:
+        first_cells = []
+    header: list[str] | None = None
+    reader = csv.reader(handle)
+    if "phone" in [c.strip().lower() for c in first_cells]:
+        header = [c.strip().lower() for c in next(reader)]
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # e.g. a cell over csv's field size limit (128 KiB)
+            yield CsvRow(reader.line_num, {}, f"unreadable CSV row: {exc}")
+            continue
+        if not cells or not any(c.strip() for c in cells):
+            continue
+        yield _row(reader.line_num, [c.strip() for c in cells], header)
+
+
+def _row(line: int, cells: list[str], header: list[str] | None) -> CsvRow:
+    if header is None:
+        filled = [c for c in cells if c]
+        fields = {"phone": filled[0]}
+        if len(filled) > 1:
+            return CsvRow(line, fields, f"{len(filled)} values on one line: {_LAYOUT_HINT}")
+    else:
+        fields = dict(zip(header, cells, strict=False))
+        if len(cells) > len(header) and any(cells[len(header) :]):
+            return CsvRow(
+                line,
+                fields,
+                f"{len(cells)} cells where the header has {len(header)}: quote values that "
+                "contain a comma",
+            )
+    phone = fields.get("phone", "")
+    separator = next((s for s in _SEPARATORS if s in phone), None)
+    if separator is not None:
+        return CsvRow(
+            line,
+            fields,
+            f"several values in the phone cell (separated by {separator!r}): {_LAYOUT_HINT}",
+        )
+    return CsvRow(line, fields)
 
 
 def build_event(
@@ -111,10 +185,16 @@ def import_file(
         publisher.publish_prepared([(e, payload) for _line, e, payload in pending], on_done=done)
         pending.clear()
 
-    for line, row in read_rows(path):
-        phone = row.get("phone", "")
+    for row in read_rows(path):
+        # As shown in the report: one line, no longer than a phone number may be.
+        line, phone = row.line, header_text(row.fields.get("phone", ""), MAX_PHONE_INPUT)
+        if row.problem is not None:
+            report.rejected.append(RejectedRow(line, phone, row.problem))
+            if on_progress is not None:
+                on_progress(1)
+            continue
         try:
-            event = build_event(row, tenant, kind, scope, campaign)
+            event = build_event(row.fields, tenant, kind, scope, campaign)
             if event.kind is Kind.LIFT:
                 raise InvalidEventError("unauthorised_lift", "lifts cannot be bulk-imported")
             event, payload = publisher.prepare(event)

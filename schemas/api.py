@@ -15,10 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.errors import DncError
 from schemas.events import CAMPAIGN_PATTERN
 from schemas.phone import MAX_PHONE_INPUT
+from schemas.text import SINGLE_LINE, SingleLine
 from schemas.tokens import Permission, Principal
 
 PhonePath = Annotated[
     str,
+    SINGLE_LINE,
     Path(
         min_length=1,
         max_length=MAX_PHONE_INPUT,
@@ -27,7 +29,7 @@ PhonePath = Annotated[
     ),
 ]
 TenantQuery = Annotated[
-    str | None,
+    SingleLine | None,
     Query(max_length=64, description="defaults to the token's tenant; any other is 403"),
 ]
 CampaignQuery = Annotated[str | None, Query(pattern=CAMPAIGN_PATTERN, description="campaign id")]

@@ -14,12 +14,14 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from schemas.errors import InvalidEventError
 from schemas.phone import E164_PATTERN, MAX_PHONE_INPUT, normalise
 from schemas.tenants import TENANT_PATTERN, TenantDirectory
+from schemas.text import single_line
 
 SCHEMA_VERSION = 1
 CAMPAIGN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -96,6 +98,12 @@ class OppositionEvent(BaseModel):
     expires_at: AwareDatetime | None = Field(
         None, description="optional end of the suppression (refusals default to the cooldown)"
     )
+
+    @field_validator("phone", "agent_id", "reason_code", "justification")
+    @classmethod
+    def _single_line(cls, value: str | None) -> str | None:
+        # Free text reaches PostgreSQL (which refuses a NUL), logs and terminals: one line.
+        return None if value is None else single_line(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> OppositionEvent:

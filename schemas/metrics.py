@@ -106,6 +106,10 @@ GATEWAY_CHECKS = Counter(
 GATEWAY_DENIED = Counter("dnc_gateway_denied_total", "Gateway requests refused", ["reason"])
 # Audit records by action and result: written (acknowledged), failed (not acknowledged).
 AUDIT_RECORDS = Counter("dnc_audit_records_total", "Audit records", ["action", "result"])
+# Subject access scans running or waiting on the gateway's own pool (beyond its size: 503).
+GATEWAY_SUBJECT_SCANS = Gauge(
+    "dnc_gateway_subject_scans_in_flight", "Subject access scans running or waiting"
+)
 
 
 def observe_propagation(stage: str, occurred_at: datetime, visible_at: datetime) -> None:

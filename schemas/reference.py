@@ -8,7 +8,7 @@ In the tenants file::
 
     [tenants.globex.reference_list]
     sink = "webhook"
-    url = "https://crm.globex.example/dnc"
+    url = "https://crm.globex.example/dnc"  # https (plain http only to 127.0.0.1, ::1, localhost)
     secret_env = "GLOBEX_WEBHOOK_SECRET"   # variable holding the HMAC-SHA256 key
 
 Secrets never sit in the file: it names the environment variable that holds them.
@@ -16,10 +16,11 @@ Secrets never sit in the file: it names the environment variable that holds them
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 
 from schemas.errors import ConfigError
 
@@ -52,8 +53,22 @@ class WebhookSinkConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     sink: Literal["webhook"]
-    url: AnyHttpUrl
+    url: AnyHttpUrl = Field(
+        description="https://...; plain http:// only to this machine (127.0.0.0/8, ::1, localhost)"
+    )
     secret_env: str = Field(pattern=ENV_NAME, description="variable holding the HMAC key")
+
+    @field_validator("url")
+    @classmethod
+    def _https_unless_loopback(cls, url: AnyHttpUrl) -> AnyHttpUrl:
+        # Each change carries a phone number and what the person asked for: it never crosses
+        # a network in clear. Plain http is only for a receiver on this machine.
+        if url.scheme == "http" and not is_loopback_host(url.host or ""):
+            raise ValueError(
+                f"the webhook url to {url.host} is plain http: use https:// (plain http:// is "
+                "allowed only for a receiver on this machine: 127.0.0.0/8, ::1 or localhost)"
+            )
+        return url
 
     def secret(self) -> bytes:
         """The HMAC-SHA256 key; unset or shorter than 16 bytes is an error."""
@@ -64,6 +79,17 @@ class WebhookSinkConfig(BaseModel):
                 "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
             )
         return value.encode()
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 SinkConfig = Annotated[PostgresSinkConfig | WebhookSinkConfig, Field(discriminator="sink")]

@@ -159,6 +159,16 @@ class Settings(BaseSettings):
     gateway_subject_scan_max_messages: int = Field(
         5_000_000, ge=1, description="most log messages one subject access request reads"
     )
+    gateway_subject_scan_workers: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="subject access requests served at once, on threads of their own (never "
+        "the ones that serve dialers' checks)",
+    )
+    gateway_subject_scan_queue: int = Field(
+        4, ge=0, le=1024, description="subject access requests waiting beyond those; then 503"
+    )
     gateway_cors_origins: list[str] = Field(
         default_factory=list,
         description="web origins of agent desktops allowed to call the gateway (JSON list, e.g. "

@@ -28,6 +28,12 @@ from schemas.tokens import (
 
 TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 DEFAULT_REFUSAL_COOLDOWN = timedelta(days=60)
+MIN_REFUSAL_COOLDOWN = timedelta(days=1)
+# ISO 8601 durations in weeks, days and time units only: years and months have no fixed
+# length, and a cooldown that is a day short lets a dialer call a person too early.
+_COOLDOWN_DURATION = re.compile(
+    r"^P(?=\d|T\d)(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$"
+)
 
 
 class TenantConfig(BaseModel):
@@ -38,7 +44,8 @@ class TenantConfig(BaseModel):
     default_region: str = Field("FR", description="ISO 3166 region for national numbers")
     refusal_cooldown: timedelta = Field(
         DEFAULT_REFUSAL_COOLDOWN,
-        description="how long a refusal suppresses (ISO 8601 duration such as 'P60D', or seconds)",
+        description="how long a refusal suppresses: an ISO 8601 duration of at least one day, "
+        "in weeks, days or hours (e.g. 'P60D')",
     )
     view_buckets: int | None = Field(
         None, ge=1, le=1 << 20, description="buckets of this tenant's view (default: setting)"
@@ -59,11 +66,33 @@ class TenantConfig(BaseModel):
             raise ValueError(f"{value!r} is not a region phonenumbers knows (e.g. FR, GB, US)")
         return region
 
+    @field_validator("refusal_cooldown", mode="before")
+    @classmethod
+    def _iso_duration(cls, value: object) -> object:
+        if isinstance(value, timedelta):  # built in Python, not read from a file
+            return value
+        if isinstance(value, str) and _COOLDOWN_DURATION.match(value.strip().upper()):
+            return value.strip().upper()
+        why = (
+            "a bare number is not accepted (it would be read as seconds)"
+            if isinstance(value, int | float) or str(value).strip().isdigit()
+            else "years and months are not accepted: they have no fixed length"
+            if isinstance(value, str) and re.search(r"\d[YM]", value.upper().split("T")[0])
+            else "not an ISO 8601 duration"
+        )
+        raise ValueError(
+            "refusal_cooldown must be an ISO 8601 duration in weeks, days or hours, such as "
+            f'"P60D" (60 days) or "P8W"; got {value!r}: {why}'
+        )
+
     @field_validator("refusal_cooldown")
     @classmethod
-    def _positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("refusal_cooldown must be positive")
+    def _at_least_a_day(cls, value: timedelta) -> timedelta:
+        if value < MIN_REFUSAL_COOLDOWN:
+            raise ValueError(
+                f'refusal_cooldown must be at least one day ("P1D"); got {value} '
+                "(for a shorter suppression, give the event an explicit expires_at)"
+            )
         return value
 
     @field_validator("tokens")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from schemas.settings import Settings
+from schemas.text import CONTROL_CHARACTERS
 
 DAY_MS = 24 * 3600 * 1000
 AUDIT_RETENTION_DAYS = 400
@@ -16,6 +17,16 @@ DLQ_TOPIC = "dnc.dlq.topic"
 DLQ_PARTITION = "dnc.dlq.partition"
 DLQ_OFFSET = "dnc.dlq.offset"
 DLQ_FAILED_AT = "dnc.dlq.failed_at"
+
+# What a dead-letter header may carry of text that came from outside (a receiver's answer).
+MAX_HEADER_TEXT_BYTES = 256
+
+
+def header_text(text: str, limit: int = MAX_HEADER_TEXT_BYTES) -> str:
+    """``text`` made safe for a header, a log line or a terminal: one line, control characters
+    removed, at most ``limit`` bytes of UTF-8 (cut on a character boundary)."""
+    flat = " ".join(CONTROL_CHARACTERS.sub(" ", text).split())
+    return flat.encode()[:limit].decode("utf-8", "ignore")
 
 
 @dataclass(frozen=True)

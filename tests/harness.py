@@ -32,9 +32,9 @@ default_region = "FR"
 [tenants.globex]
 default_region = "GB"
 
-[tenants.quick]
+[tenants.umbrella]
 default_region = "FR"
-refusal_cooldown = 4   # seconds: lets a test watch a refusal expire
+refusal_cooldown = "P30D"
 """
 
 

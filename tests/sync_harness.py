@@ -117,6 +117,10 @@ class Receiver:
     applied: dict[str, dict[str, object]] = field(default_factory=dict)  # key -> change
     fail_next: int = 0  # answer 503 to this many requests
     reject: Callable[[dict[str, object]], bool] = lambda _body: False  # answer 422
+    # What the endpoint answers in the body, for a status.
+    response_body: Callable[[int], bytes] = lambda status: json.dumps(
+        {"status": status, "error": "scripted"}
+    ).encode()
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def handle(self, body: bytes, headers: dict[str, str]) -> int:
@@ -152,7 +156,7 @@ class WebhookServer:
                 length = int(self.headers.get("Content-Length", 0))
                 body = self.rfile.read(length)
                 status = receiver.handle(body, {k.lower(): v for k, v in self.headers.items()})
-                payload = json.dumps({"status": status, "error": "scripted"}).encode()
+                payload = receiver.response_body(status)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))

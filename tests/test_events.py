@@ -9,9 +9,15 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from schemas.errors import InvalidEventError
-from schemas.events import OppositionEvent, decode_event, event_json_schema
+from schemas.events import (
+    OppositionEvent,
+    decode_event,
+    describe_validation_error,
+    event_json_schema,
+)
 from schemas.tenants import TenantDirectory
 
 TENANTS = TenantDirectory.load(Path(__file__).resolve().parent.parent / "infra" / "tenants.toml")
@@ -103,3 +109,43 @@ def test_json_schema_describes_the_contract() -> None:
     assert set(schema["required"]) >= {"event_id", "tenant", "phone", "kind", "occurred_at"}
     assert schema["properties"]["schema_version"]["const"] == 1
     assert OppositionEvent.model_json_schema()["additionalProperties"] is False
+
+
+FREE_TEXT = {
+    "phone": "06 12 34 56 78",
+    "agent_id": "agent-42",
+    "reason_code": "said_stop",
+    "justification": "recorded by mistake",
+}
+
+
+@pytest.mark.parametrize("field", sorted(FREE_TEXT))
+@pytest.mark.parametrize("control", ["\x00", "\n", "\r", "\t", "\x1b", "\x7f", "\x85", "\u2028"])
+def test_control_characters_in_free_text_are_refused_naming_the_field(
+    field: str, control: str
+) -> None:
+    value = FREE_TEXT[field][:4] + control + FREE_TEXT[field][4:]
+    fields: dict[str, object] = {field: value}
+    if field == "justification":
+        fields |= {"kind": "lift", "source": "admin"}
+    # The worker's decoder: dead-lettered as a schema violation, the detail names the field.
+    with pytest.raises(InvalidEventError) as refused:
+        decode_event(json.dumps(good(**fields)).encode(), TENANTS, 4096)
+    assert refused.value.reason == "schema_violation"
+    assert refused.value.message.startswith(f"{field}: ")
+    assert "must be a single line of text without control characters" in refused.value.message
+    assert f"U+{ord(control):04X} at character 5" in refused.value.message
+    assert value not in refused.value.message  # the value (maybe a number) is not quoted
+    # The SDK, the CLI and the importer build the same model.
+    with pytest.raises(ValidationError) as invalid:
+        OppositionEvent.model_validate(good(**fields))
+    assert describe_validation_error(invalid.value).startswith(f"{field}: ")
+
+
+def test_free_text_without_control_characters_is_accepted() -> None:
+    event = decode_event(
+        json.dumps(good(agent_id="agent 42 (Lyon)", reason_code="a dit « stop » ✓")).encode(),
+        TENANTS,
+        4096,
+    )
+    assert event.reason_code == "a dit « stop » ✓"

@@ -191,6 +191,35 @@ def test_invalid_input_is_422_with_field_level_details(clients: dict[str, httpx.
     assert _error(not_json)[:2] == (422, "invalid_request")
 
 
+def test_control_characters_in_free_text_are_refused_naming_the_field(
+    clients: dict[str, httpx.Client],
+) -> None:
+    agent, dialer, admin = (clients[f"acme/{r}"] for r in ("agent", "dialer", "admin"))
+    record = {"phone": "0610101013", "kind": "refusal"}
+    cases = {
+        "body.reason_code": (agent, "POST", "/v1/oppositions", {**record, "reason_code": "a\x00b"}),
+        "body.agent_id": (agent, "POST", "/v1/oppositions", {**record, "agent_id": "agent\n42"}),
+        "body.phone": (agent, "POST", "/v1/oppositions", {**record, "phone": "06\t10101013"}),
+        "body.tenant": (agent, "POST", "/v1/oppositions", {**record, "tenant": "acme\r"}),
+        "body.justification": (
+            admin,
+            "DELETE",
+            "/v1/suppressions/0610101013",
+            {"justification": "asked\x1b[2J"},
+        ),
+        "body.phones.1": (dialer, "POST", "/v1/checks", {"phones": ["0610101013", "06\x7f"]}),
+    }
+    for field, (client, method, path, body) in cases.items():
+        response = client.request(method, path, json=body)
+        assert _error(response) == (422, "invalid_request", [field]), (field, response.text)
+        message = response.json()["details"][0]["message"]
+        assert message.startswith("must be a single line of text without control characters")
+    in_path = dialer.get("/v1/suppressions/0610101013%00")
+    assert _error(in_path) == (422, "invalid_request", ["path.phone"])
+    in_query = admin.get("/v1/subjects/0610101013", params={"tenant": "acme\n"})
+    assert _error(in_query) == (422, "invalid_request", ["query.tenant"])
+
+
 def test_subject_access_returns_history_state_and_delivery_status(
     running_pipeline: Pipeline, clients: dict[str, httpx.Client]
 ) -> None:
@@ -218,7 +247,13 @@ def test_subject_access_returns_history_state_and_delivery_status(
     assert state["acme"]["suppressed"] is False and state["acme"]["kind"] == "lift"
     assert state["acme/autumn"]["suppressed"] is True
     assert data["view"]["answer"] == "callable"
-    assert data["reference_list"]["status"] == "not_configured"
+    # This module's acme declares no reference list, so that is the true answer; tenants with
+    # one are answered with what was delivered (tests/test_subject_access.py).
+    assert (data["reference_list"]["status"], data["reference_list"]["sink"]) == (
+        "not_configured",
+        None,
+    )
+    assert data["unreadable"] == []
     assert data["scan"]["truncated"] is False and data["scan"]["events_found"] == 3
     # The one partition that holds the key is read (and the global key's), not the topic.
     expected = {key_partition(f"{k}:+33630303030".encode(), 3) for k in ("acme", "_global")}

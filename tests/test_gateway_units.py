@@ -157,3 +157,36 @@ def test_kafka_security_settings() -> None:
     assert "s3cret" not in repr(sasl) and "s3cret" not in str(sasl.model_dump())
     with pytest.raises(ValidationError, match="DNC_KAFKA_SASL_MECHANISM"):
         Settings(kafka_security_protocol="SASL_PLAINTEXT")
+
+
+def test_subject_scans_run_on_a_bounded_pool_of_their_own() -> None:
+    import asyncio
+    import threading
+
+    from consumers.subjects import SubjectScanPool, SubjectScansBusy
+
+    pool = SubjectScanPool(workers=1, queue=1)
+    release = threading.Event()
+    threads: list[str] = []
+
+    def scan(name: str) -> str:
+        threads.append(threading.current_thread().name)
+        release.wait(10)
+        return name
+
+    async def scenario() -> list[str]:
+        first = asyncio.ensure_future(pool.run(scan, "first"))
+        queued = asyncio.ensure_future(pool.run(scan, "queued"))
+        await asyncio.sleep(0.1)
+        with pytest.raises(SubjectScansBusy, match="2 subject access requests"):
+            await pool.run(scan, "third")  # one running, one waiting: no more
+        release.set()
+        done = list(await asyncio.gather(first, queued))
+        done.append(await pool.run(scan, "later"))  # places come back once scans end
+        return done
+
+    try:
+        assert asyncio.run(scenario()) == ["first", "queued", "later"]
+    finally:
+        pool.close()
+    assert all(name.startswith("subject-scan") for name in threads)

@@ -192,6 +192,65 @@ def test_a_replayed_older_change_never_moves_a_row_backwards(reference_db: str) 
         sink.close()
 
 
+def scope_row(dsn: str, phone: str) -> tuple[Any, ...] | None:
+    """(version, suppressed, kind, changed_at) of ``phone``'s tenant-wide scope row."""
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT version, suppressed, kind, changed_at FROM reference_list_scope"
+            " WHERE tenant = 'acme' AND phone_e164 = %s AND target = 'acme'",
+            (phone,),
+        ).fetchone()
+
+
+@pytest.mark.postgres
+def test_a_newer_version_replaces_an_older_one_whatever_the_workers_clocks(
+    reference_db: str,
+) -> None:
+    """Version 2 was applied by a worker whose clock is 5 minutes slow: it still wins."""
+    apply_migrations(reference_db)
+    sink = PostgresSink("acme", reference_db)
+    phone, now = "+33612000008", datetime.now(UTC)
+    first = delivery(phone, 1, kind=Kind.OPPOSITION, at=now)
+    lifted = delivery(phone, 2, kind=Kind.LIFT, at=now - timedelta(minutes=5))
+    expired = delivery(phone, 2, kind=None, cause="expiry", at=now - timedelta(minutes=4))
+    try:
+        assert [r.verdict for r in sink.deliver([first])] == [Verdict.DELIVERED]
+        assert [r.verdict for r in sink.deliver([lifted])] == [Verdict.DELIVERED]
+        found = row(reference_db, phone)
+        assert found is not None
+        assert (found["do_not_call"], found["kind"]) == (False, "lift")
+        assert found["source_event_id"] == lifted.change.source_event_id
+        assert scope_row(reference_db, phone) == (2, False, "lift", lifted.change.changed_at)
+        # Same version, later changed_at (an expiry, a re-emission): replaces it too.
+        sink.deliver([expired])
+        assert scope_row(reference_db, phone) == (2, False, None, expired.change.changed_at)
+        # Version 1 again (a replay), with the latest clock of all: changes nothing.
+        sink.deliver([first])
+        assert scope_row(reference_db, phone) == (2, False, None, expired.change.changed_at)
+    finally:
+        sink.close()
+
+
+@pytest.mark.postgres
+def test_a_nul_already_in_a_numbers_state_does_not_block_its_reference_list(
+    reference_db: str,
+) -> None:
+    """Recorded before the edges refused control characters, a reason with a NUL rides on
+    every later change of the number: PostgreSQL cannot store it, so it is dropped."""
+    apply_migrations(reference_db)
+    sink = PostgresSink("acme", reference_db)
+    phone = "+33612000007"
+    poisoned = delivery(phone, 1)
+    change = poisoned.change.model_copy(update={"reason_code": "said\x00stop"})
+    poisoned = Delivery(change, change.model_dump_json().encode(), None, 0, 1)
+    try:
+        assert [r.verdict for r in sink.deliver([poisoned])] == [Verdict.DELIVERED]
+        found = row(reference_db, phone)
+        assert found is not None and found["reason_code"] == "saidstop"
+    finally:
+        sink.close()
+
+
 @pytest.mark.pipeline
 @pytest.mark.postgres
 def test_postgres_down_holds_the_backlog_then_delivers_everything_in_order(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,7 +16,9 @@ import pytest
 from consumers.sinks.base import Delivery, Verdict
 from consumers.sinks.webhook import WebhookSink, classify, sign, verify
 from infra.services import LocalStack
+from schemas.errors import ConfigError
 from schemas.events import Kind, OppositionEvent
+from schemas.tenants import TenantDirectory
 from tests.harness import TENANTS_TOML, Pipeline, wait_for
 from tests.sync_harness import Receiver, SyncProcess, WebhookServer, delivery
 
@@ -50,6 +53,47 @@ def test_signature_verifies_and_refuses_tampering_and_replays() -> None:
 def test_http_answers_are_classified(status: int, verdict: Verdict, kind: str | None) -> None:
     result = classify(status, "body")
     assert (result.verdict, result.kind) == (verdict, kind)
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def test_a_retried_answer_keeps_its_status_only_and_a_refusal_is_cut_to_256_bytes() -> None:
+    body = b'{"error": "no such contact", "trace": "' + b"\x00\x1b[2J\n\xc3\xa9" * 500 + b'"}'
+    for status in (500, 503, 429, 301):
+        assert classify(status, body).detail == f"HTTP {status}"  # logged: no body
+    refused = classify(422, body).detail
+    assert refused is not None and refused.startswith('HTTP 422: {"error": "no such contact"')
+    assert len(refused.encode()) <= 256
+    assert not CONTROL.search(refused)
+    refused.encode().decode("utf-8")  # cut on a character boundary
+
+
+@pytest.mark.parametrize(
+    ("url", "accepted"),
+    [
+        ("https://crm.globex.example/dnc", True),
+        ("http://127.0.0.1:8080/dnc", True),
+        ("http://127.20.0.5/dnc", True),
+        ("http://[::1]:8080/dnc", True),
+        ("http://localhost/dnc", True),
+        ("http://crm.globex.example/dnc", False),
+        ("http://10.0.0.7/dnc", False),
+        ("http://localhost.globex.example/dnc", False),
+    ],
+)
+def test_plain_http_is_refused_except_to_this_machine(
+    tmp_path: Path, url: str, accepted: bool
+) -> None:
+    path = tmp_path / "tenants.toml"
+    path.write_text(WEBHOOK_TENANTS.format(url=url))
+    if accepted:
+        TenantDirectory.load(path)
+        return
+    with pytest.raises(ConfigError) as refused:
+        TenantDirectory.load(path)
+    assert "tenant 'globex'" in str(refused.value)
+    assert "is plain http: use https://" in str(refused.value)
 
 
 def _delivery(phone: str, version: int) -> Delivery:
@@ -138,6 +182,12 @@ def test_webhook_signed_retried_on_5xx_idempotent_and_4xx_dead_lettered(
     pipeline, sync, receiver = webhook_pipeline
     receiver.fail_next = 4  # the CRM answers 503 four times, then recovers
     receiver.reject = lambda body: body["phone_e164"] == "+447400900999"
+    # What the CRM answers is not ours to log: it may echo the contact, or hold anything.
+    receiver.response_body = lambda status: (
+        b'{"error": "scripted", "status": %d, "echo": "upstream-said-%d' % (status, status)
+        + b"\x00\x1b[31m\r\n" * 200
+        + b'"}'
+    )
     good = [_globex(f"07400 900{n:03d}") for n in range(1, 6)]
     bad = _globex("07400 900999")
     pipeline.publisher.publish_many([*good, bad])
@@ -158,8 +208,9 @@ def test_webhook_signed_retried_on_5xx_idempotent_and_4xx_dead_lettered(
     assert len(letters) == 1
     headers = {k: v.decode() for k, v in letters[0].headers() or []}
     assert headers["dnc.dlq.reason"] == "reference_list_rejected"
-    assert headers["dnc.dlq.detail"].startswith("HTTP 422")
-    assert "scripted" in headers["dnc.dlq.detail"]  # the response body, for the operator
+    detail = headers["dnc.dlq.detail"]
+    assert detail.startswith('HTTP 422: {"error": "scripted"')  # the start of the body
+    assert len(detail.encode()) <= 256 and not CONTROL.search(detail)
     assert headers["dnc.dlq.tenant"] == "globex"
     assert json.loads(letters[0].value())["phone_e164"] == "+447400900999"
     bad_statuses = [c.status for c in receiver.calls if c.body["phone_e164"] == "+447400900999"]
@@ -175,6 +226,9 @@ def test_webhook_signed_retried_on_5xx_idempotent_and_4xx_dead_lettered(
         == 4
     )
     assert sync.sample("dnc_dead_letters_total", reason="reference_list_rejected") == 1
+    logged = sync.log_path.read_text(errors="replace")
+    assert "HTTP 503" in logged  # the status of a retried answer is logged ...
+    assert "upstream-said" not in logged and "\x1b[31m" not in logged  # ... never its body
 
     # Redelivery (a restarted sync reading from the start) is acknowledged, not applied twice.
     sync.stop()

@@ -3,9 +3,11 @@
 The shipped migrations are applied on the first connection (a database that is down at
 start is just a backlog). A batch is one transaction (the commit is the acknowledgement), so
 it is delivered whole or not at all. Each change replaces the ``reference_list_scope`` row
-of its number and scope only if it is newer (``changed_at``, then ``version``); the
-tenant's ``reference_list`` row is then derived from the scope rows, and an erasure clears
-the contact's personal fields. Schema: ``infra/postgres/migrations``.
+of its number and scope only if it is newer: ``version`` first (the worker counts the changes
+applied to each number and scope, so it orders them whatever the workers' clocks say), then
+``changed_at`` (an expiry or a re-emission keeps the version). The tenant's
+``reference_list`` row is then derived from the scope rows, and an erasure clears the
+contact's personal fields. Schema: ``infra/postgres/migrations``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ ON CONFLICT (tenant, phone_e164, target) DO UPDATE SET
     reason_code = EXCLUDED.reason_code, source_event_id = EXCLUDED.source_event_id,
     occurred_at = EXCLUDED.occurred_at, expires_at = EXCLUDED.expires_at,
     version = EXCLUDED.version, changed_at = EXCLUDED.changed_at, updated_at = now()
-WHERE (s.changed_at, s.version) < (EXCLUDED.changed_at, EXCLUDED.version)
+WHERE (s.version, s.changed_at) < (EXCLUDED.version, EXCLUDED.changed_at)
 """
 
 # The contact row follows the strongest scope row: a suppressing one first (platform-wide,
@@ -87,7 +89,7 @@ def _row(delivery: Delivery, tenant: str) -> dict[str, object]:
         "campaign_id": c.campaign_id,
         "suppressed": c.suppressed,
         "kind": c.kind.value if c.kind else None,
-        "reason_code": c.reason_code,
+        "reason_code": _storable(c.reason_code),
         "source_event_id": c.source_event_id,
         "occurred_at": c.occurred_at,
         "expires_at": c.expires_at,
@@ -146,17 +148,17 @@ class PostgresSink:
             return [Result.delivered()] * len(batch)
         except _TRANSIENT as exc:
             self.close()
-            return [Result(Verdict.RETRY, "unavailable", _describe(exc))] * len(batch)
+            return [Result(Verdict.RETRY, "unavailable", describe_error(exc))] * len(batch)
         except _DATA as exc:
             if len(batch) == 1:
-                return [Result(Verdict.REJECTED, "rejected", _describe(exc))]
+                return [Result(Verdict.REJECTED, "rejected", describe_error(exc))]
             log.warning(
                 "tenant %s: batch refused (%s): writing its changes one by one",
                 self._tenant,
-                _describe(exc),
+                describe_error(exc),
             )
         except psycopg.Error as exc:
-            return [Result(Verdict.RETRY, "sink_error", _describe(exc))] * len(batch)
+            return [Result(Verdict.RETRY, "sink_error", describe_error(exc))] * len(batch)
         results: list[Result] = []
         for index, delivery in enumerate(batch):
             outcome = self.deliver([delivery])[0]
@@ -174,7 +176,14 @@ class PostgresSink:
             self._conn = None
 
 
-def _describe(exc: BaseException) -> str:
+def _storable(text: str | None) -> str | None:
+    """PostgreSQL cannot store a NUL in text. The edges refuse control characters now, but a
+    state recorded before keeps its reason on every later change: refused as data, each would
+    be dead-lettered, and the number's row would never move again."""
+    return None if text is None else text.replace("\x00", "")
+
+
+def describe_error(exc: BaseException) -> str:
     """One line, without the parameters (they hold phone numbers)."""
     text = str(exc).strip().splitlines()
     sqlstate = getattr(exc, "sqlstate", None)

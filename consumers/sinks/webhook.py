@@ -9,8 +9,13 @@ Request: the change as JSON (the record the worker wrote), with
 
 Answers: 2xx delivered; 408, 425, 429, 5xx, timeouts and connection errors are retried by the
 sync with exponential backoff and jitter; any other 4xx is final (dead-lettered with the
-response). Changes to different numbers are sent concurrently (``max_in_flight`` at most);
-one number's changes go one after the other, so they arrive in order.
+status and the start of the response). Changes to different numbers are sent concurrently
+(``max_in_flight`` at most); one number's changes go one after the other, so they arrive in
+order.
+
+The receiver's answer is not ours to trust: only its status reaches the logs; a refusal's body
+goes to the dead-letter header cut to :data:`MAX_HEADER_TEXT_BYTES`, on one line, without
+control characters; at most :data:`_DRAIN_BYTES` of any body are read.
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from consumers.sinks.base import Delivery, Result, Verdict
+from schemas.topics import MAX_HEADER_TEXT_BYTES, header_text
 
 SIGNATURE_HEADER = "X-DNC-Signature"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 RETRYABLE_4XX = frozenset({408, 425, 429})
-_RESPONSE_EXCERPT = 300
+_EXCERPT_BYTES = 1024  # of a response body kept for the dead-letter header (then cut to 256)
+_DRAIN_BYTES = 64 * 1024  # read to reuse the connection; a larger body closes it instead
 
 
 def sign(secret: bytes, body: bytes, timestamp: int) -> str:
@@ -51,19 +58,37 @@ def verify(secret: bytes, body: bytes, header: str, now: float, tolerance: float
     return hmac.compare_digest(expected, given)
 
 
-def classify(status: int, text: str) -> Result:
-    """The verdict for an HTTP answer."""
+def classify(status: int, body: bytes | str) -> Result:
+    """The verdict for an HTTP answer.
+
+    A retried answer's detail is its status only (it is logged); a refusal's detail, which
+    goes to the dead-letter header, adds the start of the body, made header-safe.
+    """
     if 200 <= status < 300:
         return Result.delivered()
-    detail = f"HTTP {status}: {text[:_RESPONSE_EXCERPT]}".strip()
     if status >= 500:
-        return Result(Verdict.RETRY, "server_error", detail)
+        return Result(Verdict.RETRY, "server_error", f"HTTP {status}")
     if status in RETRYABLE_4XX:
-        return Result(Verdict.RETRY, "throttled", detail)
+        return Result(Verdict.RETRY, "throttled", f"HTTP {status}")
     if 400 <= status < 500:
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        detail = header_text(f"HTTP {status}: {text[:_EXCERPT_BYTES]}", MAX_HEADER_TEXT_BYTES)
         return Result(Verdict.REJECTED, "rejected", detail)
     # 1xx/3xx: redirects are not followed (a moved endpoint is a configuration to fix).
-    return Result(Verdict.RETRY, "sink_error", detail)
+    return Result(Verdict.RETRY, "sink_error", f"HTTP {status}")
+
+
+def _excerpt(response: httpx.Response) -> bytes:
+    """The first bytes of the body; the rest is drained up to a bound, never kept."""
+    kept = bytearray()
+    read = 0
+    for chunk in response.iter_bytes():
+        if len(kept) < _EXCERPT_BYTES:
+            kept += chunk[: _EXCERPT_BYTES - len(kept)]
+        read += len(chunk)
+        if read > _DRAIN_BYTES:
+            break
+    return bytes(kept)
 
 
 class WebhookSink:
@@ -96,12 +121,15 @@ class WebhookSink:
             IDEMPOTENCY_HEADER: delivery.idempotency_key,
         }
         try:
-            response = self._client.post(self._url, content=delivery.body, headers=headers)
+            with self._client.stream(
+                "POST", self._url, content=delivery.body, headers=headers
+            ) as response:
+                status, body = response.status_code, _excerpt(response)
         except httpx.TimeoutException as exc:
-            return Result(Verdict.RETRY, "timeout", f"{type(exc).__name__}: {exc}"[:300])
+            return Result(Verdict.RETRY, "timeout", header_text(f"{type(exc).__name__}: {exc}"))
         except httpx.HTTPError as exc:
-            return Result(Verdict.RETRY, "unavailable", f"{type(exc).__name__}: {exc}"[:300])
-        return classify(response.status_code, response.text)
+            return Result(Verdict.RETRY, "unavailable", header_text(f"{type(exc).__name__}: {exc}"))
+        return classify(status, body)
 
     def _chain(self, deliveries: list[Delivery]) -> list[Result]:
         """One number's changes in order; the first not acknowledged holds the rest back."""

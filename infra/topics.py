@@ -63,3 +63,22 @@ def ensure_pipeline_topics(settings: Settings) -> list[str]:
         pipeline_topics(settings),
         client_config=settings.kafka_client_config(),
     )
+
+
+def check_partition_counts(settings: Settings, timeout: float = 30.0) -> None:
+    """The oppositions and admin topics must have DNC_PARTITIONS partitions.
+
+    The worker routes every event to the partition of its canonical key with the murmur2
+    partitioner over that count; another count would apply a number's events on a partition
+    the producers do not use.
+    """
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap,
+                         **settings.kafka_client_config()})  # fmt: skip
+    topics = admin.list_topics(timeout=timeout).topics
+    for name in (settings.oppositions_topic, settings.admin_topic):
+        found = len(topics[name].partitions) if name in topics else None
+        if found is not None and found != settings.partitions:
+            raise ConfigError(
+                f"topic {name} has {found} partitions but DNC_PARTITIONS is "
+                f"{settings.partitions}: set DNC_PARTITIONS={found} for every process"
+            )

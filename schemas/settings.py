@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     # Contracts.
     tenants_file: Path = Field(BUNDLED_TENANTS_FILE, description="TOML file declaring tenants")
     oppositions_topic: str = "dnc.oppositions.v1"
+    admin_topic: str = Field(
+        "dnc.admin.v1",
+        description="admin actions (lifts): only the admin principal may write it (Kafka ACLs)",
+    )
     suppressions_topic: str = "dnc.suppressions.v1"
     dead_letter_topic: str = "dnc.dead-letter.v1"
     partitions: int = Field(3, ge=1, description="partitions of the oppositions topic")
@@ -54,6 +58,11 @@ class Settings(BaseSettings):
         description="secret key of the view's keyed hash; rotating it means a rebuild. Unset: "
         "the key `dnc up` generated in DATA_DIR/view.key, else a public development key that "
         "the worker refuses unless DNC_ALLOW_DEVELOPMENT_VIEW_KEY=true",
+    )
+    authority_key: SecretStr | None = Field(
+        None,
+        description="key the worker signs the lifts it forwards from the admin topic with; "
+        "unset: derived from DNC_VIEW_KEY (set it so that holders of the view key cannot sign)",
     )
     allow_development_view_key: bool = Field(
         False, description="let the worker run with the public development view key (tests, demos)"

@@ -50,7 +50,16 @@ def ensure_topics(
             created.append(name)
             log.info("created topic %s", name)
         except KafkaException as exc:
-            if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            code = exc.args[0].code() if exc.args else None
+            if code == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            if code in (
+                KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+            ):
+                # A principal only sees (and may create) its own topics under ACLs: the
+                # administrator creates them all (`dnc acl apply`).
+                log.info("not allowed to create topic %s: left to the administrator", name)
                 continue
             raise ConfigError(f"cannot create topic {name}: {exc}") from exc
     return created

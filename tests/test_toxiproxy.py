@@ -72,9 +72,7 @@ def test_kafka_gets_the_proxied_listener_only_when_asked() -> None:
     assert proxied["listeners"] == (
         "CLIENT://127.0.0.1:9000,CONTROLLER://127.0.0.1:9001,PROXIED://127.0.0.1:9002"
     )
-    assert proxied["advertised.listeners"] == (
-        "CLIENT://127.0.0.1:9000,PROXIED://127.0.0.1:9003"
-    )
+    assert proxied["advertised.listeners"] == ("CLIENT://127.0.0.1:9000,PROXIED://127.0.0.1:9003")
     assert proxied["listener.security.protocol.map"].endswith(",PROXIED:PLAINTEXT")
     assert proxied["inter.broker.listener.name"] == "CLIENT"
 

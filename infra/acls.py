@@ -41,7 +41,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from infra.topics import ensure_pipeline_topics
 from schemas.errors import ConfigError
-from schemas.settings import Settings
+from schemas.settings import KAFKA_CREDENTIALS_FILE, Settings
 
 ROLES = ("desktop", "admin", "gateway", "worker", "sync")
 PRINCIPAL_PREFIX = "dnc-"
@@ -94,7 +94,11 @@ def grants(settings: Settings) -> list[Grant]:
 
 
 def load_or_create_credentials(path: Path) -> dict[str, str]:
-    """Passwords per role from ``path`` (JSON), created with random ones (mode 600) if missing."""
+    """Passwords per role: DNC_KAFKA_PASSWORD_<ROLE> if set (compose), else from ``path``
+    (JSON), created with random ones (mode 600) if missing."""
+    from_env = {r: os.environ.get(f"DNC_KAFKA_PASSWORD_{r.upper()}") for r in ROLES}
+    if all(from_env.values()):
+        return {r: str(from_env[r]) for r in ROLES}
     if path.is_file():
         found = json.loads(path.read_text())
         missing = [r for r in ROLES if r not in found]
@@ -163,3 +167,25 @@ def client_env(settings: Settings, role: str, passwords: dict[str, str]) -> dict
         "DNC_KAFKA_SASL_USERNAME": principal(role),
         "DNC_KAFKA_SASL_PASSWORD": passwords[role],
     }
+
+
+SUPERUSER = "dnc-superuser"
+STACK_CREDENTIALS_FILE = KAFKA_CREDENTIALS_FILE
+
+
+def stack_credentials(data_dir: Path, bootstrap: str) -> tuple[str, dict[str, str]]:
+    """`dnc up`'s Kafka passwords: the superuser's and one per role, generated once (mode 600).
+
+    The file also records the bootstrap address, so that other commands on this machine
+    use these credentials for this stack only (see ``Settings``).
+    """
+    path = data_dir / STACK_CREDENTIALS_FILE
+    passwords = load_or_create_credentials(path)
+    found = json.loads(path.read_text())
+    if not found.get("superuser") or found.get("bootstrap") != bootstrap:
+        found["superuser"] = found.get("superuser") or secrets.token_urlsafe(24)
+        found["bootstrap"] = bootstrap
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(found, f, indent=2)
+    return str(found["superuser"]), passwords

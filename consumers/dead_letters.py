@@ -282,19 +282,23 @@ def replay(
     letters: Sequence[DeadLetter],
     dry_run: bool = False,
 ) -> ReplayReport:
-    """Re-publish each letter's original key and bytes to the oppositions topic (idempotent,
-    acks=all), in their order; a dry run only says what would be sent.
+    """Re-publish each letter's original key and bytes to the topic it was read from (the
+    oppositions topic, or the admin topic for admin actions; idempotent, acks=all), in their
+    order; a dry run only says what would be sent. A lift forged on the oppositions topic
+    goes back there without a signature and is refused again.
 
-    A letter that did not come from the oppositions topic is skipped. One that this
+    A letter that came from neither topic is skipped. One that this
     machine's tenants file would still refuse is replayed all the same (the worker's file
     is the one that counts) and reported, so the operator knows it may come back.
     """
     report = ReplayReport(selected=list(letters))
-    topic = settings.oppositions_topic
+    topics = (settings.oppositions_topic, settings.admin_topic)
     sendable = []
     for letter in letters:
-        if letter.source[0] != topic:
-            report.skipped.append((letter, f"it came from {letter.source[0]}, not {topic}"))
+        if letter.source[0] not in topics:
+            report.skipped.append(
+                (letter, f"it came from {letter.source[0]}, not {' or '.join(topics)}")
+            )
             continue
         try:
             decode_event(letter.value, tenants, settings.max_event_bytes)
@@ -327,7 +331,7 @@ def replay(
     for index, letter in enumerate(sendable):
         origin = f"{settings.dead_letter_topic}/{letter.partition}/{letter.offset}"
         producer.produce(
-            topic,
+            letter.source[0],
             key=letter.key,
             value=letter.value,
             headers=[(REPLAY_OF, origin.encode())],

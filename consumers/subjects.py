@@ -31,6 +31,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from consumers.keyed_scan import Found, KeyedScanError, reader, scan_keys
 from consumers.subject_reference import ReferenceListReader, ReferenceListReport
+from schemas.authority import authority_key, is_signed, lift_cutoff_ms
 from schemas.errors import DncError, InvalidEventError
 from schemas.events import GLOBAL_TARGET, Kind, OppositionEvent, Scope, Source, decode_event
 from schemas.metrics import GATEWAY_SUBJECT_SCANS
@@ -68,8 +69,9 @@ class LoggedEvent(BaseModel):
     partition: int
     offset: int
     logged_at: AwareDatetime | None = Field(None, description="Kafka timestamp of the message")
-    effect: Literal["applied", "duplicate", "stale"] = Field(
-        description="what the event did under the apply rules"
+    effect: Literal["applied", "duplicate", "stale", "lift_not_authorised"] = Field(
+        description="what the event did under the apply rules (a lift not from an admin: "
+        "nothing, the worker refused it)"
     )
 
 
@@ -129,6 +131,7 @@ class SubjectLog:
         self._settings = settings
         self._tenants = tenants
         self._reference = ReferenceListReader(settings, tenants)
+        self._authority = authority_key(settings)
 
     def report(self, tenant: str, phone_e164: str) -> SubjectReport:
         """The history and current state of ``phone_e164`` for ``tenant``."""
@@ -145,12 +148,19 @@ class SubjectLog:
                 continue
             if event.tenant != tenant or event.phone_e164 != phone_e164:
                 continue
-            applied = apply_event(
+            if event.kind is Kind.LIFT and not is_signed(self._authority, item.value, item.headers):
+                # The worker dead-letters it (lift_not_authorised): it changed nothing.
+                events.append(_logged(event, item, "lift_not_authorised"))
+                continue
+            applied = apply_event(  # the worker's rules, in the same log order
                 states.get(event.target),
                 event,
                 now=now,
                 refusal_cooldown=cooldown,
                 partition=item.partition,
+                offset=item.offset,
+                appended_ms=item.timestamp_ms,
+                lift_cutoff_ms=lift_cutoff_ms(item.headers) if event.kind is Kind.LIFT else None,
             )
             states[event.target] = applied.state
             events.append(_logged(event, item, applied.outcome.value))

@@ -678,6 +678,39 @@ def gateway(
     )
 
 
+acl_app = typer.Typer(help="Kafka principals and ACLs (who may write what).")
+app.add_typer(acl_app, name="acl")
+
+
+@acl_app.command("apply")
+def acl_apply(
+    credentials: Annotated[
+        Path,
+        typer.Option(
+            "--credentials",
+            help="JSON file with a password per role (desktop, admin, gateway, worker, sync); "
+            "created with random passwords (mode 600) if missing",
+        ),
+    ],
+) -> None:
+    """Create the topics, one SCRAM principal per role and their ACLs (idempotent).
+
+    Connects as the cluster's superuser (DNC_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT or
+    SASL_SSL, DNC_KAFKA_SASL_MECHANISM, DNC_KAFKA_SASL_USERNAME, DNC_KAFKA_SASL_PASSWORD).
+    Then give each process its principal: dnc-desktop (agent desktops: oppositions only),
+    dnc-admin (lifts), dnc-gateway, dnc-worker, dnc-sync.
+    """
+    from infra.acls import ROLES, apply_acls, load_or_create_credentials, principal
+
+    settings = Settings()
+    passwords = load_or_create_credentials(credentials)
+    applied = apply_acls(settings, passwords)
+    out.print(
+        f"applied {applied} ACLs for {', '.join(principal(r) for r in ROLES)}; "
+        f"passwords in {credentials}"
+    )
+
+
 token_app = typer.Typer(help="Gateway access tokens (stored hashed in the tenants file).")
 app.add_typer(token_app, name="token")
 

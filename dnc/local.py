@@ -33,13 +33,14 @@ from rich.live import Live
 from dnc.health import sync_reports, view_readiness
 from dnc.live_summary import read_snapshot, render
 from dnc.pidfiles import SUPERVISOR, RunDirectory
+from infra.acls import SUPERUSER, apply_acls, client_env, stack_credentials
 from infra.postgres_service import start_postgres
 from infra.prometheus_service import local_prometheus_config, start_prometheus
-from infra.services import LocalStack, RunningService
-from infra.topics import ensure_pipeline_topics
+from infra.services import KafkaSecurity, LocalStack, RunningService
 from schemas.settings import VIEW_KEY_FILE, Settings
 from schemas.tenants import TenantDirectory
 
+SECURED_MARKER = "sasl-scram"  # in the Kafka data dir: formatted with the superuser
 RULES_FILE = Path(__file__).resolve().parent.parent / "infra" / "prometheus" / "alerts.yml"
 MAX_RESTARTS = 5
 
@@ -144,9 +145,20 @@ class LocalPipeline:
     """Everything `dnc up` runs, started and stopped in order."""
 
     def __init__(self, settings: Settings, kafka_version: str, demo: bool, console: Console):
-        # Everything below (readiness included) uses the stack's own secret view key.
+        # Everything below (readiness included) uses the stack's own secret view key, and
+        # Kafka as its superuser (SASL/SCRAM; every process gets its own principal).
         key = SecretStr(ensure_view_key(settings))
-        self.settings = settings = settings.model_copy(update={"view_key": key})
+        superuser, self.passwords = stack_credentials(settings.data_dir, settings.kafka_bootstrap)
+        self.security = KafkaSecurity(SUPERUSER, superuser)
+        self.settings = settings = settings.model_copy(
+            update={
+                "view_key": key,
+                "kafka_security_protocol": "SASL_PLAINTEXT",
+                "kafka_sasl_mechanism": self.security.mechanism,
+                "kafka_sasl_username": SUPERUSER,
+                "kafka_sasl_password": SecretStr(superuser),
+            }
+        )
         self.demo = demo
         self.console = console
         _kafka_host, kafka_port = settings.kafka_host_port
@@ -157,6 +169,7 @@ class LocalPipeline:
             kafka_port=kafka_port,
             redis_port=redis_port,
             partitions=settings.partitions,
+            kafka_security=self.security,
         )
         self.kafka_version = kafka_version
         self.postgres: object | None = None
@@ -196,11 +209,21 @@ class LocalPipeline:
     def start_services(self) -> None:
         data = self.settings.data_dir
         self.console.print(f"starting Kafka {self.kafka_version} and Redis (data in {data}) ...")
+        formatted = self.stack.kafka_dir / "logs" / "meta.properties"
+        secured = self.stack.kafka_dir / SECURED_MARKER
+        if formatted.is_file() and not secured.is_file():
+            raise RuntimeError(
+                f"{self.stack.kafka_dir} holds a Kafka created without authentication by an "
+                "older `dnc up`: delete that directory (its topics go with it) or set another "
+                "DNC_DATA_DIR"
+            )
         try:
             self.stack.start()
         finally:  # Kafka may fail after Redis started (LocalStack then stops Redis itself)
             self._record_stack()
-        ensure_pipeline_topics(self.settings)
+        secured.touch()
+        applied = apply_acls(self.settings, self.passwords)  # topics, principals, ACLs
+        self.console.print(f"Kafka principals and {applied} ACLs applied (see `dnc acl apply`)")
         self.console.print("starting PostgreSQL (the reference list) ...")
         pg = start_postgres(data / "postgres", port=_postgres_port(self.settings))
         self.postgres = pg
@@ -220,21 +243,30 @@ class LocalPipeline:
                 ports = [service.port, *filter(None, [service.controller_port])]
                 self.run_dir.record(service.name, service.process.pid, ports)
 
+    def _env_of(self, role: str) -> dict[str, str]:
+        """A child's environment: the stack's addresses and its own Kafka principal."""
+        return {
+            **_env(self.settings, self.postgres_dsn),
+            **client_env(self.settings, role, self.passwords),
+        }
+
     def start_processes(self) -> None:
-        env = _env(self.settings, self.postgres_dsn)
         s, data, run = self.settings, self.settings.data_dir, self.run_dir
         self.children = [
-            Child("worker", ["worker"], data / "worker.log", env, run, (s.worker_metrics_port,)),
-            Child("sync", ["sync"], data / "sync.log", env, run, (s.sync_metrics_port,)),
-            Child("gateway", ["gateway"], data / "gateway.log", env, run, (s.gateway_port,)),
-        ]
+            Child("worker", ["worker"], data / "worker.log", self._env_of("worker"), run,
+                  (s.worker_metrics_port,)),
+            Child("sync", ["sync"], data / "sync.log", self._env_of("sync"), run,
+                  (s.sync_metrics_port,)),
+            Child("gateway", ["gateway"], data / "gateway.log", self._env_of("gateway"), run,
+                  (s.gateway_port,)),
+        ]  # fmt: skip
         for child in self.children:
             self.console.print(f"starting the {child.name} (log: {child.log_path}) ...")
             child.start()
 
     def start_demo(self) -> None:
         """Simulated agents and dialers, once the pipeline is ready to receive them."""
-        env = _env(self.settings, self.postgres_dsn)
+        env = self._env_of("gateway")  # it records oppositions and, as an admin would, lifts
         child = Child(
             "demo",
             ["demo-traffic"],

@@ -48,6 +48,7 @@ from typing import TypeVar
 
 __all__ = [
     "KAFKA_DEFAULT_VERSION",
+    "KafkaSecurity",
     "LocalStack",
     "RunningService",
     "ServiceError",
@@ -581,6 +582,31 @@ def _random_cluster_id() -> str:
             return cid
 
 
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """SASL/SCRAM authentication and the KRaft StandardAuthorizer for the client listeners.
+
+    ``superuser`` is created when the storage is formatted (SCRAM credentials live in the
+    metadata log) and is the only principal allowed everything; every other principal and
+    its ACLs are created with it (`dnc acl apply`). The controller listener stays
+    PLAINTEXT on loopback (KRaft does not support SCRAM there); it serves controller
+    requests only, never produce or fetch.
+    """
+
+    superuser: str
+    password: str
+    mechanism: str = "SCRAM-SHA-512"
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka options to connect as the superuser."""
+        return {
+            "security.protocol": "sasl_plaintext",
+            "sasl.mechanism": self.mechanism,
+            "sasl.username": self.superuser,
+            "sasl.password": self.password,
+        }
+
+
 def _kafka_properties(
     data_dir: Path,
     host: str,
@@ -590,23 +616,25 @@ def _kafka_properties(
     major: int,
     proxied_port: int | None = None,
     advertised_proxy_port: int | None = None,
+    security: KafkaSecurity | None = None,
 ) -> str:
     h = f"[{host}]" if ":" in host else host
-    listeners = f"PLAINTEXT://{h}:{port},CONTROLLER://{h}:{controller_port}"
-    advertised = f"PLAINTEXT://{h}:{port}"
-    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    client = "PLAINTEXT" if security is None else "SASL_PLAINTEXT"
+    listeners = f"CLIENT://{h}:{port},CONTROLLER://{h}:{controller_port}"
+    advertised = f"CLIENT://{h}:{port}"
+    protocols = f"CLIENT:{client},CONTROLLER:PLAINTEXT"
     if proxied_port is not None and advertised_proxy_port is not None:
         # A client that bootstraps at the proxy reaches this listener, and is told to
         # connect to the proxy again for everything else: all its traffic is proxied.
         listeners += f",PROXIED://{h}:{proxied_port}"
         advertised += f",PROXIED://{h}:{advertised_proxy_port}"
-        protocols += ",PROXIED:PLAINTEXT"
+        protocols += f",PROXIED:{client}"
     props: dict[str, str] = {
         "node.id": "1",
         "process.roles": "broker,controller",
         "listeners": listeners,
         "advertised.listeners": advertised,
-        "inter.broker.listener.name": "PLAINTEXT",
+        "inter.broker.listener.name": "CLIENT",
         "controller.listener.names": "CONTROLLER",
         "controller.quorum.voters": f"1@{h}:{controller_port}",
         "listener.security.protocol.map": protocols,
@@ -637,6 +665,22 @@ def _kafka_properties(
         "broker.heartbeat.interval.ms": "1000",
         "broker.session.timeout.ms": "4000",
     }
+    if security is not None:
+        mech = security.mechanism
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{security.superuser}" password="{security.password}";'
+        )
+        props |= {
+            "sasl.enabled.mechanisms": mech,
+            "sasl.mechanism.inter.broker.protocol": mech,
+            f"listener.name.client.{mech.lower()}.sasl.jaas.config": jaas,
+            f"listener.name.proxied.{mech.lower()}.sasl.jaas.config": jaas,
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            # ANONYMOUS: the PLAINTEXT controller listener (controller requests only).
+            "super.users": f"User:{security.superuser};User:ANONYMOUS",
+            "allow.everyone.if.no.acl.found": "false",
+        }
     if major >= 4:
         # Share groups (KIP-932) keep internal state in a topic that defaults to RF 3.
         props["share.coordinator.state.topic.replication.factor"] = "1"
@@ -735,6 +779,18 @@ def _kafka_metadata_ready(host: str, port: int, node_id: int = 1) -> bool:
     return False
 
 
+def _secured_kafka_ready(host: str, port: int, security: KafkaSecurity) -> bool:
+    """The SASL listener authenticates the superuser and lists the cluster's brokers."""
+    from confluent_kafka.admin import AdminClient
+
+    h = f"[{host}]" if ":" in host else host
+    admin = AdminClient({"bootstrap.servers": f"{h}:{port}", **security.client_config()})
+    try:
+        return bool(admin.list_topics(timeout=2).brokers)
+    except Exception:
+        return False
+
+
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:
@@ -745,11 +801,26 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def _format_storage(java: str, libs: Path, data_dir: Path, props: Path, jvm_log: list[str]) -> None:
+def _format_storage(
+    java: str,
+    libs: Path,
+    data_dir: Path,
+    props: Path,
+    jvm_log: list[str],
+    security: KafkaSecurity | None = None,
+) -> None:
     """Format the KRaft log dir unless it already is (keeps data across restarts)."""
     if (data_dir / "logs" / "meta.properties").is_file():
         return
     cluster_id = _random_cluster_id()
+    scram = (
+        []
+        if security is None
+        else [
+            "--add-scram",
+            f"{security.mechanism}=[name={security.superuser},password={security.password}]",
+        ]
+    )
     cmd = [
         java,
         "-Xmx256m",
@@ -762,6 +833,7 @@ def _format_storage(java: str, libs: Path, data_dir: Path, props: Path, jvm_log:
         cluster_id,
         "-c",
         str(props),
+        *scram,
     ]
     log_path = data_dir / "kafka-format.log"
     with log_path.open("ab") as out:
@@ -794,6 +866,7 @@ def _start_kafka_once(
     major: int,
     proxied_port: int | None = None,
     advertised_proxy_port: int | None = None,
+    security: KafkaSecurity | None = None,
 ) -> RunningService | str:
     """Start the broker; if one of its ports is taken, return the broker's error line."""
     props = data_dir / "server.properties"
@@ -806,10 +879,12 @@ def _start_kafka_once(
         major,
         proxied_port,
         advertised_proxy_port,
+        security,
     )
     props.write_text(text)
+    props.chmod(0o600)  # it holds the superuser's password when secured
     jvm_log = _write_log_config(data_dir, major)
-    _format_storage(java, libs, data_dir, props, jvm_log)
+    _format_storage(java, libs, data_dir, props, jvm_log, security)
 
     log_path = data_dir / "kafka.log"
     offset = _file_size(log_path)
@@ -846,7 +921,12 @@ def _start_kafka_once(
             )  # fmt: skip
         if not started_line_seen:
             started_line_seen = _KAFKA_STARTED_MARKER in _read_from(log_path, offset)
-        if started_line_seen and _kafka_metadata_ready(host, port):
+        ready = (
+            _kafka_metadata_ready(host, port)
+            if security is None
+            else _secured_kafka_ready(host, port, security)
+        )
+        if started_line_seen and ready:
             service = RunningService(
                 "kafka",
                 host,
@@ -888,6 +968,7 @@ def start_kafka(
     partitions: int = 3,
     proxied_port: int | None = None,
     advertised_proxy_port: int | None = None,
+    security: KafkaSecurity | None = None,
 ) -> RunningService:
     """Start a single-node KRaft Kafka (broker and controller in one JVM).
 
@@ -906,6 +987,9 @@ def start_kafka(
     listener (:attr:`RunningService.address`) are not affected.  The returned service's
     ``proxied_port`` / :attr:`~RunningService.proxied_address` say where to point the
     proxy.
+
+    With ``security`` the client listeners require SASL/SCRAM and the StandardAuthorizer
+    denies whatever no ACL allows (see :class:`KafkaSecurity`).
 
     Returns once the broker has logged that it started and answers a Metadata request
     listing itself; raises :class:`ServiceError` (with the log tail) after 90 s.
@@ -931,8 +1015,9 @@ def start_kafka(
         pp = _pick_port(host, proxied_port, taken) if proxied else None
         started = time.monotonic()
         service = _start_kafka_once(
-            java, libs, data_dir, host, p, cp, partitions, major, pp, advertised_proxy_port
-        )
+            java, libs, data_dir, host, p, cp, partitions, major, pp, advertised_proxy_port,
+            security,
+        )  # fmt: skip
         if isinstance(service, RunningService):
             log.info(
                 "kafka %s started at %s (controller %s:%d%s) in %.1f s (pid %d, log %s)",
@@ -978,8 +1063,10 @@ class LocalStack:
         partitions: int = 3,
         kafka_proxied_port: int | None = None,
         kafka_advertised_proxy_port: int | None = None,
+        kafka_security: KafkaSecurity | None = None,
     ) -> None:
         self.base_dir = Path(base_dir)
+        self.kafka_security = kafka_security
         self.kafka_version = kafka_version
         self.kafka_port = kafka_port
         self.redis_port = redis_port
@@ -1018,6 +1105,7 @@ class LocalStack:
                     partitions=self.partitions,
                     proxied_port=self.kafka_proxied_port,
                     advertised_proxy_port=self.kafka_advertised_proxy_port,
+                    security=self.kafka_security,
                 )
         except BaseException:
             self.stop()
@@ -1062,6 +1150,7 @@ class LocalStack:
             partitions=self.partitions,
             proxied_port=old.proxied_port,
             advertised_proxy_port=old.advertised_proxy_port,
+            security=self.kafka_security,
         )
 
     @property

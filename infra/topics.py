@@ -50,7 +50,16 @@ def ensure_topics(
             created.append(name)
             log.info("created topic %s", name)
         except KafkaException as exc:
-            if exc.args and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            code = exc.args[0].code() if exc.args else None
+            if code == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            if code in (
+                KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+            ):
+                # A principal only sees (and may create) its own topics under ACLs: the
+                # administrator creates them all (`dnc acl apply`).
+                log.info("not allowed to create topic %s: left to the administrator", name)
                 continue
             raise ConfigError(f"cannot create topic {name}: {exc}") from exc
     return created
@@ -63,3 +72,22 @@ def ensure_pipeline_topics(settings: Settings) -> list[str]:
         pipeline_topics(settings),
         client_config=settings.kafka_client_config(),
     )
+
+
+def check_partition_counts(settings: Settings, timeout: float = 30.0) -> None:
+    """The oppositions and admin topics must have DNC_PARTITIONS partitions.
+
+    The worker routes every event to the partition of its canonical key with the murmur2
+    partitioner over that count; another count would apply a number's events on a partition
+    the producers do not use.
+    """
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap,
+                         **settings.kafka_client_config()})  # fmt: skip
+    topics = admin.list_topics(timeout=timeout).topics
+    for name in (settings.oppositions_topic, settings.admin_topic):
+        found = len(topics[name].partitions) if name in topics else None
+        if found is not None and found != settings.partitions:
+            raise ConfigError(
+                f"topic {name} has {found} partitions but DNC_PARTITIONS is "
+                f"{settings.partitions}: set DNC_PARTITIONS={found} for every process"
+            )

@@ -11,7 +11,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from schemas.errors import InvalidEventError, PublishError
-from schemas.events import OppositionEvent, check_clock
+from schemas.events import Kind, OppositionEvent, check_clock
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
 
@@ -49,7 +49,11 @@ class Receipt:
 
 
 class OppositionPublisher:
-    """Publishes validated opposition events to the oppositions topic.
+    """Publishes validated opposition events: to the oppositions topic, lifts to the admin topic.
+
+    Only the admin principal may write the admin topic (Kafka ACLs): a desktop that builds a
+    lift is refused by the broker, and a lift written to the oppositions topic is
+    dead-lettered by the worker.
 
     ``publish`` returns only after the broker acknowledged (all in-sync replicas); if it
     raises :class:`PublishError`, the event was not recorded and the caller must retry.
@@ -64,8 +68,10 @@ class OppositionPublisher:
         timeout_seconds: float = 15.0,
         max_event_bytes: int = 16 * 1024,
         producer: Producer | None = None,
+        admin_topic: str = "dnc.admin.v1",
     ) -> None:
         self._topic = topic
+        self._admin_topic = admin_topic
         self._tenants = tenants
         self._timeout = timeout_seconds
         self._max_bytes = max_event_bytes
@@ -80,6 +86,7 @@ class OppositionPublisher:
             tenants,
             timeout_seconds=settings.publish_timeout_seconds,
             max_event_bytes=settings.max_event_bytes,
+            admin_topic=settings.admin_topic,
             # Kafka SASL/TLS options (empty for the local PLAINTEXT stack).
             producer=Producer(
                 producer_config(
@@ -162,17 +169,18 @@ class OppositionPublisher:
     def _produce(
         self, event: OppositionEvent, payload: bytes, callback: Callable[..., None]
     ) -> None:
+        topic = self._admin_topic if event.kind is Kind.LIFT else self._topic
         while True:
             try:
                 self._producer.produce(
-                    self._topic, value=payload, key=event.kafka_key, on_delivery=callback
+                    topic, value=payload, key=event.kafka_key, on_delivery=callback
                 )
                 return
             except BufferError:
                 # Local queue full: serve delivery reports to make room.
                 self._producer.poll(0.1)
             except KafkaException as exc:
-                raise PublishError(f"cannot publish to {self._topic}: {exc}") from exc
+                raise PublishError(f"cannot publish to {topic}: {exc}") from exc
 
     def close(self) -> None:
         """Deliver what is still queued (bounded by the publish timeout)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -11,6 +12,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_VIEW_KEY = "local-development-view-key-change-me"
 VIEW_KEY_FILE = "view.key"  # in the data directory: the key `dnc up` generated for its stack
+KAFKA_CREDENTIALS_FILE = "kafka-credentials.json"  # `dnc up`'s SASL/SCRAM passwords
+DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
 BUNDLED_TENANTS_FILE = Path(__file__).resolve().parent.parent / "infra" / "tenants.toml"
 
 
@@ -29,7 +32,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DNC_", frozen=True, extra="ignore")
 
     # Where the services are.
-    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    kafka_bootstrap: str = Field(DEFAULT_KAFKA_BOOTSTRAP, description="Kafka bootstrap servers")
     redis_url: SecretStr = Field(
         SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL (may carry a password)"
     )
@@ -42,6 +45,10 @@ class Settings(BaseSettings):
     # Contracts.
     tenants_file: Path = Field(BUNDLED_TENANTS_FILE, description="TOML file declaring tenants")
     oppositions_topic: str = "dnc.oppositions.v1"
+    admin_topic: str = Field(
+        "dnc.admin.v1",
+        description="admin actions (lifts): only the admin principal may write it (Kafka ACLs)",
+    )
     suppressions_topic: str = "dnc.suppressions.v1"
     dead_letter_topic: str = "dnc.dead-letter.v1"
     partitions: int = Field(3, ge=1, description="partitions of the oppositions topic")
@@ -54,6 +61,11 @@ class Settings(BaseSettings):
         description="secret key of the view's keyed hash; rotating it means a rebuild. Unset: "
         "the key `dnc up` generated in DATA_DIR/view.key, else a public development key that "
         "the worker refuses unless DNC_ALLOW_DEVELOPMENT_VIEW_KEY=true",
+    )
+    authority_key: SecretStr | None = Field(
+        None,
+        description="key the worker signs the lifts it forwards from the admin topic with; "
+        "unset: derived from DNC_VIEW_KEY (set it so that holders of the view key cannot sign)",
     )
     allow_development_view_key: bool = Field(
         False, description="let the worker run with the public development view key (tests, demos)"
@@ -212,6 +224,31 @@ class Settings(BaseSettings):
             if key_file.is_file():
                 data = {**data, "view_key": key_file.read_text().strip()}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kafka_credentials_of_the_local_stack(cls, data: Any) -> Any:
+        """No DNC_KAFKA_SECURITY_PROTOCOL: for the stack `dnc up` runs (same bootstrap), use
+        the superuser it generated in the data directory (a local operator's shell)."""
+        if not isinstance(data, dict) or data.get("kafka_security_protocol"):
+            return data
+        path = Path(data.get("data_dir") or default_data_dir()) / KAFKA_CREDENTIALS_FILE
+        if not path.is_file():
+            return data
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return data
+        bootstrap = data.get("kafka_bootstrap") or DEFAULT_KAFKA_BOOTSTRAP
+        if found.get("bootstrap") != bootstrap or not found.get("superuser"):
+            return data
+        return {
+            **data,
+            "kafka_security_protocol": "SASL_PLAINTEXT",
+            "kafka_sasl_mechanism": "SCRAM-SHA-512",
+            "kafka_sasl_username": "dnc-superuser",
+            "kafka_sasl_password": found["superuser"],
+        }
 
     @model_validator(mode="after")
     def _kafka_security_complete(self) -> Settings:

@@ -1,9 +1,8 @@
 """Suppression state per (scope target, number): the Faust table value and the change record.
 
-The state is a last-writer-wins register ordered by ``(occurred_at, event_id)`` with
-one refinement so that a weaker, later suppression never shortens a stronger one: it
-keeps every suppression newer than the latest lift that could still matter (the
-"frontier": newer entries expire earlier, otherwise the older one is redundant).
+The state holds the suppressions in force that can still matter (a newer one that lasts at
+least as long makes an older one redundant) and the latest lift, applied in log order
+(see :mod:`streams.rules`).
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ class ActiveSuppression(BaseModel):
     source: Source
     agent_id: str | None = None
     reason_code: str | None = None
+    appended_ms: int | None = None  # when the broker appended it to the log (LogAppendTime)
 
     def in_force(self, now: datetime) -> bool:
         """True while not expired at ``now``."""
@@ -72,6 +72,10 @@ class SuppressionState(BaseModel):
     active: tuple[ActiveSuppression, ...] = ()
     version: int = 0  # number of changes applied
     partition: int = 0  # source partition that owns this key
+    # (partition, offset) of the last event applied: a replay at or before it is a no-op.
+    position: tuple[int, int] | None = None
+    # Suppressions a lift ended: their ids stay known, so a re-sent copy does not revive them.
+    ended: tuple[UUID, ...] = ()
     updated_at: AwareDatetime
 
     def effective(self, now: datetime) -> ActiveSuppression | None:

@@ -8,6 +8,7 @@ from schemas.settings import Settings
 from schemas.text import CONTROL_CHARACTERS
 
 DAY_MS = 24 * 3600 * 1000
+LOG_APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
 AUDIT_RETENTION_DAYS = 400
 
 # Dead-letter headers: the value and key are the original bytes, untouched.
@@ -49,8 +50,16 @@ def pipeline_topics(settings: Settings) -> list[TopicSpec]:
             settings.oppositions_topic,
             settings.partitions,
             rf,
-            # The log of record (audit trail): kept, never compacted.
-            {"retention.ms": "-1", "min.insync.replicas": min_isr},
+            # The log of record (audit trail): kept, never compacted. The broker stamps each
+            # event when appended: the one clock lifts are ordered by across the two topics.
+            {"retention.ms": "-1", "min.insync.replicas": min_isr, **LOG_APPEND_TIME},
+        ),
+        TopicSpec(
+            settings.admin_topic,
+            settings.partitions,
+            rf,
+            # Admin actions (lifts) are part of the record too: kept, never compacted.
+            {"retention.ms": "-1", "min.insync.replicas": min_isr, **LOG_APPEND_TIME},
         ),
         TopicSpec(
             settings.suppressions_topic,

@@ -82,8 +82,11 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         broker_credentials=faust_credentials(settings),  # Kafka SASL/TLS (None: PLAINTEXT)
         consumer_group_instance_id=settings.worker_instance_id,
     )
+    # The oppositions log and the admin topic (lifts): admin actions are forwarded, signed,
+    # to the log partition of their number (see streams/processor.py).
     source = app.topic(
         settings.oppositions_topic,
+        settings.admin_topic,
         key_serializer="raw",
         value_serializer="raw",
         partitions=settings.partitions,
@@ -107,7 +110,8 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         health_check_interval=10,
     )
     view = SuppressionViewWriter(redis, view_layout(settings, tenants), worker_id)
-    sink = FaustChangeSink(app, changes, dead_letters)
+    log_topic = app.topic(settings.oppositions_topic, key_serializer="raw", value_serializer="raw")
+    sink = FaustChangeSink(app, changes, dead_letters, log_topic)
     expiry = ExpirySchedule()
     lock = asyncio.Lock()
     progress = ProgressWatch(settings.stall_after_seconds)
@@ -144,6 +148,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             holes,
             frontier,
             app.consumer,
+            settings.oppositions_topic,
         )
 
     def owned_partitions() -> set[int] | None:

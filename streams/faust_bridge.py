@@ -23,7 +23,7 @@ from schemas.topics import (
 )
 from streams.delivery import DeliveryHoles
 from streams.freshness import AppliedFrontier
-from streams.processor import DeadLetter, OppositionProcessor, SourceMessage
+from streams.processor import DeadLetter, Forward, OppositionProcessor, SourceMessage
 from streams.progress import ProgressWatch
 
 
@@ -45,22 +45,36 @@ def source_message(event: Any) -> SourceMessage:
     """The processor's view of a Faust event."""
     message = event.message
     value = event.value if isinstance(event.value, bytes) else bytes(event.value or b"")
+    raw_headers = message.headers or ()
+    items = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
     return SourceMessage(
         key=message.key,
         value=value,
         topic=message.topic,
         partition=message.partition,
         offset=message.offset,
+        headers=tuple((str(k), v) for k, v in items),
+        # timestamp_type 1: LogAppendTime, the broker's stamp (the topics are created so).
+        appended_ms=round(message.timestamp * 1000)
+        if message.timestamp is not None and message.timestamp_type == 1
+        else None,
     )
 
 
 class FaustChangeSink:
     """Emits change records and dead letters with the Faust producer, waiting for the acks."""
 
-    def __init__(self, app: faust.App, changes: faust.TopicT, dead_letters: faust.TopicT):
+    def __init__(
+        self,
+        app: faust.App,
+        changes: faust.TopicT,
+        dead_letters: faust.TopicT,
+        oppositions: faust.TopicT,
+    ):
         self._app = app
         self._changes = changes
         self._dead_letters = dead_letters
+        self._oppositions = oppositions
 
     async def emit_changes(self, changes: Sequence[SuppressionChange]) -> None:
         """Send each change keyed by ``target|E164`` (compacted topic), wait for all acks."""
@@ -95,6 +109,20 @@ class FaustChangeSink:
             futures.append(fut)
         await asyncio.gather(*futures)
 
+    async def forward(self, events: Sequence[Forward]) -> None:
+        """Append each event to its canonical partition (original bytes), wait for the acks."""
+        futures = []
+        for item in events:
+            fut = await self._oppositions.send(
+                key=item.key,
+                value=item.message.value,
+                partition=item.partition,
+                headers=list(item.headers),
+                force=True,
+            )
+            futures.append(fut)
+        await asyncio.gather(*futures)
+
     async def flush(self) -> None:
         """Flush the producer: the table's changelog writes are durable after this."""
         await self._app.producer.flush()
@@ -108,6 +136,7 @@ async def apply_in_batches(
     holes: DeliveryHoles,
     frontier: AppliedFrontier,
     consumer: Any,
+    log_topic: str,
 ) -> None:
     """Consume ``stream`` (created with ``noack()``) in adaptive batches, acking by hand.
 
@@ -124,7 +153,8 @@ async def apply_in_batches(
     queue = stream.channel.queue
     async for event in stream.events():
         message = event.message
-        progress.received(message.partition, message.offset)
+        if message.topic == log_topic:  # the admin topic is only forwarded from
+            progress.received(message.partition, message.offset)
         rewind = holes.seek_needed(message.tp, message.offset)
         if rewind is not None:
             await consumer.seek(message.tp, rewind)
@@ -135,7 +165,8 @@ async def apply_in_batches(
         progress.applied()
         applied: dict[int, list[int]] = {}
         for done in batch:
-            applied.setdefault(done.message.partition, []).append(done.message.offset)
+            if done.message.topic == log_topic:
+                applied.setdefault(done.message.partition, []).append(done.message.offset)
             await stream.ack(done)
         for partition, offsets in applied.items():
             frontier.applied(partition, offsets)  # durable: the view may be vouched for now

@@ -1,8 +1,14 @@
-"""One batch of opposition messages: decode -> validate -> apply -> write view -> emit -> ack.
+"""One batch of opposition messages: decode -> validate -> route -> apply -> write view -> emit.
+
+Routing (authority and order, see :mod:`schemas.authority`): an event is applied only on the
+partition of its canonical key (``tenant:E164`` or ``_global:E164``); one read elsewhere, or
+under another key, is forwarded there first, and so is every admin action read on the admin
+topic (signed); a lift on the oppositions topic without the worker's signature is
+dead-lettered. So one number's history has one log order, and only admins end suppressions.
 
 Order of durability (the offsets are acked by Faust only after :meth:`process` returns):
 1. the Redis view is written (dialers see the change),
-2. the change records and dead letters are acknowledged by Kafka,
+2. the forwarded events, change records and dead letters are acknowledged by Kafka,
 3. the table's changelog writes are flushed,
 then the events are acked and their offsets may be committed. A crash anywhere before
 that replays the batch; every effect is idempotent, so a replay changes nothing.
@@ -18,9 +24,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from schemas.authority import (
+    APPENDED_AT_HEADER,
+    AUTHORITY_HEADER,
+    FORWARDED_FROM_HEADER,
+    authority_key,
+    header,
+    is_signed,
+    lift_cutoff_ms,
+    sign,
+)
 from schemas.errors import InvalidEventError
 from schemas.events import Kind, OppositionEvent, decode_event
 from schemas.metrics import DEAD_LETTERS, EVENTS, SUPPRESSED_NUMBERS, observe_propagation
+from schemas.partitioning import key_partition
 from schemas.settings import Settings
 from schemas.state import SuppressionChange, SuppressionState, state_key
 from schemas.tenants import TenantDirectory
@@ -41,6 +58,8 @@ class SourceMessage:
     topic: str
     partition: int
     offset: int
+    headers: tuple[tuple[str, bytes | None], ...] = ()
+    appended_ms: int | None = None  # the broker's LogAppendTime, when the topic has it
 
 
 @dataclass(frozen=True)
@@ -50,6 +69,16 @@ class DeadLetter:
     message: SourceMessage
     reason: str
     detail: str
+
+
+@dataclass(frozen=True)
+class Forward:
+    """An event to append to its canonical partition of the oppositions topic."""
+
+    message: SourceMessage
+    key: bytes
+    partition: int
+    headers: tuple[tuple[str, bytes], ...]
 
 
 class StateTable(Protocol):
@@ -67,6 +96,8 @@ class ChangeSink(Protocol):
 
     async def dead_letter(self, letters: Sequence[DeadLetter]) -> None: ...
 
+    async def forward(self, events: Sequence[Forward]) -> None: ...
+
     async def flush(self) -> None: ...
 
 
@@ -78,6 +109,7 @@ class BatchResult:
     duplicates: int = 0
     stale: int = 0
     rejected: int = 0
+    forwarded: int = 0
     changed_keys: list[str] = field(default_factory=list)
 
 
@@ -125,6 +157,8 @@ class OppositionProcessor:
         self._view_lock = view_lock
         self._bind_event = bind_event
         self._clock = clock
+        self._authority = authority_key(settings)
+        self._partitions = settings.partitions
 
     async def process(self, batch: Sequence[tuple[Any, SourceMessage]]) -> BatchResult:
         """Apply a batch of ``(faust event, message)``; never raises on bad input."""
@@ -134,18 +168,23 @@ class OppositionProcessor:
         emitted: dict[str, SuppressionState] = {}
         applied_at: dict[str, list[datetime]] = {}  # state key -> occurred_at applied
         dead: list[DeadLetter] = []
+        forwards: list[Forward] = []
         for faust_event, message in batch:
             with self._bind_event(faust_event):
-                outcome = self._apply_one(message, now, touched, emitted, applied_at, dead)
+                outcome = self._apply_one(
+                    message, now, touched, emitted, applied_at, dead, forwards
+                )
             if outcome is Outcome.APPLIED:
                 result.applied += 1
             elif outcome is Outcome.DUPLICATE:
                 result.duplicates += 1
             elif outcome is Outcome.STALE:
                 result.stale += 1
+            elif outcome is Outcome.FORWARDED:
+                result.forwarded += 1
             else:
                 result.rejected += 1
-        await self._propagate(touched, emitted, applied_at, dead, now)
+        await self._propagate(touched, emitted, applied_at, dead, forwards, now)
         result.changed_keys = list(emitted)
         return result
 
@@ -157,6 +196,7 @@ class OppositionProcessor:
         emitted: dict[str, SuppressionState],
         applied_at: dict[str, list[datetime]],
         dead: list[DeadLetter],
+        forwards: list[Forward],
     ) -> Outcome:
         try:
             event = decode_event(message.value, self._tenants, self._settings.max_event_bytes)
@@ -170,12 +210,47 @@ class OppositionProcessor:
             dead.append(DeadLetter(message, "processing_error", repr(exc)[:500]))
             return Outcome.REJECTED
         try:
+            route = self._route(event, message)
+            if isinstance(route, DeadLetter):
+                EVENTS.labels(kind=event.kind, outcome=Outcome.REJECTED).inc()
+                dead.append(route)
+                return Outcome.REJECTED
+            if route is not None:
+                EVENTS.labels(kind=event.kind, outcome=Outcome.FORWARDED).inc()
+                forwards.append(route)
+                return Outcome.FORWARDED
             return self._apply_valid(event, message, now, touched, emitted, applied_at)
         except Exception as exc:
             log.exception("unexpected error applying event %s", event.event_id)
             EVENTS.labels(kind=event.kind, outcome=Outcome.REJECTED).inc()
             dead.append(DeadLetter(message, "processing_error", repr(exc)[:500]))
             return Outcome.REJECTED
+
+    def _route(self, event: OppositionEvent, message: SourceMessage) -> Forward | DeadLetter | None:
+        """Where ``event`` belongs: applied here (None), forwarded, or refused."""
+        from_admin = message.topic == self._settings.admin_topic
+        signed = is_signed(self._authority, message.value, message.headers)
+        if event.kind is Kind.LIFT and not from_admin and not signed:
+            return DeadLetter(
+                message,
+                "lift_not_authorised",
+                "a lift on the oppositions topic without the worker's signature: lifts are "
+                "admin actions and go to the admin topic (`dnc lift`, the gateway's DELETE)",
+            )
+        key = event.kafka_key
+        partition = key_partition(key, self._partitions)
+        if not from_admin and message.key == key and message.partition == partition:
+            return None
+        origin = f"{message.topic}/{message.partition}/{message.offset}".encode()
+        headers: list[tuple[str, bytes]] = [(FORWARDED_FROM_HEADER, origin)]
+        if from_admin or signed:
+            headers.append((AUTHORITY_HEADER, sign(self._authority, message.value)))
+        appended = header(message.headers, APPENDED_AT_HEADER)  # already forwarded once
+        if appended is None and from_admin and message.appended_ms is not None:
+            appended = str(message.appended_ms).encode()
+        if appended is not None:
+            headers.append((APPENDED_AT_HEADER, appended))
+        return Forward(message, key, partition, tuple(headers))
 
     def _apply_valid(
         self,
@@ -191,7 +266,14 @@ class OppositionProcessor:
         before = touched.get(key) or load_state(self._table.get(key))
         cooldown = self._tenants.get(event.tenant).refusal_cooldown
         application = apply_event(
-            before, event, now=now, refusal_cooldown=cooldown, partition=message.partition
+            before,
+            event,
+            now=now,
+            refusal_cooldown=cooldown,
+            partition=message.partition,
+            offset=message.offset,
+            appended_ms=message.appended_ms,
+            lift_cutoff_ms=lift_cutoff_ms(message.headers) if event.kind is Kind.LIFT else None,
         )
         EVENTS.labels(kind=event.kind, outcome=application.outcome).inc()
         state = application.state
@@ -216,6 +298,7 @@ class OppositionProcessor:
         emitted: dict[str, SuppressionState],
         applied_at: dict[str, list[datetime]],
         dead: list[DeadLetter],
+        forwards: list[Forward],
         now: datetime,
     ) -> None:
         retry_cap = self._settings.retry_backoff_max_seconds
@@ -240,6 +323,8 @@ class OppositionProcessor:
             for key, s in emitted.items()
         ]
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if forwards:
+            steps.append(("forward", lambda: self._sink.forward(forwards)))
         if changes:
             steps.append(("emit changes", lambda: self._sink.emit_changes(changes)))
         if dead:

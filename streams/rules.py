@@ -1,10 +1,17 @@
-"""Apply rules: deterministic and, for the effect on suppression, independent of arrival order.
+"""Apply rules: the log orders a number's history, not the clocks of the desktops.
 
-* last writer by ``(occurred_at, event_id)``;
-* a lift ends every suppression older than it; a lift older than a suppression does nothing;
-* a later, weaker suppression (a 60-day refusal) never shortens a stronger one (an
-  objection until lifted): the state keeps the suppressions that can still matter;
-* the same event twice is a no-op.
+Events are applied in the order of the log partition of the number's canonical key (every
+event is routed there first), so:
+
+* a lift ends exactly the suppressions appended to the log before it, whatever their
+  ``occurred_at``; an opposition appended after a lift always takes effect, whatever its
+  ``occurred_at`` (an offline desktop, a wrong clock). When in doubt, suppressed: a
+  wrongful suppression costs a missed call, a wrongful lift a call to someone who said no;
+* among suppressions, the stronger one wins: a later, weaker suppression (a 60-day refusal)
+  never shortens a stronger one (an objection until lifted), whatever the arrival order;
+  ``occurred_at`` is the legal record and the start of a cooldown;
+* the same event twice is a no-op: by event id (also for suppressions a lift ended) and by
+  log position (a replay after a crash re-reads offsets already applied).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     STALE = "stale"
     REJECTED = "rejected"
+    FORWARDED = "forwarded"  # routed to its canonical partition (or from the admin topic)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,26 @@ def _dominated(entry: ActiveSuppression, by: ActiveSuppression) -> bool:
     return entry.expires_at is not None and by.expires_at >= entry.expires_at
 
 
+MAX_ENDED = 64  # event ids of suppressions ended by lifts, remembered as duplicates
+
+
+def _already_applied(
+    state: SuppressionState, event: OppositionEvent, partition: int, offset: int | None
+) -> bool:
+    if event.event_id in state.ended or (
+        state.lift is not None and state.lift.stamp.event_id == event.event_id
+    ):
+        return True
+    if any(e.stamp.event_id == event.event_id for e in state.active):
+        return True
+    return (
+        offset is not None
+        and state.position is not None
+        and state.position[0] == partition
+        and offset <= state.position[1]
+    )
+
+
 def apply_event(
     state: SuppressionState | None,
     event: OppositionEvent,
@@ -59,8 +87,16 @@ def apply_event(
     now: datetime,
     refusal_cooldown: timedelta,
     partition: int,
+    offset: int | None = None,
+    appended_ms: int | None = None,
+    lift_cutoff_ms: int | None = None,
 ) -> Application:
-    """Apply a validated, normalised event to the state of its (target, number)."""
+    """Apply a validated, normalised event, read at ``partition``/``offset`` of the log.
+
+    ``appended_ms``: when the broker appended it there. ``lift_cutoff_ms`` (lifts): when the
+    broker appended the lift to the admin topic; suppressions appended after that, while
+    the lift was being forwarded here, are not ended by it (None: every one before it).
+    """
     assert event.phone_e164 is not None, "apply_event needs a normalised event"
     stamp = Stamp(occurred_at=event.occurred_at, event_id=event.event_id)
     if state is None:
@@ -73,13 +109,9 @@ def apply_event(
             partition=partition,
             updated_at=now,
         )
-    known = [e.stamp.event_id for e in state.active]
-    if state.lift is not None:
-        known.append(state.lift.stamp.event_id)
-    if event.event_id in known:
+    if _already_applied(state, event, partition, offset):
         return Application(Outcome.DUPLICATE, state)
-    if state.lift is not None and stamp.order <= state.lift.stamp.order:
-        return Application(Outcome.STALE, state)
+    position = (partition, offset) if offset is not None else state.position
 
     if event.kind is Kind.LIFT:
         lift = LiftRecord(
@@ -88,16 +120,28 @@ def apply_event(
             source=event.source,
             agent_id=event.agent_id,
         )
-        active = tuple(e for e in state.active if e.stamp.order > stamp.order)
+        # Everything in force was appended before this lift: it ends, except what was
+        # appended after the admin recorded the lift (when in doubt, suppressed).
+        survivors = tuple(
+            e
+            for e in state.active
+            if lift_cutoff_ms is not None
+            and e.appended_ms is not None
+            and e.appended_ms >= lift_cutoff_ms
+        )
+        ending = [e.stamp.event_id for e in state.active if e not in survivors]
+        ended = (*state.ended, *ending)[-MAX_ENDED:]
         return Application(
             Outcome.APPLIED,
             state.model_copy(
                 update={
                     "lift": lift,
-                    "active": active,
+                    "active": survivors,
+                    "ended": ended,
                     "tenant": event.tenant,
                     "version": state.version + 1,
                     "partition": partition,
+                    "position": position,
                     "updated_at": now,
                 }
             ),
@@ -110,6 +154,7 @@ def apply_event(
         source=event.source,
         agent_id=event.agent_id,
         reason_code=event.reason_code,
+        appended_ms=appended_ms,
     )
     if not entry.in_force(now) or any(_dominated(entry, by=e) for e in state.active):
         return Application(Outcome.STALE, state)
@@ -123,6 +168,7 @@ def apply_event(
                 "tenant": event.tenant,
                 "version": state.version + 1,
                 "partition": partition,
+                "position": position,
                 "updated_at": now,
             }
         ),

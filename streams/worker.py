@@ -10,7 +10,7 @@ import threading
 import faust
 from prometheus_client import start_http_server
 
-from infra.topics import ensure_pipeline_topics
+from infra.topics import check_partition_counts, ensure_pipeline_topics
 from schemas.errors import ConfigError
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
@@ -68,6 +68,7 @@ def run_worker(settings: Settings, worker_id: str | None = None) -> None:
     created = ensure_pipeline_topics(settings)
     if created:
         log.info("created topics: %s", ", ".join(created))
+    check_partition_counts(settings)
     ident = worker_id or f"{socket.gethostname()}-{os.getpid()}"
     start_http_server(settings.worker_metrics_port, addr=settings.metrics_host)
     log.info(

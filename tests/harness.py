@@ -76,6 +76,28 @@ def stop_process(
     return process.returncode
 
 
+def pipeline_env(stack: LocalStack, tenants_file: Path, prefix: str) -> dict[str, str]:
+    """The DNC_* settings of a pipeline with its own topics and groups on ``stack``."""
+    return {
+        "DNC_KAFKA_BOOTSTRAP": stack.bootstrap_servers,
+        "DNC_REDIS_URL": stack.redis_url,
+        "DNC_TENANTS_FILE": str(tenants_file),
+        "DNC_OPPOSITIONS_TOPIC": f"{prefix}.oppositions",
+        "DNC_ADMIN_TOPIC": f"{prefix}.admin",
+        "DNC_SUPPRESSIONS_TOPIC": f"{prefix}.suppressions",
+        "DNC_DEAD_LETTER_TOPIC": f"{prefix}.dead-letter",
+        "DNC_AUDIT_TOPIC": f"{prefix}.audit",
+        "DNC_REFERENCE_DEAD_LETTER_TOPIC": f"{prefix}.reference-dead-letter",
+        "DNC_SYNC_GROUP_PREFIX": f"{prefix}-sync",
+        "DNC_WORKER_GROUP": f"{prefix}-worker",
+        "DNC_PARTITIONS": "3",
+        "DNC_HEARTBEAT_INTERVAL_SECONDS": "0.5",
+        "DNC_EXPIRY_INTERVAL_SECONDS": "0.2",
+        "DNC_VIEW_KEY": "test-view-key-" + prefix,
+        "DNC_LOG_LEVEL": "INFO",
+    }
+
+
 class Pipeline:
     """Unique topics and group on the shared stack; a real `dnc worker` subprocess."""
 
@@ -92,24 +114,7 @@ class Pipeline:
         self.prefix = prefix
         tenants_file = tmp / "tenants.toml"
         tenants_file.write_text(tenants_toml)
-        dnc = {
-            "DNC_KAFKA_BOOTSTRAP": stack.bootstrap_servers,
-            "DNC_REDIS_URL": stack.redis_url,
-            "DNC_TENANTS_FILE": str(tenants_file),
-            "DNC_OPPOSITIONS_TOPIC": f"{prefix}.oppositions",
-            "DNC_SUPPRESSIONS_TOPIC": f"{prefix}.suppressions",
-            "DNC_DEAD_LETTER_TOPIC": f"{prefix}.dead-letter",
-            "DNC_AUDIT_TOPIC": f"{prefix}.audit",
-            "DNC_REFERENCE_DEAD_LETTER_TOPIC": f"{prefix}.reference-dead-letter",
-            "DNC_SYNC_GROUP_PREFIX": f"{prefix}-sync",
-            "DNC_WORKER_GROUP": f"{prefix}-worker",
-            "DNC_PARTITIONS": "3",
-            "DNC_HEARTBEAT_INTERVAL_SECONDS": "0.5",
-            "DNC_EXPIRY_INTERVAL_SECONDS": "0.2",
-            "DNC_VIEW_KEY": "test-view-key-" + prefix,
-            "DNC_LOG_LEVEL": "INFO",
-            **(extra_env or {}),
-        }
+        dnc = {**pipeline_env(stack, tenants_file, prefix), **(extra_env or {})}
         self.env = {**os.environ, **dnc}
         self.settings = Settings(
             **{k[4:].lower(): v for k, v in dnc.items() if k.startswith("DNC_")}

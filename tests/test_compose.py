@@ -30,9 +30,12 @@ def test_same_services_versions_and_ports_as_dnc_up() -> None:
 def test_every_service_has_a_healthcheck_and_the_worker_waits_for_them() -> None:
     services = COMPOSE["services"]
     for name, service in services.items():
+        if service.get("restart") == "no":
+            continue  # a one-shot job (acl-init): the others wait for its success
         assert "healthcheck" in service, name
     depends = services["worker"]["depends_on"]
     assert depends == {
+        "acl-init": {"condition": "service_completed_successfully"},
         "kafka": {"condition": "service_healthy"},
         "redis": {"condition": "service_healthy"},
     }
@@ -54,6 +57,7 @@ PROMISED = {
     "prometheus",
     "grafana",
     "demo",
+    "acl-init",
 }
 # Scrape job -> (compose service, port the process listens on inside its container).
 SCRAPE_JOBS = {
@@ -118,7 +122,13 @@ def test_python_services_reach_the_backing_services_by_name() -> None:
     services = COMPOSE["services"]
     healthy = {"condition": "service_healthy"}
     sync, gateway, demo = services["sync"], services["gateway"], services["demo"]
-    assert sync["depends_on"] == {"kafka": healthy, "redis": healthy, "postgres": healthy}
+    done = {"condition": "service_completed_successfully"}
+    assert sync["depends_on"] == {
+        "acl-init": done,
+        "kafka": healthy,
+        "redis": healthy,
+        "postgres": healthy,
+    }
     assert gateway["depends_on"]["kafka"] == healthy
     assert gateway["depends_on"]["redis"] == healthy
     assert demo["depends_on"]["kafka"] == healthy
@@ -198,3 +208,26 @@ def test_every_volume_is_declared_and_every_mounted_file_exists() -> None:
                 used.add(source)
                 assert source in declared, f"{name} uses undeclared volume {source}"
     assert declared == used, f"declared but unused: {declared - used}"
+
+
+def test_kafka_runs_with_sasl_scram_and_acls_and_every_process_has_its_principal() -> None:
+    """The same authority model as `dnc up`: one principal per role, ACLs by acl-init."""
+    services = COMPOSE["services"]
+    script = (ROOT / "infra" / "kafka" / "compose-broker.sh").read_text()
+    assert "StandardAuthorizer" in script and "--add-scram" in script
+    assert "allow.everyone.if.no.acl.found=false" in script
+    assert services["kafka"]["command"] == ["bash", "/opt/dnc/compose-broker.sh"]
+    assert services["acl-init"]["command"][:2] == ["acl", "apply"]
+    expected = {"worker": "dnc-worker", "sync": "dnc-sync", "gateway": "dnc-gateway",
+                "demo": "dnc-gateway"}  # fmt: skip
+    for name, user in expected.items():
+        env = services[name]["environment"]
+        assert env["DNC_KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT", name
+        assert env["DNC_KAFKA_SASL_USERNAME"] == user, name
+        assert services[name]["depends_on"]["acl-init"] == {
+            "condition": "service_completed_successfully"
+        }
+    env_script = (ROOT / "infra" / "compose-env.sh").read_text()
+    for role in ("DESKTOP", "ADMIN", "GATEWAY", "WORKER", "SYNC"):
+        assert f"DNC_KAFKA_PASSWORD_{role}" in str(services["acl-init"]["environment"])
+    assert "DNC_KAFKA_PASSWORD_" in env_script and "DNC_VIEW_KEY" in env_script

@@ -64,19 +64,17 @@ def _props(text: str) -> dict[str, str]:
 
 def test_kafka_gets_the_proxied_listener_only_when_asked() -> None:
     plain = _props(_kafka_properties(Path("/d"), "127.0.0.1", 9000, 9001, 3, 3))
-    assert plain["listeners"] == "PLAINTEXT://127.0.0.1:9000,CONTROLLER://127.0.0.1:9001"
-    assert plain["advertised.listeners"] == "PLAINTEXT://127.0.0.1:9000"
+    assert plain["listeners"] == "CLIENT://127.0.0.1:9000,CONTROLLER://127.0.0.1:9001"
+    assert plain["advertised.listeners"] == "CLIENT://127.0.0.1:9000"
     assert "PROXIED" not in plain["listener.security.protocol.map"]
 
     proxied = _props(_kafka_properties(Path("/d"), "127.0.0.1", 9000, 9001, 3, 3, 9002, 9003))
     assert proxied["listeners"] == (
-        "PLAINTEXT://127.0.0.1:9000,CONTROLLER://127.0.0.1:9001,PROXIED://127.0.0.1:9002"
+        "CLIENT://127.0.0.1:9000,CONTROLLER://127.0.0.1:9001,PROXIED://127.0.0.1:9002"
     )
-    assert proxied["advertised.listeners"] == (
-        "PLAINTEXT://127.0.0.1:9000,PROXIED://127.0.0.1:9003"
-    )
+    assert proxied["advertised.listeners"] == ("CLIENT://127.0.0.1:9000,PROXIED://127.0.0.1:9003")
     assert proxied["listener.security.protocol.map"].endswith(",PROXIED:PLAINTEXT")
-    assert proxied["inter.broker.listener.name"] == "PLAINTEXT"
+    assert proxied["inter.broker.listener.name"] == "CLIENT"
 
 
 # --------------------------------------------------------------------------- redis

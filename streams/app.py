@@ -62,6 +62,8 @@ class WorkerApp:
 def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -> WorkerApp:
     """Create the Faust app with its agent and timers (nothing runs until the worker starts)."""
     brokers = [f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",") if b.strip()]
+    datadir = settings.data_dir / "faust" / settings.worker_group
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.worker_group,
         broker=brokers,
@@ -81,6 +83,8 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         producer_acks=-1,
         broker_credentials=faust_credentials(settings),  # Kafka SASL/TLS (None: PLAINTEXT)
         consumer_group_instance_id=settings.worker_instance_id,
+        # Faust's own files go with the other state, not into the working directory.
+        datadir=str(datadir),
     )
     # The oppositions log and the admin topic (lifts): admin actions are forwarded, signed,
     # to the log partition of their number (see streams/processor.py).

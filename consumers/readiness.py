@@ -11,8 +11,8 @@ The checker (library, CLI, gateway), `dnc status`, the gateway's ``/readyz`` and
   is at most ``max_staleness`` behind Redis's clock. An opposition acknowledged by Kafka
   longer ago than that is therefore in the view, or the answer is "unavailable".
 
-Every partition counts, not only the number's own: until every producer keys events by
-their canonical key, a number's events may sit on any partition.
+Every partition counts, not only the number's own: an event produced under another key
+waits on another partition until the worker has forwarded it to its canonical one.
 
 This module imports neither Faust nor FastAPI: dialers read the view without the engine.
 """

@@ -41,6 +41,7 @@ class PartitionFreshness:
     ready: bool
     staleness_seconds: float | None  # None: never vouched for
     owner: str | None
+    applied_ms: int | None = None  # applied-through time, ms on Redis's clock
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ def judge(
                 ready=ready_field(p) in fields,
                 staleness_seconds=None if applied is None else (now_ms - int(applied)) / 1000,
                 owner=fields.get(owner_field(p)),
+                applied_ms=None if applied is None else int(applied),
             )
         )
     found = tuple(partitions)

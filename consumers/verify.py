@@ -15,8 +15,10 @@ kind; any difference makes the command exit non-zero.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +37,7 @@ from schemas.tenants import TenantDirectory
 from schemas.view import META_KEY, VIEW_PREFIX, ViewLayout, view_layout
 
 SCAN_BATCH = 1000
+STRAY_REREADS = 3  # reads of the log (1 s apart) before a view member counts as unexplained
 
 
 class VerifyError(Exception):
@@ -150,8 +153,14 @@ def _check_view(
     layout: ViewLayout,
     changes: dict[str, SuppressionChange],
     now: datetime,
-    found: Reconciliation,
-) -> None:
+    reread: Callable[[], dict[str, SuppressionChange]],
+) -> tuple[list[tuple[SuppressionChange, str]], dict[str, int]]:
+    """Per-state view differences and unexplained members, confirmed against a second read.
+
+    The log keeps moving while verify runs: a difference counts only if the number's state
+    is still the same in a second read of the log taken after the view was read, and a
+    member counts as unexplained only if neither read explains it.
+    """
     known: dict[str, set[int]] = defaultdict(set)  # every state's member, in force or not
     asked: list[tuple[SuppressionChange, str, int]] = []
     for change in changes.values():
@@ -161,74 +170,146 @@ def _check_view(
     pipe = client.pipeline(transaction=False)
     for _change, key, member in asked:
         pipe.sismember(key, str(member))
+    candidates: list[tuple[SuppressionChange, str]] = []
     for (change, _key, _member), present in zip(asked, pipe.execute(), strict=True):
-        tally = found.tally(owner_of(change.target), _kind(change, now))
-        tally.states += 1
-        if _in_force(change, now):
-            tally.in_force += 1
-            tally.view_missing += 0 if present else 1
-        elif present:
-            tally.view_unexpected += 1
+        if _in_force(change, now) and not present:
+            candidates.append((change, "view_missing"))
+        elif not _in_force(change, now) and present:
+            candidates.append((change, "view_unexpected"))
     # Members no state explains at all (left by a bug, another key, a stray writer).
-    unexplained: dict[str, int] = defaultdict(int)
+    strays: list[tuple[str, str, int]] = []
     for raw_key in client.scan_iter(match=layout.pattern(), count=SCAN_BATCH):
         key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
         target = key[len(VIEW_PREFIX) + 1 :].rsplit(":", 1)[0]
         if key == META_KEY or (target.startswith("_") and target != GLOBAL_TARGET):
             continue  # the metadata hash and other bookkeeping keys, not suppression sets
         explained = known.get(key, set())
-        for raw in client.smembers(key):
-            if int(raw) not in explained:
-                unexplained[owner_of(target)] += 1
-    found.unexplained_members = dict(unexplained)
+        strays.extend(
+            (key, target, int(raw)) for raw in client.smembers(key) if int(raw) not in explained
+        )
+    later = changes
+    # The worker writes the view before it emits the change record: a member may be in the
+    # view a moment before its change is in the log. Read the log again, a few times.
+    for attempt in range(STRAY_REREADS if candidates or strays else 0):
+        if attempt:
+            time.sleep(1.0)
+        later = reread()
+        for change in later.values():
+            slot = layout.slot(change.target, change.phone_e164)
+            known[slot.key].add(slot.member)
+        strays = [(k, t, m) for k, t, m in strays if m not in known.get(k, set())]
+        if not strays:
+            break
+    confirmed = [
+        (change, what)
+        for change, what in candidates
+        if (again := later.get(_state_key(change))) is not None and again.version == change.version
+    ]
+    unexplained: dict[str, int] = defaultdict(int)
+    for _key, target, _member in strays:
+        unexplained[owner_of(target)] += 1
+    return confirmed, dict(unexplained)
+
+
+def _state_key(change: SuppressionChange) -> str:
+    return f"{change.target}|{change.phone_e164}"
+
+
+def _reference_rows(dsn: str, tenant: str) -> dict[tuple[str, str], tuple[bool, int]]:
+    with psycopg.connect(dsn, connect_timeout=10) as conn:
+        rows = conn.execute(
+            "SELECT target, phone_e164, suppressed, version FROM reference_list_scope"
+            " WHERE tenant = %s",
+            (tenant,),
+        ).fetchall()
+    return {(target, phone): (suppressed, version) for target, phone, suppressed, version in rows}
+
+
+def _reference_differences(
+    delivered: list[SuppressionChange], have: dict[tuple[str, str], tuple[bool, int]]
+) -> list[tuple[SuppressionChange, str]]:
+    out = []
+    for change in delivered:
+        row = have.get((change.target, change.phone_e164))
+        if row is None or row[1] < change.version:
+            out.append((change, "reference_missing"))
+        elif row[1] == change.version and row[0] != change.suppressed:
+            out.append((change, "reference_differs"))
+    return out
 
 
 def _check_reference_list(
     tenant: str,
     dsn: str,
     changes: dict[str, SuppressionChange],
-    now: datetime,
     found: Reconciliation,
-) -> None:
+    settle_seconds: float,
+) -> list[tuple[SuppressionChange, str]]:
+    """Changes the tenant's list lacks; a sync still delivering gets ``settle_seconds``."""
     delivered = [c for c in changes.values() if concerns(c, tenant)]  # what its lane delivers
+    deadline = time.monotonic() + settle_seconds
     try:
-        with psycopg.connect(dsn, connect_timeout=10) as conn:
-            rows = conn.execute(
-                "SELECT target, phone_e164, suppressed, version FROM reference_list_scope"
-                " WHERE tenant = %s",
-                (tenant,),
-            ).fetchall()
+        have = _reference_rows(dsn, tenant)
+        differences = _reference_differences(delivered, have)
+        while differences and time.monotonic() < deadline:
+            time.sleep(1.0)
+            have = _reference_rows(dsn, tenant)
+            differences = _reference_differences([c for c, _w in differences], have)
     except psycopg.Error as exc:
         found.reference_lists[tenant] = f"not checked: {str(exc).strip()[:200]}"
-        return
-    have: dict[tuple[str, str], tuple[bool, int]] = {
-        (target, phone): (suppressed, version) for target, phone, suppressed, version in rows
-    }
-    for change in delivered:
-        tally = found.tally(owner_of(change.target), _kind(change, now))
-        row = have.get((change.target, change.phone_e164))
-        if row is None or row[1] < change.version:
-            tally.reference_missing += 1
-        elif row[1] == change.version and row[0] != change.suppressed:
-            tally.reference_differs += 1
-    found.reference_lists[tenant] = f"checked ({len(delivered)} changes, {len(rows)} rows)"
+        return []
+    found.reference_lists[tenant] = f"checked ({len(delivered)} changes, {len(have)} rows)"
+    return differences
 
 
-def reconcile(settings: Settings, tenants: TenantDirectory) -> Reconciliation:
-    """Compare the log of record with the view and every PostgreSQL reference list."""
+def _wait_view_through(checker: SuppressionChecker, since_ms: int, settle_seconds: float) -> str:
+    """Until every partition of the view is applied through ``since_ms`` (Redis's clock)."""
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        verdict = checker.readiness()
+        if verdict.layout_mismatch:
+            raise VerifyError(verdict.why or "view layout mismatch")
+        behind = [
+            p.partition
+            for p in verdict.partitions
+            if p.applied_ms is None or p.applied_ms < since_ms
+        ]
+        if verdict.partitions and not behind and verdict.ready:
+            return verdict.why or "ready and current"
+        if time.monotonic() >= deadline:
+            why = verdict.why or f"partitions {behind} behind"
+            raise VerifyError(
+                f"the view has not applied the log up to when verify started ({why}): run it "
+                "again once `dnc status` shows the worker caught up"
+            )
+        time.sleep(0.2)
+
+
+def reconcile(
+    settings: Settings, tenants: TenantDirectory, settle_seconds: float = 30.0
+) -> Reconciliation:
+    """Compare the log of record with the view and every PostgreSQL reference list.
+
+    Safe to run while traffic flows: it reads the log, waits until the view has applied
+    everything the log held when it started, and counts only differences a second read
+    of the log confirms; reference lists get ``settle_seconds`` to deliver what is pending.
+    """
     found = Reconciliation()
-    changes = read_latest_changes(settings)
-    found.changes_read = len(changes)
-    now = datetime.now(UTC)
     client = redis.Redis.from_url(
         settings.redis_url.get_secret_value(), socket_timeout=10, socket_connect_timeout=5
     )
     try:
-        verdict = SuppressionChecker.from_settings(settings, tenants, client).readiness()
-        found.view_readiness = verdict.why or "ready and current"
-        if verdict.layout_mismatch:
-            raise VerifyError(verdict.why or "view layout mismatch")
-        _check_view(client, view_layout(settings, tenants), changes, now, found)
+        checker = SuppressionChecker.from_settings(settings, tenants, client)
+        seconds, micros = client.time()
+        started_ms = int(seconds) * 1000 + int(micros) // 1000
+        changes = read_latest_changes(settings)
+        found.changes_read = len(changes)
+        found.view_readiness = _wait_view_through(checker, started_ms, settle_seconds)
+        now = datetime.now(UTC)
+        differences, found.unexplained_members = _check_view(
+            client, view_layout(settings, tenants), changes, now,
+            lambda: read_latest_changes(settings),
+        )  # fmt: skip
     except redis.RedisError as exc:
         raise VerifyError(f"Redis unreachable: {exc}") from exc
     finally:
@@ -237,9 +318,16 @@ def reconcile(settings: Settings, tenants: TenantDirectory) -> Reconciliation:
         config = tenants.get(name).reference_list
         if isinstance(config, PostgresSinkConfig):
             dsn = config.dsn(settings.postgres_dsn.get_secret_value())
-            _check_reference_list(name, dsn, changes, now, found)
+            differences += _check_reference_list(name, dsn, changes, found, settle_seconds)
         elif config is not None:
             found.reference_lists[name] = f"not checked ({config.sink}: the client's system)"
+    for change in changes.values():
+        tally = found.tally(owner_of(change.target), _kind(change, now))
+        tally.states += 1
+        tally.in_force += 1 if _in_force(change, now) else 0
+    for change, what in differences:
+        tally = found.tally(owner_of(change.target), _kind(change, now))
+        setattr(tally, what, getattr(tally, what) + 1)
     return found
 
 

@@ -26,6 +26,10 @@ from tests.harness import Pipeline
 
 SERVICE_MARKERS = {"kafka", "redis", "pipeline", "postgres"}
 
+# Hermetic: whatever `dnc up` left in the user's data directory (its view key, its Kafka
+# credentials) must not reach the tests or the processes they start.
+os.environ["DNC_DATA_DIR"] = tempfile.mkdtemp(prefix="dnc-test-data-")
+
 # The suite shares two cores with Kafka, PostgreSQL and worker processes: generation speed
 # and per-example time say nothing about correctness here, so they must not fail a run.
 settings.register_profile(

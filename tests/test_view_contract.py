@@ -142,3 +142,34 @@ def test_verify_finds_a_missing_and_an_unexplained_member_then_is_clean(
     pipeline.redis.flushall()  # the worker rebuilds the whole view from its table
     pipeline.wait_answer(phones[3], "acme", "suppressed", timeout=30)
     assert pipeline.cli("verify").returncode == 0
+
+
+@pytest.mark.pipeline
+def test_verify_is_clean_while_traffic_flows(pipeline: Pipeline) -> None:
+    """Ops run it on a live pipeline: changes in flight are not differences."""
+    import threading
+
+    pipeline.start_worker()
+    stop = threading.Event()
+
+    def agents() -> None:
+        i = 0
+        while not stop.is_set():
+            batch = [OppositionEvent.record(tenant="acme", phone=f"+3361200{i + k:04d}",
+                                            kind=Kind.OPPOSITION if (i + k) % 3 else Kind.REFUSAL)
+                     for k in range(20)]  # fmt: skip
+            pipeline.publisher.publish_many(batch)
+            i += 20
+            stop.wait(0.05)
+
+    thread = threading.Thread(target=agents, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: pipeline.check("+33612000000", "acme").answer.value == "suppressed",
+                 timeout=30, what="traffic flowing")  # fmt: skip
+        live = pipeline.cli("verify", "--json", timeout=120)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert live.returncode == 0, live.stdout[-3000:] + live.stderr[-2000:]
+    assert json.loads(live.stdout)["differences"] == 0

@@ -177,6 +177,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             log.warning("view maintenance failed (%s); retrying next tick", exc)
 
     cut_off = _RateLimitedWarning(log, every_seconds=10)
+    behind = _RateLimitedWarning(log, every_seconds=10)
 
     @app.timer(settings.freshness_interval_seconds, name="vouch-for-view")
     async def vouch() -> None:
@@ -195,6 +196,12 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             return
         frontier.observe(now_ms, ends)
         vouched = frontier.vouchable()
+        for partition, (applied_to, awaited) in frontier.waiting().items():
+            since = last_vouched.get(partition, started_ms.setdefault(partition, now_ms))
+            if now_ms - since > 10_000:
+                behind.warn("partition %d not vouched for %.0fs: applied up to offset %s, "
+                            "waiting for %d", partition, (now_ms - since) / 1000, applied_to,
+                            awaited)  # fmt: skip
         try:
             await maintenance.vouch(vouched)
         except Exception as exc:
@@ -206,6 +213,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         )
 
     last_vouched: dict[int, int] = {}
+    started_ms: dict[int, int] = {}  # first vouch attempt per partition, for the warning
 
     async def seed_frontier(tps: dict[int, TP]) -> None:
         """Start each new partition's frontier where delivery starts: the committed offset."""
@@ -273,5 +281,6 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         holes.forget()
         frontier.forget()
         last_vouched.clear()
+        started_ms.clear()
 
     return WorkerApp(app=app, processor=processor, maintenance=maintenance, redis=redis)

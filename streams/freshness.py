@@ -81,6 +81,12 @@ class AppliedFrontier:
             else:
                 queue.append((end, time_ms))
 
+    def waiting(self) -> dict[int, tuple[int | None, int]]:
+        """Partitions with an unmet claim: (first offset not applied, the end offset awaited)."""
+        return {
+            p: (self._next.get(p), queue[0][0]) for p, queue in self._observations.items() if queue
+        }
+
     def vouchable(self) -> dict[int, int]:
         """Per partition, the latest observed time whose end offset is now all applied."""
         out: dict[int, int] = {}

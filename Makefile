@@ -35,8 +35,11 @@ lock-check: $(UV)
 
 $(VENV)/.installed: pyproject.toml uv.lock $(UV)
 	@$(MAKE) --no-print-directory lock-check
-	$(UV) sync --frozen --extra dev --group build --no-install-project --python $(PYTHON) --quiet
+	$(UV) sync --frozen --extra dev --group build --no-install-project --python $(PYTHON) --quiet --compile-bytecode
 	$(UV) pip install --python $(BIN)/python --no-deps --no-build-isolation --quiet -e .
+	@# Bytecode ahead of time: where PYTHONDONTWRITEBYTECODE is set, every process would
+	@# otherwise compile everything it imports at each start (0.4 s of a `dnc check`).
+	$(BIN)/python -m compileall -q dnc schemas producers streams consumers infra
 	touch $@
 
 # Refresh the lock (newest versions within pyproject.toml's ranges); commit the result.

@@ -13,7 +13,7 @@ import faust
 from faust.types import TP
 from redis.asyncio import Redis
 
-from schemas.metrics import CONSUMER_LAG
+from schemas.metrics import CONSUMER_LAG, DELIVERY_HOLES
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
 from schemas.view import view_layout
@@ -32,6 +32,7 @@ log = logging.getLogger("dnc.streams")
 
 TABLE_NAME = "suppression-state"
 STALL_CHECK_INTERVAL = 5.0  # seconds between end-offset reads (one ListOffsets request)
+REFETCH_AFTER_SECONDS = 2.0  # a gap below applied offsets this old is fetched again
 
 
 class _RateLimitedWarning:
@@ -195,6 +196,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
                          "is not vouched for; checks fail closed past the bound", exc)  # fmt: skip
             return
         frontier.observe(now_ms, ends)
+        await refetch_skipped(tps)
         vouched = frontier.vouchable()
         for partition, (applied_to, awaited) in frontier.waiting().items():
             since = last_vouched.get(partition, started_ms.setdefault(partition, now_ms))
@@ -214,6 +216,37 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
 
     last_vouched: dict[int, int] = {}
     started_ms: dict[int, int] = {}  # first vouch attempt per partition, for the warning
+
+    gaps_seen: dict[int, tuple[int, float]] = {}  # partition -> frontier offset, since when
+
+    async def refetch_skipped(tps: dict[int, TP]) -> None:
+        """Seek back to offsets the stream skipped while later ones were applied.
+
+        The delivery-hole repair sees gaps between delivered offsets; this also catches
+        offsets dropped before the first delivery after an assignment (the frontier starts
+        at the committed offset), which would otherwise keep the partition from ever being
+        vouched for. Re-delivered events are applied idempotently (log position).
+        """
+        now = time.monotonic()
+        waiting = frontier.waiting()
+        for partition, tp in tps.items():
+            nxt, awaited = waiting.get(partition, (None, None))
+            if nxt is None or awaited is None or awaited <= nxt:
+                gaps_seen.pop(partition, None)  # nothing awaited: not stuck
+                continue
+            seen = gaps_seen.get(partition)
+            if seen is None or seen[0] != nxt:
+                gaps_seen[partition] = (nxt, now)  # the frontier moved: watch it again
+                continue
+            if now - seen[1] < REFETCH_AFTER_SECONDS or progress.in_flight():
+                continue  # (a batch still being applied: Redis or Kafka is slow, not a hole)
+            gap = frontier.gap(partition)
+            log.error("partition %d: offset %d not applied for %.0fs while the log holds %d%s: "
+                      "fetching from it again", partition, nxt, now - seen[1], awaited,
+                      f" (applied from {gap[1]} on)" if gap else "")  # fmt: skip
+            DELIVERY_HOLES.labels(outcome="detected").inc()
+            gaps_seen[partition] = (nxt, now)
+            await cast(Any, app.consumer).seek(tp, nxt)
 
     async def seed_frontier(tps: dict[int, TP]) -> None:
         """Start each new partition's frontier where delivery starts: the committed offset."""
@@ -282,5 +315,6 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         frontier.forget()
         last_vouched.clear()
         started_ms.clear()
+        gaps_seen.clear()
 
     return WorkerApp(app=app, processor=processor, maintenance=maintenance, redis=redis)

@@ -81,6 +81,17 @@ class AppliedFrontier:
             else:
                 queue.append((end, time_ms))
 
+    def gap(self, partition: int) -> tuple[int, int] | None:
+        """``(first missing, first applied after it)`` when later offsets are applied but an
+        earlier one never was: the stream skipped it (e.g. Faust dropping the first messages
+        after an assignment), and it must be fetched again."""
+        nxt = self._next.get(partition)
+        ahead = self._ahead.get(partition)
+        if nxt is None or not ahead:
+            return None
+        first = min(ahead)
+        return (nxt, first) if first > nxt else None
+
     def waiting(self) -> dict[int, tuple[int | None, int]]:
         """Partitions with an unmet claim: (first offset not applied, the end offset awaited)."""
         return {

@@ -155,10 +155,11 @@ class ViewMaintenance:
 
     async def vouch(self, applied_through_ms: dict[int, int]) -> None:
         """Publish applied-through times for the partitions this worker has materialised."""
-        mine = {p: ms for p, ms in applied_through_ms.items() if p in self.materialised}
-        if not mine:
-            return
-        refused = await self._view.vouch(mine)
+        async with self._lock:  # never interleaved with a rebuild (it rotates the epochs)
+            mine = {p: ms for p, ms in applied_through_ms.items() if p in self.materialised}
+            if not mine:
+                return
+            refused = await self._view.vouch(mine)
         if refused:
             log.error(
                 "the view of partitions %s is not the one this worker wrote (Redis flushed, "

@@ -32,6 +32,10 @@ class ProgressWatch:
         self._moved_at[partition] = now
         self._in_flight_since.setdefault(partition, now)
 
+    def in_flight(self) -> bool:
+        """A delivered batch is still being applied (its effects are not durable yet)."""
+        return bool(self._in_flight_since)
+
     def applied(self) -> None:
         """Everything delivered so far is applied (its side effects are durable)."""
         self._in_flight_since.clear()

@@ -17,6 +17,7 @@ from schemas.metrics import CONSUMER_LAG, DELIVERY_HOLES
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
 from schemas.view import view_layout
+from streams.commits import AppliedCommits
 from streams.credentials import faust_credentials
 from streams.delivery import DeliveryHoles
 from streams.expiry import ExpirySchedule
@@ -95,6 +96,8 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         key_serializer="raw",
         value_serializer="raw",
         partitions=settings.partitions,
+        # Faust never commits these: the worker commits what it applied (streams/commits.py).
+        acks=False,
     )
     changes = app.topic(settings.suppressions_topic, key_serializer="raw", value_serializer="raw")
     dead_letters = app.topic(
@@ -121,8 +124,11 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     lock = asyncio.Lock()
     progress = ProgressWatch(settings.stall_after_seconds)
     holes = DeliveryHoles()
-    frontier = AppliedFrontier()
-    log_end = LogEndReader(settings, settings.oppositions_topic)
+    source_topics = (settings.oppositions_topic, settings.admin_topic)
+    frontiers = {topic: AppliedFrontier() for topic in source_topics}
+    frontier = frontiers[settings.oppositions_topic]  # the one vouched for
+    commits = AppliedCommits(app.consumer, frontiers)
+    log_end = LogEndReader(settings)
     processor = OppositionProcessor(
         table=table,
         view=view,
@@ -151,21 +157,25 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             settings.batch_max_events,
             progress,
             holes,
-            frontier,
+            frontiers,
             app.consumer,
             settings.oppositions_topic,
         )
 
-    def owned_partitions() -> set[int] | None:
-        """Owned source partitions, or None while rebalancing or recovering the table."""
+    def owned_sources() -> set[TP] | None:
+        """Owned partitions of both source topics, or None while rebalancing or recovering."""
         tables: Any = app.tables
         if app.rebalancing or app.in_recovery or not tables.recovery.completed.is_set():
             return None
-        return {
-            tp.partition
-            for tp in app.assignor.assigned_actives()
-            if tp.topic == settings.oppositions_topic
-        }
+        return {TP(tp.topic, tp.partition) for tp in app.assignor.assigned_actives()
+                if tp.topic in source_topics}  # fmt: skip
+
+    def owned_partitions() -> set[int] | None:
+        """Owned partitions of the oppositions log (those the view vouches for)."""
+        owned = owned_sources()
+        if owned is None:
+            return None
+        return {tp.partition for tp in owned if tp.topic == settings.oppositions_topic}
 
     @app.timer(settings.heartbeat_interval_seconds, name="view-maintenance")
     async def keep_view() -> None:
@@ -184,20 +194,24 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     async def vouch() -> None:
         """Read Redis's clock, then the log's end; vouch for what is applied up to it."""
         owned = owned_partitions()
-        if owned is None or maintenance.materialised != owned:
+        sources = owned_sources()
+        if owned is None or sources is None or maintenance.materialised != owned:
             return  # rebuilding or rebalancing: nothing is vouched for
-        tps = {p: TP(settings.oppositions_topic, p) for p in owned}
         try:
-            await seed_frontier(tps)
+            await seed_frontiers(sources)
             now_ms = await view.server_time_ms()  # first: the claim is about the log at now_ms
-            ends = await log_end.end_offsets(owned, wait=settings.max_staleness_seconds)
+            ends = await log_end.end_offsets(sources, wait=settings.max_staleness_seconds)
         except Exception as exc:  # cut from Redis or Kafka: the view ages, checks fail closed
             cut_off.warn("cannot read Redis's clock or the log's end offsets (%s): the view "
                          "is not vouched for; checks fail closed past the bound", exc)  # fmt: skip
             return
-        frontier.observe(now_ms, ends)
-        await refetch_skipped(tps)
+        for topic, topic_frontier in frontiers.items():
+            topic_frontier.observe(
+                now_ms, {tp.partition: end for tp, end in ends.items() if tp.topic == topic}
+            )
+        await refetch_skipped(sources)
         vouched = frontier.vouchable()
+        frontiers[settings.admin_topic].vouchable()  # (admin claims are only for refetching)
         for partition, (applied_to, awaited) in frontier.waiting().items():
             since = last_vouched.get(partition, started_ms.setdefault(partition, now_ms))
             if now_ms - since > 10_000:
@@ -217,50 +231,61 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     last_vouched: dict[int, int] = {}
     started_ms: dict[int, int] = {}  # first vouch attempt per partition, for the warning
 
-    gaps_seen: dict[int, tuple[int, float]] = {}  # partition -> frontier offset, since when
+    gaps_seen: dict[TP, tuple[int, float]] = {}  # frontier offset, since when
 
-    async def refetch_skipped(tps: dict[int, TP]) -> None:
-        """Seek back to offsets the stream skipped while later ones were applied.
+    async def refetch_skipped(tps: set[TP]) -> None:
+        """Seek back to offsets the stream skipped while the log holds more.
 
         The delivery-hole repair sees gaps between delivered offsets; this also catches
         offsets dropped before the first delivery after an assignment (the frontier starts
         at the committed offset), which would otherwise keep the partition from ever being
-        vouched for. Re-delivered events are applied idempotently (log position).
+        vouched for, or committed past. Re-delivered events are applied idempotently.
         """
         now = time.monotonic()
-        waiting = frontier.waiting()
-        for partition, tp in tps.items():
-            nxt, awaited = waiting.get(partition, (None, None))
+        for tp in tps:
+            topic_frontier = frontiers[tp.topic]
+            nxt, awaited = topic_frontier.waiting().get(tp.partition, (None, None))
             if nxt is None or awaited is None or awaited <= nxt:
-                gaps_seen.pop(partition, None)  # nothing awaited: not stuck
+                gaps_seen.pop(tp, None)  # nothing awaited: not stuck
                 continue
-            seen = gaps_seen.get(partition)
+            seen = gaps_seen.get(tp)
             if seen is None or seen[0] != nxt:
-                gaps_seen[partition] = (nxt, now)  # the frontier moved: watch it again
+                gaps_seen[tp] = (nxt, now)  # the frontier moved: watch it again
                 continue
             if now - seen[1] < REFETCH_AFTER_SECONDS or progress.in_flight():
                 continue  # (a batch still being applied: Redis or Kafka is slow, not a hole)
-            gap = frontier.gap(partition)
-            log.error("partition %d: offset %d not applied for %.0fs while the log holds %d%s: "
-                      "fetching from it again", partition, nxt, now - seen[1], awaited,
-                      f" (applied from {gap[1]} on)" if gap else "")  # fmt: skip
+            gap = topic_frontier.gap(tp.partition)
+            log.error("%s[%d]: offset %d not applied for %.0fs while the log holds %d%s: "
+                      "fetching from it again", tp.topic, tp.partition, nxt, now - seen[1],
+                      awaited, f" (applied from {gap[1]} on)" if gap else "")  # fmt: skip
             DELIVERY_HOLES.labels(outcome="detected").inc()
-            gaps_seen[partition] = (nxt, now)
+            gaps_seen[tp] = (nxt, now)
             await cast(Any, app.consumer).seek(tp, nxt)
 
-    async def seed_frontier(tps: dict[int, TP]) -> None:
-        """Start each new partition's frontier where delivery starts: the committed offset."""
+    async def seed_frontiers(tps: set[TP]) -> None:
+        """Start each new partition's frontier where delivery starts: the committed offset.
+
+        Faust records the committed offsets when it seeks after an assignment, and never
+        changes them afterwards for these topics (it does not commit them; the worker does,
+        from its frontiers, so the committed offset never passes an unapplied message).
+        It holds None for "never committed" and for 0: delivery then starts at the log start.
+        """
         consumer: Any = app.consumer
-        unseeded = {p: tp for p, tp in tps.items() if frontier.next_offset(p) is None}
+        unseeded = [tp for tp in tps if frontiers[tp.topic].next_offset(tp.partition) is None]
         if not unseeded:
             return
-        # Faust's record of the committed offsets (set when it seeks after assignment); it
-        # holds None for "never committed" and for 0: delivery then starts at the log start.
-        committed = {p: consumer._committed_offset.get(tp) for p, tp in unseeded.items()}
-        missing = [tp for p, tp in unseeded.items() if not committed[p]]
+        committed = {tp: consumer._committed_offset.get(tp) for tp in unseeded}
+        missing = [tp for tp in unseeded if not committed[tp]]
         starts = await app.consumer.earliest_offsets(*missing) if missing else {}
-        for partition, tp in unseeded.items():
-            frontier.seed(partition, committed[partition] or starts.get(tp))
+        for tp in unseeded:
+            frontiers[tp.topic].seed(tp.partition, committed[tp] or starts.get(tp))
+
+    @app.timer(settings.commit_interval_seconds, name="commit-applied")
+    async def commit_applied() -> None:
+        """Commit each owned partition at its applied frontier (see streams/commits.py)."""
+        sources = owned_sources()
+        if sources is not None:
+            await commits.commit(sources)
 
     @app.timer(STALL_CHECK_INTERVAL, name="stall-watch")
     async def watch_progress() -> None:
@@ -276,9 +301,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
                 log.warning("cannot seek %s back to %d: %s", tp, offset, exc)
         try:
             highwaters = await app.consumer.highwaters(*tps.values())
-            # Faust's record of the committed offsets (set when it seeks after assignment).
-            consumer: Any = app.consumer
-            committed = {p: consumer._committed_offset.get(tp) for p, tp in tps.items()}
+            committed = {p: frontier.next_offset(p) for p in tps}  # (what gets committed)
         except Exception as exc:  # Kafka unreachable: the next round judges again
             log.warning("cannot read end offsets to watch progress: %s", exc)
             return
@@ -309,10 +332,15 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+        # Faust waited for the batch in flight: commit what is applied before letting go.
+        await commits.commit(TP(tp.topic, tp.partition) for tp in revoked
+                             if tp.topic in source_topics)  # fmt: skip
+        commits.forget()
         maintenance.forget()
         progress.forget()
         holes.forget()
-        frontier.forget()
+        for topic_frontier in frontiers.values():
+            topic_frontier.forget()
         last_vouched.clear()
         started_ms.clear()
         gaps_seen.clear()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -134,7 +134,7 @@ async def apply_in_batches(
     max_events: int,
     progress: ProgressWatch,
     holes: DeliveryHoles,
-    frontier: AppliedFrontier,
+    frontiers: Mapping[str, AppliedFrontier],
     consumer: Any,
     log_topic: str,
 ) -> None:
@@ -144,7 +144,9 @@ async def apply_in_batches(
     soon as the stream's queue runs dry, so latency stays low when traffic is light and
     batches grow under load. Events are acked only after :meth:`OppositionProcessor.process`
     returned, i.e. after every side effect is durable; a crash or a cancellation before
-    that leaves them unacked, so they are replayed (every effect is idempotent).
+    that leaves them unacked, so they are replayed (every effect is idempotent). The
+    applied offsets move each topic's frontier, which is what gets committed
+    (:mod:`streams.commits`); Faust's acks only let a rebalance wait for the batch.
 
     Faust's ``take_events`` is not used: its buffer hand-off can drop an event from a
     batch under load (the event is neither applied nor acked, and commits stall).
@@ -163,11 +165,14 @@ async def apply_in_batches(
             continue
         await processor.process([(e, source_message(e)) for e in batch])
         progress.applied()
-        applied: dict[int, list[int]] = {}
+        applied: dict[tuple[str, int], list[int]] = {}
         for done in batch:
-            if done.message.topic == log_topic:
-                applied.setdefault(done.message.partition, []).append(done.message.offset)
+            key = (done.message.topic, done.message.partition)
+            applied.setdefault(key, []).append(done.message.offset)
+        for (topic, partition), offsets in applied.items():
+            # Durable: the view may be vouched for and the offsets committed now. Before
+            # the acks, so that a rebalance waiting for them sees the frontier moved.
+            frontiers[topic].applied(partition, offsets)
+        for done in batch:
             await stream.ack(done)
-        for partition, offsets in applied.items():
-            frontier.applied(partition, offsets)  # durable: the view may be vouched for now
         batch.clear()

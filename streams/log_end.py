@@ -1,4 +1,4 @@
-"""The oppositions log's end offsets, read fresh from Kafka on a client of their own.
+"""The source topics' end offsets, read fresh from Kafka on a client of their own.
 
 Bounded staleness needs the high watermark *now* (a ListOffsets request), never a value
 cached from the last fetch: a worker cut from Kafka must not believe it is caught up.
@@ -14,15 +14,15 @@ from collections.abc import Iterable
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec  # not re-exported for type checkers
+from faust.types import TP
 
 from schemas.settings import Settings
 
 
 class LogEndReader:
-    """ListOffsets (latest) for the owned partitions of one topic, off the event loop."""
+    """ListOffsets (latest) for a set of topic partitions, off the event loop."""
 
-    def __init__(self, settings: Settings, topic: str) -> None:
-        self._topic = topic
+    def __init__(self, settings: Settings) -> None:
         self._admin = AdminClient(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
@@ -31,15 +31,18 @@ class LogEndReader:
             }
         )
 
-    def _read(self, partitions: list[int], timeout: float) -> dict[int, int]:
+    def _read(self, tps: list[TP], timeout: float) -> dict[TP, int]:
         latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-        request = {TopicPartition(self._topic, p): latest for p in partitions}
+        request = {TopicPartition(tp.topic, tp.partition): latest for tp in tps}
         futures = self._admin.list_offsets(request, request_timeout=timeout)
-        return {tp.partition: f.result(timeout=timeout).offset for tp, f in futures.items()}
+        return {
+            TP(tp.topic, tp.partition): f.result(timeout=timeout).offset
+            for tp, f in futures.items()
+        }
 
-    async def end_offsets(self, partitions: Iterable[int], wait: float) -> dict[int, int]:
+    async def end_offsets(self, tps: Iterable[TP], wait: float) -> dict[TP, int]:
         """The end offset of each partition; raises when Kafka does not answer in time."""
-        wanted = sorted(partitions)
+        wanted = sorted(set(tps))
         if not wanted:
             return {}
         loop = asyncio.get_running_loop()

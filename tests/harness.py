@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from consumers.checker import CheckResult, SuppressionChecker
 from infra.services import LocalStack, free_port
@@ -252,6 +252,22 @@ class Pipeline:
         finally:
             consumer.close()
         return out
+
+    def commit_lag(self, topic: str) -> dict[int, int]:
+        """Per partition of ``topic``: end offset minus the worker group's committed offset."""
+        consumer = Consumer(
+            {"bootstrap.servers": self.stack.bootstrap_servers,
+             "group.id": self.settings.worker_group, "enable.auto.commit": False}
+        )  # fmt: skip
+        try:
+            tps = [TopicPartition(topic, p) for p in range(self.settings.partitions)]
+            committed = consumer.committed(tps, timeout=10)
+            return {
+                tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] - max(tp.offset, 0)
+                for tp in committed
+            }
+        finally:
+            consumer.close()
 
     def metrics(self) -> str:
         """The worker's /metrics page."""

@@ -1,0 +1,86 @@
+"""The applied frontier and the commits made from it: never past an unapplied offset."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from faust.types import TP
+
+from streams.commits import AppliedCommits
+from streams.freshness import AppliedFrontier
+
+LOG = "dnc.oppositions.v1"
+
+
+def test_vouches_only_once_everything_below_the_observed_end_is_applied() -> None:
+    frontier = AppliedFrontier()
+    frontier.seed(0, 10)
+    frontier.observe(1_000, {0: 14})
+    frontier.applied(0, [10, 12, 13])  # 11 skipped by the stream
+    assert frontier.vouchable() == {}
+    assert frontier.gap(0) == (11, 12)
+    frontier.applied(0, [11])
+    assert frontier.vouchable() == {0: 1_000}
+    assert frontier.next_offset(0) == 14
+
+
+def test_offsets_dropped_before_the_first_delivery_hold_the_frontier_at_the_seed() -> None:
+    frontier = AppliedFrontier()
+    frontier.seed(3, 35)
+    frontier.applied(3, range(47, 60))  # 35..46 dropped after an assignment
+    frontier.observe(2_000, {3: 60})
+    assert frontier.next_offset(3) == 35
+    assert frontier.waiting() == {3: (35, 60)}
+    assert frontier.vouchable() == {}
+
+
+class RecordingConsumer:
+    """Faust's consumer surface the committer uses: assignment() and _commit()."""
+
+    def __init__(self, assigned: set[TP], fail: bool = False) -> None:
+        self.assigned = assigned
+        self.fail = fail
+        self.commits: list[dict[TP, int]] = []
+
+    def assignment(self) -> set[TP]:
+        return self.assigned
+
+    async def _commit(self, offsets: dict[TP, int]) -> bool:
+        if self.fail:
+            raise ConnectionError("broker away")
+        self.commits.append(dict(offsets))
+        return True
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_commits_the_frontier_never_an_offset_past_an_unapplied_one() -> None:
+    frontier = AppliedFrontier()
+    tp = TP(LOG, 0)
+    consumer = RecordingConsumer({tp})
+    commits = AppliedCommits(consumer, {LOG: frontier})
+    frontier.seed(0, 35)
+    frontier.applied(0, range(47, 60))
+    _run(commits.commit([tp]))
+    assert consumer.commits == [{tp: 35}]  # 35 is not applied: no further than it
+    frontier.applied(0, range(35, 47))
+    _run(commits.commit([tp]))
+    _run(commits.commit([tp]))  # unchanged: not committed twice
+    assert consumer.commits == [{tp: 35}, {tp: 60}]
+
+
+def test_only_assigned_partitions_are_committed_and_failures_are_retried() -> None:
+    frontier = AppliedFrontier()
+    mine, gone = TP(LOG, 0), TP(LOG, 1)
+    consumer = RecordingConsumer({mine}, fail=True)
+    commits = AppliedCommits(consumer, {LOG: frontier})
+    for partition in (0, 1):
+        frontier.seed(partition, 0)
+        frontier.applied(partition, [0, 1])
+    _run(commits.commit([mine, gone]))  # the broker is away: logged, nothing recorded
+    consumer.fail = False
+    _run(commits.commit([mine, gone]))
+    assert consumer.commits == [{mine: 2}]

@@ -3,7 +3,8 @@
 1. single-check latency: ``SuppressionChecker.check`` vs one bare ``SISMEMBER`` round trip;
 2. bulk-check throughput: ``check_many`` vs pipelined ``SMISMEMBER`` over the same slots;
 3. propagation: publish call -> visible in a check, at a steady event rate;
-4. Redis bytes per suppressed number: bucketed intsets vs a plain set of E.164 strings.
+4. worker throughput: a burst of distinct oppositions until all applied, vs a bare consumer;
+5. Redis bytes per suppressed number: bucketed intsets vs a plain set of E.164 strings.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 
 import redis
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.status import Status
@@ -44,7 +45,7 @@ from schemas.view import ViewLayout, view_layout
 TENANT = "bench"
 REPO = Path(__file__).resolve().parent.parent
 _PREFIXES = ("61", "62", "64", "65", "66", "67", "68")  # mobile ranges phonenumbers accepts
-SINGLE, BULK, PROPAGATION, MEMORY = 0, 10**7, 2 * 10**7, 3 * 10**7  # number series offsets
+SINGLE, BULK, PROPAGATION, MEMORY, BURST = (k * 10**7 for k in range(5))  # number series
 Figures = dict[str, float]
 perf = time.perf_counter
 
@@ -112,7 +113,7 @@ def bench_single(b: Bench, iterations: int = 20_000, block: int = 500) -> Figure
                 if n >= 0:
                     samples[kind].append(perf() - t)
                     unavailable += kind == "check" and answer is Answer.UNAVAILABLE
-        b.status.update(f"[1/4] single check latency: {max(0, n + 1) * block}/{iterations}")
+        b.status.update(f"[1/5] single check latency: {max(0, n + 1) * block}/{iterations}")
     f = {f"{kind}_p{q}_ms": percentile(values, q / 100) * 1e3
          for kind, values in samples.items() for q in (50, 99)}  # fmt: skip
     f["check_ratio_p50"] = f["check_p50_ms"] / f["sismember_p50_ms"]
@@ -143,7 +144,7 @@ def bench_bulk(b: Bench, batches: int = 10, size: int = 10_000, chunk: int = 100
                         pipe.smismember(key, members[start : start + chunk])
                 pipe.execute()
             totals[kind] += perf() - t
-        b.status.update(f"[2/4] bulk check throughput: batch {n + 1}/{batches}")
+        b.status.update(f"[2/5] bulk check throughput: batch {n + 1}/{batches}")
     ours, base = (batches * size / totals[k] for k in ("check_many", "smismember"))
     return {"bulk_numbers_per_s": ours, "smismember_numbers_per_s": base, "bulk_ratio": ours / base}
 
@@ -225,12 +226,12 @@ def bench_propagation(b: Bench, rate: int, seconds: float) -> Figures:
             if due > sent:
                 failed += publish(warm + sent, due - sent)
                 sent = due
-                b.status.update(f"[3/4] propagation: published {sent}/{total}, "
+                b.status.update(f"[3/5] propagation: published {sent}/{total}, "
                                 f"visible {len(latencies)}")  # fmt: skip
             else:
                 time.sleep(0.001)
         elapsed = perf() - start
-        b.status.update("[3/4] propagation: waiting (up to 30 s) for the last events")
+        b.status.update("[3/5] propagation: waiting (up to 30 s) for the last events")
         drain(30)
         time.sleep(0.5)  # the worker observes its histogram right after the write
         after = _worker_histogram(b.metrics_port)
@@ -247,19 +248,98 @@ def bench_propagation(b: Bench, rate: int, seconds: float) -> Figures:
             "worker_p99_le_ms": _bucket_bound_ms(before, after, 0.99)}  # fmt: skip
 
 
+def bench_throughput(b: Bench, count: int) -> Figures:
+    """A burst of ``count`` distinct oppositions published at once: events/s until all applied.
+
+    Applied means in the view and vouched for: every partition's applied-through time (Redis's
+    clock) reached the moment the last event was acknowledged, so every event of the burst is
+    visible to checks (a sample is checked too). The floors, in the same run: the bare
+    produce rate of the same payloads, and a bare consumer reading the burst back.
+    """
+    s, t = b.settings, b.settings.publish_timeout_seconds
+    log = logging.getLogger("dnc.bench.kafka")
+    publisher = OppositionPublisher(
+        s.kafka_bootstrap, s.oppositions_topic, b.tenants, timeout_seconds=t,
+        producer=Producer(producer_config(s.kafka_bootstrap, t, logger=log, **{"linger.ms": 20})),
+    )  # fmt: skip
+    phones = [mobile(BURST + i) for i in range(count)]
+    b.status.update(f"[4/5] throughput: encoding {count:,} events")
+    prepared = [publisher.prepare(OppositionEvent.record(tenant=TENANT, phone=p,
+                kind=Kind.OPPOSITION)) for p in phones]  # fmt: skip
+    checker, bare = b.checker(), redis.Redis.from_url(b.url, socket_timeout=5.0)
+    starts = _end_offsets(s, s.oppositions_topic)
+    b.status.update(f"[4/5] throughput: publishing {count:,} events at once")
+    begin = perf()
+    failed = sum(isinstance(r, PublishError) for r in publisher.publish_prepared(prepared))
+    acked, (sec, usec) = perf(), bare.time()
+    acked_ms = sec * 1000 + usec // 1000  # Redis's clock, as the view's applied-through times
+    publisher.close()
+    deadline = acked + 600
+    while True:
+        readiness = checker.readiness()
+        applied = [p.applied_ms or 0 for p in readiness.partitions]
+        if applied and min(applied) >= acked_ms:
+            break
+        if time.monotonic() > deadline or b.interrupted.is_set():
+            raise DncError(f"the worker did not apply the burst in 10 minutes ({readiness.why})")
+        b.status.update(f"[4/5] throughput: published {count:,} in {acked - begin:.1f}s; "
+                        f"waiting for the worker to apply them")  # fmt: skip
+        time.sleep(0.02)
+    done = perf()
+    sample = phones[:: max(1, count // 2000)]
+    missing = sum(r.answer is not Answer.SUPPRESSED for r in checker.check_many(sample, TENANT))
+    b.status.update("[4/5] throughput: a bare consumer reads the burst back")
+    consume_s = _bare_consume(s, s.oppositions_topic, starts, count)
+    return {"burst_events": float(count), "burst_failed": float(failed),
+            "burst_publish_per_s": count / (acked - begin),
+            "burst_worker_per_s": count / (done - begin),
+            "burst_seconds": done - begin, "burst_after_ack_s": done - acked,
+            "burst_sample": float(len(sample)), "burst_sample_missing": float(missing),
+            "bare_consume_per_s": count / consume_s}  # fmt: skip
+
+
+def _kafka_consumer(s: Settings, group: str) -> Consumer:
+    return Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": group,
+                     "enable.auto.commit": False, "fetch.max.bytes": 64 * 2**20,
+                     **s.kafka_client_config()})  # fmt: skip
+
+
+def _end_offsets(s: Settings, topic: str) -> dict[int, int]:
+    consumer = _kafka_consumer(s, "dnc-bench-offsets")
+    try:
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in range(s.partitions)}  # fmt: skip
+    finally:
+        consumer.close()
+
+
+def _bare_consume(s: Settings, topic: str, starts: dict[int, int], count: int) -> float:
+    """Seconds a bare confluent-kafka consumer takes to read ``count`` messages from ``starts``."""
+    consumer = _kafka_consumer(s, f"dnc-bench-floor-{time.monotonic_ns()}")
+    consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
+    consumer.consume(1, timeout=10)  # connected, fetching: timing starts warm
+    got, begin, deadline = 1, perf(), time.monotonic() + 120
+    try:
+        while got < count and time.monotonic() < deadline:
+            got += sum(not m.error() for m in consumer.consume(10_000, timeout=1.0))
+        return perf() - begin
+    finally:
+        consumer.close()
+
+
 def bench_memory(b: Bench, numbers: int) -> Figures:
     """INFO used_memory per number: ViewLayout intsets vs one plain set of E.164 strings."""
     buckets = max(1024, numbers // 400)  # ~400 per set, under set-max-intset-entries (512)
     layout = ViewLayout(b.settings.view_key.get_secret_value().encode(), default_buckets=buckets)
     admin = redis.Redis.from_url(b.url)
-    b.status.update(f"[4/4] memory: hashing {numbers:,} numbers into {buckets} buckets")
+    b.status.update(f"[5/5] memory: hashing {numbers:,} numbers into {buckets} buckets")
     phones = [mobile(MEMORY + i) for i in range(numbers)]
     by_key: defaultdict[str, list[int]] = defaultdict(list)
     for slot in (layout.slot(TENANT, phone) for phone in phones):
         by_key[slot.key].append(slot.member)
 
     def used_by(what: str, groups: Iterable[tuple[str, Sequence[int | str]]]) -> int:
-        b.status.update(f"[4/4] memory: SADD {numbers:,} numbers ({what})")
+        b.status.update(f"[5/5] memory: SADD {numbers:,} numbers ({what})")
         admin.flushall()
         time.sleep(0.2)
         before = int(admin.info("memory")["used_memory"])
@@ -281,35 +361,62 @@ def bench_memory(b: Bench, numbers: int) -> Figures:
             "memory_ratio": plain_bytes / layout_bytes}  # fmt: skip
 
 
+STAGES = ("single", "bulk", "propagation", "throughput", "memory")
+
+
 def _report(f: Figures, console: Console) -> None:
     table = Table("measure", "dnc", "baseline", "dnc / baseline", title="dnc bench")
-    for q in (50, 99):
-        table.add_row(f"check latency p{q}", f"{f[f'check_p{q}_ms']:.3f} ms",
-                      f"{f[f'sismember_p{q}_ms']:.3f} ms (SISMEMBER)",
-                      f"{f[f'check_ratio_p{q}']:.2f}x")  # fmt: skip
-    table.add_row("bulk check", f"{f['bulk_numbers_per_s']:,.0f} numbers/s",
-                  f"{f['smismember_numbers_per_s']:,.0f} numbers/s (SMISMEMBER)",
-                  f"{f['bulk_ratio']:.2f}x")  # fmt: skip
-    for k in ("p50", "p99", "max"):
-        table.add_row(f"propagation {k}", f"{f[f'propagation_{k}_ms']:.1f} ms")
-    table.add_row("Redis bytes per number", f"{f['layout_bytes_per_number']:.1f} B (intsets)",
-                  f"{f['plain_bytes_per_number']:.1f} B (plain set)",
-                  f"{1 / f['memory_ratio']:.2f}x")  # fmt: skip
+    notes: list[str] = []
+    if "check_p50_ms" in f:
+        for q in (50, 99):
+            table.add_row(f"check latency p{q}", f"{f[f'check_p{q}_ms']:.3f} ms",
+                          f"{f[f'sismember_p{q}_ms']:.3f} ms (SISMEMBER)",
+                          f"{f[f'check_ratio_p{q}']:.2f}x")  # fmt: skip
+        notes.append(f"check: {f['check_unavailable']:.0f} unavailable answers")
+    if "bulk_numbers_per_s" in f:
+        table.add_row("bulk check", f"{f['bulk_numbers_per_s']:,.0f} numbers/s",
+                      f"{f['smismember_numbers_per_s']:,.0f} numbers/s (SMISMEMBER)",
+                      f"{f['bulk_ratio']:.2f}x")  # fmt: skip
+        notes.append("bulk: the baseline times only the Redis round trips (slots precomputed, "
+                     "grouped by key, pipelined)")  # fmt: skip
+    if "propagation_p50_ms" in f:
+        for k in ("p50", "p99", "max"):
+            table.add_row(f"propagation {k}", f"{f[f'propagation_{k}_ms']:.1f} ms")
+        notes.append(
+            f"propagation: {f['propagation_visible']:.0f}/{f['propagation_events']:.0f} events "
+            f"seen suppressed, {f['publish_failed']:.0f} not acknowledged, achieved publish rate "
+            f"{f['publish_rate']:.1f} events/s; worker's dnc_propagation_seconds"
+            f'{{stage="suppression_view"}}: p50 <= {f["worker_p50_le_ms"]:g} ms, p99 <= '
+            f"{f['worker_p99_le_ms']:g} ms (bucket bounds)"
+        )
+    if "burst_worker_per_s" in f:
+        table.add_row("worker throughput (burst)", f"{f['burst_worker_per_s']:,.0f} events/s",
+                      f"{f['bare_consume_per_s']:,.0f} events/s (bare consumer)",
+                      f"{f['burst_worker_per_s'] / f['bare_consume_per_s']:.2f}x")  # fmt: skip
+        notes.append(
+            f"throughput: {f['burst_events']:,.0f} distinct oppositions published at once "
+            f"({f['burst_publish_per_s']:,.0f} events/s acknowledged, {f['burst_failed']:.0f} "
+            f"refused), all applied and vouched for {f['burst_seconds']:.1f} s after the first "
+            f"({f['burst_after_ack_s']:.1f} s after the last acknowledgement); "
+            f"{f['burst_sample_missing']:.0f}/{f['burst_sample']:.0f} sampled numbers not "
+            "suppressed"
+        )
+    if "layout_bytes_per_number" in f:
+        table.add_row("Redis bytes per number", f"{f['layout_bytes_per_number']:.1f} B (intsets)",
+                      f"{f['plain_bytes_per_number']:.1f} B (plain set)",
+                      f"{1 / f['memory_ratio']:.2f}x")  # fmt: skip
+        notes.append(
+            f"memory at {f['memory_numbers']:,.0f} numbers: {f['memory_buckets']:.0f} buckets, "
+            f"largest {f['largest_bucket']:.0f} members, {f['intset_keys']:.0f}/"
+            f"{f['view_keys']:.0f} sets encoded intset; a plain set takes "
+            f"{f['memory_ratio']:.2f}x the memory"
+        )
     console.print(table)
-    console.print(
-        f"check: {f['check_unavailable']:.0f} unavailable answers; the bulk baseline times only "
-        "the Redis round trips (slots precomputed, grouped by key, pipelined)\n"
-        f"propagation: {f['propagation_visible']:.0f}/{f['propagation_events']:.0f} events seen "
-        f"suppressed, {f['publish_failed']:.0f} not acknowledged, achieved publish rate "
-        f"{f['publish_rate']:.1f} events/s; worker's dnc_propagation_seconds"
-        f'{{stage="suppression_view"}}: p50 <= {f["worker_p50_le_ms"]:g} ms, p99 <= '
-        f"{f['worker_p99_le_ms']:g} ms (bucket bounds)\n"
-        f"memory at {f['memory_numbers']:,.0f} numbers: {f['memory_buckets']:.0f} buckets, "
-        f"largest {f['largest_bucket']:.0f} members, {f['intset_keys']:.0f}/{f['view_keys']:.0f} "
-        f"sets encoded intset; a plain set takes {f['memory_ratio']:.2f}x the memory\n"
+    notes.append(
         f"machine: {os.cpu_count()} cores, 1-minute load average {f['load_average']:.2f} at the "
         "end (the stack, the worker and the bench share them with anything else running)"
     )
+    console.print("\n".join(notes))
 
 
 def _stop_worker(worker: subprocess.Popen[bytes] | None, timeout: float = 60) -> None:
@@ -322,8 +429,15 @@ def _stop_worker(worker: subprocess.Popen[bytes] | None, timeout: float = 60) ->
             worker.wait()
 
 
-def run_bench(numbers: int, rate: int, seconds: float, console: Console) -> Figures:
-    """Start a private stack and worker, run the four measurements, print and return them.
+def run_bench(
+    numbers: int,
+    rate: int,
+    seconds: float,
+    console: Console,
+    burst: int = 100_000,
+    only: Sequence[str] = STAGES,
+) -> Figures:
+    """Start a private stack and worker, run the measurements in ``only``, print them.
 
     Everything started here is stopped and its directory removed, also on Ctrl-C or SIGTERM.
     """
@@ -371,12 +485,18 @@ def run_bench(numbers: int, rate: int, seconds: float, console: Console) -> Figu
                     tail = (tmp / "worker.log").read_text(errors="replace")[-3000:]
                     raise DncError(f"the bench worker did not get ready; its log ends:\n{tail}")
                 time.sleep(0.2)
-            figures |= bench_single(b)
-            figures |= bench_bulk(b)
-            figures |= bench_propagation(b, rate, seconds)
+            if "single" in only:
+                figures |= bench_single(b)
+            if "bulk" in only:
+                figures |= bench_bulk(b)
+            if "propagation" in only:
+                figures |= bench_propagation(b, rate, seconds)
+            if "throughput" in only:
+                figures |= bench_throughput(b, burst)
             status.update("stopping the worker")
             _stop_worker(worker)
-            figures |= bench_memory(b, numbers)
+            if "memory" in only:
+                figures |= bench_memory(b, numbers)
         figures["load_average"] = os.getloadavg()[0]
         _report(figures, console)
         return figures

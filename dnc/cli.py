@@ -650,11 +650,27 @@ def bench(
     numbers: Annotated[int, typer.Option(help="numbers for the memory measurement")] = 1_000_000,
     rate: Annotated[int, typer.Option(help="events/s for the propagation measurement")] = 500,
     seconds: Annotated[float, typer.Option(help="duration of the propagation measurement")] = 20.0,
+    burst: Annotated[
+        int, typer.Option(help="distinct events published at once for the throughput measurement")
+    ] = 100_000,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only",
+            help="only this measurement (repeatable): single, bulk, propagation, throughput, "
+            "memory; default: all",
+        ),
+    ] = None,
 ) -> None:
-    """Benchmark on a private local stack: check latency, bulk throughput, propagation, memory."""
-    from dnc.bench import run_bench
+    """Benchmark on a private local stack: check latency, bulk throughput, propagation,
+    worker throughput, memory; each next to its floor measured in the same run."""
+    from dnc.bench import STAGES, run_bench
 
-    run_bench(numbers=numbers, rate=rate, seconds=seconds, console=out)
+    unknown = [s for s in only or [] if s not in STAGES]
+    if unknown:
+        raise _fail(f"unknown measurement {unknown[0]!r}: choose from {', '.join(STAGES)}")
+    run_bench(numbers=numbers, rate=rate, seconds=seconds, console=out, burst=burst,
+              only=only or STAGES)  # fmt: skip
 
 
 # --- HTTP gateway: `dnc gateway`, `dnc token create`, `dnc bench-gateway` ----------------------

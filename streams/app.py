@@ -21,8 +21,9 @@ from streams.commits import AppliedCommits
 from streams.credentials import faust_credentials
 from streams.delivery import DeliveryHoles
 from streams.expiry import ExpirySchedule
-from streams.faust_bridge import FaustChangeSink, apply_in_batches, bound_event
+from streams.faust_bridge import FaustStateTable, apply_in_batches
 from streams.freshness import AppliedFrontier
+from streams.kafka_sink import KafkaChangeSink
 from streams.log_end import LogEndReader
 from streams.maintenance import ViewMaintenance
 from streams.processor import OppositionProcessor
@@ -99,10 +100,6 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         # Faust never commits these: the worker commits what it applied (streams/commits.py).
         acks=False,
     )
-    changes = app.topic(settings.suppressions_topic, key_serializer="raw", value_serializer="raw")
-    dead_letters = app.topic(
-        settings.dead_letter_topic, key_serializer="raw", value_serializer="raw"
-    )
     table = app.Table(
         TABLE_NAME,
         default=None,
@@ -118,8 +115,9 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         health_check_interval=10,
     )
     view = SuppressionViewWriter(redis, view_layout(settings, tenants), worker_id)
-    log_topic = app.topic(settings.oppositions_topic, key_serializer="raw", value_serializer="raw")
-    sink = FaustChangeSink(app, changes, dead_letters, log_topic)
+    sink = KafkaChangeSink(
+        settings, table.changelog_topic.get_topic_name(), client_id=f"{worker_id}-out"
+    )
     expiry = ExpirySchedule()
     lock = asyncio.Lock()
     progress = ProgressWatch(settings.stall_after_seconds)
@@ -130,14 +128,13 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     commits = AppliedCommits(app.consumer, frontiers)
     log_end = LogEndReader(settings)
     processor = OppositionProcessor(
-        table=table,
+        table=FaustStateTable(table),
         view=view,
         sink=sink,
         tenants=tenants,
         settings=settings,
         expiry=expiry,
         view_lock=lock,
-        bind_event=bound_event,
     )
     maintenance = ViewMaintenance(
         table=table,

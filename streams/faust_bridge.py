@@ -2,43 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import weakref
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from typing import Any
 
-import faust
-from faust.streams import _current_event
-
-from schemas.state import SuppressionChange
-from schemas.topics import (
-    DLQ_DETAIL,
-    DLQ_FAILED_AT,
-    DLQ_OFFSET,
-    DLQ_PARTITION,
-    DLQ_REASON,
-    DLQ_TOPIC,
-)
 from streams.delivery import DeliveryHoles
 from streams.freshness import AppliedFrontier
-from streams.processor import DeadLetter, Forward, OppositionProcessor, SourceMessage
+from streams.processor import OppositionProcessor, SourceMessage
 from streams.progress import ProgressWatch
-
-
-@contextmanager
-def bound_event(event: Any) -> Iterator[None]:
-    """Make ``event`` Faust's current event, so table writes go to its changelog partition.
-
-    ``take_events`` hands over a list; Faust only binds the current event while it
-    iterates one at a time, so the batch processor binds each event itself.
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 def source_message(event: Any) -> SourceMessage:
@@ -61,71 +31,20 @@ def source_message(event: Any) -> SourceMessage:
     )
 
 
-class FaustChangeSink:
-    """Emits change records and dead letters with the Faust producer, waiting for the acks."""
+class FaustStateTable:
+    """The Faust table as the processor uses it: reads, and in-memory writes whose
+    changelog records the batch produces itself (:class:`streams.kafka_sink.KafkaChangeSink`).
+    """
 
-    def __init__(
-        self,
-        app: faust.App,
-        changes: faust.TopicT,
-        dead_letters: faust.TopicT,
-        oppositions: faust.TopicT,
-    ):
-        self._app = app
-        self._changes = changes
-        self._dead_letters = dead_letters
-        self._oppositions = oppositions
+    def __init__(self, table: Any) -> None:
+        self._table = table
+        self.changelog_topic: str = table.changelog_topic.get_topic_name()
 
-    async def emit_changes(self, changes: Sequence[SuppressionChange]) -> None:
-        """Send each change keyed by ``target|E164`` (compacted topic), wait for all acks."""
-        futures = []
-        for change in changes:
-            key = f"{change.target}|{change.phone_e164}".encode()
-            # force=True: send now instead of attaching to the current event, so that
-            # the acknowledgement can be awaited before the offsets are acked.
-            fut = await self._changes.send(
-                key=key, value=change.model_dump_json().encode(), force=True
-            )
-            futures.append(fut)
-        await asyncio.gather(*futures)
+    def get(self, key: str) -> Any:
+        return self._table.data.get(key)
 
-    async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
-        """Send the original bytes with the reason in headers, wait for all acks."""
-        failed_at = datetime.now(UTC).isoformat().encode()
-        futures = []
-        for letter in letters:
-            m = letter.message
-            headers = [
-                (DLQ_REASON, letter.reason.encode()),
-                (DLQ_DETAIL, letter.detail.encode()[:2000]),
-                (DLQ_TOPIC, m.topic.encode()),
-                (DLQ_PARTITION, str(m.partition).encode()),
-                (DLQ_OFFSET, str(m.offset).encode()),
-                (DLQ_FAILED_AT, failed_at),
-            ]
-            fut = await self._dead_letters.send(
-                key=m.key, value=m.value, headers=headers, force=True
-            )
-            futures.append(fut)
-        await asyncio.gather(*futures)
-
-    async def forward(self, events: Sequence[Forward]) -> None:
-        """Append each event to its canonical partition (original bytes), wait for the acks."""
-        futures = []
-        for item in events:
-            fut = await self._oppositions.send(
-                key=item.key,
-                value=item.message.value,
-                partition=item.partition,
-                headers=list(item.headers),
-                force=True,
-            )
-            futures.append(fut)
-        await asyncio.gather(*futures)
-
-    async def flush(self) -> None:
-        """Flush the producer: the table's changelog writes are durable after this."""
-        await self._app.producer.flush()
+    def store(self, key: str, value: Any) -> None:
+        self._table.data[key] = value
 
 
 async def apply_in_batches(
@@ -163,7 +82,7 @@ async def apply_in_batches(
         batch.append(event)
         if len(batch) < max_events and not queue.empty():
             continue
-        await processor.process([(e, source_message(e)) for e in batch])
+        await processor.process([source_message(e) for e in batch])
         progress.applied()
         applied: dict[tuple[str, int], list[int]] = {}
         for done in batch:

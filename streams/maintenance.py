@@ -28,7 +28,7 @@ from schemas.metrics import (
 from schemas.state import SuppressionChange, SuppressionState
 from schemas.view import META_LAYOUT, META_PARTITIONS, ready_field
 from streams.expiry import ExpirySchedule
-from streams.processor import ChangeSink, load_state
+from streams.processor import ChangeSink, Outgoing, load_state
 from streams.retry import until_done
 from streams.view_writer import EVICTING_POLICIES, SuppressionViewWriter
 
@@ -248,7 +248,7 @@ class ViewMaintenance:
             return 0
         changes = [SuppressionChange.of(s, now, cause="expiry") for s in ended.values()]
         await until_done(
-            lambda: self._sink.emit_changes(changes),
+            lambda: self._sink.publish(Outgoing(changes=changes)),
             what="expiry emit",
             dependency="kafka",
             max_backoff=self._retry_cap,

@@ -6,10 +6,10 @@ under another key, is forwarded there first, and so is every admin action read o
 topic (signed); a lift on the oppositions topic without the worker's signature is
 dead-lettered. So one number's history has one log order, and only admins end suppressions.
 
-Order of durability (the offsets are acked by Faust only after :meth:`process` returns):
+Order of durability (the offsets move only after :meth:`process` returns):
 1. the Redis view is written (dialers see the change),
-2. the forwarded events, change records and dead letters are acknowledged by Kafka,
-3. the table's changelog writes are flushed,
+2. the forwarded events, change records, dead letters and the table's changelog records
+   are produced together and acknowledged by Kafka (one wait per batch),
 then the events are acked and their offsets may be committed. A crash anywhere before
 that replays the batch; every effect is idempotent, so a replay changes nothing.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -82,23 +82,43 @@ class Forward:
 
 
 class StateTable(Protocol):
-    """The slice of a Faust table the processor uses (values are JSON-able dicts)."""
+    """The slice of the Faust table the processor uses (values are JSON-able dicts).
+
+    ``store`` sets the value in memory only: its changelog record goes out with the
+    batch's other records (:attr:`Outgoing.states`), acknowledged before the offsets move.
+    """
 
     def get(self, key: str) -> Any: ...
 
-    def __setitem__(self, key: str, value: Any) -> None: ...
+    def store(self, key: str, value: Any) -> None: ...
+
+
+@dataclass
+class Outgoing:
+    """Everything one batch sends to Kafka; acknowledged as a whole before its offsets move."""
+
+    forwards: Sequence[Forward] = ()
+    changes: Sequence[SuppressionChange] = ()
+    dead: Sequence[DeadLetter] = ()
+    states: Mapping[str, tuple[int, Any]] = field(default_factory=dict)  # key: (partition, value)
+
+    def __bool__(self) -> bool:
+        return bool(self.forwards or self.changes or self.dead or self.states)
 
 
 class ChangeSink(Protocol):
-    """Where change records and dead letters go (Kafka topics, via the Faust producer)."""
+    """Where forwarded events, change records, dead letters and changelog records go."""
 
-    async def emit_changes(self, changes: Sequence[SuppressionChange]) -> None: ...
+    async def publish(self, out: Outgoing) -> None: ...
 
-    async def dead_letter(self, letters: Sequence[DeadLetter]) -> None: ...
 
-    async def forward(self, events: Sequence[Forward]) -> None: ...
+@dataclass
+class _Batch:
+    """What a batch collects for Kafka while it is applied."""
 
-    async def flush(self) -> None: ...
+    dead: list[DeadLetter] = field(default_factory=list)
+    forwards: list[Forward] = field(default_factory=list)
+    states: dict[str, tuple[int, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -145,7 +165,6 @@ class OppositionProcessor:
         settings: Settings,
         expiry: ExpirySchedule,
         view_lock: asyncio.Lock,
-        bind_event: Callable[[Any], Any],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._table = table
@@ -155,25 +174,20 @@ class OppositionProcessor:
         self._settings = settings
         self._expiry = expiry
         self._view_lock = view_lock
-        self._bind_event = bind_event
         self._clock = clock
         self._authority = authority_key(settings)
         self._partitions = settings.partitions
 
-    async def process(self, batch: Sequence[tuple[Any, SourceMessage]]) -> BatchResult:
-        """Apply a batch of ``(faust event, message)``; never raises on bad input."""
+    async def process(self, batch: Sequence[SourceMessage]) -> BatchResult:
+        """Apply a batch of messages; never raises on bad input."""
         now = self._clock()
         result = BatchResult()
         touched: dict[str, SuppressionState] = {}
         emitted: dict[str, SuppressionState] = {}
         applied_at: dict[str, list[datetime]] = {}  # state key -> occurred_at applied
-        dead: list[DeadLetter] = []
-        forwards: list[Forward] = []
-        for faust_event, message in batch:
-            with self._bind_event(faust_event):
-                outcome = self._apply_one(
-                    message, now, touched, emitted, applied_at, dead, forwards
-                )
+        out = _Batch()
+        for message in batch:
+            outcome = self._apply_one(message, now, touched, emitted, applied_at, out)
             if outcome is Outcome.APPLIED:
                 result.applied += 1
             elif outcome is Outcome.DUPLICATE:
@@ -184,7 +198,7 @@ class OppositionProcessor:
                 result.forwarded += 1
             else:
                 result.rejected += 1
-        await self._propagate(touched, emitted, applied_at, dead, forwards, now)
+        await self._propagate(touched, emitted, applied_at, out, now)
         result.changed_keys = list(emitted)
         return result
 
@@ -195,9 +209,9 @@ class OppositionProcessor:
         touched: dict[str, SuppressionState],
         emitted: dict[str, SuppressionState],
         applied_at: dict[str, list[datetime]],
-        dead: list[DeadLetter],
-        forwards: list[Forward],
+        out: _Batch,
     ) -> Outcome:
+        dead, forwards = out.dead, out.forwards
         try:
             event = decode_event(message.value, self._tenants, self._settings.max_event_bytes)
         except InvalidEventError as exc:
@@ -219,7 +233,7 @@ class OppositionProcessor:
                 EVENTS.labels(kind=event.kind, outcome=Outcome.FORWARDED).inc()
                 forwards.append(route)
                 return Outcome.FORWARDED
-            return self._apply_valid(event, message, now, touched, emitted, applied_at)
+            return self._apply_valid(event, message, now, touched, emitted, applied_at, out)
         except Exception as exc:
             log.exception("unexpected error applying event %s", event.event_id)
             EVENTS.labels(kind=event.kind, outcome=Outcome.REJECTED).inc()
@@ -260,6 +274,7 @@ class OppositionProcessor:
         touched: dict[str, SuppressionState],
         emitted: dict[str, SuppressionState],
         applied_at: dict[str, list[datetime]],
+        out: _Batch,
     ) -> Outcome:
         assert event.phone_e164 is not None
         key = state_key(event.target, event.phone_e164)
@@ -278,7 +293,9 @@ class OppositionProcessor:
         EVENTS.labels(kind=event.kind, outcome=application.outcome).inc()
         state = application.state
         if application.outcome is Outcome.APPLIED:
-            self._table[key] = dump_state(state)
+            value = dump_state(state)
+            self._table.store(key, value)
+            out.states[key] = (message.partition, value)  # its changelog record
             applied_at.setdefault(key, []).append(event.occurred_at)
             emitted[key] = state
             _count_suppressed(before, state, now)
@@ -297,8 +314,7 @@ class OppositionProcessor:
         touched: dict[str, SuppressionState],
         emitted: dict[str, SuppressionState],
         applied_at: dict[str, list[datetime]],
-        dead: list[DeadLetter],
-        forwards: list[Forward],
+        out: _Batch,
         now: datetime,
     ) -> None:
         retry_cap = self._settings.retry_backoff_max_seconds
@@ -322,16 +338,15 @@ class OppositionProcessor:
             )
             for key, s in emitted.items()
         ]
-        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
-        if forwards:
-            steps.append(("forward", lambda: self._sink.forward(forwards)))
-        if changes:
-            steps.append(("emit changes", lambda: self._sink.emit_changes(changes)))
-        if dead:
-            steps.append(("dead-letter", lambda: self._sink.dead_letter(dead)))
-        steps.append(("flush changelog", self._sink.flush))
-        for what, step in steps:
-            await until_done(step, what=what, dependency="kafka", max_backoff=retry_cap)
+        dead = out.dead
+        outgoing = Outgoing(forwards=out.forwards, changes=changes, dead=dead, states=out.states)
+        if outgoing:
+            await until_done(
+                lambda: self._sink.publish(outgoing),
+                what="publish to Kafka",
+                dependency="kafka",
+                max_backoff=retry_cap,
+            )
         for letter in dead:
             DEAD_LETTERS.labels(reason=letter.reason).inc()
             # The detail may quote the number: it goes to the dead-letter headers and DEBUG only.

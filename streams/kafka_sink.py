@@ -1,0 +1,129 @@
+"""What a batch sends to Kafka, produced with librdkafka and acknowledged as one.
+
+Forwarded events, change records, dead letters and the table's changelog records of a
+batch are produced without waiting one by one, then the batch waits once for every
+acknowledgement (acks=all, idempotent producer): one flush per batch instead of a round
+of awaits per record in pure Python. Faust's producer is not used for these records;
+the changelog records are the ones Faust would write (same topic, partition, key and
+value bytes), so Faust recovers the table from them as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+from faust.serializers import codecs
+
+from producers.publisher import producer_config
+from schemas.errors import PublishError
+from schemas.settings import Settings
+from schemas.topics import (
+    DLQ_DETAIL,
+    DLQ_FAILED_AT,
+    DLQ_OFFSET,
+    DLQ_PARTITION,
+    DLQ_REASON,
+    DLQ_TOPIC,
+)
+from streams.processor import Outgoing
+
+
+class _Deliveries:
+    """Acknowledgements awaited for one publish call (served by librdkafka's callbacks).
+
+    Callbacks run on whichever thread serves them: they only append (atomic in CPython).
+    """
+
+    def __init__(self) -> None:
+        self.produced = 0
+        self.reports: list[str | None] = []  # None: acknowledged; else the error
+
+    def delivered(self, err: KafkaError | None, msg: Message) -> None:
+        self.reports.append(None if err is None else f"{msg.topic()}: {err.str()}")
+
+    @property
+    def pending(self) -> int:
+        return self.produced - len(self.reports)
+
+    @property
+    def errors(self) -> list[str]:
+        return [r for r in self.reports if r is not None]
+
+
+class KafkaChangeSink:
+    """Produces a batch's records to Kafka and waits until all are acknowledged."""
+
+    def __init__(self, settings: Settings, changelog_topic: str, client_id: str) -> None:
+        self._settings = settings
+        self._changelog = changelog_topic
+        self._timeout = settings.publish_timeout_seconds
+        self._producer = Producer(
+            producer_config(
+                settings.kafka_bootstrap,
+                self._timeout,
+                **{"client.id": client_id, "linger.ms": 1, "queue.buffering.max.messages": 500_000},
+                **settings.kafka_client_config(),  # Kafka SASL/TLS (empty for PLAINTEXT)
+            )
+        )
+
+    def _produce(self, deliveries: _Deliveries, topic: str, **fields: Any) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, on_delivery=deliveries.delivered, **fields)
+                deliveries.produced += 1
+                return
+            except BufferError:  # the local queue is full: let librdkafka drain it
+                self._producer.poll(0.05)
+
+    async def publish(self, out: Outgoing) -> None:
+        """Produce everything in ``out``; return once Kafka acknowledged all of it.
+
+        Raises :class:`PublishError` when a record is refused or not acknowledged in time:
+        the caller retries the whole batch (every record is idempotent in effect).
+        """
+        deliveries = _Deliveries()
+        s = self._settings
+        for item in out.forwards:
+            self._produce(deliveries, s.oppositions_topic, key=item.key,
+                          value=item.message.value, partition=item.partition,
+                          headers=list(item.headers))  # fmt: skip
+        for change in out.changes:
+            self._produce(deliveries, s.suppressions_topic,
+                          key=f"{change.target}|{change.phone_e164}".encode(),
+                          value=change.model_dump_json().encode())  # fmt: skip
+        if out.dead:
+            failed_at = datetime.now(UTC).isoformat().encode()
+        for letter in out.dead:
+            m = letter.message
+            headers = [
+                (DLQ_REASON, letter.reason.encode()),
+                (DLQ_DETAIL, letter.detail.encode()[:2000]),
+                (DLQ_TOPIC, m.topic.encode()),
+                (DLQ_PARTITION, str(m.partition).encode()),
+                (DLQ_OFFSET, str(m.offset).encode()),
+                (DLQ_FAILED_AT, failed_at),
+            ]
+            self._produce(deliveries, s.dead_letter_topic, key=m.key, value=m.value,
+                          headers=headers)  # fmt: skip
+        for key, (partition, value) in out.states.items():
+            # The bytes Faust writes for a table with JSON keys and values (compaction
+            # keeps the latest per key: the key bytes must be Faust's own).
+            self._produce(deliveries, self._changelog, key=codecs.dumps("json", key),
+                          value=codecs.dumps("json", value), partition=partition)  # fmt: skip
+        if deliveries.pending:
+            await self._wait(deliveries)
+
+    async def _wait(self, deliveries: _Deliveries) -> None:
+        loop = asyncio.get_running_loop()
+        # flush() serves the delivery callbacks and returns when nothing is in flight (any
+        # concurrent publish's records too: a superset of ours), off the event loop.
+        await loop.run_in_executor(None, self._producer.flush, self._timeout)
+        if deliveries.errors:
+            raise PublishError(
+                f"Kafka refused {len(deliveries.errors)} record(s): {deliveries.errors[0]}"
+            )
+        if deliveries.pending:
+            raise PublishError(f"{deliveries.pending} record(s) not acknowledged in time")

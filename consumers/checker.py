@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from redis import Redis
 
-from consumers.readiness import Readiness, judge, queue_readiness, read_readiness
+from consumers.readiness import Readiness, judge, queue_readiness, read_readiness, trusted
 from schemas.errors import InvalidPhoneNumber
 from schemas.events import Scope, scope_target
 from schemas.metrics import CHECK_SECONDS, CHECKS
@@ -102,7 +102,9 @@ class SuppressionChecker:
 
     def _unready_reason(self, server_time: Any, meta: Any) -> str | None:
         """Why the view cannot be trusted right now, or None."""
-        return judge(server_time, meta, self._fingerprint, self._max_staleness).why
+        if trusted(server_time, meta, self._fingerprint, self._max_staleness):
+            return None
+        return judge(server_time, meta, self._fingerprint, self._max_staleness).why or "not ready"
 
     def check(self, phone: str, tenant: str, campaign: str | None = None) -> CheckResult:
         """Answer for one number: invalid input raises, infrastructure trouble is unavailable."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from schemas.view import (
@@ -31,6 +32,8 @@ from schemas.view import (
     owner_field,
     ready_field,
 )
+
+_PARTITIONS_BYTES, _LAYOUT_BYTES = META_PARTITIONS.encode(), META_LAYOUT.encode()
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,38 @@ def judge(
             found,
         )
     return Readiness(True, None, found)
+
+
+@lru_cache(maxsize=32)
+def _partition_fields(total: int, as_bytes: bool) -> tuple[tuple[Any, Any], ...]:
+    pairs = [(ready_field(p), applied_field(p)) for p in range(total)]
+    return tuple((r.encode(), a.encode()) if as_bytes else (r, a) for r, a in pairs)
+
+
+def trusted(
+    server_time: tuple[int, int] | list[int],
+    meta: Mapping[Any, Any],
+    fingerprint: str,
+    max_staleness: float,
+) -> bool:
+    """``judge(...).ready``, without building the explanation: the question of every check.
+
+    Same rules, same arithmetic; a test holds the two to the same verdict. When it says
+    False, :func:`judge` says why.
+    """
+    as_bytes = _PARTITIONS_BYTES in meta
+    raw_total = meta.get(_PARTITIONS_BYTES if as_bytes else META_PARTITIONS)
+    if raw_total is None:
+        return False
+    layout = meta.get(_LAYOUT_BYTES if as_bytes else META_LAYOUT)
+    if _text(layout) != fingerprint:
+        return False
+    now_ms = int(server_time[0]) * 1000 + int(server_time[1]) // 1000
+    for ready, applied in _partition_fields(int(raw_total), as_bytes):
+        at = meta.get(applied)
+        if ready not in meta or at is None or (now_ms - int(at)) / 1000 > max_staleness:
+            return False
+    return True
 
 
 def read_readiness(client: Any, fingerprint: str, max_staleness: float) -> Readiness:

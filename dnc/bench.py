@@ -158,6 +158,17 @@ def _worker_histogram(port: int) -> dict[float, float]:
                 and s.labels.get("stage") == "suppression_view"}  # fmt: skip
 
 
+def _worker_batches(port: int) -> tuple[float, float]:
+    """(batches, messages) the worker applied so far, from its batch-size histogram."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        families = text_string_to_metric_families(resp.read().decode())
+        values = {s.name: s.value for fam in families for s in fam.samples
+                  if s.name.startswith("dnc_worker_batch_events_")}  # fmt: skip
+    return values.get("dnc_worker_batch_events_count", 0.0), values.get(
+        "dnc_worker_batch_events_sum", 0.0
+    )
+
+
 def _bucket_bound_ms(before: dict[float, float], after: dict[float, float], q: float) -> float:
     """Upper bound (ms) of the histogram bucket holding quantile ``q`` of the observations."""
     cumulative = sorted((le, n - before.get(le, 0.0)) for le, n in after.items())
@@ -269,6 +280,7 @@ def bench_throughput(b: Bench, count: int) -> Figures:
     checker, bare = b.checker(), redis.Redis.from_url(b.url, socket_timeout=5.0)
     starts = _end_offsets(s, s.oppositions_topic)
     b.status.update(f"[4/5] throughput: publishing {count:,} events at once")
+    batches_before = _worker_batches(b.metrics_port)
     begin = perf()
     failed = sum(isinstance(r, PublishError) for r in publisher.publish_prepared(prepared))
     acked, (sec, usec) = perf(), bare.time()
@@ -286,6 +298,9 @@ def bench_throughput(b: Bench, count: int) -> Figures:
                         f"waiting for the worker to apply them")  # fmt: skip
         time.sleep(0.02)
     done = perf()
+    batches_after = _worker_batches(b.metrics_port)
+    batches = batches_after[0] - batches_before[0]
+    mean_batch = (batches_after[1] - batches_before[1]) / batches if batches else float("nan")
     sample = phones[:: max(1, count // 2000)]
     missing = sum(r.answer is not Answer.SUPPRESSED for r in checker.check_many(sample, TENANT))
     b.status.update("[4/5] throughput: a bare consumer reads the burst back")
@@ -295,6 +310,7 @@ def bench_throughput(b: Bench, count: int) -> Figures:
             "burst_worker_per_s": count / (done - begin),
             "burst_seconds": done - begin, "burst_after_ack_s": done - acked,
             "burst_sample": float(len(sample)), "burst_sample_missing": float(missing),
+            "burst_mean_batch": mean_batch,
             "bare_consume_per_s": count / consume_s}  # fmt: skip
 
 
@@ -397,7 +413,8 @@ def _report(f: Figures, console: Console) -> None:
             f"throughput: {f['burst_events']:,.0f} distinct oppositions published at once "
             f"({f['burst_publish_per_s']:,.0f} events/s acknowledged, {f['burst_failed']:.0f} "
             f"refused), all applied and vouched for {f['burst_seconds']:.1f} s after the first "
-            f"({f['burst_after_ack_s']:.1f} s after the last acknowledgement); "
+            f"({f['burst_after_ack_s']:.1f} s after the last acknowledgement), "
+            f"{f['burst_mean_batch']:.0f} messages per batch on average; "
             f"{f['burst_sample_missing']:.0f}/{f['burst_sample']:.0f} sampled numbers not "
             "suppressed"
         )

@@ -47,6 +47,12 @@ VIEW_REBUILDS = Counter("dnc_view_rebuilds_total", "Redis view rebuilds", ["trig
 RETRIES = Counter("dnc_worker_retries_total", "Retried side effects", ["dependency"])
 # Offsets the worker's stream skipped (detected), fetched again (repaired) or gave up on.
 DELIVERY_HOLES = Counter("dnc_delivery_holes_total", "Skipped offsets", ["outcome"])
+# Batch sizes: small batches under load mean per-batch round trips bound the throughput.
+BATCH_EVENTS = Histogram(
+    "dnc_worker_batch_events",
+    "Messages per batch the worker applied (a batch is what was fetched, up to the maximum)",
+    buckets=(1, 5, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+)
 # Suppressions ended by their cooldown.
 EXPIRED = Counter("dnc_expired_total", "Suppressions expired by their cooldown")
 # Last time (unix seconds) the worker vouched for a partition in Redis (wrote its

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from schemas.metrics import BATCH_EVENTS
 from streams.delivery import DeliveryHoles
 from streams.freshness import AppliedFrontier
 from streams.processor import OppositionProcessor, SourceMessage
@@ -83,6 +84,7 @@ async def apply_in_batches(
         if len(batch) < max_events and not queue.empty():
             continue
         await processor.process([source_message(e) for e in batch])
+        BATCH_EVENTS.observe(len(batch))
         progress.applied()
         applied: dict[tuple[str, int], list[int]] = {}
         for done in batch:

@@ -11,11 +11,11 @@ value bytes), so Faust recovers the table from them as before.
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
-from faust.serializers import codecs
 
 from producers.publisher import producer_config
 from schemas.errors import PublishError
@@ -51,6 +51,16 @@ class _Deliveries:
     @property
     def errors(self) -> list[str]:
         return [r for r in self.reports if r is not None]
+
+
+def changelog_key(key: str) -> bytes:
+    """The key bytes Faust's JSON codec writes for a string key (compaction matches on them)."""
+    return json.dumps(key).encode()
+
+
+def changelog_value(value: Any) -> bytes:
+    """A table value as JSON (Faust's codec reads any JSON; this skips its layers)."""
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 class KafkaChangeSink:
@@ -111,8 +121,8 @@ class KafkaChangeSink:
         for key, (partition, value) in out.states.items():
             # The bytes Faust writes for a table with JSON keys and values (compaction
             # keeps the latest per key: the key bytes must be Faust's own).
-            self._produce(deliveries, self._changelog, key=codecs.dumps("json", key),
-                          value=codecs.dumps("json", value), partition=partition)  # fmt: skip
+            self._produce(deliveries, self._changelog, key=changelog_key(key),
+                          value=changelog_value(value), partition=partition)  # fmt: skip
         if deliveries.pending:
             await self._wait(deliveries)
 

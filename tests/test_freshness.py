@@ -84,3 +84,14 @@ def test_only_assigned_partitions_are_committed_and_failures_are_retried() -> No
     consumer.fail = False
     _run(commits.commit([mine, gone]))
     assert consumer.commits == [{mine: 2}]
+
+
+def test_changelog_records_carry_fausts_own_key_bytes() -> None:
+    from faust.serializers import codecs
+
+    from streams.kafka_sink import changelog_key, changelog_value
+
+    for key in ("acme|+33612345678", "_global|+33612345678", "société/été|+3361234"):
+        assert changelog_key(key) == codecs.dumps("json", key)
+    value = {"version": 2, "active": [{"kind": "opposition"}], "note": "é"}
+    assert codecs.loads("json", changelog_value(value)) == value

@@ -98,11 +98,9 @@ def apply_event(
     the lift was being forwarded here, are not ended by it (None: every one before it).
     """
     assert event.phone_e164 is not None, "apply_event needs a normalised event"
-    # model_construct: every value below comes from the validated event (or is computed
-    # from it); validating them again was a tenth of the worker's time.
-    stamp = Stamp.model_construct(occurred_at=event.occurred_at, event_id=event.event_id)
+    stamp = Stamp(occurred_at=event.occurred_at, event_id=event.event_id)
     if state is None:
-        state = SuppressionState.model_construct(
+        state = SuppressionState(
             target=event.target,
             tenant=event.tenant,
             scope=event.scope,
@@ -116,7 +114,7 @@ def apply_event(
     position = (partition, offset) if offset is not None else state.position
 
     if event.kind is Kind.LIFT:
-        lift = LiftRecord.model_construct(
+        lift = LiftRecord(
             stamp=stamp,
             justification=event.justification or "",
             source=event.source,
@@ -149,7 +147,7 @@ def apply_event(
             ),
         )
 
-    entry = ActiveSuppression.model_construct(
+    entry = ActiveSuppression(
         stamp=stamp,
         kind=event.kind,
         expires_at=expiry_of(event, refusal_cooldown),

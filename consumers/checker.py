@@ -9,7 +9,7 @@ the answer is ``unavailable`` (do not call), never ``callable``.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -159,8 +159,8 @@ class SuppressionChecker:
             for i, e164 in valid:
                 results[i] = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
         final = [r for r in results if r is not None]
-        for r in final:
-            CHECKS.labels(outcome=r.answer).inc()
+        for answer, count in Counter(r.answer for r in final).items():
+            CHECKS.labels(outcome=answer).inc(count)
         CHECK_SECONDS.observe(time.perf_counter() - started)
         return final
 
@@ -172,10 +172,11 @@ class SuppressionChecker:
     ) -> None:
         # Group members by Redis key so each key is asked once per chunk.
         by_key: dict[str, list[tuple[int, int, Scope]]] = defaultdict(list)
+        locate = self._layout.locate
         for i, e164 in valid:
             for scope, target in targets:
-                slot = self._layout.slot(target, e164)
-                by_key[slot.key].append((i, slot.member, scope))
+                key, member = locate(target, e164)
+                by_key[key].append((i, member, scope))
         pipe = self._redis.pipeline(transaction=False)
         queue_readiness(pipe)
         asked: list[list[tuple[int, int, Scope]]] = []

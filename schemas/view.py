@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from schemas.events import GLOBAL_TARGET
 
@@ -85,6 +85,10 @@ class ViewLayout:
         self._key = view_key if len(view_key) <= 64 else hashlib.blake2b(view_key).digest()
         self._default_buckets = default_buckets
         self._tenant_buckets = dict(tenant_buckets or {})
+        # Per target: the keyed hash already fed with "target\x1f", the key prefix and the
+        # bucket count. Copying a started hash skips the key block and the string work:
+        # a bulk check hashes every number once per scope.
+        self._targets: dict[str, tuple[Any, str, int]] = {}
 
     def buckets_for(self, target: str) -> int:
         """Bucket count of a target (a tenant's campaigns share the tenant's count)."""
@@ -94,13 +98,33 @@ class ViewLayout:
         return self._tenant_buckets.get(tenant, self._default_buckets)
 
     def slot(self, target: str, phone_e164: str) -> ViewSlot:
-        """The Redis key and integer member for ``phone_e164`` in ``target``."""
-        digest = hashlib.blake2b(
-            f"{target}\x1f{phone_e164}".encode(), key=self._key, digest_size=16
-        ).digest()
+        """The Redis key and integer member for ``phone_e164`` in ``target``.
+
+        BLAKE2b keyed with the view key over ``target \x1f E.164``, 16 bytes: the first 8
+        (as a positive int64) are the member, the next 4 pick the bucket.
+        """
+        key, member = self.locate(target, phone_e164)
+        return ViewSlot(key=key, member=member)
+
+    def locate(self, target: str, phone_e164: str) -> tuple[str, int]:
+        """:meth:`slot` as a plain ``(key, member)`` pair (bulk checks make millions)."""
+        prepared = self._targets.get(target)
+        if prepared is None:
+            prepared = self._prepare(target)
+        started, prefix, buckets = prepared
+        hasher = started.copy()
+        hasher.update(phone_e164.encode())
+        digest = hasher.digest()
         member = int.from_bytes(digest[:8], "big") & _INT63
-        bucket = int.from_bytes(digest[8:12], "big") % self.buckets_for(target)
-        return ViewSlot(key=f"{VIEW_PREFIX}:{target}:{bucket}", member=member)
+        return f"{prefix}{int.from_bytes(digest[8:12], 'big') % buckets}", member
+
+    def _prepare(self, target: str) -> tuple[Any, str, int]:
+        if len(self._targets) >= 4096:  # campaigns come and go: keep the cache bounded
+            self._targets.clear()
+        started = hashlib.blake2b(f"{target}\x1f".encode(), key=self._key, digest_size=16)
+        prepared = (started, f"{VIEW_PREFIX}:{target}:", self.buckets_for(target))
+        self._targets[target] = prepared
+        return prepared
 
     @property
     def fingerprint(self) -> str:

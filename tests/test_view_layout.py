@@ -35,3 +35,25 @@ def test_tenant_bucket_override_applies_to_its_campaigns() -> None:
 def test_buckets_spread_numbers(n: int) -> None:
     slot = LAYOUT.slot("acme", f"+336{n:08d}"[:12])
     assert int(slot.key.rsplit(":", 1)[1]) < 64
+
+
+# Computed once by the first implementation: a change here would silently empty every
+# deployed view (readers would look in other places), so it needs a rebuild and a
+# layout version of its own, never a refactoring.
+KNOWN_SLOTS = [
+    ("_global", "+33612345678", "dnc:v1:_global:209", 7001532550467467404),
+    ("_global", "+14155550100", "dnc:v1:_global:30", 2405673990531793734),
+    ("acme", "+33612345678", "dnc:v1:acme:32", 7062369576710082571),
+    ("acme", "+14155550100", "dnc:v1:acme:44", 5829970482236777693),
+    ("acme/c1", "+33612345678", "dnc:v1:acme/c1:22", 4848739321510337974),
+    ("acme/c1", "+14155550100", "dnc:v1:acme/c1:31", 1086786241169390544),
+    ("other", "+33612345678", "dnc:v1:other:608", 7583168329638926649),
+    ("other", "+14155550100", "dnc:v1:other:736", 1411125287677236075),
+]
+
+
+def test_slots_are_the_deployed_layout() -> None:
+    layout = ViewLayout(b"k" * 32, 1024, {"acme": 64})
+    for target, phone, key, member in KNOWN_SLOTS:
+        slot = layout.slot(target, phone)
+        assert (slot.key, slot.member) == (key, member), (target, phone)

@@ -86,6 +86,8 @@ class Bench:
     metrics_port: int
     status: Status
     interrupted: threading.Event
+    worker_log: Path | None = None
+    worker: subprocess.Popen[bytes] | None = None
 
     def checker(self) -> SuppressionChecker:
         """A checker as a dialer would build it, with its own Redis client."""
@@ -360,6 +362,9 @@ def bench_throughput(b: Bench, count: int) -> Figures:
         applied = [p.applied_ms or 0 for p in readiness.partitions]
         if applied and min(applied) >= acked_ms:
             break
+        if b.worker is not None and b.worker.poll() is not None:
+            tail = b.worker_log.read_text(errors="replace")[-3000:] if b.worker_log else ""
+            raise DncError(f"the bench worker exited during the burst; its log ends:\n{tail}")
         if time.monotonic() > deadline or b.interrupted.is_set():
             raise DncError(f"the worker did not apply the burst in 10 minutes ({readiness.why})")
         b.status.update(f"[4/5] throughput: published {count:,} in {acked - begin:.1f}s; "
@@ -569,6 +574,7 @@ def run_bench(
                 worker = subprocess.Popen([sys.executable, "-m", "dnc", "worker", "--id", "bench"],
                                           env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                           start_new_session=True)  # fmt: skip
+            b.worker, b.worker_log = worker, tmp / "worker.log"
             checker, deadline = b.checker(), time.monotonic() + 180
             while checker.check(mobile(SINGLE), TENANT).answer is Answer.UNAVAILABLE:
                 if worker.poll() is not None or time.monotonic() > deadline:

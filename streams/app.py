@@ -35,6 +35,10 @@ log = logging.getLogger("dnc.streams")
 TABLE_NAME = "suppression-state"
 STALL_CHECK_INTERVAL = 5.0  # seconds between end-offset reads (one ListOffsets request)
 REFETCH_AFTER_SECONDS = 2.0  # a gap below applied offsets this old is fetched again
+# A partition nothing was delivered from since its assignment, while its log holds more, is
+# fetched again after this long. Not sooner: under a burst Faust's fetcher serves partitions
+# unevenly and one can wait several seconds for its turn (being behind is not a hole).
+NEVER_DELIVERED_AFTER_SECONDS = 15.0
 
 
 class _RateLimitedWarning:
@@ -235,8 +239,11 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
 
         The delivery-hole repair sees gaps between delivered offsets; this also catches
         offsets dropped before the first delivery after an assignment (the frontier starts
-        at the committed offset), which would otherwise keep the partition from ever being
-        vouched for, or committed past. Re-delivered events are applied idempotently.
+        at the committed offset: later offsets get applied, or nothing is ever delivered),
+        which would otherwise keep the partition from ever being vouched for, or committed
+        past. Re-delivered events are applied idempotently. A partition that is only
+        behind is never sought: a seek while the fetcher holds records of the partition
+        can crash aiokafka's fetcher (seen under a burst of 100,000 events).
         """
         now = time.monotonic()
         for tp in tps:
@@ -249,9 +256,12 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             if seen is None or seen[0] != nxt:
                 gaps_seen[tp] = (nxt, now)  # the frontier moved: watch it again
                 continue
-            if now - seen[1] < REFETCH_AFTER_SECONDS or progress.in_flight():
-                continue  # (a batch still being applied: Redis or Kafka is slow, not a hole)
             gap = topic_frontier.gap(tp.partition)
+            if gap is None and holes.delivered(tp):
+                continue  # behind, not skipped: later offsets are simply not delivered yet
+            wait = REFETCH_AFTER_SECONDS if gap is not None else NEVER_DELIVERED_AFTER_SECONDS
+            if now - seen[1] < wait or progress.in_flight():
+                continue  # (a batch still being applied: Redis or Kafka is slow, not a hole)
             log.error("%s[%d]: offset %d not applied for %.0fs while the log holds %d%s: "
                       "fetching from it again", tp.topic, tp.partition, nxt, now - seen[1],
                       awaited, f" (applied from {gap[1]} on)" if gap else "")  # fmt: skip

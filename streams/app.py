@@ -35,10 +35,13 @@ log = logging.getLogger("dnc.streams")
 TABLE_NAME = "suppression-state"
 STALL_CHECK_INTERVAL = 5.0  # seconds between end-offset reads (one ListOffsets request)
 REFETCH_AFTER_SECONDS = 2.0  # a gap below applied offsets this old is fetched again
-# A partition nothing was delivered from since its assignment, while its log holds more, is
-# fetched again after this long. Not sooner: under a burst Faust's fetcher serves partitions
-# unevenly and one can wait several seconds for its turn (being behind is not a hole).
-NEVER_DELIVERED_AFTER_SECONDS = 15.0
+# A partition whose next offset Faust has not even read, while its log holds more and other
+# partitions are being delivered, is fetched again only after this long: under a burst
+# Faust's fetcher serves partitions unevenly and one can wait several seconds for its turn,
+# and a seek while aiokafka holds the partition's records can crash its fetcher. A skipped
+# offset (later ones applied, or Faust's read offset past it), or a stream delivering
+# nothing at all, is fetched again after REFETCH_AFTER_SECONDS.
+BEHIND_REFETCH_AFTER_SECONDS = 15.0
 
 
 class _RateLimitedWarning:
@@ -242,8 +245,8 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         at the committed offset: later offsets get applied, or nothing is ever delivered),
         which would otherwise keep the partition from ever being vouched for, or committed
         past. Re-delivered events are applied idempotently. A partition that is only
-        behind is never sought: a seek while the fetcher holds records of the partition
-        can crash aiokafka's fetcher (seen under a burst of 100,000 events).
+        behind is sought much later: a seek while the fetcher holds records of the
+        partition can crash aiokafka's fetcher (seen under a burst of 100,000 events).
         """
         now = time.monotonic()
         for tp in tps:
@@ -257,9 +260,15 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
                 gaps_seen[tp] = (nxt, now)  # the frontier moved: watch it again
                 continue
             gap = topic_frontier.gap(tp.partition)
-            if gap is None and holes.delivered(tp):
-                continue  # behind, not skipped: later offsets are simply not delivered yet
-            wait = REFETCH_AFTER_SECONDS if gap is not None else NEVER_DELIVERED_AFTER_SECONDS
+            # Faust's read offset: the last offset its fetch loop handed on (or abandoned).
+            read = cast(Any, app.consumer)._read_offset.get(tp)
+            passed = read is not None and read >= nxt  # Faust went past it: it was dropped
+            # Skipped, or behind while the stream delivers nothing at all (its fetch of the
+            # partition is stuck): fetched again soon. Behind while other partitions are
+            # being delivered (a burst): much later.
+            skipped = gap is not None or passed
+            stuck = progress.idle_for() >= REFETCH_AFTER_SECONDS
+            wait = REFETCH_AFTER_SECONDS if skipped or stuck else BEHIND_REFETCH_AFTER_SECONDS
             if now - seen[1] < wait or progress.in_flight():
                 continue  # (a batch still being applied: Redis or Kafka is slow, not a hole)
             log.error("%s[%d]: offset %d not applied for %.0fs while the log holds %d%s: "

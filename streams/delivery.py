@@ -42,10 +42,6 @@ class DeliveryHoles:
         self._repairing.clear()
         self._sought_at.clear()
 
-    def delivered(self, tp: Hashable) -> bool:
-        """Whether anything of ``tp`` was delivered since the last assignment."""
-        return tp in self._expected
-
     def overdue(self) -> dict[Hashable, int]:
         """Repairs whose first offset has not come back ``REPAIR_TIMEOUT`` after the seek.
 

@@ -23,14 +23,20 @@ class ProgressWatch:
         self._moved_at: dict[int, float] = {}  # input last delivered, or nothing was waiting
         self._in_flight_since: dict[int, float] = {}  # oldest delivered, not yet applied
         self._commit_seen: dict[int, tuple[int, float]] = {}  # committed offset, seen since
+        self._last_received = float("-inf")  # the stream's last delivery, any partition
 
     def received(self, partition: int, offset: int) -> None:
         """The stream delivered ``offset`` to the agent."""
         now = self._clock()
+        self._last_received = now
         if offset + 1 > self._expected.get(partition, -1):
             self._expected[partition] = offset + 1
         self._moved_at[partition] = now
         self._in_flight_since.setdefault(partition, now)
+
+    def idle_for(self) -> float:
+        """Seconds since the stream last delivered anything, on any partition."""
+        return self._clock() - self._last_received
 
     def in_flight(self) -> bool:
         """A delivered batch is still being applied (its effects are not durable yet)."""

@@ -163,7 +163,10 @@ class Pipeline:
                 return False
             return self.check("+33612345678", "acme").answer.value != "unavailable"
 
-        wait_for(ready, timeout=timeout, interval=0.2, what="the view to be ready")
+        try:
+            wait_for(ready, timeout=timeout, interval=0.2, what="the view to be ready")
+        except AssertionError as exc:  # what a person debugging it needs: why, and the log
+            raise AssertionError(f"{exc}\n{self.diagnose()}") from None
 
     def stop_worker(self, timeout: float = 60) -> None:
         """Graceful stop (SIGTERM), as an orchestrator would."""

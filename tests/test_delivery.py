@@ -57,12 +57,3 @@ def test_a_repair_that_arrives_is_not_sought_again() -> None:
     assert holes.seek_needed("p0", 2) is None  # the repair arrives
     now[0] += 60
     assert holes.overdue() == {}
-
-
-def test_a_partition_counts_as_delivered_from_its_first_message_until_a_rebalance() -> None:
-    holes = DeliveryHoles()
-    assert not holes.delivered("t/0")
-    holes.seek_needed("t/0", 40)
-    assert holes.delivered("t/0") and not holes.delivered("t/1")
-    holes.forget()
-    assert not holes.delivered("t/0")

@@ -77,3 +77,13 @@ def test_commits_trailing_a_busy_partition_are_not_a_stall() -> None:
         watch.received(0, second * 100)
         watch.applied()
         assert watch.stalled_for({0: second * 100 + 50}, {0: second * 100 - 100}) == {}
+
+
+def test_idle_is_the_time_since_the_last_delivery_on_any_partition() -> None:
+    clock = Clock()
+    watch = ProgressWatch(stall_after=10, clock=clock)
+    assert watch.idle_for() == float("inf")
+    clock.now = 5
+    watch.received(2, 7)
+    clock.now = 8
+    assert watch.idle_for() == 3

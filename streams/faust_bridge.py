@@ -39,7 +39,6 @@ class FaustStateTable:
 
     def __init__(self, table: Any) -> None:
         self._table = table
-        self.changelog_topic: str = table.changelog_topic.get_topic_name()
 
     def get(self, key: str) -> Any:
         return self._table.data.get(key)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -97,10 +97,10 @@ class StateTable(Protocol):
 class Outgoing:
     """Everything one batch sends to Kafka; acknowledged as a whole before its offsets move."""
 
-    forwards: Sequence[Forward] = ()
-    changes: Sequence[SuppressionChange] = ()
-    dead: Sequence[DeadLetter] = ()
-    states: Mapping[str, tuple[int, Any]] = field(default_factory=dict)  # key: (partition, value)
+    forwards: list[Forward] = field(default_factory=list)
+    changes: list[SuppressionChange] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    states: dict[str, tuple[int, Any]] = field(default_factory=dict)  # key: (partition, value)
 
     def __bool__(self) -> bool:
         return bool(self.forwards or self.changes or self.dead or self.states)
@@ -110,15 +110,6 @@ class ChangeSink(Protocol):
     """Where forwarded events, change records, dead letters and changelog records go."""
 
     async def publish(self, out: Outgoing) -> None: ...
-
-
-@dataclass
-class _Batch:
-    """What a batch collects for Kafka while it is applied."""
-
-    dead: list[DeadLetter] = field(default_factory=list)
-    forwards: list[Forward] = field(default_factory=list)
-    states: dict[str, tuple[int, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -185,7 +176,7 @@ class OppositionProcessor:
         touched: dict[str, SuppressionState] = {}
         emitted: dict[str, SuppressionState] = {}
         applied_at: dict[str, list[datetime]] = {}  # state key -> occurred_at applied
-        out = _Batch()
+        out = Outgoing()
         for message in batch:
             outcome = self._apply_one(message, now, touched, emitted, applied_at, out)
             if outcome is Outcome.APPLIED:
@@ -209,7 +200,7 @@ class OppositionProcessor:
         touched: dict[str, SuppressionState],
         emitted: dict[str, SuppressionState],
         applied_at: dict[str, list[datetime]],
-        out: _Batch,
+        out: Outgoing,
     ) -> Outcome:
         dead, forwards = out.dead, out.forwards
         try:
@@ -274,7 +265,7 @@ class OppositionProcessor:
         touched: dict[str, SuppressionState],
         emitted: dict[str, SuppressionState],
         applied_at: dict[str, list[datetime]],
-        out: _Batch,
+        out: Outgoing,
     ) -> Outcome:
         assert event.phone_e164 is not None
         key = state_key(event.target, event.phone_e164)
@@ -314,7 +305,7 @@ class OppositionProcessor:
         touched: dict[str, SuppressionState],
         emitted: dict[str, SuppressionState],
         applied_at: dict[str, list[datetime]],
-        out: _Batch,
+        out: Outgoing,
         now: datetime,
     ) -> None:
         retry_cap = self._settings.retry_backoff_max_seconds
@@ -338,11 +329,11 @@ class OppositionProcessor:
             )
             for key, s in emitted.items()
         ]
+        out.changes = changes
         dead = out.dead
-        outgoing = Outgoing(forwards=out.forwards, changes=changes, dead=dead, states=out.states)
-        if outgoing:
+        if out:
             await until_done(
-                lambda: self._sink.publish(outgoing),
+                lambda: self._sink.publish(out),
                 what="publish to Kafka",
                 dependency="kafka",
                 max_backoff=retry_cap,

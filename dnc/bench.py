@@ -3,7 +3,8 @@
 1. single-check latency: ``SuppressionChecker.check`` vs one bare ``SISMEMBER`` round trip;
 2. bulk-check throughput: ``check_many`` vs pipelined ``SMISMEMBER`` over the same slots;
 3. propagation: publish call -> visible in a check, at a steady event rate;
-4. worker throughput: a burst of distinct oppositions until all applied, vs a bare consumer;
+4. worker throughput: a burst of distinct oppositions until all applied, vs a bare consumer
+   and a bare Faust agent (the framework's own per-message cost);
 5. Redis bytes per suppressed number: bucketed intsets vs a plain set of E.164 strings.
 """
 
@@ -378,13 +379,16 @@ def bench_throughput(b: Bench, count: int) -> Figures:
     missing = sum(r.answer is not Answer.SUPPRESSED for r in checker.check_many(sample, TENANT))
     b.status.update("[4/5] throughput: a bare consumer reads the burst back")
     consume_s = _bare_consume(s, s.oppositions_topic, starts, count)
+    b.status.update("[4/5] throughput: a bare Faust agent reads the burst back")
+    faust_s = _bare_faust(b, starts, count)
     return {"burst_events": float(count), "burst_failed": float(failed),
             "burst_publish_per_s": count / (acked - begin),
             "burst_worker_per_s": count / (done - begin),
             "burst_seconds": done - begin, "burst_after_ack_s": done - acked,
             "burst_sample": float(len(sample)), "burst_sample_missing": float(missing),
             "burst_mean_batch": mean_batch,
-            "bare_consume_per_s": count / consume_s}  # fmt: skip
+            "bare_consume_per_s": count / consume_s,
+            "bare_faust_per_s": count / faust_s}  # fmt: skip
 
 
 def _kafka_consumer(s: Settings, group: str) -> Consumer:
@@ -414,6 +418,31 @@ def _bare_consume(s: Settings, topic: str, starts: dict[int, int], count: int) -
         return perf() - begin
     finally:
         consumer.close()
+
+
+def _bare_faust(b: Bench, starts: dict[int, int], count: int) -> float:
+    """Seconds a do-nothing Faust agent takes to read ``count`` messages from ``starts``.
+
+    Run in its own process (:mod:`dnc.bench_faust`), read as the worker's agent reads: the
+    most a worker built on Faust's per-message stream can do here.
+    """
+    assert b.worker_log is not None
+    result = b.worker_log.parent / "faust-floor.txt"
+    result.unlink(missing_ok=True)
+    offsets = ",".join(f"{p}:{o}" for p, o in starts.items())
+    args = [sys.executable, "-m", "dnc.bench_faust", b.settings.kafka_bootstrap,
+            b.settings.oppositions_topic, offsets, str(count), str(result)]  # fmt: skip
+    with (b.worker_log.parent / "faust-floor.log").open("wb") as log:
+        floor = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                                 start_new_session=True)  # fmt: skip
+    try:
+        floor.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        _stop_worker(floor)
+    if not result.exists():
+        tail = (b.worker_log.parent / "faust-floor.log").read_text(errors="replace")[-3000:]
+        raise DncError(f"the bare Faust agent did not read the burst; its log ends:\n{tail}")
+    return float(result.read_text())
 
 
 def bench_memory(b: Bench, numbers: int) -> Figures:
@@ -487,6 +516,8 @@ def _report(f: Figures, console: Console) -> None:
         table.add_row("worker throughput (burst)", f"{f['burst_worker_per_s']:,.0f} events/s",
                       f"{f['bare_consume_per_s']:,.0f} events/s (bare consumer)",
                       f"{f['burst_worker_per_s'] / f['bare_consume_per_s']:.2f}x")  # fmt: skip
+        table.add_row("", "", f"{f['bare_faust_per_s']:,.0f} events/s (bare Faust agent)",
+                      f"{f['burst_worker_per_s'] / f['bare_faust_per_s']:.2f}x")  # fmt: skip
         notes.append(
             f"throughput: {f['burst_events']:,.0f} distinct oppositions published at once "
             f"({f['burst_publish_per_s']:,.0f} events/s acknowledged, {f['burst_failed']:.0f} "

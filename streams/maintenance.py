@@ -138,14 +138,12 @@ class ViewMaintenance:
         layout = self._view.layout
         needed: set[str] = set()
         for _key, raw in list(self._table.items()):
-            # Hash from the raw fields first: only states in a missing key are parsed.
-            if raw is None or raw.get("partition") not in partitions:
+            state = load_state(raw)
+            if state is None or state.partition not in partitions:
                 continue
-            key = layout.slot(raw["target"], raw["phone_e164"]).key
-            if key in missing and key not in needed:
-                state = load_state(raw)
-                if state is not None and state.effective(now) is not None:
-                    needed.add(key)
+            key = layout.slot(state.target, state.phone_e164).key
+            if key in missing and key not in needed and state.effective(now) is not None:
+                needed.add(key)
         self._view.filled_keys.difference_update(missing - needed)  # emptied by lifts/expiries
         if needed:
             log.error(

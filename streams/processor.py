@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, Protocol
 
 from schemas.authority import (
@@ -82,10 +83,12 @@ class Forward:
 
 
 class StateTable(Protocol):
-    """The slice of the Faust table the processor uses (values are JSON-able dicts).
+    """The slice of the Faust table the processor uses.
 
-    ``store`` sets the value in memory only: its changelog record goes out with the
-    batch's other records (:attr:`Outgoing.states`), acknowledged before the offsets move.
+    Values are :class:`SuppressionState` as stored here, or the JSON dicts Faust recovered
+    from the changelog (:func:`load_state` reads both). ``store`` sets the value in memory
+    only: its changelog record goes out with the batch's other records
+    (:attr:`Outgoing.states`), acknowledged before the offsets move.
     """
 
     def get(self, key: str) -> Any: ...
@@ -100,7 +103,7 @@ class Outgoing:
     forwards: list[Forward] = field(default_factory=list)
     changes: list[SuppressionChange] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
-    states: dict[str, tuple[int, Any]] = field(default_factory=dict)  # key: (partition, value)
+    states: dict[str, tuple[int, SuppressionState]] = field(default_factory=dict)  # (partition, s)
 
     def __bool__(self) -> bool:
         return bool(self.forwards or self.changes or self.dead or self.states)
@@ -125,13 +128,16 @@ class BatchResult:
 
 
 def load_state(raw: Any) -> SuppressionState | None:
-    """Table value (dict) to state."""
-    return None if raw is None else SuppressionState.model_validate(raw)
+    """Table value to state: stored by this worker as is, or a dict recovered by Faust."""
+    if raw is None or isinstance(raw, SuppressionState):
+        return raw
+    return SuppressionState.model_validate(raw)
 
 
-def dump_state(state: SuppressionState) -> dict[str, Any]:
-    """State to table value (dict, JSON-serialised by Faust)."""
-    return state.model_dump(mode="json")
+@cache
+def _events_counter(kind: str, outcome: str) -> Any:
+    """The child of ``dnc_events_total`` (``labels()`` per event is a lock and a lookup)."""
+    return EVENTS.labels(kind=kind, outcome=outcome)
 
 
 def _kind_label(raw: bytes) -> str:
@@ -206,28 +212,28 @@ class OppositionProcessor:
         try:
             event = decode_event(message.value, self._tenants, self._settings.max_event_bytes)
         except InvalidEventError as exc:
-            EVENTS.labels(kind=_kind_label(message.value), outcome=Outcome.REJECTED).inc()
+            _events_counter(_kind_label(message.value), Outcome.REJECTED).inc()
             dead.append(DeadLetter(message, exc.reason, exc.message))
             return Outcome.REJECTED
         except Exception as exc:  # a bug must not stop the pipeline nor lose the message
             log.exception("unexpected error decoding offset %s", message.offset)
-            EVENTS.labels(kind="unknown", outcome=Outcome.REJECTED).inc()
+            _events_counter("unknown", Outcome.REJECTED).inc()
             dead.append(DeadLetter(message, "processing_error", repr(exc)[:500]))
             return Outcome.REJECTED
         try:
             route = self._route(event, message)
             if isinstance(route, DeadLetter):
-                EVENTS.labels(kind=event.kind, outcome=Outcome.REJECTED).inc()
+                _events_counter(event.kind, Outcome.REJECTED).inc()
                 dead.append(route)
                 return Outcome.REJECTED
             if route is not None:
-                EVENTS.labels(kind=event.kind, outcome=Outcome.FORWARDED).inc()
+                _events_counter(event.kind, Outcome.FORWARDED).inc()
                 forwards.append(route)
                 return Outcome.FORWARDED
             return self._apply_valid(event, message, now, touched, emitted, applied_at, out)
         except Exception as exc:
             log.exception("unexpected error applying event %s", event.event_id)
-            EVENTS.labels(kind=event.kind, outcome=Outcome.REJECTED).inc()
+            _events_counter(event.kind, Outcome.REJECTED).inc()
             dead.append(DeadLetter(message, "processing_error", repr(exc)[:500]))
             return Outcome.REJECTED
 
@@ -281,12 +287,11 @@ class OppositionProcessor:
             appended_ms=message.appended_ms,
             lift_cutoff_ms=lift_cutoff_ms(message.headers) if event.kind is Kind.LIFT else None,
         )
-        EVENTS.labels(kind=event.kind, outcome=application.outcome).inc()
+        _events_counter(event.kind, application.outcome).inc()
         state = application.state
         if application.outcome is Outcome.APPLIED:
-            value = dump_state(state)
-            self._table.store(key, value)
-            out.states[key] = (message.partition, value)  # its changelog record
+            self._table.store(key, state)
+            out.states[key] = (message.partition, state)  # its changelog record
             applied_at.setdefault(key, []).append(event.occurred_at)
             emitted[key] = state
             _count_suppressed(before, state, now)
@@ -357,5 +362,9 @@ def _count_suppressed(
     was = before is not None and before.effective(now) is not None
     now_suppressed = after.effective(now) is not None
     if was != now_suppressed:
-        owner = after.target.split("/", 1)[0]
-        SUPPRESSED_NUMBERS.labels(tenant=owner).inc(1 if now_suppressed else -1)
+        _suppressed_gauge(after.target.split("/", 1)[0]).inc(1 if now_suppressed else -1)
+
+
+@cache
+def _suppressed_gauge(owner: str) -> Any:
+    return SUPPRESSED_NUMBERS.labels(tenant=owner)

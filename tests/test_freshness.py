@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 from faust.types import TP
 
+from schemas.events import Scope
+from schemas.state import SuppressionState
 from streams.commits import AppliedCommits
 from streams.freshness import AppliedFrontier
+from streams.processor import load_state
 
 LOG = "dnc.oppositions.v1"
 
@@ -95,3 +99,10 @@ def test_changelog_records_carry_fausts_own_key_bytes() -> None:
         assert changelog_key(key) == codecs.dumps("json", key)
     value = {"version": 2, "active": [{"kind": "opposition"}], "note": "é"}
     assert codecs.loads("json", changelog_value(value)) == value
+    # A state as the processor stores it: Faust reads back what load_state accepts.
+    state = SuppressionState(target="acme", tenant="acme", scope=Scope.TENANT, campaign_id=None,
+                             phone_e164="+33612345678", version=3, position=(1, 42),
+                             updated_at=datetime(2026, 1, 2, tzinfo=UTC))  # fmt: skip
+    recovered = codecs.loads("json", changelog_value(state))
+    assert recovered == state.model_dump(mode="json")
+    assert load_state(recovered) == state

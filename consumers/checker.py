@@ -17,6 +17,8 @@ from typing import Any
 
 import redis
 from redis import Redis
+from redis.asyncio import BlockingConnectionPool as AsyncBlockingConnectionPool
+from redis.asyncio import Redis as AsyncRedis
 
 from consumers.readiness import Readiness, judge, queue_readiness, read_readiness, trusted
 from schemas.errors import InvalidPhoneNumber
@@ -62,8 +64,10 @@ class SuppressionChecker:
         *,
         max_staleness_seconds: float = 5.0,
         bulk_chunk_size: int = 1000,
+        async_client: AsyncRedis | None = None,
     ) -> None:
         self._redis = client
+        self._async_redis = async_client
         self._layout = layout
         self._fingerprint = layout.fingerprint
         self._tenants = tenants
@@ -72,18 +76,25 @@ class SuppressionChecker:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, tenants: TenantDirectory, client: Redis | None = None
+        cls,
+        settings: Settings,
+        tenants: TenantDirectory,
+        client: Redis | None = None,
+        *,
+        with_async: bool = False,
     ) -> SuppressionChecker:
-        """A checker configured like every other reader of this deployment."""
+        """A checker configured like every other reader of this deployment.
+
+        ``with_async``: also an asyncio client, for :meth:`check_async` (the gateway).
+        """
+        url, timeout = settings.redis_url.get_secret_value(), settings.check_timeout_seconds
         return cls(
-            client
-            or checker_client(
-                settings.redis_url.get_secret_value(), settings.check_timeout_seconds
-            ),
+            client or checker_client(url, timeout),
             view_layout(settings, tenants),
             tenants,
             max_staleness_seconds=settings.max_staleness_seconds,
             bulk_chunk_size=settings.bulk_chunk_size,
+            async_client=async_checker_client(url, timeout) if with_async else None,
         )
 
     def _targets(self, tenant: str, campaign: str | None) -> list[tuple[Scope, str]]:
@@ -109,24 +120,57 @@ class SuppressionChecker:
     def check(self, phone: str, tenant: str, campaign: str | None = None) -> CheckResult:
         """Answer for one number: invalid input raises, infrastructure trouble is unavailable."""
         started = time.perf_counter()
-        region = self._tenants.get(tenant).default_region
-        e164 = normalise(phone, region)
-        targets = self._targets(tenant, campaign)
+        e164, targets = self._ask(phone, tenant, campaign)
         try:
-            result = self._check_once(e164, targets)
+            pipe = self._redis.pipeline(transaction=False)
+            self._queue(pipe, e164, targets)
+            result = self._conclude(e164, targets, pipe.execute())
         except redis.RedisError as exc:
             result = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
-        CHECKS.labels(outcome=result.answer).inc()
-        CHECK_SECONDS.observe(time.perf_counter() - started)
-        return result
+        return _recorded(result, started)
 
-    def _check_once(self, e164: str, targets: list[tuple[Scope, str]]) -> CheckResult:
-        pipe = self._redis.pipeline(transaction=False)
+    async def check_async(
+        self, phone: str, tenant: str, campaign: str | None = None
+    ) -> CheckResult:
+        """:meth:`check` on the asyncio client (no thread per check): the gateway's GET.
+
+        Same round trip and the same verdict; needs the checker built with ``async_client``.
+        """
+        if self._async_redis is None:
+            raise RuntimeError("this checker has no asyncio Redis client (async_client=...)")
+        started = time.perf_counter()
+        e164, targets = self._ask(phone, tenant, campaign)
+        try:
+            pipe = self._async_redis.pipeline(transaction=False)
+            self._queue(pipe, e164, targets)
+            result = self._conclude(e164, targets, await pipe.execute())
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            result = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
+        return _recorded(result, started)
+
+    async def aclose(self) -> None:
+        """Release the asyncio client's connections (the synchronous client needs nothing)."""
+        if self._async_redis is not None:
+            await self._async_redis.aclose()
+
+    def _ask(
+        self, phone: str, tenant: str, campaign: str | None
+    ) -> tuple[str, list[tuple[Scope, str]]]:
+        """The number in E.164 (raises on invalid input) and the lists to look it up in."""
+        region = self._tenants.get(tenant).default_region
+        return normalise(phone, region), self._targets(tenant, campaign)
+
+    def _queue(self, pipe: Any, e164: str, targets: list[tuple[Scope, str]]) -> None:
+        """One round trip: Redis's clock, the view's metadata, one SISMEMBER per list."""
         queue_readiness(pipe)
         for _scope, target in targets:
-            slot = self._layout.slot(target, e164)
-            pipe.sismember(slot.key, str(slot.member))
-        server_time, meta, *members = pipe.execute()
+            key, member = self._layout.locate(target, e164)
+            pipe.sismember(key, str(member))
+
+    def _conclude(
+        self, e164: str, targets: list[tuple[Scope, str]], replies: list[Any]
+    ) -> CheckResult:
+        server_time, meta, *members = replies
         why = self._unready_reason(server_time, meta)
         if why is not None:
             return CheckResult(e164, Answer.UNAVAILABLE, why=why)
@@ -201,6 +245,26 @@ class SuppressionChecker:
                 results[i] = CheckResult(e164, Answer.SUPPRESSED, scope=hits[i])
             else:
                 results[i] = CheckResult(e164, Answer.CALLABLE)
+
+
+def _recorded(result: CheckResult, started: float) -> CheckResult:
+    CHECKS.labels(outcome=result.answer).inc()
+    CHECK_SECONDS.observe(time.perf_counter() - started)
+    return result
+
+
+def async_checker_client(url: str, timeout_seconds: float, max_connections: int = 64) -> AsyncRedis:
+    """The asyncio twin of :func:`checker_client`: a bounded pool, waited for at most the
+    check timeout (then the check fails closed), short socket timeouts."""
+    pool = AsyncBlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout_seconds,
+        socket_timeout=timeout_seconds,
+        socket_connect_timeout=timeout_seconds,
+        health_check_interval=30,
+    )
+    return AsyncRedis(connection_pool=pool)
 
 
 def checker_client(url: str, timeout_seconds: float) -> Redis:

@@ -135,7 +135,7 @@ def checks_router(checker: SuppressionChecker, bulk_limit: int, require: Require
         """callable (200), suppressed (200) or unavailable (503); 422 for an invalid number."""
         own = resolve_tenant(principal, tenant)
         try:
-            result = await run_in_threadpool(checker.check, phone, own, campaign)
+            result = await checker.check_async(phone, own, campaign)
         except InvalidPhoneNumber as exc:
             raise invalid_input("phone", exc.message) from None
         _count(own, [result])
@@ -232,7 +232,7 @@ def subjects_router(
             raise ApiError(
                 503, "kafka_unavailable", str(exc), headers={"Retry-After": "1"}, retry_after=1.0
             ) from None
-        live = await run_in_threadpool(checker.check, e164, own, None)
+        live = await checker.check_async(e164, own, None)
         report.view = ViewAnswer(answer=live.answer.value, scope=live.scope, why=live.why)
         return report
 

@@ -67,7 +67,8 @@ class GatewayServices:
     @classmethod
     def connect(cls, settings: Settings, tenants: TenantDirectory) -> "GatewayServices":
         """Clients for the configured Kafka and Redis (they connect lazily)."""
-        checker = SuppressionChecker.from_settings(settings, tenants)
+        # Single checks run on the asyncio client (no thread per check), lists on threads.
+        checker = SuppressionChecker.from_settings(settings, tenants, with_async=True)
         return cls(
             publisher=OppositionPublisher.from_settings(settings, tenants),
             checker=checker,
@@ -104,6 +105,7 @@ def create_app(
         svc.audit.start()
         yield
         await run_in_threadpool(svc.close)
+        await svc.checker.aclose()
 
     app = FastAPI(
         title="dnc gateway",

@@ -5,13 +5,16 @@
 3. propagation: publish call -> visible in a check, at a steady event rate;
 4. worker throughput: a burst of distinct oppositions until all applied, vs a bare consumer
    and a bare Faust agent (the framework's own per-message cost);
-5. Redis bytes per suppressed number: bucketed intsets vs a plain set of E.164 strings.
+5. `dnc import` of a large CSV, until every number is visible, vs publishing alone;
+6. worker restart: recovery from the changelog and view rebuild, until checks are answered;
+7. Redis bytes per suppressed number: bucketed intsets vs a plain set of E.164 strings.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,7 +25,7 @@ import time
 import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -47,7 +50,7 @@ from schemas.view import ViewLayout, view_layout
 TENANT = "bench"
 REPO = Path(__file__).resolve().parent.parent
 _PREFIXES = ("61", "62", "64", "65", "66", "67", "68")  # mobile ranges phonenumbers accepts
-SINGLE, BULK, PROPAGATION, MEMORY, BURST = (k * 10**7 for k in range(5))  # number series
+SINGLE, BULK, PROPAGATION, MEMORY, BURST, IMPORT = (k * 10**7 for k in range(6))  # series
 Figures = dict[str, float]
 perf = time.perf_counter
 
@@ -89,6 +92,44 @@ class Bench:
     interrupted: threading.Event
     worker_log: Path | None = None
     worker: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # the pipeline's environment
+
+    def start_worker(self, log: Path) -> None:
+        """Start a worker (as `dnc worker` would run) writing to ``log``."""
+        with log.open("wb") as out:
+            self.worker = subprocess.Popen(
+                [sys.executable, "-m", "dnc", "worker", "--id", "bench"], env=self.env,
+                stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+            )  # fmt: skip
+        self.worker_log = log
+
+    def tail(self) -> str:
+        """The end of the current worker's log."""
+        return self.worker_log.read_text(errors="replace")[-3000:] if self.worker_log else ""
+
+    def wait_serving(self, timeout: float = 180) -> None:
+        """Until a check gets an answer (the worker recovered, rebuilt and vouched)."""
+        checker, deadline = self.checker(), time.monotonic() + timeout
+        while checker.check(mobile(SINGLE), TENANT).answer is Answer.UNAVAILABLE:
+            exited = self.worker is not None and self.worker.poll() is not None
+            if exited or time.monotonic() > deadline or self.interrupted.is_set():
+                raise DncError(f"the bench worker did not get ready; its log ends:\n{self.tail()}")
+            time.sleep(0.05)
+
+    def wait_vouched(self, since_ms: int, what: str, timeout: float = 1800) -> None:
+        """Until every partition is applied and vouched for past ``since_ms`` (Redis's clock)."""
+        checker, deadline = self.checker(), time.monotonic() + timeout
+        while True:
+            readiness = checker.readiness()
+            applied = [p.applied_ms or 0 for p in readiness.partitions]
+            if applied and min(applied) >= since_ms:
+                return
+            if self.worker is not None and self.worker.poll() is not None:
+                log = self.tail()
+                raise DncError(f"the bench worker exited during {what}; its log ends:\n{log}")
+            if time.monotonic() > deadline or self.interrupted.is_set():
+                raise DncError(f"the worker did not apply {what} in time ({readiness.why})")
+            time.sleep(0.02)
 
     def checker(self) -> SuppressionChecker:
         """A checker as a dialer would build it, with its own Redis client."""
@@ -345,41 +386,30 @@ def bench_throughput(b: Bench, count: int) -> Figures:
         producer=Producer(producer_config(s.kafka_bootstrap, t, logger=log, **{"linger.ms": 20})),
     )  # fmt: skip
     phones = [mobile(BURST + i) for i in range(count)]
-    b.status.update(f"[4/5] throughput: encoding {count:,} events")
+    b.status.update(f"[4/7] throughput: encoding {count:,} events")
     prepared = [publisher.prepare(OppositionEvent.record(tenant=TENANT, phone=p,
                 kind=Kind.OPPOSITION)) for p in phones]  # fmt: skip
     checker, bare = b.checker(), redis.Redis.from_url(b.url, socket_timeout=5.0)
     starts = _end_offsets(s, s.oppositions_topic)
-    b.status.update(f"[4/5] throughput: publishing {count:,} events at once")
+    b.status.update(f"[4/7] throughput: publishing {count:,} events at once")
     batches_before = _worker_batches(b.metrics_port)
     begin = perf()
     failed = sum(isinstance(r, PublishError) for r in publisher.publish_prepared(prepared))
     acked, (sec, usec) = perf(), bare.time()
     acked_ms = sec * 1000 + usec // 1000  # Redis's clock, as the view's applied-through times
     publisher.close()
-    deadline = acked + 600
-    while True:
-        readiness = checker.readiness()
-        applied = [p.applied_ms or 0 for p in readiness.partitions]
-        if applied and min(applied) >= acked_ms:
-            break
-        if b.worker is not None and b.worker.poll() is not None:
-            tail = b.worker_log.read_text(errors="replace")[-3000:] if b.worker_log else ""
-            raise DncError(f"the bench worker exited during the burst; its log ends:\n{tail}")
-        if time.monotonic() > deadline or b.interrupted.is_set():
-            raise DncError(f"the worker did not apply the burst in 10 minutes ({readiness.why})")
-        b.status.update(f"[4/5] throughput: published {count:,} in {acked - begin:.1f}s; "
-                        f"waiting for the worker to apply them")  # fmt: skip
-        time.sleep(0.02)
+    b.status.update(f"[4/7] throughput: published {count:,} in {acked - begin:.1f}s; "
+                    "waiting for the worker to apply them")  # fmt: skip
+    b.wait_vouched(acked_ms, "the burst", timeout=600)
     done = perf()
     batches_after = _worker_batches(b.metrics_port)
     batches = batches_after[0] - batches_before[0]
     mean_batch = (batches_after[1] - batches_before[1]) / batches if batches else float("nan")
     sample = phones[:: max(1, count // 2000)]
     missing = sum(r.answer is not Answer.SUPPRESSED for r in checker.check_many(sample, TENANT))
-    b.status.update("[4/5] throughput: a bare consumer reads the burst back")
+    b.status.update("[4/7] throughput: a bare consumer reads the burst back")
     consume_s = _bare_consume(s, s.oppositions_topic, starts, count)
-    b.status.update("[4/5] throughput: a bare Faust agent reads the burst back")
+    b.status.update("[4/7] throughput: a bare Faust agent reads the burst back")
     faust_s = _bare_faust(b, starts, count)
     return {"burst_events": float(count), "burst_failed": float(failed),
             "burst_publish_per_s": count / (acked - begin),
@@ -389,6 +419,61 @@ def bench_throughput(b: Bench, count: int) -> Figures:
             "burst_mean_batch": mean_batch,
             "bare_consume_per_s": count / consume_s,
             "bare_faust_per_s": count / faust_s}  # fmt: skip
+
+
+def bench_import(b: Bench, rows: int) -> Figures:
+    """`dnc import` of a CSV of ``rows`` distinct numbers, until every one is visible.
+
+    Timed from the command's start (reading and validating the file, publishing) until
+    every partition is applied and vouched for past the moment the command ended.
+    """
+    assert b.worker_log is not None
+    path = b.worker_log.parent / "import.csv"
+    with path.open("w") as out:
+        out.write("phone\n")
+        out.writelines(f"{mobile(IMPORT + i)}\n" for i in range(rows))
+    clock = redis.Redis.from_url(b.url, socket_timeout=5.0)
+    b.status.update(f"[5/7] import: `dnc import` of {rows:,} rows")
+    begin = perf()
+    done = subprocess.run([sys.executable, "-m", "dnc", "import", str(path), "--tenant", TENANT],
+                          env=b.env, cwd=REPO, capture_output=True, timeout=3600)  # fmt: skip
+    if done.returncode != 0:
+        raise DncError(f"dnc import failed: {done.stderr.decode(errors='replace')[-2000:]}")
+    published, (sec, usec) = perf(), clock.time()
+    b.status.update(f"[5/7] import: published in {published - begin:.0f}s; waiting for the worker")
+    b.wait_vouched(sec * 1000 + usec // 1000, "the import")
+    visible = perf()
+    sample = [mobile(IMPORT + i) for i in range(0, rows, max(1, rows // 2000))]
+    missing = sum(r.answer is not Answer.SUPPRESSED for r in b.checker().check_many(sample, TENANT))
+    return {"import_rows": float(rows), "import_publish_s": published - begin,
+            "import_visible_s": visible - begin, "import_sample": float(len(sample)),
+            "import_sample_missing": float(missing)}  # fmt: skip
+
+
+def bench_restart(b: Bench) -> Figures:
+    """Stop the worker (SIGTERM), start a new one: seconds until it vouches for the view again.
+
+    The new worker recovers its table from the changelog, rebuilds the view of its
+    partitions and vouches for them. Meanwhile checks are answered from the last vouch
+    until it is older than the staleness bound, then "unavailable". Its log says how many
+    states the rebuild wrote and how long that took.
+    """
+    assert b.worker_log is not None
+    clock = redis.Redis.from_url(b.url, socket_timeout=5.0)
+    b.status.update("[6/7] restart: stopping the worker")
+    sec, usec = clock.time()
+    begin = perf()
+    _stop_worker(b.worker)
+    stopped = perf()
+    b.status.update("[6/7] restart: a new worker recovers, rebuilds and vouches")
+    b.start_worker(b.worker_log.parent / "worker-restarted.log")
+    b.wait_vouched(sec * 1000 + usec // 1000, "the restart", timeout=600)
+    vouched = perf()
+    rebuilds = re.findall(r"view ready: (\d+) states in ([\d.]+)s", b.worker_log.read_text())
+    return {"restart_stop_s": stopped - begin, "restart_vouched_s": vouched - begin,
+            "staleness_bound_s": b.settings.max_staleness_seconds,
+            "rebuild_states": float(sum(int(n) for n, _s in rebuilds)),
+            "rebuild_s": max((float(t) for _n, t in rebuilds), default=float("nan"))}  # fmt: skip
 
 
 def _kafka_consumer(s: Settings, group: str) -> Consumer:
@@ -479,7 +564,7 @@ def bench_memory(b: Bench, numbers: int) -> Figures:
             "memory_ratio": plain_bytes / layout_bytes}  # fmt: skip
 
 
-STAGES = ("single", "bulk", "propagation", "throughput", "memory")
+STAGES = ("single", "bulk", "propagation", "throughput", "import", "restart", "memory")
 
 
 def _report(f: Figures, console: Console) -> None:
@@ -527,6 +612,27 @@ def _report(f: Figures, console: Console) -> None:
             f"{f['burst_sample_missing']:.0f}/{f['burst_sample']:.0f} sampled numbers not "
             "suppressed"
         )
+    if "import_visible_s" in f:
+        rows = f["import_rows"]
+        table.add_row(f"`dnc import` of {rows:,.0f} rows, until all visible",
+                      f"{f['import_visible_s']:.0f} s ({rows / f['import_visible_s']:,.0f} rows/s)",
+                      f"{f['import_publish_s']:.0f} s (publishing alone)",
+                      f"{f['import_visible_s'] / f['import_publish_s']:.2f}x")  # fmt: skip
+        notes.append(f"import: {f['import_sample_missing']:.0f}/{f['import_sample']:.0f} sampled "
+                     "numbers not suppressed")  # fmt: skip
+    if "restart_vouched_s" in f:
+        table.add_row("worker restart, SIGTERM to vouched for again",
+                      f"{f['restart_vouched_s']:.1f} s",
+                      f"{f['restart_stop_s']:.1f} s (graceful stop alone)")  # fmt: skip
+        table.add_row(
+            f"view rebuild ({f['rebuild_states']:,.0f} states)", f"{f['rebuild_s']:.1f} s"
+        )
+        notes.append(
+            "restart: a new worker recovers its table from the changelog, rebuilds the view and "
+            "vouches; checks are answered from the last vouch until it is older than the "
+            f"staleness bound ({f['staleness_bound_s']:g} s), then unavailable until the new "
+            "worker vouches"
+        )
     if "layout_bytes_per_number" in f:
         table.add_row("Redis bytes per number", f"{f['layout_bytes_per_number']:.1f} B (intsets)",
                       f"{f['plain_bytes_per_number']:.1f} B (plain set)",
@@ -562,6 +668,7 @@ def run_bench(
     console: Console,
     burst: int = 100_000,
     only: Sequence[str] = STAGES,
+    import_rows: int = 1_000_000,
 ) -> Figures:
     """Start a private stack and worker, run the measurements in ``only``, print them.
 
@@ -579,7 +686,7 @@ def run_bench(
     infra_log.setLevel(logging.WARNING)
     version = os.environ.get("DNC_KAFKA_VERSION", KAFKA_DEFAULT_VERSION)
     stack = LocalStack(tmp / "stack", kafka_version=version, partitions=3)
-    worker: subprocess.Popen[bytes] | None = None
+    b: Bench | None = None
     figures: Figures = {}
     try:
         with console.status(f"starting Kafka {version} and Redis") as status:
@@ -596,22 +703,14 @@ def run_bench(
             settings = Settings.model_validate({k[4:].lower(): v for k, v in dnc.items()})
             tenants = TenantDirectory.load(tmp / "tenants.toml")
             layout = view_layout(settings, tenants)
-            b = Bench(settings, tenants, layout, stack.redis_url, port, status, interrupted)
-            ensure_pipeline_topics(settings)
-            status.update("starting the worker; waiting for the view to be ready")
             env = {k: v for k, v in os.environ.items() if not k.startswith("DNC_")} | dnc
             env["PYTHONUNBUFFERED"] = "1"  # a readable log tail if it fails to start
-            with (tmp / "worker.log").open("wb") as log:
-                worker = subprocess.Popen([sys.executable, "-m", "dnc", "worker", "--id", "bench"],
-                                          env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                          start_new_session=True)  # fmt: skip
-            b.worker, b.worker_log = worker, tmp / "worker.log"
-            checker, deadline = b.checker(), time.monotonic() + 180
-            while checker.check(mobile(SINGLE), TENANT).answer is Answer.UNAVAILABLE:
-                if worker.poll() is not None or time.monotonic() > deadline:
-                    tail = (tmp / "worker.log").read_text(errors="replace")[-3000:]
-                    raise DncError(f"the bench worker did not get ready; its log ends:\n{tail}")
-                time.sleep(0.2)
+            b = Bench(settings, tenants, layout, stack.redis_url, port, status, interrupted,
+                      env=env)  # fmt: skip
+            ensure_pipeline_topics(settings)
+            status.update("starting the worker; waiting for the view to be ready")
+            b.start_worker(tmp / "worker.log")
+            b.wait_serving()
             if "single" in only:
                 figures |= bench_single(b)
             if "bulk" in only:
@@ -621,8 +720,12 @@ def run_bench(
                 figures |= bench_propagation(b, rate, seconds)
             if "throughput" in only:
                 figures |= bench_throughput(b, burst)
+            if "import" in only:
+                figures |= bench_import(b, import_rows)
+            if "restart" in only:
+                figures |= bench_restart(b)
             status.update("stopping the worker")
-            _stop_worker(worker)
+            _stop_worker(b.worker)
             if "memory" in only:
                 figures |= bench_memory(b, numbers)
         figures["load_average"] = os.getloadavg()[0]
@@ -633,7 +736,7 @@ def run_bench(
             signal.signal(s, signal.SIG_IGN)  # the cleanup is not interrupted
         try:
             with console.status("stopping the worker, Kafka and Redis"):
-                _stop_worker(worker, timeout=30)
+                _stop_worker(b.worker if b is not None else None, timeout=30)
                 stack.stop()
                 shutil.rmtree(tmp, ignore_errors=True)
         finally:

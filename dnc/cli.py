@@ -658,19 +658,23 @@ def bench(
         typer.Option(
             "--only",
             help="only this measurement (repeatable): single, bulk, propagation, throughput, "
-            "memory; default: all",
+            "import, restart, memory; default: all",
         ),
     ] = None,
+    import_rows: Annotated[
+        int, typer.Option(help="rows of the CSV for the `dnc import` measurement")
+    ] = 1_000_000,
 ) -> None:
     """Benchmark on a private local stack: check latency, bulk throughput, propagation,
-    worker throughput, memory; each next to its floor measured in the same run."""
+    worker throughput, a large import, a worker restart, memory; each next to its floor
+    measured in the same run."""
     from dnc.bench import STAGES, run_bench
 
     unknown = [s for s in only or [] if s not in STAGES]
     if unknown:
         raise _fail(f"unknown measurement {unknown[0]!r}: choose from {', '.join(STAGES)}")
     run_bench(numbers=numbers, rate=rate, seconds=seconds, console=out, burst=burst,
-              only=only or STAGES)  # fmt: skip
+              only=only or STAGES, import_rows=import_rows)  # fmt: skip
 
 
 # --- HTTP gateway: `dnc gateway`, `dnc token create`, `dnc bench-gateway` ----------------------

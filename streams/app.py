@@ -111,8 +111,9 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         TABLE_NAME,
         default=None,
         partitions=settings.partitions,
-        # JSON both ways, so keys read back from the changelog are the same strings.
-        schema=faust.Schema(key_serializer="json", value_serializer="json"),
+        # Keys as JSON, so keys read back from the changelog are the same strings; values
+        # are the states' JSON bytes, kept as they are (see streams/processor.StateTable).
+        schema=faust.Schema(key_serializer="json", value_serializer="raw"),
     )
 
     redis = Redis.from_url(

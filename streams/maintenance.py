@@ -30,11 +30,12 @@ from schemas.view import META_LAYOUT, META_PARTITIONS, ready_field
 from streams.expiry import ExpirySchedule
 from streams.processor import ChangeSink, Outgoing, load_state
 from streams.retry import until_done
-from streams.view_writer import EVICTING_POLICIES, SuppressionViewWriter
+from streams.view_writer import EVICTING_POLICIES, WRITE_CHUNK, SuppressionViewWriter, ViewBatch
 
 log = logging.getLogger("dnc.streams")
 
 LOSS_CHECK_EVERY = 2  # ticks between checks that every filled key still exists
+REBUILD_CHUNK = 20_000  # states decoded and written at a time by a rebuild
 
 
 class ViewMaintenance:
@@ -174,51 +175,48 @@ class ViewMaintenance:
         for partition, ms in applied_through_ms.items():
             VIEW_STALENESS.labels(partition=str(partition)).set(max(0.0, (now_ms - ms) / 1000))
 
-    def _owned_states(self, partitions: frozenset[int]) -> list[SuppressionState]:
-        states = []
-        for _key, raw in list(self._table.items()):
-            state = load_state(raw)
-            if state is not None and state.partition in partitions:
-                states.append(state)
-        return states
-
     async def rebuild(self, partitions: frozenset[int], trigger: str) -> None:
-        """Re-materialise the owned partitions from the table, then mark them ready."""
+        """Re-materialise the owned partitions from the table, then mark them ready.
+
+        States are decoded one at a time and let go once their member is gathered: a
+        million decoded states kept at once would hold gigabytes and make the garbage
+        collector walk them over and over (4x slower).
+        """
         VIEW_READY.set(0)
         log.info("rebuilding the Redis view for partitions %s (%s)", sorted(partitions), trigger)
         started = asyncio.get_running_loop().time()
+        counts: Tally[str] = Tally()
         async with self._lock:
             await self._view.unmark_ready(partitions)
             now = self._clock()
-            states = self._owned_states(partitions)
             self._view.filled_keys.clear()
-            await self._view.write(states, now)
+            self._expiry.clear()
+            batch = ViewBatch(self._view.layout, now)
+            for key, raw in list(self._table.items()):
+                state = load_state(raw)
+                if state is None or state.partition not in partitions or not batch.put(state):
+                    continue
+                counts[state.target.split("/", 1)[0]] += 1
+                expiry = state.next_expiry(now)
+                if expiry is not None:
+                    self._expiry.schedule(key, expiry)
+                if batch.pending >= WRITE_CHUNK:
+                    await self._view.apply(batch)
+            await self._view.apply(batch)
             await self._view.mark_ready(partitions, self._total)
         self._materialised = partitions
         self._fenced = False
-        self._reschedule(states, now)
+        SUPPRESSED_NUMBERS.clear()
+        for tenant, count in counts.items():
+            SUPPRESSED_NUMBERS.labels(tenant=tenant).set(count)
         VIEW_REBUILDS.labels(trigger=trigger).inc()
         VIEW_READY.set(1)
         log.info(
             "view ready: %d states in %.2fs for partitions %s",
-            len(states),
+            batch.written,
             asyncio.get_running_loop().time() - started,
             sorted(partitions),
         )
-
-    def _reschedule(self, states: list[SuppressionState], now: datetime) -> None:
-        self._expiry.clear()
-        counts: Tally[str] = Tally()
-        for state in states:
-            if state.effective(now) is None:
-                continue
-            counts[state.target.split("/", 1)[0]] += 1
-            expiry = state.next_expiry(now)
-            if expiry is not None:
-                self._expiry.schedule(state.table_key, expiry)
-        SUPPRESSED_NUMBERS.clear()
-        for tenant, count in counts.items():
-            SUPPRESSED_NUMBERS.labels(tenant=tenant).set(count)
 
     async def expire_due(self) -> int:
         """Remove suppressions whose cooldown ended from the view; emit their change."""

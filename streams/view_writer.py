@@ -22,8 +22,8 @@ from schemas.view import (
     ready_field,
 )
 
-# Commands per pipeline round trip when writing many states (rebuilds).
-WRITE_CHUNK = 5000
+# States per pipeline round trip when writing many states (rebuilds).
+WRITE_CHUNK = 50_000
 # Eviction policies that may remove keys without a TTL, i.e. view keys.
 EVICTING_POLICIES = frozenset({"allkeys-lru", "allkeys-lfu", "allkeys-random"})
 
@@ -43,6 +43,33 @@ for i = 2, #ARGV, 6 do
 end
 return refused
 """
+
+
+class ViewBatch:
+    """States turned into view members, grouped by key: a rebuild of a million states is a
+    few thousand commands, not a million. Only keys and integers are kept, so the caller
+    can decode states one at a time and let each go (see ``ViewMaintenance.rebuild``).
+    """
+
+    def __init__(self, layout: ViewLayout, now: datetime) -> None:
+        self._locate = layout.locate
+        self._now = now
+        self.adds: dict[str, list[int]] = {}
+        self.removes: dict[str, list[int]] = {}
+        self.pending = 0  # states gathered since the last clear
+        self.written = 0  # states gathered in all
+
+    def put(self, state: SuppressionState) -> bool:
+        """Gather ``state``'s member (added if suppressed at ``now``); True if suppressed."""
+        key, member = self._locate(state.target, state.phone_e164)
+        suppressed = state.effective(self._now) is not None
+        (self.adds if suppressed else self.removes).setdefault(key, []).append(member)
+        self.pending += 1
+        self.written += 1
+        return suppressed
+
+    def clear(self) -> None:
+        self.adds, self.removes, self.pending = {}, {}, 0
 
 
 class SuppressionViewWriter:
@@ -70,22 +97,26 @@ class SuppressionViewWriter:
 
     async def write(self, states: Iterable[SuppressionState], now: datetime) -> int:
         """Make the view match each state at ``now``; returns how many states were written."""
-        written = 0
-        pipe = self._redis.pipeline(transaction=False)
+        batch = ViewBatch(self._layout, now)
         for state in states:
-            slot = self._layout.slot(state.target, state.phone_e164)
-            if state.effective(now) is not None:
-                pipe.sadd(slot.key, slot.member)
-                self.filled_keys.add(slot.key)
-            else:
-                pipe.srem(slot.key, slot.member)
-            written += 1
-            if len(pipe) >= WRITE_CHUNK:
-                await pipe.execute()
-                pipe = self._redis.pipeline(transaction=False)
-        if len(pipe):
-            await pipe.execute()
-        return written
+            batch.put(state)
+            if batch.pending >= WRITE_CHUNK:
+                await self.apply(batch)
+        await self.apply(batch)
+        return batch.written
+
+    async def apply(self, batch: ViewBatch) -> None:
+        """Send what ``batch`` gathered in one pipeline (one SREM and one SADD per key)."""
+        if not batch.pending:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for key, members in batch.removes.items():
+            pipe.srem(key, *members)
+        for key, members in batch.adds.items():
+            pipe.sadd(key, *members)
+        await pipe.execute()
+        self.filled_keys.update(batch.adds)
+        batch.clear()
 
     async def mark_ready(self, partitions: Iterable[int], total_partitions: int) -> None:
         """Declare ``partitions`` fully materialised (after a rebuild), with the layout."""

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -341,12 +342,21 @@ def bench_floor(b: Bench, rate: int, seconds: float) -> Figures:
 
     thread = threading.Thread(target=consume, name="bench-floor", daemon=True)
     thread.start()
+    total = int(rate * seconds)
+    assert b.worker_log is not None
+    faust_result = b.worker_log.parent / "faust-latency.txt"
+    faust_floor = _start_faust_floor(b, ["latency", s.kafka_bootstrap, FLOOR_TOPIC, str(total),
+                                         str(faust_result)])  # fmt: skip
     try:
-        for i in range(50):  # warm: metadata, idempotence PID, fetch sessions
-            producer.produce(FLOOR_TOPIC, key=f"warm-{i}".encode(), value=b"{}")
-        producer.flush(10)
-        time.sleep(0.5)
-        total, start = int(rate * seconds), perf()
+        deadline = time.monotonic() + 120
+        while not faust_result.with_suffix(".ready").exists():  # warm: both consumers reading
+            if faust_floor.poll() is not None or time.monotonic() > deadline:
+                raise DncError("the bare Faust agent did not start reading: " + _faust_log(b))
+            for i in range(50):  # metadata, idempotence PID, fetch sessions
+                producer.produce(FLOOR_TOPIC, key=f"warm-{i}".encode(), value=b"{}")
+            producer.flush(10)
+            time.sleep(0.5)
+        start = perf()
         for i in range(total):
             due = start + i / rate
             while (now := perf()) < due:
@@ -354,7 +364,8 @@ def bench_floor(b: Bench, rate: int, seconds: float) -> Figures:
                 producer.poll(0)
             key = f"floor-{i}".encode()
             sent_at[key] = perf()
-            producer.produce(FLOOR_TOPIC, key=key, value=b'{"kind":"opposition"}')
+            value = f'{{"kind":"opposition","sent":{time.time():.6f}}}'.encode()
+            producer.produce(FLOOR_TOPIC, key=key, value=value)
             producer.poll(0)
             if i % 500 == 0:
                 b.status.update(f"[3/5] propagation floor: bare Kafka {i}/{total}")
@@ -362,13 +373,21 @@ def bench_floor(b: Bench, rate: int, seconds: float) -> Figures:
         deadline = time.monotonic() + 10
         while len(latencies) < total and time.monotonic() < deadline:
             time.sleep(0.05)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            faust_floor.wait(30)
+        if not faust_result.exists():
+            raise DncError("the bare Faust agent did not get every message: " + _faust_log(b))
+        faust = [float(line) for line in faust_result.read_text().split()]
     finally:
         stop.set()
         thread.join(5)
         consumer.close()
+        _stop_worker(faust_floor)
     return {"floor_p50_ms": percentile(latencies, 0.5) * 1e3,
             "floor_p99_ms": percentile(latencies, 0.99) * 1e3,
-            "floor_received": float(len(latencies))}  # fmt: skip
+            "floor_received": float(len(latencies)),
+            "faust_floor_p50_ms": percentile(faust, 0.5) * 1e3,
+            "faust_floor_p99_ms": percentile(faust, 0.99) * 1e3}  # fmt: skip
 
 
 def bench_throughput(b: Bench, count: int) -> Figures:
@@ -505,6 +524,25 @@ def _bare_consume(s: Settings, topic: str, starts: dict[int, int], count: int) -
         consumer.close()
 
 
+def _start_faust_floor(b: Bench, args: list[str]) -> subprocess.Popen[bytes]:
+    """Start :mod:`dnc.bench_faust` (a do-nothing Faust agent) with ``args``."""
+    assert b.worker_log is not None
+    with (b.worker_log.parent / "faust-floor.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dnc.bench_faust", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+        )
+
+
+def _faust_log(b: Bench) -> str:
+    assert b.worker_log is not None
+    path = b.worker_log.parent / "faust-floor.log"
+    return "its log ends:\n" + (path.read_text(errors="replace")[-3000:] if path.exists() else "")
+
+
 def _bare_faust(b: Bench, starts: dict[int, int], count: int) -> float:
     """Seconds a do-nothing Faust agent takes to read ``count`` messages from ``starts``.
 
@@ -515,18 +553,16 @@ def _bare_faust(b: Bench, starts: dict[int, int], count: int) -> float:
     result = b.worker_log.parent / "faust-floor.txt"
     result.unlink(missing_ok=True)
     offsets = ",".join(f"{p}:{o}" for p, o in starts.items())
-    args = [sys.executable, "-m", "dnc.bench_faust", b.settings.kafka_bootstrap,
-            b.settings.oppositions_topic, offsets, str(count), str(result)]  # fmt: skip
-    with (b.worker_log.parent / "faust-floor.log").open("wb") as log:
-        floor = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                 start_new_session=True)  # fmt: skip
+    s = b.settings
+    floor = _start_faust_floor(
+        b, ["burst", s.kafka_bootstrap, s.oppositions_topic, offsets, str(count), str(result)]
+    )
     try:
         floor.wait(timeout=300)
     except subprocess.TimeoutExpired:
         _stop_worker(floor)
     if not result.exists():
-        tail = (b.worker_log.parent / "faust-floor.log").read_text(errors="replace")[-3000:]
-        raise DncError(f"the bare Faust agent did not read the burst; its log ends:\n{tail}")
+        raise DncError("the bare Faust agent did not read the burst; " + _faust_log(b))
     return float(result.read_text())
 
 
@@ -587,6 +623,8 @@ def _report(f: Figures, console: Console) -> None:
             ours, floor = f[f"propagation_{k}_ms"], f[f"floor_{k}_ms"]
             table.add_row(f"propagation {k}", f"{ours:.1f} ms",
                           f"{floor:.1f} ms (bare Kafka)", f"{ours / floor:.2f}x")  # fmt: skip
+            faust = f[f"faust_floor_{k}_ms"]
+            table.add_row("", "", f"{faust:.1f} ms (bare Faust agent)", f"{ours / faust:.2f}x")
         table.add_row("propagation max", f"{f['propagation_max_ms']:.1f} ms")
         notes.append(
             f"propagation: {f['propagation_visible']:.0f}/{f['propagation_events']:.0f} events "

@@ -707,6 +707,7 @@ def run_bench(
     burst: int = 100_000,
     only: Sequence[str] = STAGES,
     import_rows: int = 1_000_000,
+    logs: Path | None = None,
 ) -> Figures:
     """Start a private stack and worker, run the measurements in ``only``, print them.
 
@@ -776,6 +777,9 @@ def run_bench(
             with console.status("stopping the worker, Kafka and Redis"):
                 _stop_worker(b.worker if b is not None else None, timeout=30)
                 stack.stop()
+                if logs is not None:  # the worker's and the floors' logs, kept for a look
+                    shutil.copytree(tmp, logs, dirs_exist_ok=True,
+                                    ignore=shutil.ignore_patterns("stack", "*.csv"))  # fmt: skip
                 shutil.rmtree(tmp, ignore_errors=True)
         finally:
             for s, handler in handlers.items():

@@ -664,6 +664,10 @@ def bench(
     import_rows: Annotated[
         int, typer.Option(help="rows of the CSV for the `dnc import` measurement")
     ] = 1_000_000,
+    logs: Annotated[
+        Path | None,
+        typer.Option(help="copy the workers' and the floors' logs to this directory at the end"),
+    ] = None,
 ) -> None:
     """Benchmark on a private local stack: check latency, bulk throughput, propagation,
     worker throughput, a large import, a worker restart, memory; each next to its floor
@@ -674,7 +678,7 @@ def bench(
     if unknown:
         raise _fail(f"unknown measurement {unknown[0]!r}: choose from {', '.join(STAGES)}")
     run_bench(numbers=numbers, rate=rate, seconds=seconds, console=out, burst=burst,
-              only=only or STAGES, import_rows=import_rows)  # fmt: skip
+              only=only or STAGES, import_rows=import_rows, logs=logs)  # fmt: skip
 
 
 # --- HTTP gateway: `dnc gateway`, `dnc token create`, `dnc bench-gateway` ----------------------

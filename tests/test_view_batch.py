@@ -1,0 +1,44 @@
+"""Grouping of view writes (pure logic; the writes themselves are tested on real Redis)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from schemas.events import Kind, Scope, Source
+from schemas.state import ActiveSuppression, Stamp, SuppressionState
+from schemas.view import ViewLayout
+from streams.view_writer import ViewBatch
+
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+
+def _state(phone: str, expires_at: datetime | None) -> SuppressionState:
+    entry = ActiveSuppression(
+        stamp=Stamp(occurred_at=NOW - timedelta(days=1), event_id=uuid.uuid4()),
+        kind=Kind.REFUSAL,
+        expires_at=expires_at,
+        source=Source.AGENT_DESKTOP,
+    )
+    return SuppressionState(target="acme", tenant="acme", scope=Scope.TENANT, campaign_id=None,
+                            phone_e164=phone, active=(entry,), updated_at=NOW)  # fmt: skip
+
+
+def test_members_are_grouped_by_key_added_if_suppressed_removed_if_not() -> None:
+    layout = ViewLayout(b"k", default_buckets=2)
+    batch = ViewBatch(layout, NOW)
+    phones = [f"+336123456{i:02d}" for i in range(40)]
+    expected: dict[bool, dict[str, set[int]]] = {True: {}, False: {}}
+    for i, phone in enumerate(phones):
+        suppressed = i % 3 != 0
+        state = _state(phone, None if suppressed else NOW - timedelta(seconds=1))  # expired
+        assert batch.put(state) is suppressed
+        key, member = layout.locate("acme", phone)
+        expected[suppressed].setdefault(key, set()).add(member)
+    assert {k: set(v) for k, v in batch.adds.items()} == expected[True]
+    assert {k: set(v) for k, v in batch.removes.items()} == expected[False]
+    assert len(batch.adds) <= 2 and len(batch.removes) <= 2  # one command per key and kind
+    assert batch.pending == batch.written == len(phones)
+    batch.clear()
+    assert not batch.adds and not batch.removes and batch.pending == 0
+    assert batch.written == len(phones)

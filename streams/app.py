@@ -112,7 +112,9 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         default=None,
         partitions=settings.partitions,
         # Keys as JSON, so keys read back from the changelog are the same strings; values
-        # are the states' JSON bytes, kept as they are (see streams/processor.StateTable).
+        # are the states' JSON bytes, kept as they are (see streams/processor.StateTable):
+        # ``value_type=bytes`` is what makes the changelog topic (recovery) read them raw.
+        value_type=bytes,
         schema=faust.Schema(key_serializer="json", value_serializer="raw"),
     )
 

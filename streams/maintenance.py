@@ -35,7 +35,6 @@ from streams.view_writer import EVICTING_POLICIES, WRITE_CHUNK, SuppressionViewW
 log = logging.getLogger("dnc.streams")
 
 LOSS_CHECK_EVERY = 2  # ticks between checks that every filled key still exists
-REBUILD_CHUNK = 20_000  # states decoded and written at a time by a rebuild
 
 
 class ViewMaintenance:
@@ -138,7 +137,9 @@ class ViewMaintenance:
         now = self._clock()
         layout = self._view.layout
         needed: set[str] = set()
-        for _key, raw in list(self._table.items()):
+        for i, (_key, raw) in enumerate(list(self._table.items())):
+            if i % 10_000 == 9_999:
+                await asyncio.sleep(0)  # decoding a million states takes seconds: let others run
             state = load_state(raw)
             if state is None or state.partition not in partitions:
                 continue

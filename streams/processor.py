@@ -375,9 +375,6 @@ def _count_suppressed(
     was = before is not None and before.effective(now) is not None
     now_suppressed = after.effective(now) is not None
     if was != now_suppressed:
-        _suppressed_gauge(after.target.split("/", 1)[0]).inc(1 if now_suppressed else -1)
-
-
-@cache
-def _suppressed_gauge(owner: str) -> Any:
-    return SUPPRESSED_NUMBERS.labels(tenant=owner)
+        # Not a cached child: a rebuild clears this gauge's children and sets them anew.
+        owner = after.target.split("/", 1)[0]
+        SUPPRESSED_NUMBERS.labels(tenant=owner).inc(1 if now_suppressed else -1)

@@ -159,7 +159,7 @@ def bench_single(b: Bench, iterations: int = 20_000, block: int = 500) -> Figure
                 if n >= 0:
                     samples[kind].append(perf() - t)
                     unavailable += kind == "check" and answer is Answer.UNAVAILABLE
-        b.status.update(f"[1/5] single check latency: {max(0, n + 1) * block}/{iterations}")
+        b.status.update(f"[1/7] single check latency: {max(0, n + 1) * block}/{iterations}")
     f = {f"{kind}_p{q}_ms": percentile(values, q / 100) * 1e3
          for kind, values in samples.items() for q in (50, 99)}  # fmt: skip
     f["check_ratio_p50"] = f["check_p50_ms"] / f["sismember_p50_ms"]
@@ -190,7 +190,7 @@ def bench_bulk(b: Bench, batches: int = 10, size: int = 10_000, chunk: int = 100
                         pipe.smismember(key, members[start : start + chunk])
                 pipe.execute()
             totals[kind] += perf() - t
-        b.status.update(f"[2/5] bulk check throughput: batch {n + 1}/{batches}")
+        b.status.update(f"[2/7] bulk check throughput: batch {n + 1}/{batches}")
     ours, base = (batches * size / totals[k] for k in ("check_many", "smismember"))
     return {"bulk_numbers_per_s": ours, "smismember_numbers_per_s": base, "bulk_ratio": ours / base}
 
@@ -283,12 +283,12 @@ def bench_propagation(b: Bench, rate: int, seconds: float) -> Figures:
             if due > sent:
                 failed += publish(warm + sent, due - sent)
                 sent = due
-                b.status.update(f"[3/5] propagation: published {sent}/{total}, "
+                b.status.update(f"[3/7] propagation: published {sent}/{total}, "
                                 f"visible {len(latencies)}")  # fmt: skip
             else:
                 time.sleep(0.001)
         elapsed = perf() - start
-        b.status.update("[3/5] propagation: waiting (up to 30 s) for the last events")
+        b.status.update("[3/7] propagation: waiting (up to 30 s) for the last events")
         drain(30)
         time.sleep(0.5)  # the worker observes its histogram right after the write
         after = _worker_histogram(b.metrics_port)
@@ -368,7 +368,7 @@ def bench_floor(b: Bench, rate: int, seconds: float) -> Figures:
             producer.produce(FLOOR_TOPIC, key=key, value=value)
             producer.poll(0)
             if i % 500 == 0:
-                b.status.update(f"[3/5] propagation floor: bare Kafka {i}/{total}")
+                b.status.update(f"[3/7] propagation floor: bare Kafka {i}/{total}")
         producer.flush(10)
         deadline = time.monotonic() + 10
         while len(latencies) < total and time.monotonic() < deadline:
@@ -571,14 +571,14 @@ def bench_memory(b: Bench, numbers: int) -> Figures:
     buckets = max(1024, numbers // 400)  # ~400 per set, under set-max-intset-entries (512)
     layout = ViewLayout(b.settings.view_key.get_secret_value().encode(), default_buckets=buckets)
     admin = redis.Redis.from_url(b.url)
-    b.status.update(f"[5/5] memory: hashing {numbers:,} numbers into {buckets} buckets")
+    b.status.update(f"[7/7] memory: hashing {numbers:,} numbers into {buckets} buckets")
     phones = [mobile(MEMORY + i) for i in range(numbers)]
     by_key: defaultdict[str, list[int]] = defaultdict(list)
     for slot in (layout.slot(TENANT, phone) for phone in phones):
         by_key[slot.key].append(slot.member)
 
     def used_by(what: str, groups: Iterable[tuple[str, Sequence[int | str]]]) -> int:
-        b.status.update(f"[5/5] memory: SADD {numbers:,} numbers ({what})")
+        b.status.update(f"[7/7] memory: SADD {numbers:,} numbers ({what})")
         admin.flushall()
         time.sleep(0.2)
         before = int(admin.info("memory")["used_memory"])

@@ -4,8 +4,8 @@ Forwarded events, change records, dead letters and the table's changelog records
 batch are produced without waiting one by one, then the batch waits once for every
 acknowledgement (acks=all, idempotent producer): one flush per batch instead of a round
 of awaits per record in pure Python. Faust's producer is not used for these records;
-the changelog records are the ones Faust would write (same topic, partition, key and
-value bytes), so Faust recovers the table from them as before.
+the changelog records go where Faust would write them (same topic and partition, Faust's
+own key bytes) with the state's JSON as value, so Faust recovers the table from them.
 """
 
 from __future__ import annotations
@@ -121,8 +121,7 @@ class KafkaChangeSink:
             self._produce(deliveries, s.dead_letter_topic, key=m.key, value=m.value,
                           headers=headers)  # fmt: skip
         for key, (partition, value) in out.states.items():
-            # The bytes Faust writes for a table with JSON keys and values (compaction
-            # keeps the latest per key: the key bytes must be Faust's own).
+            # Faust's own key bytes (compaction keeps the latest per key), the state's JSON.
             self._produce(deliveries, self._changelog, key=changelog_key(key),
                           value=changelog_value(value), partition=partition)  # fmt: skip
         if deliveries.pending:

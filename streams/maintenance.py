@@ -137,14 +137,19 @@ class ViewMaintenance:
         now = self._clock()
         layout = self._view.layout
         needed: set[str] = set()
-        for i, (_key, raw) in enumerate(list(self._table.items())):
+        for i, (table_key, raw) in enumerate(list(self._table.items())):
             if i % 10_000 == 9_999:
-                await asyncio.sleep(0)  # decoding a million states takes seconds: let others run
+                await asyncio.sleep(0)  # a million entries take a while: let others run
+            # The view key from the table key (``target|E164``): only the states of a
+            # missing key are decoded.
+            target, _, phone = table_key.rpartition("|")
+            key = layout.locate(target, phone)[0]
+            if key not in missing or key in needed:
+                continue
             state = load_state(raw)
             if state is None or state.partition not in partitions:
                 continue
-            key = layout.slot(state.target, state.phone_e164).key
-            if key in missing and key not in needed and state.effective(now) is not None:
+            if state.effective(now) is not None:
                 needed.add(key)
         self._view.filled_keys.difference_update(missing - needed)  # emptied by lifts/expiries
         if needed:

@@ -130,9 +130,9 @@ class BatchResult:
 
 
 def load_state(raw: Any) -> SuppressionState | None:
-    """Table value to state: the state's JSON bytes (also a decoded dict or a state)."""
-    if raw is None or isinstance(raw, SuppressionState):
-        return raw
+    """Table value to state: the state's JSON bytes (or that JSON decoded, as a dict)."""
+    if raw is None:
+        return None
     if isinstance(raw, bytes | bytearray):
         return SuppressionState.model_validate_json(raw)
     return SuppressionState.model_validate(raw)

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     redis_url: SecretStr = Field(
         SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL (may carry a password)"
     )
+    redis_cluster: bool = Field(
+        False,
+        description="DNC_REDIS_URL is one node of a Redis Cluster (the clients discover the "
+        "others); the view is then written in DNC_VIEW_SHARDS hash-tagged shards",
+    )
     kafka_version: str = Field("3.9.1", description="Kafka version `dnc up` runs")
     data_dir: Path = Field(
         default_factory=lambda: default_data_dir(),
@@ -79,6 +84,14 @@ class Settings(BaseSettings):
     )
     view_buckets: int = Field(
         1024, ge=1, le=1 << 20, description="default buckets per scope; changing it means a rebuild"
+    )
+    view_shards: int | None = Field(
+        None,
+        ge=0,
+        le=16384,
+        description="hash-tagged shards of the view (each with its own copy of the view's "
+        "metadata, so a check is one round trip to one node); 0: untagged keys (one Redis "
+        "server); unset: 0, or 48 on a Redis Cluster. Changing it means a rebuild",
     )
 
     # The worker.
@@ -281,6 +294,13 @@ class Settings(BaseSettings):
         first = self.kafka_bootstrap.split(",")[0].strip()
         host, _, port = first.rpartition(":")
         return host or "127.0.0.1", int(port)
+
+    @property
+    def shards(self) -> int:
+        """The view's shard count (DNC_VIEW_SHARDS, or its default for the kind of Redis)."""
+        if self.view_shards is not None:
+            return self.view_shards
+        return 48 if self.redis_cluster else 0
 
     @property
     def redis_host_port(self) -> tuple[str, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -19,8 +19,18 @@ import redis
 from redis import Redis
 from redis.asyncio import BlockingConnectionPool as AsyncBlockingConnectionPool
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
 
-from consumers.readiness import Readiness, judge, queue_readiness, read_readiness, trusted
+from consumers.readiness import (
+    READ_SHARD,
+    Readiness,
+    judge,
+    queue_readiness,
+    read_readiness,
+    shard_meta,
+    trusted,
+)
 from schemas.errors import InvalidPhoneNumber
 from schemas.events import Scope, scope_target
 from schemas.metrics import CHECK_SECONDS, CHECKS
@@ -53,8 +63,16 @@ class CheckResult:
         return self.answer is Answer.CALLABLE
 
 
+# Most members one script reads in a bulk check (a script holds its node meanwhile).
+_MEMBERS_PER_SCRIPT = 4000
+
+
 class SuppressionChecker:
-    """Checks numbers against the view: one round trip for one number, SMISMEMBER in bulk."""
+    """Checks numbers against the view: one round trip for one number, SMISMEMBER in bulk.
+
+    On a sharded view (Redis Cluster) a check is the :data:`READ_SHARD` script on the
+    number's shard: still one round trip, to the one node holding the number's lists.
+    """
 
     def __init__(
         self,
@@ -64,7 +82,7 @@ class SuppressionChecker:
         *,
         max_staleness_seconds: float = 5.0,
         bulk_chunk_size: int = 1000,
-        async_client: AsyncRedis | None = None,
+        async_client: AsyncRedis | AsyncRedisCluster | None = None,
     ) -> None:
         self._redis = client
         self._async_redis = async_client
@@ -73,6 +91,12 @@ class SuppressionChecker:
         self._tenants = tenants
         self._max_staleness = max_staleness_seconds
         self._chunk = bulk_chunk_size
+        self._read_shard = client.register_script(READ_SHARD) if layout.shards else None
+        self._read_shard_async = (
+            async_client.register_script(READ_SHARD)
+            if layout.shards and async_client is not None
+            else None
+        )
 
     @classmethod
     def from_settings(
@@ -88,13 +112,16 @@ class SuppressionChecker:
         ``with_async``: also an asyncio client, for :meth:`check_async` (the gateway).
         """
         url, timeout = settings.redis_url.get_secret_value(), settings.check_timeout_seconds
+        cluster = settings.redis_cluster
         return cls(
-            client or checker_client(url, timeout),
+            client or checker_client(url, timeout, cluster=cluster),
             view_layout(settings, tenants),
             tenants,
             max_staleness_seconds=settings.max_staleness_seconds,
             bulk_chunk_size=settings.bulk_chunk_size,
-            async_client=async_checker_client(url, timeout) if with_async else None,
+            async_client=async_checker_client(url, timeout, cluster=cluster)
+            if with_async
+            else None,
         )
 
     def _targets(self, tenant: str, campaign: str | None) -> list[tuple[Scope, str]]:
@@ -107,24 +134,29 @@ class SuppressionChecker:
     def readiness(self) -> Readiness:
         """The view's readiness alone, as this checker judges it (``/readyz``, `dnc status`)."""
         try:
-            return read_readiness(self._redis, self._fingerprint, self._max_staleness)
+            return read_readiness(self._redis, self._fingerprint, self._max_staleness, self._layout)
         except redis.RedisError as exc:
             return Readiness(False, f"redis unreachable: {exc}")
 
-    def _unready_reason(self, server_time: Any, meta: Any) -> str | None:
+    def _unready_reason(self, server_time: Any, meta: Any, node: Any = None) -> str | None:
         """Why the view cannot be trusted right now, or None."""
-        if trusted(server_time, meta, self._fingerprint, self._max_staleness):
+        if trusted(server_time, meta, self._fingerprint, self._max_staleness, node):
             return None
-        return judge(server_time, meta, self._fingerprint, self._max_staleness).why or "not ready"
+        verdict = judge(server_time, meta, self._fingerprint, self._max_staleness, node)
+        return verdict.why or "not ready"
 
     def check(self, phone: str, tenant: str, campaign: str | None = None) -> CheckResult:
         """Answer for one number: invalid input raises, infrastructure trouble is unavailable."""
         started = time.perf_counter()
         e164, targets = self._ask(phone, tenant, campaign)
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            self._queue(pipe, e164, targets)
-            result = self._conclude(e164, targets, pipe.execute())
+            if self._read_shard is not None:
+                keys, args = self._shard_question(e164, targets)
+                result = self._conclude_shard(e164, targets, self._read_shard(keys, args))
+            else:
+                pipe = self._redis.pipeline(transaction=False)
+                self._queue(pipe, e164, targets)
+                result = self._conclude(e164, targets, pipe.execute())
         except redis.RedisError as exc:
             result = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
         return _recorded(result, started)
@@ -141,9 +173,14 @@ class SuppressionChecker:
         started = time.perf_counter()
         e164, targets = self._ask(phone, tenant, campaign)
         try:
-            pipe = self._async_redis.pipeline(transaction=False)
-            self._queue(pipe, e164, targets)
-            result = self._conclude(e164, targets, await pipe.execute())
+            if self._read_shard_async is not None:
+                keys, args = self._shard_question(e164, targets)
+                reply = await self._read_shard_async(keys, args)
+                result = self._conclude_shard(e164, targets, reply)
+            else:
+                pipe = self._async_redis.pipeline(transaction=False)
+                self._queue(pipe, e164, targets)
+                result = self._conclude(e164, targets, await pipe.execute())
         except (redis.RedisError, OSError, TimeoutError) as exc:
             result = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
         return _recorded(result, started)
@@ -167,11 +204,31 @@ class SuppressionChecker:
             key, member = self._layout.locate(target, e164)
             pipe.sismember(key, str(member))
 
+    def _shard_question(
+        self, e164: str, targets: list[tuple[Scope, str]]
+    ) -> tuple[list[str], list[Any]]:
+        """:data:`READ_SHARD`'s keys and arguments for one number: its shard's metadata and
+        one member per list (all in the number's shard)."""
+        keys, args = [self._layout.meta_key(e164)], []
+        for _scope, target in targets:
+            key, member = self._layout.locate(target, e164)
+            keys.append(key)
+            args += [1, member]
+        return keys, args
+
+    def _conclude_shard(
+        self, e164: str, targets: list[tuple[Scope, str]], reply: list[Any]
+    ) -> CheckResult:
+        server_time, node, flat, *members = reply
+        return self._conclude(
+            e164, targets, [server_time, shard_meta(flat), *(m[0] for m in members)], node
+        )
+
     def _conclude(
-        self, e164: str, targets: list[tuple[Scope, str]], replies: list[Any]
+        self, e164: str, targets: list[tuple[Scope, str]], replies: list[Any], node: Any = None
     ) -> CheckResult:
         server_time, meta, *members = replies
-        why = self._unready_reason(server_time, meta)
+        why = self._unready_reason(server_time, meta, node)
         if why is not None:
             return CheckResult(e164, Answer.UNAVAILABLE, why=why)
         for (scope, _target), hit in zip(targets, members, strict=True):
@@ -198,7 +255,10 @@ class SuppressionChecker:
             except InvalidPhoneNumber as exc:
                 results[i] = CheckResult(None, Answer.UNAVAILABLE, why=exc.message)
         try:
-            self._check_bulk(valid, targets, results)
+            if self._layout.shards:
+                self._check_bulk_sharded(valid, targets, results)
+            else:
+                self._check_bulk(valid, targets, results)
         except redis.RedisError as exc:
             for i, e164 in valid:
                 results[i] = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
@@ -231,20 +291,97 @@ class SuppressionChecker:
                 asked.append(chunk)
         server_time, meta, *replies = pipe.execute()
         why = self._unready_reason(server_time, meta)
-        hits: dict[int, Scope] = {}
-        rank = {Scope.GLOBAL: 0, Scope.TENANT: 1, Scope.CAMPAIGN: 2}
-        if why is None:
-            for chunk, reply in zip(asked, replies, strict=True):
-                for (i, _member, scope), hit in zip(chunk, reply, strict=True):
-                    if hit and (i not in hits or rank[scope] < rank[hits[i]]):
-                        hits[i] = scope
+        unready = dict.fromkeys((i for i, _e164 in valid), why) if why is not None else {}
+        hits = _hits(asked, replies) if why is None else {}
+        _answer(valid, hits, unready, results)
+
+    def _check_bulk_sharded(
+        self,
+        valid: list[tuple[int, str]],
+        targets: list[tuple[Scope, str]],
+        results: list[CheckResult | None],
+    ) -> None:
+        """Per shard, scripts of at most :data:`_MEMBERS_PER_SCRIPT` members, each reading
+        the shard's metadata too; the cluster pipeline sends each node's scripts together."""
+        by_shard: dict[int, dict[str, list[tuple[int, int, Scope]]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
+        locate, shard_of = self._layout.locate, self._layout.shard_of
         for i, e164 in valid:
-            if why is not None:
-                results[i] = CheckResult(e164, Answer.UNAVAILABLE, why=why)
-            elif i in hits:
-                results[i] = CheckResult(e164, Answer.SUPPRESSED, scope=hits[i])
+            by_key = by_shard[shard_of(e164)]
+            for scope, target in targets:
+                key, member = locate(target, e164)
+                by_key[key].append((i, member, scope))
+        pipe: Any = self._redis.pipeline(transaction=False)
+        calls: list[list[list[tuple[int, int, Scope]]]] = []
+        for shard, by_key in by_shard.items():
+            meta_key = f"{self._layout.shard_prefix(shard)}_meta"
+            pieces = [
+                (key, entries[start : start + self._chunk])
+                for key, entries in by_key.items()
+                for start in range(0, len(entries), self._chunk)
+            ]
+            for call in _scripts_of(pieces):
+                args: list[Any] = []
+                for _key, chunk in call:
+                    args += [len(chunk), *(member for _i, member, _s in chunk)]
+                keys = [key for key, _chunk in call]
+                pipe.execute_command("EVAL", READ_SHARD, 1 + len(keys), meta_key, *keys, *args)
+                calls.append([chunk for _key, chunk in call])
+        unready: dict[int, str] = {}
+        asked, replies = [], []
+        for chunks, (server_time, node, flat, *answers) in zip(calls, pipe.execute(), strict=True):
+            why = self._unready_reason(server_time, shard_meta(flat), node)
+            if why is None:
+                asked += chunks
+                replies += answers
             else:
-                results[i] = CheckResult(e164, Answer.CALLABLE)
+                unready.update((i, why) for chunk in chunks for i, _m, _s in chunk)
+        _answer(valid, _hits(asked, replies), unready, results)
+
+
+def _scripts_of(
+    pieces: list[tuple[str, list[tuple[int, int, Scope]]]],
+) -> Iterator[list[tuple[str, list[tuple[int, int, Scope]]]]]:
+    """Consecutive pieces grouped into scripts of at most :data:`_MEMBERS_PER_SCRIPT`."""
+    call: list[tuple[str, list[tuple[int, int, Scope]]]] = []
+    size = 0
+    for piece in pieces:
+        if call and size + len(piece[1]) > _MEMBERS_PER_SCRIPT:
+            yield call
+            call, size = [], 0
+        call.append(piece)
+        size += len(piece[1])
+    if call:
+        yield call
+
+
+_RANK = {Scope.GLOBAL: 0, Scope.TENANT: 1, Scope.CAMPAIGN: 2}
+
+
+def _hits(asked: list[list[tuple[int, int, Scope]]], replies: list[Any]) -> dict[int, Scope]:
+    """The broadest list each number was found in, from SMISMEMBER replies."""
+    hits: dict[int, Scope] = {}
+    for chunk, reply in zip(asked, replies, strict=True):
+        for (i, _member, scope), hit in zip(chunk, reply, strict=True):
+            if hit and (i not in hits or _RANK[scope] < _RANK[hits[i]]):
+                hits[i] = scope
+    return hits
+
+
+def _answer(
+    valid: list[tuple[int, str]],
+    hits: dict[int, Scope],
+    unready: dict[int, str],
+    results: list[CheckResult | None],
+) -> None:
+    for i, e164 in valid:
+        if i in unready:
+            results[i] = CheckResult(e164, Answer.UNAVAILABLE, why=unready[i])
+        elif i in hits:
+            results[i] = CheckResult(e164, Answer.SUPPRESSED, scope=hits[i])
+        else:
+            results[i] = CheckResult(e164, Answer.CALLABLE)
 
 
 def _recorded(result: CheckResult, started: float) -> CheckResult:
@@ -253,9 +390,18 @@ def _recorded(result: CheckResult, started: float) -> CheckResult:
     return result
 
 
-def async_checker_client(url: str, timeout_seconds: float, max_connections: int = 64) -> AsyncRedis:
+def async_checker_client(
+    url: str, timeout_seconds: float, max_connections: int = 64, *, cluster: bool = False
+) -> AsyncRedis | AsyncRedisCluster:
     """The asyncio twin of :func:`checker_client`: a bounded pool, waited for at most the
     check timeout (then the check fails closed), short socket timeouts."""
+    if cluster:
+        return AsyncRedisCluster.from_url(
+            url,
+            max_connections=max_connections,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+        )
     pool = AsyncBlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -267,8 +413,15 @@ def async_checker_client(url: str, timeout_seconds: float, max_connections: int 
     return AsyncRedis(connection_pool=pool)
 
 
-def checker_client(url: str, timeout_seconds: float) -> Redis:
-    """A Redis client tuned for checks: short timeouts, so a dead Redis answers fast."""
+def checker_client(url: str, timeout_seconds: float, *, cluster: bool = False) -> Redis:
+    """A Redis client tuned for checks: short timeouts, so a dead Redis answers fast.
+
+    ``cluster``: ``url`` is one node of a Redis Cluster (the client finds the others).
+    """
+    if cluster:
+        return RedisCluster.from_url(  # type: ignore[return-value]
+            url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds
+        )
     return Redis.from_url(
         url,
         socket_timeout=timeout_seconds,

@@ -7,10 +7,10 @@ import signal
 import threading
 from types import FrameType
 
-import redis
 from confluent_kafka import Producer
 from prometheus_client import start_http_server
 
+from consumers.checker import checker_client
 from consumers.reference_sync import Lane
 from consumers.sinks.base import Sink
 from consumers.sinks.postgres import PostgresSink
@@ -61,8 +61,8 @@ def build_lanes(
     for name in names:
         tenants.get(name)  # UnknownTenant for a typo
     producer = dead_letter_producer(settings)
-    status = redis.Redis.from_url(
-        settings.redis_url.get_secret_value(), socket_timeout=2, socket_connect_timeout=2
+    status = checker_client(
+        settings.redis_url.get_secret_value(), 2, cluster=settings.redis_cluster
     )
     lanes = []
     for name in names:

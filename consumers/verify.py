@@ -27,14 +27,14 @@ import psycopg
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from consumers.checker import SuppressionChecker
+from consumers.checker import SuppressionChecker, checker_client
 from consumers.reference_sync import concerns
 from schemas.events import GLOBAL_TARGET
 from schemas.reference import PostgresSinkConfig
 from schemas.settings import Settings
 from schemas.state import SuppressionChange
 from schemas.tenants import TenantDirectory
-from schemas.view import META_KEY, VIEW_PREFIX, ViewLayout, view_layout
+from schemas.view import ViewLayout, view_layout
 
 SCAN_BATCH = 1000
 STRAY_REREADS = 3  # reads of the log (1 s apart) before a view member counts as unexplained
@@ -180,8 +180,8 @@ def _check_view(
     strays: list[tuple[str, str, int]] = []
     for raw_key in client.scan_iter(match=layout.pattern(), count=SCAN_BATCH):
         key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
-        target = key[len(VIEW_PREFIX) + 1 :].rsplit(":", 1)[0]
-        if key == META_KEY or (target.startswith("_") and target != GLOBAL_TARGET):
+        target = layout.target_of(key)
+        if target is None or (target.startswith("_") and target != GLOBAL_TARGET):
             continue  # the metadata hash and other bookkeeping keys, not suppression sets
         explained = known.get(key, set())
         strays.extend(
@@ -295,8 +295,8 @@ def reconcile(
     of the log confirms; reference lists get ``settle_seconds`` to deliver what is pending.
     """
     found = Reconciliation()
-    client = redis.Redis.from_url(
-        settings.redis_url.get_secret_value(), socket_timeout=10, socket_connect_timeout=5
+    client = checker_client(
+        settings.redis_url.get_secret_value(), 10, cluster=settings.redis_cluster
     )
     try:
         checker = SuppressionChecker.from_settings(settings, tenants, client)

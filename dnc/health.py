@@ -10,18 +10,18 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from consumers.checker import SuppressionChecker
+from consumers.checker import SuppressionChecker, checker_client
 from consumers.readiness import Readiness
 from consumers.reference_sync import lane_group, status_key
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
-from schemas.view import VIEW_PREFIX
+from schemas.view import target_pattern
 
 
 def view_readiness(settings: Settings, tenants: TenantDirectory) -> Readiness:
     """The view's readiness as a dialer's check judges it (the same code, one round trip)."""
-    client = redis.Redis.from_url(
-        settings.redis_url.get_secret_value(), socket_timeout=2, socket_connect_timeout=2
+    client = checker_client(
+        settings.redis_url.get_secret_value(), 2, cluster=settings.redis_cluster
     )
     try:
         return SuppressionChecker.from_settings(settings, tenants, client).readiness()
@@ -57,15 +57,16 @@ def consumer_lag(settings: Settings, group: str, topic: str) -> dict[int, dict[s
 
 def suppressed_counts(settings: Settings, tenants: list[str]) -> dict[str, int | None]:
     """Numbers in each tenant's view (tenant-wide and its campaigns); None if Redis is down."""
-    client = redis.Redis.from_url(
-        settings.redis_url.get_secret_value(), socket_timeout=2, socket_connect_timeout=2
+    client = checker_client(
+        settings.redis_url.get_secret_value(), 2, cluster=settings.redis_cluster
     )
     counts: dict[str, int | None] = {}
     try:
         for tenant in tenants:
+            sharded = settings.shards > 0
             keys = [
-                *client.scan_iter(match=f"{VIEW_PREFIX}:{tenant}:*", count=1000),
-                *client.scan_iter(match=f"{VIEW_PREFIX}:{tenant}/*", count=1000),
+                *client.scan_iter(match=target_pattern(tenant, sharded), count=1000),
+                *client.scan_iter(match=target_pattern(f"{tenant}/*", sharded), count=1000),
             ]
             pipe = client.pipeline(transaction=False)
             for key in keys:
@@ -80,11 +81,14 @@ def suppressed_counts(settings: Settings, tenants: list[str]) -> dict[str, int |
 
 def sync_reports(settings: Settings, tenants: list[str]) -> dict[str, dict[str, Any] | None]:
     """What each tenant's sync lane last reported (None: no lane running for it)."""
-    client = redis.Redis.from_url(
-        settings.redis_url.get_secret_value(), socket_timeout=2, socket_connect_timeout=2
+    client = checker_client(
+        settings.redis_url.get_secret_value(), 2, cluster=settings.redis_cluster
     )
     try:
-        raw = client.mget([status_key(t) for t in tenants])
+        pipe = client.pipeline(transaction=False)  # (not MGET: keys in many cluster slots)
+        for tenant in tenants:
+            pipe.get(status_key(tenant))
+        raw = pipe.execute()
     except redis.RedisError:
         return dict.fromkeys(tenants)
     finally:

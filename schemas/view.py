@@ -4,7 +4,19 @@
   Redis stores each number as an intset entry (8 bytes) and never in clear;
 * key = ``dnc:v1:{target}:{bucket}``, bucket from the next 4 bytes of the same hash,
   so each set stays under ``set-max-intset-entries`` and keeps the compact encoding;
-* ``dnc:v1:_meta`` (hash) is the view's contract with its readers:
+* ``dnc:v1:_meta`` (hash) is the view's contract with its readers (below).
+
+**Sharded layout** (``DNC_VIEW_SHARDS`` > 0, the default on a Redis Cluster): a number's
+shard is a keyed hash of its E.164 alone, and every key of the shard carries the same hash
+tag, ``dnc:v1:{sN}:{target}:{bucket}`` and ``dnc:v1:{sN}:_meta``, so they live in one slot
+of one node: a check is one round trip to one node, clock included. Each shard has its own
+copy of the metadata (the worker writes them all), and a copy is only trusted on the node
+that wrote it: ``node:P`` records the node's identity (``CLUSTER MYID``, or the server's
+run id outside a cluster) when the worker rebuilt and vouched for P there. A replica promoted
+after a failover has another identity: its copy (which may miss the last writes, replication
+being asynchronous) fails closed until the worker has rebuilt and vouched again.
+
+The metadata:
 
   - ``partitions``: how many partitions the oppositions topic has;
   - ``layout``: the fingerprint of the layout the worker writes with (a keyed hash of the
@@ -38,6 +50,13 @@ if TYPE_CHECKING:
     from schemas.settings import Settings
     from schemas.tenants import TenantDirectory
 
+# Lua: the identity of the node running a script (sharded view): its cluster node id, or
+# its run id outside a cluster. A replica promoted by a failover has another one.
+LUA_NODE_ID = """
+local ok, node = pcall(redis.call, 'CLUSTER', 'MYID')
+if not ok then node = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') end
+"""
+
 VIEW_PREFIX = "dnc:v1"
 META_KEY = f"{VIEW_PREFIX}:_meta"
 META_PARTITIONS = "partitions"
@@ -60,6 +79,11 @@ def epoch_field(partition: int) -> str:
     return f"epoch:{partition}"
 
 
+def node_field(partition: int) -> str:
+    """Field of a shard's metadata: the node that holds the copy the worker vouched for."""
+    return f"node:{partition}"
+
+
 def owner_field(partition: int) -> str:
     """Field of :data:`META_KEY`: the worker that last vouched for ``partition``."""
     return f"owner:{partition}"
@@ -77,7 +101,11 @@ class ViewLayout:
     """Computes view slots; view key and bucket counts are settings (changing = rebuild)."""
 
     def __init__(
-        self, view_key: bytes, default_buckets: int, tenant_buckets: Mapping[str, int] | None = None
+        self,
+        view_key: bytes,
+        default_buckets: int,
+        tenant_buckets: Mapping[str, int] | None = None,
+        shards: int = 0,
     ) -> None:
         if not view_key:
             raise ValueError("the view key must not be empty")
@@ -85,6 +113,8 @@ class ViewLayout:
         self._key = view_key if len(view_key) <= 64 else hashlib.blake2b(view_key).digest()
         self._default_buckets = default_buckets
         self._tenant_buckets = dict(tenant_buckets or {})
+        self.shards = shards
+        self._shard_hash = hashlib.blake2b(b"shard\x1f", key=self._key, digest_size=4)
         # Per target: the keyed hash already fed with "target\x1f", the key prefix and the
         # bucket count. Copying a started hash skips the key block and the string work:
         # a bulk check hashes every number once per scope.
@@ -116,13 +146,39 @@ class ViewLayout:
         hasher.update(phone_e164.encode())
         digest = hasher.digest()
         member = int.from_bytes(digest[:8], "big") & _INT63
-        return f"{prefix}{int.from_bytes(digest[8:12], 'big') % buckets}", member
+        bucket = int.from_bytes(digest[8:12], "big") % buckets
+        if self.shards:
+            return f"{self.shard_prefix(self.shard_of(phone_e164))}{prefix}{bucket}", member
+        return f"{VIEW_PREFIX}:{prefix}{bucket}", member
+
+    def shard_of(self, phone_e164: str) -> int:
+        """The number's shard (sharded layout): the same for all its lists."""
+        hasher = self._shard_hash.copy()
+        hasher.update(phone_e164.encode())
+        return int.from_bytes(hasher.digest(), "big") % self.shards
+
+    @staticmethod
+    def shard_prefix(shard: int) -> str:
+        """``dnc:v1:{sN}:``: the hash tag keeps a shard's keys in one Redis Cluster slot."""
+        return f"{VIEW_PREFIX}:{{s{shard}}}:"
+
+    def meta_key(self, phone_e164: str) -> str:
+        """The metadata copy a check of ``phone_e164`` reads (with the number's members)."""
+        if not self.shards:
+            return META_KEY
+        return f"{self.shard_prefix(self.shard_of(phone_e164))}_meta"
+
+    def meta_keys(self) -> list[str]:
+        """Every copy of the metadata: one per shard, or the one hash when not sharded."""
+        if not self.shards:
+            return [META_KEY]
+        return [f"{self.shard_prefix(shard)}_meta" for shard in range(self.shards)]
 
     def _prepare(self, target: str) -> tuple[Any, str, int]:
         if len(self._targets) >= 4096:  # campaigns come and go: keep the cache bounded
             self._targets.clear()
         started = hashlib.blake2b(f"{target}\x1f".encode(), key=self._key, digest_size=16)
-        prepared = (started, f"{VIEW_PREFIX}:{target}:", self.buckets_for(target))
+        prepared = (started, f"{target}:", self.buckets_for(target))
         self._targets[target] = prepared
         return prepared
 
@@ -131,7 +187,18 @@ class ViewLayout:
         """Identifies the layout (key and bucket counts) without revealing the key."""
         buckets = ",".join(f"{t}={n}" for t, n in sorted(self._tenant_buckets.items()))
         text = f"dnc-view-layout\x1f{VIEW_PREFIX}\x1f{self._default_buckets}\x1f{buckets}"
+        if self.shards:  # (unsharded: the fingerprint of the layout before shards existed)
+            text += f"\x1fshards={self.shards}"
         return hashlib.blake2b(text.encode(), key=self._key, digest_size=8).hexdigest()
+
+    def target_of(self, key: str) -> str | None:
+        """The target of a suppression set's key; None for a metadata hash."""
+        rest = key[len(VIEW_PREFIX) + 1 :]
+        if self.shards and rest.startswith("{"):
+            rest = rest.split("}:", 1)[-1]
+        if rest == "_meta":
+            return None
+        return rest.rsplit(":", 1)[0]
 
     def pattern(self) -> str:
         """SCAN pattern matching every suppression set (not the meta keys)."""
@@ -146,5 +213,13 @@ def view_layout(settings: Settings, tenants: TenantDirectory) -> ViewLayout:
         if (cfg := tenants.get(name)).view_buckets is not None
     }
     return ViewLayout(
-        settings.view_key.get_secret_value().encode(), settings.view_buckets, overrides
+        settings.view_key.get_secret_value().encode(),
+        settings.view_buckets,
+        overrides,
+        shards=settings.shards,
     )
+
+
+def target_pattern(target_glob: str, sharded: bool) -> str:
+    """SCAN pattern of the suppression sets of the targets matching ``target_glob``."""
+    return f"{VIEW_PREFIX}:{{s*}}:{target_glob}:*" if sharded else f"{VIEW_PREFIX}:{target_glob}:*"

@@ -12,6 +12,7 @@ from typing import Any, cast
 import faust
 from faust.types import TP
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from schemas.metrics import CONSUMER_LAG, DELIVERY_HOLES
 from schemas.settings import Settings
@@ -28,7 +29,7 @@ from streams.log_end import LogEndReader
 from streams.maintenance import ViewMaintenance
 from streams.processor import OppositionProcessor
 from streams.progress import ProgressWatch
-from streams.view_writer import SuppressionViewWriter
+from streams.view_writer import SuppressionViewWriter, writer_client
 
 log = logging.getLogger("dnc.streams")
 
@@ -66,7 +67,7 @@ class WorkerApp:
     app: faust.App
     processor: OppositionProcessor
     maintenance: ViewMaintenance
-    redis: Redis
+    redis: Redis | RedisCluster
 
 
 def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -> WorkerApp:
@@ -118,12 +119,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         schema=faust.Schema(key_serializer="json", value_serializer="raw"),
     )
 
-    redis = Redis.from_url(
-        settings.redis_url.get_secret_value(),
-        socket_timeout=5,
-        socket_connect_timeout=5,
-        health_check_interval=10,
-    )
+    redis = writer_client(settings)
     view = SuppressionViewWriter(redis, view_layout(settings, tenants), worker_id)
     sink = KafkaChangeSink(
         settings, table.changelog_topic.get_topic_name(), client_id=f"{worker_id}-out"

@@ -9,15 +9,19 @@ from datetime import datetime
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
+from schemas.settings import Settings
 from schemas.state import SuppressionState
 from schemas.view import (
+    LUA_NODE_ID,
     META_KEY,
     META_LAYOUT,
     META_PARTITIONS,
     ViewLayout,
     applied_field,
     epoch_field,
+    node_field,
     owner_field,
     ready_field,
 )
@@ -43,6 +47,47 @@ for i = 2, #ARGV, 6 do
 end
 return refused
 """
+
+# Sharded view: the same fence on each shard's copy of the metadata, and the copy must still
+# be on the node the worker marked it ready on (``node:P``): after a failover the promoted
+# replica may miss the last writes, so the worker rebuilds before vouching there.
+# ARGV: owner, then per partition the six of _VOUCH and the node field.
+_VOUCH_SHARD = (
+    LUA_NODE_ID
+    + """
+local refused = {}
+for i = 2, #ARGV, 7 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1]
+     and redis.call('HGET', KEYS[1], ARGV[i + 6]) == node then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
+               ARGV[i + 5], ARGV[1])
+  else
+    table.insert(refused, ARGV[i])
+  end
+end
+return refused
+"""
+)
+
+# Sharded view: mark partitions ready on a shard's copy, recording the node it is on.
+# ARGV: k, then k node fields, then field/value pairs.
+_MARK_SHARD = (
+    LUA_NODE_ID
+    + """
+local k = tonumber(ARGV[1])
+for i = 2, k + 1 do redis.call('HSET', KEYS[1], ARGV[i], node) end
+for i = k + 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return k
+"""
+)
+
+
+def writer_client(settings: Settings) -> Redis | RedisCluster:
+    """The worker's asyncio client: Redis, or a Redis Cluster (``DNC_REDIS_CLUSTER``)."""
+    url = settings.redis_url.get_secret_value()
+    if settings.redis_cluster:
+        return RedisCluster.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    return Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=10)
 
 
 class ViewBatch:
@@ -75,8 +120,9 @@ class ViewBatch:
 class SuppressionViewWriter:
     """The worker's side of the view: every write is idempotent (SADD/SREM of the current state)."""
 
-    def __init__(self, redis: Redis, layout: ViewLayout, worker_id: str):
-        self._redis = redis
+    def __init__(self, redis: Redis | RedisCluster, layout: ViewLayout, worker_id: str):
+        self._redis: Any = redis
+        self._cluster = isinstance(redis, RedisCluster)
         self._layout = layout
         self._worker_id = worker_id
         # Keys this worker put a member in since its last rebuild: each must exist. A key
@@ -127,13 +173,32 @@ class SuppressionViewWriter:
             mapping[epoch_field(p)] = self._epochs[p]
         mapping[META_PARTITIONS] = str(total_partitions)
         mapping[META_LAYOUT] = self._layout.fingerprint
-        await self._redis.hset(META_KEY, mapping=cast(Any, mapping))
+        if not self._layout.shards:
+            await self._redis.hset(META_KEY, mapping=cast(Any, mapping))
+            return
+        nodes = [node_field(p) for p in partitions]
+        args = [len(nodes), *nodes, *(x for pair in mapping.items() for x in pair)]
+        await self._on_every_shard("EVAL", _MARK_SHARD, args)
+
+    async def _on_every_shard(self, command: str, *args: Any) -> list[Any]:
+        """``command`` on every copy of the metadata, pipelined (one round trip per node).
+
+        ``EVAL``: ``args`` are the script and its ARGV, the shard's key goes between.
+        """
+        pipe = self._redis.pipeline(transaction=False)
+        for key in self._layout.meta_keys():
+            if command == "EVAL":
+                script, argv = args
+                pipe.execute_command("EVAL", script, 1, key, *argv)
+            else:
+                pipe.execute_command(command, key, *args)
+        return list(await pipe.execute())
 
     async def unmark_ready(self, partitions: Iterable[int]) -> None:
         """Withdraw readiness (checks fail closed) before a rebuild starts."""
         fields = [ready_field(p) for p in partitions]
         if fields:
-            await self._redis.hdel(META_KEY, *fields)
+            await self._on_every_shard("HDEL", *fields)
 
     async def vouch(self, applied_through_ms: Mapping[int, int]) -> set[int]:
         """Record each partition's applied-through time (ms, Redis clock) and this worker.
@@ -149,9 +214,15 @@ class SuppressionViewWriter:
                 continue
             nexts[p] = self._next_epoch()
             args += [epoch_field(p), expected, nexts[p], applied_field(p), str(ms), owner_field(p)]
+            if self._layout.shards:
+                args.append(node_field(p))
         if len(args) == 1:
             return set()
-        refused_fields = await self._vouch(keys=[META_KEY], args=args)
+        if self._layout.shards:
+            replies = await self._on_every_shard("EVAL", _VOUCH_SHARD, args)
+            refused_fields = [f for reply in replies for f in reply]
+        else:
+            refused_fields = await self._vouch(keys=[META_KEY], args=args)
         refused = {int(f.decode().split(":", 1)[1]) for f in refused_fields}
         for p, epoch in nexts.items():
             if p in refused:
@@ -161,19 +232,31 @@ class SuppressionViewWriter:
         return refused
 
     async def server_time_ms(self) -> int:
-        """Redis's clock, the one clock of the staleness contract."""
+        """Redis's clock, the one clock of the staleness contract.
+
+        On a Redis Cluster, the earliest clock of all its nodes (replicas included, as any
+        may be promoted): a check compares it with its own node's clock, so a node whose
+        clock is ahead overstates staleness (fails closed sooner), never understates it.
+        """
+        if self._cluster:
+            replies = await self._redis.execute_command("TIME", target_nodes=RedisCluster.ALL_NODES)
+            times = replies.values() if isinstance(replies, dict) else [replies]
+            return min(int(s) * 1000 + int(us) // 1000 for s, us in times)
         seconds, micros = await self._redis.time()
         return int(seconds) * 1000 + int(micros) // 1000
 
     async def meta(self) -> dict[str, str]:
-        """The view's metadata hash, decoded."""
-        raw = await self._redis.hgetall(META_KEY)
-        return {
-            (k.decode() if isinstance(k, bytes) else str(k)): (
-                v.decode() if isinstance(v, bytes) else str(v)
-            )
-            for k, v in raw.items()
-        }
+        """The view's metadata hash, decoded; on a sharded view, what every copy agrees on
+        (a field missing or different in one copy is missing), except a layout written
+        with another fingerprint, which is reported as such."""
+        copies = [_decoded(raw) for raw in await self._on_every_shard("HGETALL")]
+        agreed = dict(copies[0])
+        for copy in copies[1:]:
+            agreed = {k: v for k, v in agreed.items() if copy.get(k) == v}
+        others = {c[META_LAYOUT] for c in copies if c.get(META_LAYOUT)} - {self._layout.fingerprint}
+        if others:
+            agreed[META_LAYOUT] = sorted(others)[0]
+        return agreed
 
     async def wipe(self) -> int:
         """Delete every view key and the metadata (the layout changed: members are garbage)."""
@@ -203,12 +286,32 @@ class SuppressionViewWriter:
             missing.update(k for k, n in zip(chunk, await pipe.execute(), strict=True) if not n)
         return missing
 
+    async def _info(self, section: str) -> list[dict[str, Any]]:
+        """INFO ``section`` of Redis, or of every master of a Redis Cluster."""
+        if not self._cluster:
+            return [await self._redis.info(section)]
+        replies = await self._redis.info(section, target_nodes=RedisCluster.PRIMARIES)
+        if isinstance(replies, dict) and all(isinstance(v, dict) for v in replies.values()):
+            return list(replies.values())
+        return [replies]
+
     async def eviction_policy(self) -> str:
-        """Redis's ``maxmemory-policy`` (from INFO, which managed services keep enabled)."""
-        info = await self._redis.info("memory")
-        return str(info.get("maxmemory_policy", "noeviction"))
+        """Redis's ``maxmemory-policy`` (from INFO, which managed services keep enabled);
+        on a cluster, an evicting one if any master has one."""
+        infos = await self._info("memory")
+        policies = [str(i.get("maxmemory_policy", "noeviction")) for i in infos]
+        return next((p for p in policies if p in EVICTING_POLICIES), policies[0])
 
     async def server_run_id(self) -> str:
-        """Redis's run id: it changes on every restart, even one that reloads an old snapshot."""
-        info = await self._redis.info("server")
-        return str(info.get("run_id", ""))
+        """Redis's run id: it changes on every restart, even one that reloads an old snapshot
+        (on a cluster, the masters' run ids: a failover changes them too)."""
+        return ",".join(sorted(str(i.get("run_id", "")) for i in await self._info("server")))
+
+
+def _decoded(raw: Mapping[Any, Any]) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else str(k)): (
+            v.decode() if isinstance(v, bytes) else str(v)
+        )
+        for k, v in raw.items()
+    }

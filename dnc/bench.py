@@ -600,7 +600,7 @@ def bench_memory(b: Bench, numbers: int) -> Figures:
             "memory_ratio": plain_bytes / layout_bytes}  # fmt: skip
 
 
-STAGES = ("single", "bulk", "propagation", "throughput", "import", "restart", "memory")
+STAGES = ("single", "bulk", "propagation", "throughput", "import", "restart", "memory", "scale")
 
 
 def _report(f: Figures, console: Console) -> None:
@@ -681,6 +681,19 @@ def _report(f: Figures, console: Console) -> None:
             f"{f['view_keys']:.0f} sets encoded intset; a plain set takes "
             f"{f['memory_ratio']:.2f}x the memory"
         )
+    if "scale_1_per_s" in f:
+        from dnc.bench_scale import report_rows
+
+        for row in report_rows(f):
+            table.add_row(*row)
+        missing = sum(f[k] for k in f if k.startswith("scale_") and k.endswith("_missing"))
+        notes.append(
+            f"scale-out: the same burst of {f['scale_events']:,.0f} distinct oppositions with "
+            f"1 to {f['scale_max_workers']:.0f} workers in one group (3 partitions; each count "
+            f"its own topic, group and view), until all vouched for; {missing:.0f} sampled "
+            "numbers not suppressed. On one machine the workers share its cores with the "
+            "broker, Redis and the publisher: see the load average below"
+        )
     console.print(table)
     notes.append(
         f"machine: {os.cpu_count()} cores, 1-minute load average {f['load_average']:.2f} at the "
@@ -708,6 +721,7 @@ def run_bench(
     only: Sequence[str] = STAGES,
     import_rows: int = 1_000_000,
     logs: Path | None = None,
+    workers: int = 1,
 ) -> Figures:
     """Start a private stack and worker, run the measurements in ``only``, print them.
 
@@ -767,6 +781,10 @@ def run_bench(
             _stop_worker(b.worker)
             if "memory" in only:
                 figures |= bench_memory(b, numbers)
+            if "scale" in only and workers > 1:
+                from dnc.bench_scale import bench_scale
+
+                figures |= bench_scale(b, burst, workers, tmp)
         figures["load_average"] = os.getloadavg()[0]
         _report(figures, console)
         return figures

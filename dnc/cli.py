@@ -658,7 +658,7 @@ def bench(
         typer.Option(
             "--only",
             help="only this measurement (repeatable): single, bulk, propagation, throughput, "
-            "import, restart, memory; default: all",
+            "import, restart, memory, scale (needs --workers 2 or more); default: all",
         ),
     ] = None,
     import_rows: Annotated[
@@ -668,6 +668,15 @@ def bench(
         Path | None,
         typer.Option(help="copy the workers' and the floors' logs to this directory at the end"),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=3,
+            help="scale-out: also measure the burst with 1 up to this many workers in one "
+            "group (the bench's topic has 3 partitions)",
+        ),
+    ] = 1,
 ) -> None:
     """Benchmark on a private local stack: check latency, bulk throughput, propagation,
     worker throughput, a large import, a worker restart, memory; each next to its floor
@@ -678,7 +687,8 @@ def bench(
     if unknown:
         raise _fail(f"unknown measurement {unknown[0]!r}: choose from {', '.join(STAGES)}")
     run_bench(numbers=numbers, rate=rate, seconds=seconds, console=out, burst=burst,
-              only=only or STAGES, import_rows=import_rows, logs=logs)  # fmt: skip
+              only=only or STAGES, import_rows=import_rows, logs=logs,
+              workers=workers)  # fmt: skip
 
 
 # --- HTTP gateway: `dnc gateway`, `dnc token create`, `dnc bench-gateway` ----------------------

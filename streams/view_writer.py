@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, cast
 
@@ -69,17 +69,34 @@ return refused
 """
 )
 
-# Sharded view: mark partitions ready on a shard's copy, recording the node it is on.
-# ARGV: k, then k node fields, then field/value pairs.
+# Sharded view: mark partitions ready on a shard's copy, recording the node it is on, if
+# that is still the node the rebuild started on (a failover meanwhile may have lost some of
+# the rebuild's writes: returns false, and the worker rebuilds again).
+# ARGV: the node at the start ('' if unknown), k, then k node fields, then field/value pairs.
 _MARK_SHARD = (
     LUA_NODE_ID
     + """
-local k = tonumber(ARGV[1])
-for i = 2, k + 1 do redis.call('HSET', KEYS[1], ARGV[i], node) end
-for i = k + 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return k
+if ARGV[1] ~= '' and ARGV[1] ~= node then return false end
+local k = tonumber(ARGV[2])
+for i = 3, k + 2 do redis.call('HSET', KEYS[1], ARGV[i], node) end
+for i = k + 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
 """
 )
+
+# Sharded view: withdraw readiness on a shard's copy; returns the node it is on.
+_UNMARK_SHARD = (
+    LUA_NODE_ID
+    + """
+if #ARGV > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV)) end
+return node
+"""
+)
+
+
+class ViewMoved(Exception):
+    """A shard of the view moved to another Redis node during a rebuild (a failover): the
+    rebuild's writes may be lost there, so it is not marked ready; the worker rebuilds."""
 
 
 def writer_client(settings: Settings) -> Redis | RedisCluster:
@@ -129,6 +146,7 @@ class SuppressionViewWriter:
         # that vanished (evicted, deleted) is found by :meth:`missing_keys`.
         self.filled_keys: set[str] = set()
         self._epochs: dict[int, str] = {}
+        self._nodes_at_unmark: dict[str, str] = {}  # sharded: shard key -> node
         self._epoch_counter = 0
         self._vouch = redis.register_script(_VOUCH)
 
@@ -178,27 +196,46 @@ class SuppressionViewWriter:
             return
         nodes = [node_field(p) for p in partitions]
         args = [len(nodes), *nodes, *(x for pair in mapping.items() for x in pair)]
-        await self._on_every_shard("EVAL", _MARK_SHARD, args)
+        started_on = self._nodes_at_unmark
+        marked = await self._on_every_shard(
+            "EVAL", _MARK_SHARD, args, lead=lambda key: started_on.get(key, "")
+        )
+        moved = [key for key, ok in zip(self._layout.meta_keys(), marked, strict=True) if not ok]
+        if moved:
+            raise ViewMoved(f"{len(moved)} shards of the view moved to another Redis node "
+                            f"during the rebuild (e.g. {moved[0]}): rebuilding again")  # fmt: skip
 
-    async def _on_every_shard(self, command: str, *args: Any) -> list[Any]:
+    async def _on_every_shard(
+        self, command: str, *args: Any, lead: Callable[[str], str] | None = None
+    ) -> list[Any]:
         """``command`` on every copy of the metadata, pipelined (one round trip per node).
 
-        ``EVAL``: ``args`` are the script and its ARGV, the shard's key goes between.
+        ``EVAL``: ``args`` are the script and its ARGV (after ``lead(key)`` if given); the
+        shard's key goes between.
         """
         pipe = self._redis.pipeline(transaction=False)
         for key in self._layout.meta_keys():
             if command == "EVAL":
                 script, argv = args
-                pipe.execute_command("EVAL", script, 1, key, *argv)
+                first = [lead(key)] if lead is not None else []
+                pipe.execute_command("EVAL", script, 1, key, *first, *argv)
             else:
                 pipe.execute_command(command, key, *args)
         return list(await pipe.execute())
 
     async def unmark_ready(self, partitions: Iterable[int]) -> None:
-        """Withdraw readiness (checks fail closed) before a rebuild starts."""
+        """Withdraw readiness (checks fail closed) before a rebuild starts; on a sharded
+        view, note the node each shard is on (see :meth:`mark_ready`)."""
         fields = [ready_field(p) for p in partitions]
-        if fields:
-            await self._on_every_shard("HDEL", *fields)
+        if not self._layout.shards:
+            if fields:
+                await self._redis.hdel(META_KEY, *fields)
+            return
+        nodes = await self._on_every_shard("EVAL", _UNMARK_SHARD, fields)
+        self._nodes_at_unmark = {
+            key: node.decode() if isinstance(node, bytes) else str(node)
+            for key, node in zip(self._layout.meta_keys(), nodes, strict=True)
+        }
 
     async def vouch(self, applied_through_ms: Mapping[int, int]) -> set[int]:
         """Record each partition's applied-through time (ms, Redis clock) and this worker.

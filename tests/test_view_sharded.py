@@ -24,7 +24,7 @@ from schemas.settings import BUNDLED_TENANTS_FILE
 from schemas.state import ActiveSuppression, Stamp, SuppressionState
 from schemas.tenants import TenantDirectory
 from schemas.view import ViewLayout, node_field
-from streams.view_writer import SuppressionViewWriter
+from streams.view_writer import SuppressionViewWriter, ViewMoved
 
 NOW = datetime.now(UTC)
 PARTITIONS = 3
@@ -146,3 +146,25 @@ def test_a_copy_vouched_for_on_another_node_fails_closed(plain_sharded: ShardedV
 
 def _unused() -> None:  # keep imports used by the cluster part
     checker_client("redis://127.0.0.1:1", 0.1)
+
+
+def assert_a_rebuild_across_a_failover_is_not_marked_ready(view: ShardedView) -> None:
+    numbers = phones(40)
+    view.fill(numbers)
+
+    async def rebuild_across_a_failover(w: SuppressionViewWriter) -> None:
+        await w.unmark_ready(range(PARTITIONS))
+        # As if the node holding this shard was replaced while the rebuild wrote to it.
+        w._nodes_at_unmark[view.layout.meta_key(numbers[0])] = "the-node-before"
+        await w.write([_state("acme", p) for p in numbers], NOW)
+        await w.mark_ready(range(PARTITIONS), PARTITIONS)
+
+    with pytest.raises(ViewMoved):
+        view.run(rebuild_across_a_failover)
+    assert view.checker.check(numbers[0], "acme").answer is Answer.UNAVAILABLE
+    assert not view.checker.readiness().ready
+
+
+@pytest.mark.redis
+def test_a_rebuild_across_a_failover_is_not_marked_ready(plain_sharded: ShardedView) -> None:
+    assert_a_rebuild_across_a_failover_is_not_marked_ready(plain_sharded)

@@ -24,6 +24,11 @@
 #    1.23 or newer, on PATH or at /usr/local/go/bin/go) into
 #    ~/.cache/dnc/toxiproxy/<version>/server (same cache directory rules as the jars).
 #    Skipped quickly when already there.
+# 4. Docker Compose (the standalone `docker-compose` binary), the release pinned in
+#    COMPOSE_VERSION below, built the same way into ~/.cache/dnc/compose/<version>/docker-compose
+#    (Go 1.24 or newer). No Docker engine is needed or installed: the tests run
+#    `docker-compose config`, which validates docker-compose.yml without a daemon.
+#    Skipped quickly when already there.
 #
 # The Python virtualenv is not handled here (the Makefile does that).
 set -euo pipefail
@@ -35,6 +40,11 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 KAFKA_VERSION="${DNC_KAFKA_VERSION:-3.9.1}"
 # Pinned; infra/toxiproxy.py's TOXIPROXY_VERSION must be the same (a test checks it).
 TOXIPROXY_VERSION="2.12.0"
+# Pinned; tests/test_compose.py's COMPOSE_VERSION must be the same (a test checks it). Compose
+# v2 became v5 (module github.com/docker/compose/v5); 5.0.2 is the newest release `go install`
+# accepts: later ones (and v2 from 2.35.1 on) carry an `exclude` directive in their go.mod, which
+# `go install module@version` refuses.
+COMPOSE_VERSION="5.0.2"
 CACHE_DIR="${DNC_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dnc}"
 PACKAGES=(redis-server redis-tools openjdk-17-jre-headless maven python3-venv postgresql prometheus)
 
@@ -133,6 +143,39 @@ except ServiceError as exc:
 say "Kafka ${KAFKA_VERSION} jars: ${libs} ($(find "$libs" -name '*.jar' | wc -l) jars)"
 
 # --- 3. Toxiproxy server ---------------------------------------------------------------
+# Built into temporary directories and renamed into place: an interrupted build never
+# leaves a half-written binary behind.
+build_dirs=()
+trap 'rm -rf "${build_dirs[@]}"' EXIT
+
+# Sets go_bin and go_version to the first Go 1.<$2>+ of: the one on PATH, /usr/local/go/bin/go
+# (the official tarball's); dies naming what it found when none is recent enough to build $1.
+find_go() {
+    local what="$1" min_minor="$2" candidate go_minor
+    local too_old=()
+    for candidate in "$(command -v go || true)" /usr/local/go/bin/go; do
+        [[ -n $candidate && -x $candidate ]] || continue
+        go_version="$("$candidate" env GOVERSION 2>/dev/null || true)" # e.g. go1.26.8
+        go_minor="$(sed -n 's/^go1\.\([0-9]*\).*/\1/p' <<<"$go_version")"
+        if [[ -n $go_minor ]] && ((go_minor >= min_minor)); then
+            go_bin="$candidate"
+            return 0
+        fi
+        too_old+=("$candidate (${go_version:-unknown version})")
+    done
+    ((${#too_old[@]} == 0)) || die "${what} needs Go 1.${min_minor} or newer;" \
+        "found only: ${too_old[*]}. Install a newer Go and retry."
+    die "Go is needed to build ${what} but was not found on PATH or at /usr/local/go/bin/go;" \
+        "install Go 1.${min_minor} or newer and retry."
+}
+
+# A fresh temporary directory beside $1 (removed at exit), in build_dir.
+new_build_dir() {
+    mkdir -p "${1%/*}"
+    build_dir="$(mktemp -d "${1%/*}/.build-XXXXXX")"
+    build_dirs+=("$build_dir")
+}
+
 toxiproxy_dir="${CACHE_DIR}/toxiproxy/${TOXIPROXY_VERSION}"
 toxiproxy_bin="${toxiproxy_dir}/server"
 toxiproxy_ok() {
@@ -142,31 +185,9 @@ toxiproxy_ok() {
 if toxiproxy_ok; then
     say "Toxiproxy ${TOXIPROXY_VERSION} already installed: ${toxiproxy_bin}"
 else
-    # The first Go 1.23+ of: the one on PATH, /usr/local/go/bin/go (the official tarball's).
-    go_bin=""
-    go_too_old=()
-    for candidate in "$(command -v go || true)" /usr/local/go/bin/go; do
-        [[ -n $candidate && -x $candidate ]] || continue
-        go_version="$("$candidate" env GOVERSION 2>/dev/null || true)" # e.g. go1.26.8
-        go_minor="$(sed -n 's/^go1\.\([0-9]*\).*/\1/p' <<<"$go_version")"
-        if [[ -n $go_minor ]] && ((go_minor >= 23)); then
-            go_bin="$candidate"
-            break
-        fi
-        go_too_old+=("$candidate (${go_version:-unknown version})")
-    done
-    if [[ -z $go_bin ]]; then
-        ((${#go_too_old[@]} == 0)) || die "Toxiproxy ${TOXIPROXY_VERSION} needs Go 1.23 or" \
-            "newer; found only: ${go_too_old[*]}. Install a newer Go and retry."
-        die "Go is needed to build Toxiproxy ${TOXIPROXY_VERSION} but was not found on PATH" \
-            "or at /usr/local/go/bin/go; install Go 1.23 or newer and retry."
-    fi
+    find_go "Toxiproxy ${TOXIPROXY_VERSION}" 23
     say "building Toxiproxy ${TOXIPROXY_VERSION} with ${go_version} (first run only)"
-    mkdir -p "${toxiproxy_dir%/*}"
-    # Built into a temporary directory and renamed into place: an interrupted build never
-    # leaves a half-written binary behind.
-    build_dir="$(mktemp -d "${toxiproxy_dir%/*}/.build-XXXXXX")"
-    trap 'rm -rf "$build_dir"' EXIT
+    new_build_dir "$toxiproxy_dir"
     # The version is stamped in so that `server -version` and GET /version report it.
     GOBIN="$build_dir" GOTOOLCHAIN=local "$go_bin" install -trimpath \
         -ldflags "-X github.com/Shopify/toxiproxy/v2.Version=${TOXIPROXY_VERSION}" \
@@ -177,5 +198,30 @@ else
     mv -f "$build_dir/server" "$toxiproxy_bin"
     toxiproxy_ok || die "${toxiproxy_bin} does not report version ${TOXIPROXY_VERSION}."
     say "Toxiproxy ${TOXIPROXY_VERSION}: ${toxiproxy_bin}"
+fi
+
+# --- 4. Docker Compose ------------------------------------------------------------------
+compose_dir="${CACHE_DIR}/compose/${COMPOSE_VERSION}"
+compose_bin="${compose_dir}/docker-compose"
+compose_ok() {
+    [[ -x $compose_bin ]] && [[ "$("$compose_bin" version --short 2>/dev/null)" == "${COMPOSE_VERSION}" ]]
+}
+if compose_ok; then
+    say "Docker Compose ${COMPOSE_VERSION} already installed: ${compose_bin}"
+else
+    find_go "Docker Compose ${COMPOSE_VERSION}" 24
+    say "building Docker Compose ${COMPOSE_VERSION} with ${go_version} (first run only, about 2 minutes)"
+    new_build_dir "$compose_dir"
+    # The main package is ./cmd (upstream's Makefile builds it as docker-compose, stamping the
+    # version the same way), so `go install` names the binary `cmd`.
+    GOBIN="$build_dir" GOTOOLCHAIN=local "$go_bin" install -trimpath \
+        -ldflags "-w -X github.com/docker/compose/v5/internal.Version=v${COMPOSE_VERSION}" \
+        "github.com/docker/compose/v5/cmd@v${COMPOSE_VERSION}" \
+        || die "could not build Docker Compose ${COMPOSE_VERSION} (see the Go output above;" \
+            "check access to the Go module proxy)."
+    mkdir -p "$compose_dir"
+    mv -f "$build_dir/cmd" "$compose_bin"
+    compose_ok || die "${compose_bin} does not report version ${COMPOSE_VERSION}."
+    say "Docker Compose ${COMPOSE_VERSION}: ${compose_bin}"
 fi
 say "done"

@@ -199,9 +199,12 @@ def test_rules_read_only_catalogued_metrics_and_scrape_jobs() -> None:
 # --- Prometheus configuration --------------------------------------------------------------
 
 
-def test_compose_prometheus_config_is_valid_where_compose_mounts_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["prometheus", "prometheus-cluster"])
+def test_compose_prometheus_config_is_valid_where_compose_mounts_it(
+    tmp_path: Path, name: str
+) -> None:
     """Lay the mounted files out as in the container, then `promtool check config` there."""
-    service = COMPOSE["services"]["prometheus"]
+    service = COMPOSE["services"][name]
     for entry in service["volumes"]:
         source, target = str(entry).split(":")[:2]
         if not source.startswith("."):

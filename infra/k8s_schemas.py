@@ -104,6 +104,7 @@ def stamp() -> dict[str, str]:
         "keda": KEDA_VERSION,
         "strimzi": STRIMZI_VERSION,
         "generator_sha256": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        "strimzi_pom_sha256": hashlib.sha256(STRIMZI_POM.read_bytes()).hexdigest(),
     }
 
 

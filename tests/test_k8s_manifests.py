@@ -21,6 +21,8 @@ from infra.k8s_schemas import (
     KUBECONFORM_VERSION,
     KUBERNETES_KINDS,
     SETUP_HINT,
+    STRIMZI_POM,
+    STRIMZI_VERSION,
     is_current,
     kubeconform_path,
     schema_file_name,
@@ -151,6 +153,11 @@ def is_builtin(api_version: str) -> bool:
     """A Kubernetes API group (core, apps, policy, *.k8s.io), not a custom resource's."""
     group = api_version.rpartition("/")[0]
     return "." not in group or group.endswith(".k8s.io")
+
+
+def test_strimzi_pom_names_the_pinned_release() -> None:
+    pom = STRIMZI_POM.read_text()
+    assert f"<strimzi.version>{STRIMZI_VERSION}</strimzi.version>" in pom
 
 
 def test_schemas_are_generated_for_exactly_the_kinds_used() -> None:

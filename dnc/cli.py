@@ -396,6 +396,14 @@ def demo_traffic(
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+    probe: Annotated[
+        bool,
+        typer.Option(
+            "--probe",
+            help="only what decides the exit status (the view ready and current, Kafka "
+            "reachable), without the per-tenant figures that scan Redis: for a readiness probe",
+        ),
+    ] = False,
 ) -> None:
     """Is the pipeline up and ready, how far behind are the worker and the reference lists?
 
@@ -405,7 +413,7 @@ def status(
     from dnc.health import pipeline_status, render_status
 
     settings, tenants = _settings()
-    report = pipeline_status(settings, tenants)
+    report = pipeline_status(settings, tenants, per_tenant=not probe)
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
     else:

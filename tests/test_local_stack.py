@@ -107,6 +107,10 @@ def test_dnc_up_demo_through_tee_serves_everything_then_ctrl_c_leaves_nothing_ru
         assert tenants["demo"]["reference_list_sink"] == "postgres"
         assert tenants["demo"]["sync_running"] is True
         assert tenants["demo"]["suppressed_numbers"] >= 1
+        # The readiness probe of the worker in infra/k8s: the same verdict, no per-tenant scan.
+        probe = dnc("status", "--probe", "--json")
+        assert probe.returncode == 0, probe.stdout + probe.stderr
+        assert json.loads(probe.stdout)["tenants"] == {}
 
         # The demo's live summary reads the real Prometheus, which scrapes every process.
         wait_for(lambda: "dnc demo (live" in log_path.read_text(), timeout=60,

@@ -253,6 +253,9 @@ def test_each_process_runs_its_dnc_subcommand() -> None:
             command = container[probe].get("exec", {}).get("command")
             if command:
                 assert command[0] == "dnc" and command[1] in commands, (name, probe)
+                subcommand = group.commands[command[1]]  # type: ignore[attr-defined]
+                options = {o for param in subcommand.params for o in param.opts}
+                assert set(command[2:]) <= options, (name, probe)
 
 
 def test_worker_static_membership_and_lag_scaling(configured: Settings) -> None:

@@ -277,7 +277,9 @@ def test_worker_static_membership_and_lag_scaling(configured: Settings) -> None:
     meta = trigger["metadata"]
     assert meta["consumerGroup"] == configured.worker_group
     assert meta["topic"] == configured.oppositions_topic
-    assert meta["bootstrapServers"] == configured.kafka_bootstrap
+    # The pods' bootstrap Service, qualified with the namespace (KEDA runs in its own).
+    host, port = configured.kafka_host_port
+    assert meta["bootstrapServers"] == f"{host}.{KUSTOMIZATION['namespace']}.svc:{port}"
     assert int(meta["lagThreshold"]) > 0
     # KEDA's names for the clients' mechanism and protocol.
     keda_sasl = {"SCRAM-SHA-512": "scram_sha512", "SCRAM-SHA-256": "scram_sha256"}

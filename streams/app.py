@@ -204,13 +204,23 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         sources = owned_sources()
         if owned is None or sources is None or maintenance.materialised != owned:
             return  # rebuilding or rebalancing: nothing is vouched for
+        nonlocal log_end
         try:
             await seed_frontiers(sources)
             now_ms = await view.server_time_ms()  # first: the claim is about the log at now_ms
             ends = await log_end.end_offsets(sources, wait=settings.max_staleness_seconds)
+            unknown = sorted(tp for tp in sources if ends.get(tp, -1) < 0)
+            if unknown:
+                raise LookupError(f"no end offset for {unknown} (a partition leader moved?)")
         except Exception as exc:  # cut from Redis or Kafka: the view ages, checks fail closed
-            cut_off.warn("cannot read Redis's clock or the log's end offsets (%s): the view "
+            cut_off.warn("cannot read Redis's clock or the log's end offsets (%r): the view "
                          "is not vouched for; checks fail closed past the bound", exc)  # fmt: skip
+            # After a broker of a cluster dies, confluent-kafka's admin client keeps asking
+            # the dead leader: its ListOffsets time out, or answer -1 as if it were an end
+            # offset, for minutes (seen with 3 brokers, one SIGKILLed; a worker that took -1
+            # for the end would vouch for events it has not applied). A new client
+            # bootstraps afresh and asks the new leaders.
+            log_end = LogEndReader(settings)
             return
         for topic, topic_frontier in frontiers.items():
             topic_frontier.observe(

@@ -183,7 +183,7 @@ class Pipeline:
             owners = set(self.owners().values())
             if len(self.owners()) < self.settings.partitions or not owners <= set(self.workers):
                 return False
-            tenant = next(iter(self.tenants.names))
+            tenant = "acme" if "acme" in self.tenants else self.tenants.names[0]
             return self.check("+33612345678", tenant).answer.value != "unavailable"
 
         wait_for(ready, timeout=timeout, interval=0.2, what=f"{count} workers vouching")
@@ -214,7 +214,8 @@ class Pipeline:
             assert self.worker is not None and self.worker.poll() is None, self.worker_log()
             if self.redis.hget(META_KEY, owner_field(0)) != me:  # vouched for by this worker
                 return False
-            return self.check("+33612345678", "acme").answer.value != "unavailable"
+            tenant = "acme" if "acme" in self.tenants else self.tenants.names[0]
+            return self.check("+33612345678", tenant).answer.value != "unavailable"
 
         try:
             wait_for(ready, timeout=timeout, interval=0.2, what="the view to be ready")

@@ -57,7 +57,7 @@ def _serving(p: Pipeline) -> bool:
     return p.checker.check("+33699999999", TENANT).answer is not Answer.UNAVAILABLE
 
 
-def _finish(p: Pipeline, traffic: Traffic, timeout: float = 120) -> FaultResult:
+def _finish(p: Pipeline, traffic: Traffic, injected_at: float, timeout: float = 120) -> FaultResult:
     """Serving again, steady state, publishing stopped, every acknowledged number checked."""
     try:
         wait_for(lambda: _serving(p), timeout=timeout, interval=0.2, what="checks answered")
@@ -67,6 +67,9 @@ def _finish(p: Pipeline, traffic: Traffic, timeout: float = 120) -> FaultResult:
     traffic.stop_publishing()
     traffic.result.lost = wait_all_suppressed(p.checker, traffic, timeout=90)
     traffic.stop()
+    serving_at = traffic.serving_again_at()
+    if serving_at is not None:
+        traffic.result.outage_seconds = round(serving_at - injected_at, 1)
     return traffic.result
 
 
@@ -102,7 +105,7 @@ def test_a_broker_sigkilled_under_load_loses_nothing_and_is_never_callable_past_
     try:
         time.sleep(10.0)  # kept down: two brokers of three must do
         down_until = time.monotonic()
-        result = _finish(p, traffic)
+        result = _finish(p, traffic, killed_at)
     finally:
         stack.restart_broker(victim)
     acked_while_down = _acked_between(traffic, killed_at, down_until)
@@ -138,7 +141,7 @@ def test_a_worker_sigkilled_of_two_hands_its_partitions_over_and_checks_fail_clo
         what=f"partitions {moved} of {victim} vouched for by {survivor}",
     )
     taken_over = time.monotonic() - killed_at
-    result = _finish(p, traffic)
+    result = _finish(p, traffic, killed_at)
     print(f"{victim} killed: partitions {moved} vouched for by {survivor} {taken_over:.1f}s later")
     _assert_promise(result, bound)
     assert p.owners() == dict.fromkeys(range(p.settings.partitions), survivor)

@@ -19,12 +19,16 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ConfigResource,
     ResourceType,
 )
+from pydantic import SecretStr
+from rich.console import Console
 
+from dnc.local import LocalPipeline, _scrape_targets
 from infra.redis_cluster import SLOTS, RedisCluster
 from infra.services import LocalStack
 from producers.publisher import OppositionPublisher
 from schemas.errors import PublishError
 from schemas.events import Kind, OppositionEvent
+from schemas.settings import Settings
 from schemas.topics import pipeline_topics
 from tests.harness import Pipeline, wait_for
 
@@ -190,3 +194,40 @@ def test_a_killed_redis_master_is_replaced_by_its_replica_with_its_data(
     redis_cluster.wait_ready()
     back = {n.port: n for n in redis_cluster.nodes()}[master.port]
     assert back.role == "replica" and back.master_id == replica.node_id
+
+
+def test_dnc_up_gives_each_of_n_workers_its_id_port_and_the_cluster_settings(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(data_dir=tmp_path, view_key="k" * 32)
+    local = LocalPipeline(
+        settings, "3.9.1", False, Console(file=None), brokers=3, workers=3, redis_cluster=True
+    )
+    # What start_services() gives every process once the clusters are up.
+    local.settings = local.settings.model_copy(
+        update={
+            "kafka_bootstrap": "127.0.0.1:9092,127.0.0.1:40001,127.0.0.1:40002",
+            "replication_factor": 3,
+            "redis_cluster": True,
+            "redis_url": SecretStr("redis://127.0.0.1:6379"),
+        }
+    )
+    workers = local.worker_children()
+    assert [w.name for w in workers] == ["worker-1", "worker-2", "worker-3"]
+    assert [w.ports for w in workers] == [(9310,), (9320,), (9321,)]
+    assert [w.env["DNC_WORKER_INSTANCE_ID"] for w in workers] == [
+        "local-worker-1", "local-worker-2", "local-worker-3",
+    ]  # fmt: skip
+    assert [w.env["DNC_WORKER_METRICS_PORT"] for w in workers] == ["9310", "9320", "9321"]
+    assert len({w.log_path for w in workers}) == 3
+    for worker in workers:
+        assert worker.env["DNC_KAFKA_BOOTSTRAP"] == local.settings.kafka_bootstrap
+        assert worker.env["DNC_REPLICATION_FACTOR"] == "3"
+        assert worker.env["DNC_REDIS_CLUSTER"] == "true"
+        assert worker.env["DNC_REDIS_URL"] == "redis://127.0.0.1:6379"
+        assert worker.env["DNC_KAFKA_SASL_USERNAME"] == "dnc-worker"
+    targets = _scrape_targets(local.settings, demo=False, workers=3)
+    assert targets["dnc-worker"] == ["127.0.0.1:9310", "127.0.0.1:9320", "127.0.0.1:9321"]
+    # One worker: exactly as before (name, port, instance id from the environment).
+    single = LocalPipeline(settings, "3.9.1", False, Console(file=None)).worker_children()
+    assert [(w.name, w.ports, w.args) for w in single] == [("worker", (9310,), ["worker"])]

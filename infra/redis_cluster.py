@@ -145,10 +145,7 @@ class RedisCluster:
     def _start_node(self, index: int, port: int | None) -> RunningService:
         data_dir = self.base_dir / f"node-{index + 1}"
         data_dir.mkdir(parents=True, exist_ok=True)
-        # The bus port defaults to port + 10000, impossible above 55535 (where free ports
-        # often are): give it its own port.
-        bus = self._bus_ports.get(index) or free_port(self.host)
-        self._bus_ports[index] = bus
+        bus = self._bus_port(index, port, data_dir)
         service = start_redis(
             data_dir,
             port=port,
@@ -166,6 +163,20 @@ class RedisCluster:
         self._dirs[service.port] = data_dir
         self.processes[service.port] = service
         return service
+
+    def _bus_port(self, index: int, port: int | None, data_dir: Path) -> int:
+        """The node's cluster bus port: the one it had (its peers' nodes.conf name it, so a
+        restarted cluster finds itself again), else port + 10000 (Redis's default), else,
+        above 55535 (where free ports often are), a free port. Kept in the node's dir."""
+        saved = data_dir / "bus-port"
+        bus = self._bus_ports.get(index)
+        if bus is None and saved.is_file():
+            bus = int(saved.read_text().strip())
+        if bus is None:
+            bus = port + 10000 if port is not None and port <= 55535 else free_port(self.host)
+        saved.write_text(f"{bus}\n")
+        self._bus_ports[index] = bus
+        return bus
 
     def _formed(self) -> bool:
         """Every node already knows the whole cluster (a restart on the same directories)."""

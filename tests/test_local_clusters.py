@@ -199,7 +199,7 @@ def test_a_killed_redis_master_is_replaced_by_its_replica_with_its_data(
 def test_dnc_up_gives_each_of_n_workers_its_id_port_and_the_cluster_settings(
     tmp_path: Path,
 ) -> None:
-    settings = Settings(data_dir=tmp_path, view_key="k" * 32)
+    settings = Settings(data_dir=tmp_path, view_key="k" * 32, worker_metrics_port=9310)
     local = LocalPipeline(
         settings, "3.9.1", False, Console(file=None), brokers=3, workers=3, redis_cluster=True
     )

@@ -78,8 +78,11 @@ def stop_process(
 
 def pipeline_env(stack: LocalStack, tenants_file: Path, prefix: str) -> dict[str, str]:
     """The DNC_* settings of a pipeline with its own topics and groups on ``stack``
-    (replicated 3 times on a cluster of 3 brokers or more, as `dnc up --brokers 3` does)."""
+    (replicated 3 times on a cluster of 3 brokers or more, as `dnc up --brokers 3` does; the
+    view on a Redis Cluster when the stack runs one)."""
     cluster = {"DNC_REPLICATION_FACTOR": "3"} if stack.brokers >= 3 else {}
+    if stack.use_redis_cluster:
+        cluster["DNC_REDIS_CLUSTER"] = "true"
     return {
         **cluster,
         "DNC_KAFKA_BOOTSTRAP": stack.bootstrap_servers,

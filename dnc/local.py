@@ -14,6 +14,7 @@ next one, or by `dnc down`.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -37,7 +38,7 @@ from infra.acls import SUPERUSER, apply_acls, client_env, stack_credentials
 from infra.postgres_service import start_postgres
 from infra.prometheus_service import local_prometheus_config, start_prometheus
 from infra.services import KafkaSecurity, LocalStack, RunningService
-from schemas.settings import VIEW_KEY_FILE, Settings
+from schemas.settings import REDIS_CLUSTER_FILE, VIEW_KEY_FILE, Settings
 from schemas.tenants import TenantDirectory
 
 SECURED_MARKER = "sasl-scram"  # in the Kafka data dir: formatted with the superuser
@@ -269,6 +270,7 @@ class LocalPipeline:
         if self.stack.use_redis_cluster:
             update |= {"redis_url": SecretStr(self.stack.redis_url), "redis_cluster": True}
         self.settings = self.settings.model_copy(update=update)
+        self._say_whether_redis_is_a_cluster()
         applied = apply_acls(self.settings, self.passwords)  # topics, principals, ACLs
         self.console.print(f"Kafka principals and {applied} ACLs applied (see `dnc acl apply`)")
         self.console.print("starting PostgreSQL (the reference list) ...")
@@ -285,6 +287,16 @@ class LocalPipeline:
             data / "prometheus", config, port=self.settings.prometheus_port
         )
         self.run_dir.record("prometheus", self.prometheus.process.pid, [self.prometheus.port])
+
+    def _say_whether_redis_is_a_cluster(self) -> None:
+        """Leave the seed node's address in the data directory while a Redis Cluster runs,
+        so that other commands read it as one with no configuration (see ``Settings``)."""
+        path = self.settings.data_dir / REDIS_CLUSTER_FILE
+        if self.stack.redis_cluster is None:
+            path.unlink(missing_ok=True)
+            return
+        seed = f"{self.stack.host}:{self.stack.redis_cluster.seed_port}"
+        path.write_text(json.dumps({"seed": seed}) + "\n")
 
     def _record_stack(self) -> None:
         for service in self.stack.services():

@@ -28,7 +28,7 @@ from infra.services import LocalStack
 from producers.publisher import OppositionPublisher
 from schemas.errors import PublishError
 from schemas.events import Kind, OppositionEvent
-from schemas.settings import Settings
+from schemas.settings import REDIS_CLUSTER_FILE, Settings
 from schemas.topics import pipeline_topics
 from tests.harness import Pipeline, wait_for
 
@@ -231,3 +231,16 @@ def test_dnc_up_gives_each_of_n_workers_its_id_port_and_the_cluster_settings(
     # One worker: exactly as before (name, port, instance id from the environment).
     single = LocalPipeline(settings, "3.9.1", False, Console(file=None)).worker_children()
     assert [(w.name, w.ports, w.args) for w in single] == [("worker", (9310,), ["worker"])]
+
+
+def test_other_commands_read_the_redis_cluster_dnc_up_runs_with_no_configuration(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / REDIS_CLUSTER_FILE).write_text('{"seed": "127.0.0.1:16379"}\n')
+    here = "redis://127.0.0.1:16379"
+    assert Settings(data_dir=tmp_path, redis_url=here).redis_cluster
+    assert Settings(data_dir=tmp_path, redis_url=here + "/0").redis_cluster
+    assert not Settings(data_dir=tmp_path, redis_url="redis://127.0.0.1:6379/0").redis_cluster
+    assert not Settings(data_dir=tmp_path, redis_url=here, redis_cluster=False).redis_cluster
+    (tmp_path / REDIS_CLUSTER_FILE).unlink()
+    assert not Settings(data_dir=tmp_path, redis_url=here).redis_cluster

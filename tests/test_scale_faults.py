@@ -26,7 +26,8 @@ from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 from consumers.checker import Answer
 from dnc.fault_drill import TENANT, FaultResult, Traffic, wait_all_suppressed
 from infra.services import LocalStack
-from tests.harness import Pipeline, wait_for
+from schemas.events import Kind, OppositionEvent
+from tests.harness import Pipeline, stop_process, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -149,3 +150,38 @@ def test_a_worker_sigkilled_of_two_hands_its_partitions_over_and_checks_fail_clo
     # fail closed in between.
     assert result.unavailable > 0, result.summary()
     assert p.workers[survivor].poll() is None, p.worker_log()
+
+
+@pytest.mark.timeout(300)
+def test_two_workers_restarted_on_three_brokers_recover_every_state_from_the_changelog(
+    scale_pipeline: Pipeline,
+) -> None:
+    p = scale_pipeline
+    p.start_workers(2)
+    changelog = f"{p.settings.worker_group}-suppression-state-changelog"
+    admin = AdminClient({"bootstrap.servers": p.stack.bootstrap_servers})
+    group = p.settings.worker_group
+    members = admin.describe_consumer_groups([group])[group].result(timeout=10).members
+    # Each worker recovers the state of its partitions: their changelog partitions are
+    # assigned (Faust's leader once assigned none when it did not see the topic yet).
+    owned = {
+        tp.partition
+        for m in members
+        for tp in m.assignment.topic_partitions
+        if tp.topic == changelog
+    }
+    assert owned == set(range(p.settings.partitions)), members
+    numbers = [f"+336{3_000_000 + i:08d}" for i in range(60)]
+    for number in numbers:
+        p.publisher.publish(
+            OppositionEvent.record(tenant=TENANT, phone=number, kind=Kind.OPPOSITION)
+        )
+    suppressed = lambda: all(  # noqa: E731
+        r.answer is Answer.SUPPRESSED for r in p.checker.check_many(numbers, TENANT)
+    )
+    wait_for(suppressed, timeout=60, what="every number suppressed")
+    for worker_id, proc in p.workers.items():
+        stop_process(proc, 60, f"worker {worker_id}", p.worker_log)
+    p.redis.flushall()  # the view is rebuilt from the recovered tables alone
+    p.start_workers(2)
+    wait_for(suppressed, timeout=60, what="every number suppressed after the restart")

@@ -331,15 +331,50 @@ def up(
             help="also run simulated agent desktops and dialers, with a live summary",
         ),
     ] = False,
+    brokers: Annotated[
+        int,
+        typer.Option(
+            "--brokers",
+            min=1,
+            max=9,
+            help="Kafka brokers: 1 (default) is a single KRaft node; 3 is a KRaft cluster "
+            "(combined broker+controller nodes, the first on DNC_KAFKA_BOOTSTRAP's port) "
+            "whose topics get replication factor 3 and min.insync.replicas 2, so losing "
+            "one broker loses no acknowledged event",
+        ),
+    ] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=16,
+            help="Faust workers in one consumer group, sharing the partitions (each with its "
+            "own id, log worker-N.log and /metrics port: 9310, then 9320, 9321, ...); at most "
+            "DNC_PARTITIONS of them get work",
+        ),
+    ] = 1,
+    redis_cluster: Annotated[
+        bool,
+        typer.Option(
+            "--redis-cluster",
+            help="run the Redis view on a Redis Cluster (3 masters with a replica each, on "
+            "DNC_REDIS_URL's port and the 5 after it) instead of one Redis; every process "
+            "gets DNC_REDIS_CLUSTER=true",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole pipeline on loopback in the foreground; Ctrl-C stops it all.
 
     Kafka, Redis, PostgreSQL (the reference list), Prometheus (graphs, alert rules), the
     worker, the reference-list sync and the HTTP gateway. Data and logs go to DNC_DATA_DIR.
+    --brokers, --workers and --redis-cluster scale each part on its own.
     """
     from dnc.local import run_local_stack
     from dnc.resilient_output import ResilientOutput
 
+    if brokers == 2:
+        raise _fail("--brokers 2 could not lose a broker (min.insync.replicas 2): use 1 or 3")
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # `dnc up | tee`, then Ctrl-C, or a closed terminal: output that nobody reads any more
@@ -347,7 +382,15 @@ def up(
     fallback = settings.data_dir / "up.log"
     console = Console(file=cast(IO[str], ResilientOutput(sys.stdout, fallback)), soft_wrap=True)
     err.file = cast(IO[str], ResilientOutput(sys.stderr, fallback))
-    run_local_stack(settings, kafka_version or settings.kafka_version, console, demo=demo)
+    run_local_stack(
+        settings,
+        kafka_version or settings.kafka_version,
+        console,
+        demo=demo,
+        brokers=brokers,
+        workers=workers,
+        redis_cluster=redis_cluster,
+    )
 
 
 @app.command()

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import redis
 from rich.console import Console
@@ -81,17 +82,35 @@ class FaultResult:
         """Share of answers that were "unavailable"."""
         return self.unavailable / self.answers if self.answers else 0.0
 
+    def summary(self) -> str:
+        """One line with every figure (what a failed assertion shows)."""
+        return (
+            f"{self.fault}: {self.answers} answers, {100 * self.unavailable_share:.0f}% "
+            f"unavailable, {self.callable_past_bound} callable past the bound, oldest ack "
+            f"answered callable {self.max_callable_age:.2f}s, outage {self.outage_seconds}, "
+            f"recovery {self.recovery_seconds}, published {self.published}, lost {self.lost}, "
+            f"verify differences {self.verify_differences} {self.notes}"
+        )
+
     @property
     def verify_differences(self) -> int | None:
         """Differences `dnc verify` found at the end (None: not run)."""
         return None if self.verify is None else self.verify.differences
 
 
+class TrafficTarget(Protocol):
+    """What traffic runs against: a drill's stack, or a test's pipeline."""
+
+    publisher: OppositionPublisher
+    checker: SuppressionChecker
+
+
 class Traffic:
-    """Agents publishing at a steady rate and a dialer checking every acknowledged number."""
+    """Agents publishing at a steady rate and a dialer checking every acknowledged number
+    (of tenant :data:`TENANT`, which ``drill``'s tenants must declare)."""
 
     def __init__(
-        self, drill: FaultDrill, first_number: int, rate: float, bound: float, chunk: int = 200
+        self, drill: TrafficTarget, first_number: int, rate: float, bound: float, chunk: int = 200
     ) -> None:
         self._drill = drill
         self._next = first_number
@@ -357,16 +376,7 @@ class FaultDrill:
         return result
 
     def _wait_all_suppressed(self, traffic: Traffic, timeout: float = 60.0) -> int:
-        numbers = list(traffic.acked)
-        deadline = time.monotonic() + timeout
-        missing = len(numbers)
-        while time.monotonic() < deadline:
-            results = self.checker.check_many(numbers, TENANT)
-            missing = sum(1 for r in results if r.answer is not Answer.SUPPRESSED)
-            if missing == 0:
-                return 0
-            time.sleep(0.5)
-        return missing
+        return wait_all_suppressed(self.checker, traffic, timeout)
 
     def _verify_until_clean(self, timeout: float = 60.0) -> Reconciliation:
         """`dnc verify` until clean (the reference list may still be catching up)."""
@@ -376,6 +386,21 @@ class FaultDrill:
             time.sleep(1.0)
             found = reconcile(self.settings, self.tenants)
         return found
+
+
+def wait_all_suppressed(checker: SuppressionChecker, traffic: Traffic, timeout: float) -> int:
+    """Until every number ``traffic`` had acknowledged is answered suppressed; how many
+    are not after ``timeout`` seconds (lost, unless the pipeline is still catching up)."""
+    numbers = list(traffic.acked)
+    deadline = time.monotonic() + timeout
+    missing = len(numbers)
+    while time.monotonic() < deadline:
+        results = checker.check_many(numbers, TENANT)
+        missing = sum(1 for r in results if r.answer is not Answer.SUPPRESSED)
+        if missing == 0:
+            return 0
+        time.sleep(0.5)
+    return missing
 
 
 # -- the faults ---------------------------------------------------------------------------

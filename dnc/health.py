@@ -55,6 +55,26 @@ def consumer_lag(settings: Settings, group: str, topic: str) -> dict[int, dict[s
         consumer.close()
 
 
+def worker_members(settings: Settings) -> dict[str, list[int]]:
+    """The workers in the worker group now, each with the oppositions partitions it owns
+    (by static membership id, else member id; every `dnc up --workers N` worker has one)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(
+        {"bootstrap.servers": settings.kafka_bootstrap, **settings.kafka_client_config()}
+    )
+    group = settings.worker_group
+    found = admin.describe_consumer_groups([group], request_timeout=5)[group].result(timeout=10)
+    return {
+        member.group_instance_id or member.member_id: sorted(
+            tp.partition
+            for tp in member.assignment.topic_partitions
+            if tp.topic == settings.oppositions_topic
+        )
+        for member in found.members
+    }
+
+
 def suppressed_counts(settings: Settings, tenants: list[str]) -> dict[str, int | None]:
     """Numbers in each tenant's view (tenant-wide and its campaigns); None if Redis is down."""
     client = checker_client(
@@ -160,6 +180,7 @@ def pipeline_status(
         report["kafka_reachable"] = True
         report["worker_lag"] = lag
         report["worker_lag_total"] = sum(p["lag"] for p in lag.values())
+        report["workers"] = worker_members(settings)
     except KafkaException as exc:
         report["kafka_reachable"] = False
         report["kafka_error"] = str(exc)
@@ -185,6 +206,15 @@ def render_status(report: dict[str, Any], console: Console) -> None:
         console.print(_partition_table(report))
         if report.get("worker_lag") is not None:
             console.print(f"behind by {report['worker_lag_total']} events")
+    if report.get("workers") is not None:
+        members = report["workers"]
+        console.print(
+            f"workers in group: {len(members)}"
+            + "".join(
+                f"\n  {name}: partitions {', '.join(map(str, parts)) or 'none'}"
+                for name, parts in sorted(members.items())
+            )
+        )
     if report.get("tenants"):
         console.print(_tenant_table(report["tenants"]))
     console.print(

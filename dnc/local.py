@@ -14,6 +14,7 @@ next one, or by `dnc down`.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -37,7 +38,7 @@ from infra.acls import SUPERUSER, apply_acls, client_env, stack_credentials
 from infra.postgres_service import start_postgres
 from infra.prometheus_service import local_prometheus_config, start_prometheus
 from infra.services import KafkaSecurity, LocalStack, RunningService
-from schemas.settings import VIEW_KEY_FILE, Settings
+from schemas.settings import REDIS_CLUSTER_FILE, VIEW_KEY_FILE, Settings
 from schemas.tenants import TenantDirectory
 
 SECURED_MARKER = "sasl-scram"  # in the Kafka data dir: formatted with the superuser
@@ -118,17 +119,30 @@ def _env(settings: Settings, postgres_dsn: str) -> dict[str, str]:
     env["DNC_REDIS_URL"] = settings.redis_url.get_secret_value()
     env["DNC_POSTGRES_DSN"] = postgres_dsn
     env["PYTHONUNBUFFERED"] = "1"  # the log must survive a crash
+    if settings.replication_factor > 1:
+        env["DNC_REPLICATION_FACTOR"] = str(settings.replication_factor)
+    if settings.redis_cluster:
+        env["DNC_REDIS_CLUSTER"] = "true"
     return env
+
+
+def worker_metrics_ports(settings: Settings, workers: int) -> list[int]:
+    """The /metrics port of each worker: DNC_WORKER_METRICS_PORT for the first, then 10 up
+    and on (9310, 9320, 9321, ...: the sync and the demo have 9311 and 9312)."""
+    base = settings.worker_metrics_port
+    if base == 0:
+        return [0] * workers
+    return [base] + [base + 9 + i for i in range(1, workers)]
 
 
 def _postgres_port(settings: Settings) -> int:
     return urlsplit(settings.postgres_dsn.get_secret_value()).port or 5432
 
 
-def _scrape_targets(settings: Settings, demo: bool) -> dict[str, list[str]]:
+def _scrape_targets(settings: Settings, demo: bool, workers: int = 1) -> dict[str, list[str]]:
     host = settings.metrics_host
     targets = {
-        "dnc-worker": [f"{host}:{settings.worker_metrics_port}"],
+        "dnc-worker": [f"{host}:{port}" for port in worker_metrics_ports(settings, workers)],
         "dnc-sync": [f"{host}:{settings.sync_metrics_port}"],
         "dnc-gateway": [f"{settings.gateway_host}:{settings.gateway_port}"],
     }
@@ -144,7 +158,16 @@ class LocalStackBusy(RuntimeError):
 class LocalPipeline:
     """Everything `dnc up` runs, started and stopped in order."""
 
-    def __init__(self, settings: Settings, kafka_version: str, demo: bool, console: Console):
+    def __init__(
+        self,
+        settings: Settings,
+        kafka_version: str,
+        demo: bool,
+        console: Console,
+        brokers: int = 1,
+        workers: int = 1,
+        redis_cluster: bool = False,
+    ):
         # Everything below (readiness included) uses the stack's own secret view key, and
         # Kafka as its superuser (SASL/SCRAM; every process gets its own principal).
         key = SecretStr(ensure_view_key(settings))
@@ -161,6 +184,7 @@ class LocalPipeline:
         )
         self.demo = demo
         self.console = console
+        self.workers = workers
         _kafka_host, kafka_port = settings.kafka_host_port
         _redis_host, redis_port = settings.redis_host_port
         self.stack = LocalStack(
@@ -170,7 +194,10 @@ class LocalPipeline:
             redis_port=redis_port,
             partitions=settings.partitions,
             kafka_security=self.security,
+            brokers=brokers,
+            redis_cluster=redis_cluster,
         )
+        self._recorded: list[str] = []  # pid-file names of the stack's services
         self.kafka_version = kafka_version
         self.postgres: object | None = None
         self.prometheus: RunningService | None = None
@@ -206,14 +233,26 @@ class LocalPipeline:
     def prometheus_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.prometheus_port}"
 
+    def _describe_services(self) -> str:
+        brokers = self.stack.brokers
+        kafka = f"a {brokers}-broker Kafka {self.kafka_version} cluster" if brokers > 1 else (
+            f"Kafka {self.kafka_version}"
+        )  # fmt: skip
+        redis = (
+            "a Redis Cluster (3 masters, 3 replicas)" if self.stack.use_redis_cluster else "Redis"
+        )
+        return f"{kafka} and {redis}"
+
     def start_services(self) -> None:
         data = self.settings.data_dir
-        self.console.print(f"starting Kafka {self.kafka_version} and Redis (data in {data}) ...")
-        formatted = self.stack.kafka_dir / "logs" / "meta.properties"
-        secured = self.stack.kafka_dir / SECURED_MARKER
-        if formatted.is_file() and not secured.is_file():
+        self.console.print(f"starting {self._describe_services()} (data in {data}) ...")
+        kafka_dir = self.stack.kafka_cluster_dir if self.stack.brokers > 1 else self.stack.kafka_dir
+        formatted = [*kafka_dir.glob("node-*/logs/meta.properties"),
+                     *kafka_dir.glob("logs/meta.properties")]  # fmt: skip
+        secured = kafka_dir / SECURED_MARKER
+        if formatted and not secured.is_file():
             raise RuntimeError(
-                f"{self.stack.kafka_dir} holds a Kafka created without authentication by an "
+                f"{kafka_dir} holds a Kafka created without authentication by an "
                 "older `dnc up`: delete that directory (its topics go with it) or set another "
                 "DNC_DATA_DIR"
             )
@@ -222,6 +261,16 @@ class LocalPipeline:
         finally:  # Kafka may fail after Redis started (LocalStack then stops Redis itself)
             self._record_stack()
         secured.touch()
+        # With a cluster, what every process is given from now on: all the brokers and
+        # replicated topics; the Redis Cluster's seed node.
+        update: dict[str, object] = {}
+        if self.stack.brokers > 1:
+            update["kafka_bootstrap"] = self.stack.bootstrap_servers
+            update["replication_factor"] = min(3, self.stack.brokers)
+        if self.stack.use_redis_cluster:
+            update |= {"redis_url": SecretStr(self.stack.redis_url), "redis_cluster": True}
+        self.settings = self.settings.model_copy(update=update)
+        self._say_whether_redis_is_a_cluster()
         applied = apply_acls(self.settings, self.passwords)  # topics, principals, ACLs
         self.console.print(f"Kafka principals and {applied} ACLs applied (see `dnc acl apply`)")
         self.console.print("starting PostgreSQL (the reference list) ...")
@@ -231,17 +280,29 @@ class LocalPipeline:
         # SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for clients to leave).
         self.run_dir.record("postgres", pg.process.pid, [pg.port], signal.SIGINT)
         self.console.print("starting Prometheus ...")
-        config = local_prometheus_config(_scrape_targets(self.settings, self.demo), [RULES_FILE])
+        config = local_prometheus_config(
+            _scrape_targets(self.settings, self.demo, self.workers), [RULES_FILE]
+        )
         self.prometheus = start_prometheus(
             data / "prometheus", config, port=self.settings.prometheus_port
         )
         self.run_dir.record("prometheus", self.prometheus.process.pid, [self.prometheus.port])
 
+    def _say_whether_redis_is_a_cluster(self) -> None:
+        """Leave the seed node's address in the data directory while a Redis Cluster runs,
+        so that other commands read it as one with no configuration (see ``Settings``)."""
+        path = self.settings.data_dir / REDIS_CLUSTER_FILE
+        if self.stack.redis_cluster is None:
+            path.unlink(missing_ok=True)
+            return
+        seed = f"{self.stack.host}:{self.stack.redis_cluster.seed_port}"
+        path.write_text(json.dumps({"seed": seed}) + "\n")
+
     def _record_stack(self) -> None:
-        for service in (self.stack.redis, self.stack.kafka):
-            if service is not None and service.running:
-                ports = [service.port, *filter(None, [service.controller_port])]
-                self.run_dir.record(service.name, service.process.pid, ports)
+        for service in self.stack.services():
+            ports = [service.port, *filter(None, [service.controller_port])]
+            self.run_dir.record(service.name, service.process.pid, ports)
+            self._recorded.append(service.name)
 
     def _env_of(self, role: str) -> dict[str, str]:
         """A child's environment: the stack's addresses and its own Kafka principal."""
@@ -250,11 +311,31 @@ class LocalPipeline:
             **client_env(self.settings, role, self.passwords),
         }
 
+    def worker_children(self) -> list[Child]:
+        """One child per worker: ``worker`` alone, else ``worker-1`` .. ``worker-N``, each
+        with its own id, static membership id (its partitions come back to it at once
+        when restarted) and /metrics port."""
+        s, data = self.settings, self.settings.data_dir
+        ports = worker_metrics_ports(s, self.workers)
+        if self.workers == 1:
+            return [Child("worker", ["worker"], data / "worker.log", self._env_of("worker"),
+                          self.run_dir, (ports[0],))]  # fmt: skip
+        children = []
+        for i, port in enumerate(ports, start=1):
+            env = {
+                **self._env_of("worker"),
+                "DNC_WORKER_INSTANCE_ID": f"local-worker-{i}",
+                "DNC_WORKER_METRICS_PORT": str(port),
+            }
+            name = f"worker-{i}"
+            children.append(Child(name, ["worker", "--id", f"local-{name}"],
+                                  data / f"{name}.log", env, self.run_dir, (port,)))  # fmt: skip
+        return children
+
     def start_processes(self) -> None:
         s, data, run = self.settings, self.settings.data_dir, self.run_dir
         self.children = [
-            Child("worker", ["worker"], data / "worker.log", self._env_of("worker"), run,
-                  (s.worker_metrics_port,)),
+            *self.worker_children(),
             Child("sync", ["sync"], data / "sync.log", self._env_of("sync"), run,
                   (s.sync_metrics_port,)),
             Child("gateway", ["gateway"], data / "gateway.log", self._env_of("gateway"), run,
@@ -315,18 +396,26 @@ class LocalPipeline:
 
     def banner(self, ready: bool) -> str:
         s = self.settings
-        kafka_host, kafka_port = s.kafka_host_port
         pids = ", ".join(
             f"{c.name} {c.process.pid}" for c in self.children if c.process is not None
         )
+        kafka = s.kafka_bootstrap
+        if self.stack.brokers > 1:
+            kafka += f" ({self.stack.brokers} brokers, replication factor {s.replication_factor})"
+        redis = self.stack.redis_url
+        if self.stack.redis_cluster is not None:
+            nodes = ", ".join(map(str, self.stack.redis_cluster.ports))
+            redis += f"   (Redis Cluster: this seed node; nodes on ports {nodes})"
+        workers = ", ".join(f":{p}" for p in worker_metrics_ports(s, self.workers))
+        plural = "s" if self.workers > 1 else ""
         return (
             f"\n[bold green]pipeline {'ready' if ready else 'started (view not ready yet)'}[/]\n"
-            f"  Kafka       {kafka_host}:{kafka_port}   topics {s.oppositions_topic}, "
+            f"  Kafka       {kafka}   topics {s.oppositions_topic}, "
             f"{s.suppressions_topic}, {s.dead_letter_topic}\n"
-            f"  Redis       {self.stack.redis_url}\n"
+            f"  Redis       {redis}\n"
             f"  PostgreSQL  {self.postgres_dsn}   (table reference_list)\n"
             f"  gateway     http://{s.gateway_host}:{s.gateway_port}/docs\n"
-            f"  metrics     worker :{s.worker_metrics_port}, sync :{s.sync_metrics_port}"
+            f"  metrics     worker{plural} {workers}, sync :{s.sync_metrics_port}"
             f"{f', demo :{s.demo_metrics_port}' if self.demo else ''} (/metrics)\n"
             f"  [bold]graphs      {self.prometheus_url}/graph[/]   "
             f"alerts {self.prometheus_url}/alerts\n"
@@ -350,12 +439,18 @@ class LocalPipeline:
             stop_pg()
             self.run_dir.forget("postgres")
         self.stack.stop()
-        self.run_dir.forget("kafka")
-        self.run_dir.forget("redis")
+        for name in self._recorded:
+            self.run_dir.forget(name)
 
 
 def run_local_stack(
-    settings: Settings, kafka_version: str, console: Console, demo: bool = False
+    settings: Settings,
+    kafka_version: str,
+    console: Console,
+    demo: bool = False,
+    brokers: int = 1,
+    workers: int = 1,
+    redis_cluster: bool = False,
 ) -> None:
     """Start everything, say where it listens, block until a stop signal, stop in reverse.
 
@@ -369,7 +464,7 @@ def run_local_stack(
 
     stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {s: signal.signal(s, request_stop) for s in stop_signals}
-    local = LocalPipeline(settings, kafka_version, demo, console)
+    local = LocalPipeline(settings, kafka_version, demo, console, brokers, workers, redis_cluster)
     try:
         local.clear_leftovers()
     except LocalStackBusy as exc:

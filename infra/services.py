@@ -44,7 +44,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from infra.kafka_cluster import KafkaCluster
+    from infra.redis_cluster import RedisCluster
 
 __all__ = [
     "KAFKA_DEFAULT_VERSION",
@@ -364,7 +368,12 @@ def _redis_ping(host: str, port: int, timeout: float = 1.0) -> bool:
 
 
 def _start_redis_once(
-    data_dir: Path, port: int, host: str, persistence: bool
+    data_dir: Path,
+    port: int,
+    host: str,
+    persistence: bool,
+    name: str = "redis",
+    extra_args: tuple[str, ...] = (),
 ) -> RunningService | str:
     """Start Redis on ``port``; if the port is taken, return the server's error line."""
     binary = _find_redis_server()
@@ -389,6 +398,7 @@ def _start_redis_once(
         cmd += ["--appendonly", "yes", "--appendfsync", "everysec"]
     else:
         cmd += ["--save", "", "--appendonly", "no"]
+    cmd += extra_args
     proc = _spawn(cmd, log_path, data_dir)
     deadline = time.monotonic() + _REDIS_START_TIMEOUT
     while time.monotonic() < deadline:
@@ -398,7 +408,7 @@ def _start_redis_once(
                 "read the log below; check that the directory is writable.",
             )  # fmt: skip
         if _redis_ping(host, port):
-            service = RunningService("redis", host, port, proc, log_path, data_dir=data_dir)
+            service = RunningService(name, host, port, proc, log_path, data_dir=data_dir)
             _register(service)
             return service
         time.sleep(0.05)
@@ -416,8 +426,13 @@ def start_redis(
     port: int | None = None,
     host: str = "127.0.0.1",
     persistence: bool = False,
+    name: str = "redis",
+    extra_args: tuple[str, ...] = (),
 ) -> RunningService:
     """Start ``redis-server`` on ``host:port`` with its files in ``data_dir``.
+
+    ``name`` names the service (logs, pid files); ``extra_args`` are more command-line
+    options (a Redis Cluster node's, see :mod:`infra.redis_cluster`).
 
     Without ``persistence`` nothing is written to disk (``--save ""``, no AOF), so a
     restart starts empty.  With it, the append-only file is enabled.  ``port=None`` picks
@@ -431,10 +446,11 @@ def start_redis(
         "redis-server",
         host,
         port,
-        lambda chosen: _start_redis_once(data_dir, chosen, host, persistence),
+        lambda chosen: _start_redis_once(data_dir, chosen, host, persistence, name, extra_args),
     )
     log.info(
-        "redis started at %s in %.2f s (pid %d, log %s)",
+        "%s started at %s in %.2f s (pid %d, log %s)",
+        name,
         service.address,
         time.monotonic() - started,
         service.process.pid,
@@ -617,8 +633,18 @@ def _kafka_properties(
     proxied_port: int | None = None,
     advertised_proxy_port: int | None = None,
     security: KafkaSecurity | None = None,
+    node_id: int = 1,
+    voters: str | None = None,
+    replication: int = 1,
 ) -> str:
+    """``server.properties`` of a broker+controller node.
+
+    ``voters`` is ``controller.quorum.voters`` (default: this node alone); ``replication``
+    the default replication factor of every topic, the internal ones included, with
+    ``min.insync.replicas`` 2 from 3 replicas on (one node may be lost), else 1.
+    """
     h = f"[{host}]" if ":" in host else host
+    min_isr = str(max(1, min(2, replication - 1)))
     client = "PLAINTEXT" if security is None else "SASL_PLAINTEXT"
     listeners = f"CLIENT://{h}:{port},CONTROLLER://{h}:{controller_port}"
     advertised = f"CLIENT://{h}:{port}"
@@ -630,22 +656,22 @@ def _kafka_properties(
         advertised += f",PROXIED://{h}:{advertised_proxy_port}"
         protocols += f",PROXIED:{client}"
     props: dict[str, str] = {
-        "node.id": "1",
+        "node.id": str(node_id),
         "process.roles": "broker,controller",
         "listeners": listeners,
         "advertised.listeners": advertised,
         "inter.broker.listener.name": "CLIENT",
         "controller.listener.names": "CONTROLLER",
-        "controller.quorum.voters": f"1@{h}:{controller_port}",
+        "controller.quorum.voters": voters or f"{node_id}@{h}:{controller_port}",
         "listener.security.protocol.map": protocols,
         "log.dirs": str(data_dir / "logs"),
         "num.partitions": str(partitions),
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
-        "offsets.topic.replication.factor": "1",
+        "default.replication.factor": str(replication),
+        "min.insync.replicas": min_isr,
+        "offsets.topic.replication.factor": str(replication),
         "offsets.topic.num.partitions": "3",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.replication.factor": str(replication),
+        "transaction.state.log.min.isr": min_isr,
         "transaction.state.log.num.partitions": "3",
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "false",
@@ -683,9 +709,10 @@ def _kafka_properties(
         }
     if major >= 4:
         # Share groups (KIP-932) keep internal state in a topic that defaults to RF 3.
-        props["share.coordinator.state.topic.replication.factor"] = "1"
-        props["share.coordinator.state.topic.min.isr"] = "1"
-    lines = ["# Written by infra/services.py: single-node KRaft broker+controller."]
+        props["share.coordinator.state.topic.replication.factor"] = str(replication)
+        props["share.coordinator.state.topic.min.isr"] = min_isr
+    kind = "single-node" if voters is None else f"node {node_id} of a"
+    lines = [f"# Written by infra/services.py: {kind} KRaft broker+controller."]
     lines += [f"{key}={value}" for key, value in props.items()]
     return "\n".join(lines) + "\n"
 
@@ -740,8 +767,9 @@ def _write_log_config(data_dir: Path, major: int) -> list[str]:
     return [f"-Dlog4j.configuration={path.as_uri()}"]
 
 
-def _kafka_metadata_ready(host: str, port: int, node_id: int = 1) -> bool:
-    """True if the broker answers a Metadata request and lists itself as a live broker.
+def _kafka_metadata_ready(host: str, port: int, node_id: int = 1, expected: int = 1) -> bool:
+    """True if the broker answers a Metadata request and lists itself as a live broker
+    (and at least ``expected`` brokers in all: a cluster's node waits for its peers).
 
     Uses Metadata v4 (supported by Kafka 1.0 through 4.x, non-flexible encoding) with an
     empty topic list; only the broker list at the start of the response is parsed.
@@ -765,6 +793,8 @@ def _kafka_metadata_ready(host: str, port: int, node_id: int = 1) -> bool:
         if correlation_id != 7:
             return False
         offset = 12
+        if n_brokers < expected:
+            return False
         for _ in range(n_brokers):
             (broker_id,) = struct.unpack_from(">i", payload, offset)
             offset += 4
@@ -779,14 +809,14 @@ def _kafka_metadata_ready(host: str, port: int, node_id: int = 1) -> bool:
     return False
 
 
-def _secured_kafka_ready(host: str, port: int, security: KafkaSecurity) -> bool:
-    """The SASL listener authenticates the superuser and lists the cluster's brokers."""
+def _secured_kafka_ready(host: str, port: int, security: KafkaSecurity, expected: int = 1) -> bool:
+    """The SASL listener authenticates the superuser and lists ``expected`` brokers or more."""
     from confluent_kafka.admin import AdminClient
 
     h = f"[{host}]" if ":" in host else host
     admin = AdminClient({"bootstrap.servers": f"{h}:{port}", **security.client_config()})
     try:
-        return bool(admin.list_topics(timeout=2).brokers)
+        return len(admin.list_topics(timeout=2).brokers) >= expected
     except Exception:
         return False
 
@@ -808,11 +838,15 @@ def _format_storage(
     props: Path,
     jvm_log: list[str],
     security: KafkaSecurity | None = None,
+    cluster_id: str | None = None,
 ) -> None:
-    """Format the KRaft log dir unless it already is (keeps data across restarts)."""
+    """Format the KRaft log dir unless it already is (keeps data across restarts).
+
+    ``cluster_id``: the id every node of a cluster is formatted with (default: a new one).
+    """
     if (data_dir / "logs" / "meta.properties").is_file():
         return
-    cluster_id = _random_cluster_id()
+    cluster_id = cluster_id or _random_cluster_id()
     scram = (
         []
         if security is None
@@ -855,43 +889,74 @@ def _format_storage(
         )
 
 
-def _start_kafka_once(
-    java: str,
-    libs: Path,
-    data_dir: Path,
-    host: str,
-    port: int,
-    controller_port: int,
-    partitions: int,
-    major: int,
-    proxied_port: int | None = None,
-    advertised_proxy_port: int | None = None,
-    security: KafkaSecurity | None = None,
-) -> RunningService | str:
-    """Start the broker; if one of its ports is taken, return the broker's error line."""
+@dataclass(frozen=True)
+class KafkaNodeSpec:
+    """Where one KRaft broker+controller node listens and what it is part of.
+
+    ``voters`` / ``cluster_id`` / ``replication`` are None / None / 1 for a single node.
+    """
+
+    data_dir: Path
+    host: str
+    port: int
+    controller_port: int
+    partitions: int
+    major: int
+    proxied_port: int | None = None
+    advertised_proxy_port: int | None = None
+    security: KafkaSecurity | None = None
+    node_id: int = 1
+    voters: str | None = None
+    cluster_id: str | None = None
+    replication: int = 1
+    heap: str = "512m"
+
+    @property
+    def name(self) -> str:
+        """``kafka`` for a single node, ``kafka-<id>`` for a cluster's."""
+        return "kafka" if self.voters is None else f"kafka-{self.node_id}"
+
+
+@dataclass
+class _StartingKafka:
+    """A broker process spawned, not yet known to be ready."""
+
+    spec: KafkaNodeSpec
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    offset: int
+    started_line_seen: bool = False
+
+
+def _spawn_kafka(java: str, libs: Path, spec: KafkaNodeSpec) -> _StartingKafka:
+    """Write the node's config, format its storage if new, and start its JVM."""
+    data_dir = spec.data_dir
     props = data_dir / "server.properties"
     text = _kafka_properties(
         data_dir,
-        host,
-        port,
-        controller_port,
-        partitions,
-        major,
-        proxied_port,
-        advertised_proxy_port,
-        security,
+        spec.host,
+        spec.port,
+        spec.controller_port,
+        spec.partitions,
+        spec.major,
+        spec.proxied_port,
+        spec.advertised_proxy_port,
+        spec.security,
+        node_id=spec.node_id,
+        voters=spec.voters,
+        replication=spec.replication,
     )
     props.write_text(text)
     props.chmod(0o600)  # it holds the superuser's password when secured
-    jvm_log = _write_log_config(data_dir, major)
-    _format_storage(java, libs, data_dir, props, jvm_log, security)
+    jvm_log = _write_log_config(data_dir, spec.major)
+    _format_storage(java, libs, data_dir, props, jvm_log, spec.security, spec.cluster_id)
 
     log_path = data_dir / "kafka.log"
     offset = _file_size(log_path)
     cmd = [
         java,
         "-Xms256m",
-        "-Xmx512m",
+        f"-Xmx{spec.heap}",
         "-XX:+UseG1GC",
         "-XX:MaxGCPauseMillis=20",
         "-XX:InitiatingHeapOccupancyPercent=35",
@@ -909,45 +974,71 @@ def _start_kafka_once(
     for var in ("KAFKA_OPTS", "KAFKA_HEAP_OPTS", "KAFKA_LOG4J_OPTS", "JAVA_TOOL_OPTIONS"):
         env.pop(var, None)
     proc = _spawn(cmd, log_path, data_dir, env=env)
-    deadline = time.monotonic() + _KAFKA_START_TIMEOUT
-    started_line_seen = False
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return bind_error_or_raise(
-                proc, log_path, offset, ("Address already in use", "BindException"),
-                f"the Kafka broker on {host}:{port} (controller {controller_port})",
-                "read the log below; if the data dir is from another Kafka version or "
-                "cluster, delete it and retry.",
-            )  # fmt: skip
-        if not started_line_seen:
-            started_line_seen = _KAFKA_STARTED_MARKER in _read_from(log_path, offset)
-        ready = (
-            _kafka_metadata_ready(host, port)
-            if security is None
-            else _secured_kafka_ready(host, port, security)
+    return _StartingKafka(spec, proc, log_path, offset)
+
+
+def _poll_kafka(starting: _StartingKafka, expected_brokers: int = 1) -> RunningService | str | None:
+    """One look at a starting broker: the service once ready (registered for exit), the
+    bind error line if it exited because a port was taken, None while still starting."""
+    spec, proc = starting.spec, starting.process
+    if proc.poll() is not None:
+        return bind_error_or_raise(
+            proc, starting.log_path, starting.offset, ("Address already in use", "BindException"),
+            f"the Kafka broker {spec.name} on {spec.host}:{spec.port} "
+            f"(controller {spec.controller_port})",
+            "read the log below; if the data dir is from another Kafka version or "
+            "cluster, delete it and retry.",
+        )  # fmt: skip
+    if not starting.started_line_seen:
+        starting.started_line_seen = _KAFKA_STARTED_MARKER in _read_from(
+            starting.log_path, starting.offset
         )
-        if started_line_seen and ready:
-            service = RunningService(
-                "kafka",
-                host,
-                port,
-                proc,
-                log_path,
-                data_dir=data_dir,
-                controller_port=controller_port,
-                proxied_port=proxied_port,
-                advertised_proxy_port=advertised_proxy_port,
-            )
-            _register(service)
-            return service
-        time.sleep(0.1)
-    _terminate_quietly(proc)
-    raise _error(
-        f"the Kafka broker on {host}:{port} was not ready within {_KAFKA_START_TIMEOUT:.0f} s.",
-        "read the log below; the machine may be overloaded or out of memory.",
-        log_path,
-        offset,
+    if not starting.started_line_seen:
+        return None
+    ready = (
+        _kafka_metadata_ready(spec.host, spec.port, spec.node_id, expected_brokers)
+        if spec.security is None
+        else _secured_kafka_ready(spec.host, spec.port, spec.security, expected_brokers)
     )
+    if not ready:
+        return None
+    service = RunningService(
+        spec.name,
+        spec.host,
+        spec.port,
+        proc,
+        starting.log_path,
+        data_dir=spec.data_dir,
+        controller_port=spec.controller_port,
+        proxied_port=spec.proxied_port,
+        advertised_proxy_port=spec.advertised_proxy_port,
+    )
+    _register(service)
+    return service
+
+
+def _not_ready_error(starting: _StartingKafka, timeout: float) -> ServiceError:
+    spec = starting.spec
+    return _error(
+        f"the Kafka broker {spec.name} on {spec.host}:{spec.port} was not ready within "
+        f"{timeout:.0f} s.",
+        "read the log below; the machine may be overloaded or out of memory.",
+        starting.log_path,
+        starting.offset,
+    )
+
+
+def _start_kafka_once(java: str, libs: Path, spec: KafkaNodeSpec) -> RunningService | str:
+    """Start the broker; if one of its ports is taken, return the broker's error line."""
+    starting = _spawn_kafka(java, libs, spec)
+    deadline = time.monotonic() + _KAFKA_START_TIMEOUT
+    while time.monotonic() < deadline:
+        result = _poll_kafka(starting)
+        if result is not None:
+            return result
+        time.sleep(0.1)
+    _terminate_quietly(starting.process)
+    raise _not_ready_error(starting, _KAFKA_START_TIMEOUT)
 
 
 def _pick_port(host: str, given: int | None, taken: set[int]) -> int:
@@ -1014,10 +1105,10 @@ def start_kafka(
         cp = _pick_port(host, controller_port, taken)
         pp = _pick_port(host, proxied_port, taken) if proxied else None
         started = time.monotonic()
-        service = _start_kafka_once(
-            java, libs, data_dir, host, p, cp, partitions, major, pp, advertised_proxy_port,
-            security,
-        )  # fmt: skip
+        spec = KafkaNodeSpec(
+            data_dir, host, p, cp, partitions, major, pp, advertised_proxy_port, security
+        )
+        service = _start_kafka_once(java, libs, spec)
         if isinstance(service, RunningService):
             log.info(
                 "kafka %s started at %s (controller %s:%d%s) in %.1f s (pid %d, log %s)",
@@ -1052,6 +1143,12 @@ class LocalStack:
     ``base_dir/redis`` and ``base_dir/kafka`` hold each service's files and logs.
     ``kafka_proxied_port`` / ``kafka_advertised_proxy_port`` give Kafka the extra
     ``PROXIED`` listener for clients that go through a proxy (see :func:`start_kafka`).
+
+    ``brokers`` > 1 runs a KRaft cluster instead (:class:`infra.kafka_cluster.KafkaCluster`,
+    files in ``base_dir/kafka-cluster``; ``kafka_port`` is then the first node's port),
+    ``redis_cluster`` a Redis Cluster of 3 masters with a replica each
+    (:class:`infra.redis_cluster.RedisCluster`, files in ``base_dir/redis-cluster``;
+    ``redis_port`` is then the seed node's port, the others follow it).
     """
 
     def __init__(
@@ -1064,7 +1161,13 @@ class LocalStack:
         kafka_proxied_port: int | None = None,
         kafka_advertised_proxy_port: int | None = None,
         kafka_security: KafkaSecurity | None = None,
+        brokers: int = 1,
+        redis_cluster: bool = False,
     ) -> None:
+        if brokers < 1:
+            raise ValueError("brokers must be >= 1")
+        if brokers > 1 and kafka_advertised_proxy_port is not None:
+            raise ValueError("the proxied Kafka listener is for a single broker only")
         self.base_dir = Path(base_dir)
         self.kafka_security = kafka_security
         self.kafka_version = kafka_version
@@ -1073,9 +1176,13 @@ class LocalStack:
         self.partitions = partitions
         self.kafka_proxied_port = kafka_proxied_port
         self.kafka_advertised_proxy_port = kafka_advertised_proxy_port
+        self.brokers = brokers
+        self.use_redis_cluster = redis_cluster
         self.host = "127.0.0.1"
-        self.kafka: RunningService | None = None
-        self.redis: RunningService | None = None
+        self.kafka: RunningService | None = None  # the single broker (brokers == 1)
+        self.redis: RunningService | None = None  # the plain Redis (no redis_cluster)
+        self.kafka_cluster: KafkaCluster | None = None
+        self.redis_cluster: RedisCluster | None = None
 
     @property
     def redis_dir(self) -> Path:
@@ -1087,6 +1194,16 @@ class LocalStack:
         """Data directory of Kafka."""
         return self.base_dir / "kafka"
 
+    @property
+    def kafka_cluster_dir(self) -> Path:
+        """Data directory of the Kafka cluster (``node-<id>`` per node)."""
+        return self.base_dir / "kafka-cluster"
+
+    @property
+    def redis_cluster_dir(self) -> Path:
+        """Working directory of the Redis Cluster (``node-<n>`` per node)."""
+        return self.base_dir / "redis-cluster"
+
     def start(self) -> None:
         """Fetch the Kafka jars if needed, then start Redis and Kafka.
 
@@ -1094,19 +1211,8 @@ class LocalStack:
         """
         ensure_kafka_jars(self.kafka_version)
         try:
-            if self.redis is None or not self.redis.running:
-                self.redis = start_redis(self.redis_dir, port=self.redis_port, host=self.host)
-            if self.kafka is None or not self.kafka.running:
-                self.kafka = start_kafka(
-                    self.kafka_dir,
-                    port=self.kafka_port,
-                    host=self.host,
-                    version=self.kafka_version,
-                    partitions=self.partitions,
-                    proxied_port=self.kafka_proxied_port,
-                    advertised_proxy_port=self.kafka_advertised_proxy_port,
-                    security=self.kafka_security,
-                )
+            self._start_redis()
+            self._start_kafka()
         except BaseException:
             self.stop()
             raise
@@ -1117,17 +1223,75 @@ class LocalStack:
             self.base_dir,
         )
 
+    def _start_redis(self) -> None:
+        if self.use_redis_cluster:
+            from infra.redis_cluster import RedisCluster  # (it builds on this module)
+
+            if self.redis_cluster is None or not self.redis_cluster.running():
+                ports = None
+                if self.redis_port is not None:
+                    ports = [self.redis_port + i for i in range(6)]
+                self.redis_cluster = RedisCluster(self.redis_cluster_dir, host=self.host,
+                                                  ports=ports)  # fmt: skip
+                self.redis_cluster.start()
+        elif self.redis is None or not self.redis.running:
+            self.redis = start_redis(self.redis_dir, port=self.redis_port, host=self.host)
+
+    def _start_kafka(self) -> None:
+        if self.brokers > 1:
+            from infra.kafka_cluster import KafkaCluster  # (it builds on this module)
+
+            if self.kafka_cluster is None or not self.kafka_cluster.running():
+                self.kafka_cluster = KafkaCluster(
+                    self.kafka_cluster_dir,
+                    brokers=self.brokers,
+                    host=self.host,
+                    version=self.kafka_version,
+                    partitions=self.partitions,
+                    security=self.kafka_security,
+                    ports=[self.kafka_port] + [None] * (self.brokers - 1),
+                )
+                self.kafka_cluster.start()
+        elif self.kafka is None or not self.kafka.running:
+            self.kafka = start_kafka(
+                self.kafka_dir,
+                port=self.kafka_port,
+                host=self.host,
+                version=self.kafka_version,
+                partitions=self.partitions,
+                proxied_port=self.kafka_proxied_port,
+                advertised_proxy_port=self.kafka_advertised_proxy_port,
+                security=self.kafka_security,
+            )
+
+    def services(self) -> list[RunningService]:
+        """Every running process of the stack: Redis node(s) first, then Kafka node(s)."""
+        found = [self.redis] if self.redis is not None else []
+        if self.redis_cluster is not None:
+            found += self.redis_cluster.running()
+        found += [self.kafka] if self.kafka is not None else []
+        if self.kafka_cluster is not None:
+            found += self.kafka_cluster.running()
+        return [s for s in found if s.running]
+
     def stop(self) -> None:
         """Stop Kafka, then Redis.  Idempotent."""
         if self.kafka is not None:
             self.kafka.stop()
+        if self.kafka_cluster is not None:
+            self.kafka_cluster.stop()
         if self.redis is not None:
             self.redis.stop()
+        if self.redis_cluster is not None:
+            self.redis_cluster.stop()
 
     def restart_redis(self) -> None:
         """Stop Redis and start it again on the same port (its data is gone)."""
         if self.redis is None:
-            raise ServiceError("restart_redis(): Redis was never started; call start() first.")
+            raise ServiceError(
+                "restart_redis(): no plain Redis was started (call start() first; a Redis "
+                "Cluster's nodes restart one by one: redis_cluster.restart(port))."
+            )
         port = self.redis.port
         self.redis.stop()
         self.redis = start_redis(self.redis_dir, port=port, host=self.host)
@@ -1136,9 +1300,14 @@ class LocalStack:
         """Stop Kafka (if running) and start it on the same ports and data (topics kept).
 
         The proxied listener, if any, keeps its ports too (a proxy in front stays valid).
+        A cluster's nodes are killed and restarted one by one instead
+        (:meth:`kill_broker`, :meth:`restart_broker`).
         """
         if self.kafka is None:
-            raise ServiceError("restart_kafka(): Kafka was never started; call start() first.")
+            raise ServiceError(
+                "restart_kafka(): no single broker was started (call start() first; with "
+                "brokers > 1 use restart_broker(node_id))."
+            )
         old = self.kafka
         old.stop()
         self.kafka = start_kafka(
@@ -1153,16 +1322,35 @@ class LocalStack:
             security=self.kafka_security,
         )
 
+    def _cluster(self) -> KafkaCluster:
+        if self.kafka_cluster is None:
+            raise ServiceError("no Kafka cluster was started: LocalStack(brokers=3), start().")
+        return self.kafka_cluster
+
+    def kill_broker(self, node_id: int) -> None:
+        """SIGKILL broker ``node_id`` (1..brokers) of the cluster: a crash."""
+        self._cluster().kill(node_id)
+
+    def restart_broker(self, node_id: int) -> None:
+        """Start broker ``node_id`` of the cluster again (same ports and data); returns once
+        it is back in the cluster."""
+        self._cluster().restart(node_id)
+
     @property
     def bootstrap_servers(self) -> str:
-        """Kafka bootstrap address, ``host:port``."""
+        """Kafka bootstrap address, ``host:port`` (every node, comma-separated, for a cluster)."""
+        if self.kafka_cluster is not None:
+            return self.kafka_cluster.bootstrap_servers
         if self.kafka is None:
             raise ServiceError("LocalStack is not started; call start() or use it in `with`.")
         return self.kafka.address
 
     @property
     def redis_url(self) -> str:
-        """Redis URL for database 0, ``redis://host:port/0``."""
+        """Redis URL for database 0, ``redis://host:port/0``; for a Redis Cluster, the seed
+        node's ``redis://host:port`` (clients discover the other nodes)."""
+        if self.redis_cluster is not None:
+            return self.redis_cluster.url
         if self.redis is None:
             raise ServiceError("LocalStack is not started; call start() or use it in `with`.")
         return f"redis://{self.redis.address}/0"

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_VIEW_KEY = "local-development-view-key-change-me"
 VIEW_KEY_FILE = "view.key"  # in the data directory: the key `dnc up` generated for its stack
 KAFKA_CREDENTIALS_FILE = "kafka-credentials.json"  # `dnc up`'s SASL/SCRAM passwords
+REDIS_CLUSTER_FILE = "redis-cluster.json"  # `dnc up --redis-cluster`: the seed node's address
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
 BUNDLED_TENANTS_FILE = Path(__file__).resolve().parent.parent / "infra" / "tenants.toml"
 
@@ -262,6 +263,28 @@ class Settings(BaseSettings):
             "kafka_sasl_username": "dnc-superuser",
             "kafka_sasl_password": found["superuser"],
         }
+
+    @model_validator(mode="before")
+    @classmethod
+    def _redis_cluster_of_the_local_stack(cls, data: Any) -> Any:
+        """No DNC_REDIS_CLUSTER: the Redis `dnc up --redis-cluster` runs at this address (the
+        data directory says so) is a Redis Cluster, so a local operator's shell reads it
+        as one."""
+        if not isinstance(data, dict) or "redis_cluster" in data:
+            return data
+        path = Path(data.get("data_dir") or default_data_dir()) / REDIS_CLUSTER_FILE
+        if not path.is_file():
+            return data
+        try:
+            seed = json.loads(path.read_text()).get("seed")
+        except (OSError, ValueError, AttributeError):
+            return data
+        url = data.get("redis_url") or "redis://127.0.0.1:6379/0"
+        url = url.get_secret_value() if isinstance(url, SecretStr) else str(url)
+        parts = urlsplit(url)
+        if f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}" != seed:
+            return data
+        return {**data, "redis_cluster": True}
 
     @model_validator(mode="after")
     def _kafka_security_complete(self) -> Settings:

@@ -10,13 +10,16 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
+from confluent_kafka.admin import AdminClient
 from faust.types import TP
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from infra.topics import ensure_topics
 from schemas.metrics import CONSUMER_LAG, DELIVERY_HOLES
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
+from schemas.topics import TopicSpec
 from schemas.view import view_layout
 from streams.commits import AppliedCommits
 from streams.credentials import faust_credentials
@@ -70,6 +73,30 @@ class WorkerApp:
     redis: Redis | RedisCluster
 
 
+def _declare_changelog(settings: Settings, name: str, timeout: float = 30.0) -> None:
+    """Create the table's changelog topic before Faust starts, and wait until it is visible.
+
+    Faust creates it itself at start-up, right before joining the group; on a 3-broker
+    cluster the group leader's metadata may not list it yet, and Faust's assignor then
+    assigns no changelog partition at all ("Ignoring missing topic"): nothing is recovered,
+    and static membership keeps that assignment across restarts. Seen with `dnc up
+    --brokers 3 --workers 2`: after a restart the table was empty and the view rebuilt
+    without numbers Kafka had acknowledged.
+    """
+    spec = TopicSpec(name, settings.partitions, settings.replication_factor,
+                     {"cleanup.policy": "compact"})  # fmt: skip
+    client_config = settings.kafka_client_config()
+    ensure_topics(settings.kafka_bootstrap, [spec], timeout, client_config)
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, **client_config})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = admin.list_topics(name, timeout=timeout).topics.get(name)
+        if found is not None and found.error is None and found.partitions:
+            return
+        time.sleep(0.2)
+    log.warning("topic %s is still not in Kafka's metadata after %.0fs", name, timeout)
+
+
 def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -> WorkerApp:
     """Create the Faust app with its agent and timers (nothing runs until the worker starts)."""
     brokers = [f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",") if b.strip()]
@@ -118,6 +145,8 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         value_type=bytes,
         schema=faust.Schema(key_serializer="json", value_serializer="raw"),
     )
+    changelog = table.changelog_topic.get_topic_name()
+    _declare_changelog(settings, changelog)
 
     redis = writer_client(settings)
     view = SuppressionViewWriter(redis, view_layout(settings, tenants), worker_id)
@@ -165,13 +194,26 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             settings.oppositions_topic,
         )
 
+    unrecovered = _RateLimitedWarning(log, every_seconds=10)
+
     def owned_sources() -> set[TP] | None:
-        """Owned partitions of both source topics, or None while rebalancing or recovering."""
+        """Owned partitions of both source topics, or None while rebalancing or recovering,
+        or while one of them came without its changelog partition (its state was never
+        recovered: rebuilding or vouching for it would answer acknowledged numbers callable)."""
         tables: Any = app.tables
         if app.rebalancing or app.in_recovery or not tables.recovery.completed.is_set():
             return None
-        return {TP(tp.topic, tp.partition) for tp in app.assignor.assigned_actives()
-                if tp.topic in source_topics}  # fmt: skip
+        actives = app.assignor.assigned_actives()
+        owned = {TP(tp.topic, tp.partition) for tp in actives if tp.topic in source_topics}
+        restored = {tp.partition for tp in actives if tp.topic == changelog}
+        missing = sorted({tp.partition for tp in owned} - restored)
+        if missing:
+            unrecovered.warn("partitions %s were assigned without their changelog partitions "
+                             "(the group leader did not see %s): their state is not recovered, "
+                             "so the view is not rebuilt nor vouched for (checks fail closed); "
+                             "restart the workers of the group", missing, changelog)  # fmt: skip
+            return None
+        return owned
 
     def owned_partitions() -> set[int] | None:
         """Owned partitions of the oppositions log (those the view vouches for)."""
@@ -200,13 +242,23 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         sources = owned_sources()
         if owned is None or sources is None or maintenance.materialised != owned:
             return  # rebuilding or rebalancing: nothing is vouched for
+        nonlocal log_end
         try:
             await seed_frontiers(sources)
             now_ms = await view.server_time_ms()  # first: the claim is about the log at now_ms
             ends = await log_end.end_offsets(sources, wait=settings.max_staleness_seconds)
+            unknown = sorted(tp for tp in sources if ends.get(tp, -1) < 0)
+            if unknown:
+                raise LookupError(f"no end offset for {unknown} (a partition leader moved?)")
         except Exception as exc:  # cut from Redis or Kafka: the view ages, checks fail closed
-            cut_off.warn("cannot read Redis's clock or the log's end offsets (%s): the view "
+            cut_off.warn("cannot read Redis's clock or the log's end offsets (%r): the view "
                          "is not vouched for; checks fail closed past the bound", exc)  # fmt: skip
+            # After a broker of a cluster dies, confluent-kafka's admin client keeps asking
+            # the dead leader: its ListOffsets time out, or answer -1 as if it were an end
+            # offset, for minutes (seen with 3 brokers, one SIGKILLed; a worker that took -1
+            # for the end would vouch for events it has not applied). A new client
+            # bootstraps afresh and asks the new leaders.
+            log_end = LogEndReader(settings)
             return
         for topic, topic_frontier in frontiers.items():
             topic_frontier.observe(

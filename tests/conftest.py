@@ -20,6 +20,7 @@ import redis
 from hypothesis import HealthCheck, settings
 
 from infra.postgres_service import start_postgres
+from infra.redis_cluster import RedisCluster
 from infra.services import KAFKA_DEFAULT_VERSION, LocalStack
 from infra.toxiproxy import Toxiproxy, start_toxiproxy
 from tests.harness import Pipeline
@@ -49,6 +50,34 @@ def local_stack() -> Iterator[LocalStack]:
         yield stack
     finally:
         stack.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster_stack() -> Iterator[LocalStack]:
+    """A 3-broker KRaft cluster (RF 3, min.insync.replicas 2) and a plain Redis, private to
+    one module: its tests kill brokers, which must not disturb the others (about 15 s)."""
+    base = Path(tempfile.mkdtemp(prefix="dnc-test-cluster-"))
+    version = os.environ.get("DNC_KAFKA_VERSION", KAFKA_DEFAULT_VERSION)
+    stack = LocalStack(base, kafka_version=version, partitions=3, brokers=3)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A Redis Cluster (3 masters, a replica each) private to one module (about 8 s)."""
+    base = Path(tempfile.mkdtemp(prefix="dnc-test-redis-cluster-"))
+    cluster = RedisCluster(base)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -77,8 +77,14 @@ def stop_process(
 
 
 def pipeline_env(stack: LocalStack, tenants_file: Path, prefix: str) -> dict[str, str]:
-    """The DNC_* settings of a pipeline with its own topics and groups on ``stack``."""
+    """The DNC_* settings of a pipeline with its own topics and groups on ``stack``
+    (replicated 3 times on a cluster of 3 brokers or more, as `dnc up --brokers 3` does; the
+    view on a Redis Cluster when the stack runs one)."""
+    cluster = {"DNC_REPLICATION_FACTOR": "3"} if stack.brokers >= 3 else {}
+    if stack.use_redis_cluster:
+        cluster["DNC_REDIS_CLUSTER"] = "true"
     return {
+        **cluster,
         "DNC_KAFKA_BOOTSTRAP": stack.bootstrap_servers,
         "DNC_REDIS_URL": stack.redis_url,
         "DNC_TENANTS_FILE": str(tenants_file),
@@ -129,6 +135,8 @@ class Pipeline:
         self.worker: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
         self._worker_runs = 0
+        # Every worker started by start_workers(), by worker id (several in one group).
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- the worker process -------------------------------------------------------------
     def start_worker(self, wait_ready: bool = True) -> None:
@@ -152,6 +160,54 @@ class Pipeline:
         if wait_ready:
             self.wait_ready()
 
+    def start_workers(self, count: int, timeout: float = 120) -> list[str]:
+        """Start ``count`` more workers in the group, as `dnc up --workers N` does (each its
+        own id, static membership id, log and metrics port); wait until every partition
+        is vouched for by one of them and checks are answered. Returns their ids."""
+        ids = []
+        for _ in range(count):
+            self._worker_runs += 1
+            worker_id = f"test-{self._worker_runs}"
+            env = {
+                **self.env,
+                "DNC_WORKER_METRICS_PORT": str(free_port()),
+                "DNC_WORKER_INSTANCE_ID": f"{self.prefix}-{worker_id}",
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONFAULTHANDLER": "1",
+            }
+            with (self.tmp / f"worker-{self._worker_runs}.log").open("wb") as log:
+                self.workers[worker_id] = subprocess.Popen(
+                    [sys.executable, "-m", "dnc", "worker", "--id", worker_id],
+                    env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                )  # fmt: skip
+            ids.append(worker_id)
+
+        def ready() -> bool:
+            owners = set(self.owners().values())
+            if len(self.owners()) < self.settings.partitions or not owners <= set(self.workers):
+                return False
+            tenant = "acme" if "acme" in self.tenants else self.tenants.names[0]
+            return self.check("+33612345678", tenant).answer.value != "unavailable"
+
+        wait_for(ready, timeout=timeout, interval=0.2, what=f"{count} workers vouching")
+        return ids
+
+    def owners(self) -> dict[int, str]:
+        """Per partition: the worker that last vouched for it in the view (``owner:P``)."""
+        found = {}
+        for p in range(self.settings.partitions):
+            owner = self.redis.hget(META_KEY, owner_field(p))
+            if owner is not None:
+                found[p] = owner.decode()
+        return found
+
+    def kill_worker_id(self, worker_id: str) -> None:
+        """SIGKILL one of the workers of :meth:`start_workers`."""
+        proc = self.workers[worker_id]
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
     def wait_ready(self, timeout: float = 90) -> None:
         """Until a check answers something other than unavailable."""
 
@@ -161,7 +217,8 @@ class Pipeline:
             assert self.worker is not None and self.worker.poll() is None, self.worker_log()
             if self.redis.hget(META_KEY, owner_field(0)) != me:  # vouched for by this worker
                 return False
-            return self.check("+33612345678", "acme").answer.value != "unavailable"
+            tenant = "acme" if "acme" in self.tenants else self.tenants.names[0]
+            return self.check("+33612345678", tenant).answer.value != "unavailable"
 
         try:
             wait_for(ready, timeout=timeout, interval=0.2, what="the view to be ready")
@@ -292,8 +349,10 @@ class Pipeline:
         return "\n".join(parts)
 
     def close(self) -> None:
-        """Stop the worker and release clients."""
+        """Stop the workers and release clients."""
         try:
+            for worker_id, proc in self.workers.items():
+                stop_process(proc, 60, f"worker {worker_id}", self.worker_log)
             self.stop_worker()
         finally:
             self.publisher.close()

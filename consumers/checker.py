@@ -8,6 +8,7 @@ the answer is ``unavailable`` (do not call), never ``callable``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
@@ -136,7 +137,20 @@ class SuppressionChecker:
         try:
             return read_readiness(self._redis, self._fingerprint, self._max_staleness, self._layout)
         except redis.RedisError as exc:
+            self._after_pipeline_error()
             return Readiness(False, f"redis unreachable: {exc}")
+
+    def _after_pipeline_error(self) -> None:
+        """On a Redis Cluster, learn its topology again after a failed pipeline.
+
+        redis-py's cluster pipeline keeps sending to a master that died (seen after a
+        failover: every later bulk check failed on the dead node while single commands had
+        moved to the promoted replica). This call fails closed; the next one asks the nodes
+        that serve the slots now.
+        """
+        if isinstance(self._redis, RedisCluster):
+            with contextlib.suppress(redis.RedisError):
+                self._redis.nodes_manager.initialize()
 
     def _unready_reason(self, server_time: Any, meta: Any, node: Any = None) -> str | None:
         """Why the view cannot be trusted right now, or None."""
@@ -260,6 +274,7 @@ class SuppressionChecker:
             else:
                 self._check_bulk(valid, targets, results)
         except redis.RedisError as exc:
+            self._after_pipeline_error()
             for i, e164 in valid:
                 results[i] = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
         final = [r for r in results if r is not None]

@@ -12,16 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from consumers.checker import CheckResult, SuppressionChecker
+from consumers.checker import CheckResult, SuppressionChecker, checker_client
 from infra.services import LocalStack, free_port
 from infra.topics import ensure_pipeline_topics
 from producers.publisher import OppositionPublisher
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
-from schemas.view import META_KEY, owner_field
+from schemas.view import owner_field, view_layout
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -128,10 +127,14 @@ class Pipeline:
         self.tenants = TenantDirectory.load(tenants_file)
         ensure_pipeline_topics(self.settings)
         self.publisher = OppositionPublisher.from_settings(self.settings, self.tenants)
-        self.redis = redis.Redis.from_url(stack.redis_url)
+        cluster = self.settings.redis_cluster
+        self.redis = checker_client(stack.redis_url, 5, cluster=cluster)
         self.checker = SuppressionChecker.from_settings(
-            self.settings, self.tenants, redis.Redis.from_url(stack.redis_url, socket_timeout=2)
+            self.settings, self.tenants, checker_client(stack.redis_url, 2, cluster=cluster)
         )
+        # The view's metadata (the first shard's copy on a sharded view: all say the same
+        # owners once ready).
+        self.meta_key = view_layout(self.settings, self.tenants).meta_keys()[0]
         self.worker: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
         self._worker_runs = 0
@@ -196,7 +199,7 @@ class Pipeline:
         """Per partition: the worker that last vouched for it in the view (``owner:P``)."""
         found = {}
         for p in range(self.settings.partitions):
-            owner = self.redis.hget(META_KEY, owner_field(p))
+            owner = self.redis.hget(self.meta_key, owner_field(p))
             if owner is not None:
                 found[p] = owner.decode()
         return found
@@ -215,7 +218,7 @@ class Pipeline:
 
         def ready() -> bool:
             assert self.worker is not None and self.worker.poll() is None, self.worker_log()
-            if self.redis.hget(META_KEY, owner_field(0)) != me:  # vouched for by this worker
+            if self.redis.hget(self.meta_key, owner_field(0)) != me:  # vouched for by this worker
                 return False
             tenant = "acme" if "acme" in self.tenants else self.tenants.names[0]
             return self.check("+33612345678", tenant).answer.value != "unavailable"

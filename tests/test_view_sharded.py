@@ -16,8 +16,11 @@ from typing import Any
 import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
 
 from consumers.checker import Answer, SuppressionChecker, checker_client
+from infra.redis_cluster import RedisCluster as RedisClusterService
 from infra.services import LocalStack
 from schemas.events import GLOBAL_TARGET, Kind, Scope, Source
 from schemas.settings import BUNDLED_TENANTS_FILE
@@ -86,6 +89,17 @@ def plain_sharded(local_stack: LocalStack, redis_client: redis.Redis) -> Iterato
     view.close()
 
 
+@pytest.fixture
+def cluster_sharded(redis_cluster: RedisClusterService) -> Iterator[ShardedView]:
+    """The view on a real Redis Cluster (3 masters, a replica each), flushed."""
+    sync = checker_client(redis_cluster.url, 2, cluster=True)
+    sync.flushall(target_nodes=RedisCluster.PRIMARIES)
+    view = ShardedView(sync, AsyncRedisCluster.from_url(redis_cluster.url), shards=48)
+    yield view
+    view.close()
+    sync.close()
+
+
 def _answers(view: ShardedView, numbers: list[str]) -> dict[str, Answer]:
     return {p: view.checker.check(p, "acme").answer for p in numbers}
 
@@ -110,6 +124,23 @@ def assert_reads_what_was_written(view: ShardedView) -> None:
 @pytest.mark.redis
 def test_a_sharded_view_answers_like_the_plain_one(plain_sharded: ShardedView) -> None:
     assert_reads_what_was_written(plain_sharded)
+
+
+@pytest.mark.redis
+def test_on_a_redis_cluster_each_number_is_read_on_one_node(
+    cluster_sharded: ShardedView,
+) -> None:
+    assert_reads_what_was_written(cluster_sharded)
+    sync, layout = cluster_sharded.sync, cluster_sharded.layout
+    nodes = {sync.get_node_from_key(key).name for key in layout.meta_keys()}
+    assert len(nodes) == 3  # the shards are spread over the 3 masters
+
+
+@pytest.mark.redis
+def test_on_a_redis_cluster_a_copy_vouched_for_on_another_node_fails_closed(
+    cluster_sharded: ShardedView,
+) -> None:
+    assert_a_copy_on_another_node_fails_closed(cluster_sharded)
 
 
 def assert_a_copy_on_another_node_fails_closed(view: ShardedView) -> None:
@@ -144,10 +175,6 @@ def test_a_copy_vouched_for_on_another_node_fails_closed(plain_sharded: ShardedV
     assert_a_copy_on_another_node_fails_closed(plain_sharded)
 
 
-def _unused() -> None:  # keep imports used by the cluster part
-    checker_client("redis://127.0.0.1:1", 0.1)
-
-
 def assert_a_rebuild_across_a_failover_is_not_marked_ready(view: ShardedView) -> None:
     numbers = phones(40)
     view.fill(numbers)
@@ -168,3 +195,10 @@ def assert_a_rebuild_across_a_failover_is_not_marked_ready(view: ShardedView) ->
 @pytest.mark.redis
 def test_a_rebuild_across_a_failover_is_not_marked_ready(plain_sharded: ShardedView) -> None:
     assert_a_rebuild_across_a_failover_is_not_marked_ready(plain_sharded)
+
+
+@pytest.mark.redis
+def test_on_a_redis_cluster_a_rebuild_across_a_failover_is_not_marked_ready(
+    cluster_sharded: ShardedView,
+) -> None:
+    assert_a_rebuild_across_a_failover_is_not_marked_ready(cluster_sharded)

@@ -134,14 +134,25 @@ class Bench:
 
     def checker(self) -> SuppressionChecker:
         """A checker as a dialer would build it, with its own Redis client."""
-        return SuppressionChecker.from_settings(
-            self.settings, self.tenants, checker_client(self.url, 2.0)
-        )
+        return SuppressionChecker.from_settings(self.settings, self.tenants, self.client(2.0))
+
+    def client(self, timeout: float) -> redis.Redis:
+        """A client of the bench's Redis, or of its Redis Cluster (``--redis-cluster``)."""
+        return checker_client(self.url, timeout, cluster=self.settings.redis_cluster)
+
+    def flush(self) -> None:
+        """Empty the bench's Redis (every master of a cluster)."""
+        client = self.client(10.0)
+        if self.settings.redis_cluster:
+            client.flushall(target_nodes="primaries")
+        else:
+            client.flushall()
+        client.close()
 
 
 def bench_single(b: Bench, iterations: int = 20_000, block: int = 500) -> Figures:
     """p50/p99 of ``check`` vs one bare ``SISMEMBER`` round trip, in alternating blocks."""
-    checker, bare = b.checker(), redis.Redis.from_url(b.url, socket_timeout=2.0)
+    checker, bare = b.checker(), b.client(2.0)
     pool = [mobile(SINGLE + i) for i in range(2000)]
     slots = [b.layout.slot(TENANT, p) for p in pool]
     _sadd(bare, [(s.key, [s.member]) for s in slots[::2]])  # half of them suppressed
@@ -169,7 +180,7 @@ def bench_single(b: Bench, iterations: int = 20_000, block: int = 500) -> Figure
 
 def bench_bulk(b: Bench, batches: int = 10, size: int = 10_000, chunk: int = 1000) -> Figures:
     """Numbers/s of ``check_many`` vs pipelined ``SMISMEMBER`` of the same (precomputed) slots."""
-    checker, bare = b.checker(), redis.Redis.from_url(b.url, socket_timeout=5.0)
+    checker, bare = b.checker(), b.client(5.0)
     totals = {"check_many": 0.0, "smismember": 0.0}
     checker.check_many([mobile(BULK + i) for i in range(1000)], TENANT)  # warm-up
     for n in range(batches):
@@ -408,7 +419,7 @@ def bench_throughput(b: Bench, count: int) -> Figures:
     b.status.update(f"[4/7] throughput: encoding {count:,} events")
     prepared = [publisher.prepare(OppositionEvent.record(tenant=TENANT, phone=p,
                 kind=Kind.OPPOSITION)) for p in phones]  # fmt: skip
-    checker, bare = b.checker(), redis.Redis.from_url(b.url, socket_timeout=5.0)
+    checker, bare = b.checker(), b.client(5.0)
     starts = _end_offsets(s, s.oppositions_topic)
     b.status.update(f"[4/7] throughput: publishing {count:,} events at once")
     batches_before = _worker_batches(b.metrics_port)
@@ -451,7 +462,7 @@ def bench_import(b: Bench, rows: int) -> Figures:
     with path.open("w") as out:
         out.write("phone\n")
         out.writelines(f"{mobile(IMPORT + i)}\n" for i in range(rows))
-    clock = redis.Redis.from_url(b.url, socket_timeout=5.0)
+    clock = b.client(5.0)
     b.status.update(f"[5/7] import: `dnc import` of {rows:,} rows")
     begin = perf()
     done = subprocess.run([sys.executable, "-m", "dnc", "import", str(path), "--tenant", TENANT],
@@ -478,7 +489,7 @@ def bench_restart(b: Bench) -> Figures:
     states the rebuild wrote and how long that took.
     """
     assert b.worker_log is not None
-    clock = redis.Redis.from_url(b.url, socket_timeout=5.0)
+    clock = b.client(5.0)
     b.status.update("[6/7] restart: stopping the worker")
     sec, usec = clock.time()
     begin = perf()
@@ -694,6 +705,12 @@ def _report(f: Figures, console: Console) -> None:
             "numbers not suppressed. On one machine the workers share its cores with the "
             "broker, Redis and the publisher: see the load average below"
         )
+    if f.get("redis_cluster"):
+        notes.append(
+            "Redis: a Redis Cluster of 3 masters with a replica each on this machine; a check "
+            "is one script on the node of the number's shard, the bare baseline one SISMEMBER "
+            "sent to the node of its key"
+        )
     console.print(table)
     notes.append(
         f"machine: {os.cpu_count()} cores, 1-minute load average {f['load_average']:.2f} at the "
@@ -722,6 +739,7 @@ def run_bench(
     import_rows: int = 1_000_000,
     logs: Path | None = None,
     workers: int = 1,
+    redis_cluster: bool = False,
 ) -> Figures:
     """Start a private stack and worker, run the measurements in ``only``, print them.
 
@@ -738,11 +756,13 @@ def run_bench(
     level = infra_log.level
     infra_log.setLevel(logging.WARNING)
     version = os.environ.get("DNC_KAFKA_VERSION", KAFKA_DEFAULT_VERSION)
-    stack = LocalStack(tmp / "stack", kafka_version=version, partitions=3)
+    stack = LocalStack(tmp / "stack", kafka_version=version, partitions=3,
+                       redis_cluster=redis_cluster)  # fmt: skip
     b: Bench | None = None
     figures: Figures = {}
     try:
-        with console.status(f"starting Kafka {version} and Redis") as status:
+        what = "a Redis Cluster" if redis_cluster else "Redis"
+        with console.status(f"starting Kafka {version} and {what}") as status:
             stack.start()
             (tmp / "tenants.toml").write_text(f'[tenants.{TENANT}]\ndefault_region = "FR"\n')
             port = free_port()
@@ -752,7 +772,8 @@ def run_bench(
                    "DNC_SUPPRESSIONS_TOPIC": "bench.suppressions", "DNC_LOG_LEVEL": "INFO",
                    "DNC_DEAD_LETTER_TOPIC": "bench.dead-letter", "DNC_WORKER_GROUP": "bench",
                    "DNC_VIEW_KEY": "bench-key", "DNC_WORKER_METRICS_PORT": str(port),
-                   "DNC_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}  # fmt: skip
+                   "DNC_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+                   "DNC_REDIS_CLUSTER": "true" if redis_cluster else "false"}  # fmt: skip
             settings = Settings.model_validate({k[4:].lower(): v for k, v in dnc.items()})
             tenants = TenantDirectory.load(tmp / "tenants.toml")
             layout = view_layout(settings, tenants)
@@ -779,13 +800,14 @@ def run_bench(
                 figures |= bench_restart(b)
             status.update("stopping the worker")
             _stop_worker(b.worker)
-            if "memory" in only:
+            if "memory" in only and not redis_cluster:  # (INFO used_memory of one server)
                 figures |= bench_memory(b, numbers)
             if "scale" in only and workers > 1:
                 from dnc.bench_scale import bench_scale
 
                 figures |= bench_scale(b, burst, workers, tmp)
         figures["load_average"] = os.getloadavg()[0]
+        figures["redis_cluster"] = float(redis_cluster)
         _report(figures, console)
         return figures
     finally:

@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import redis
 from confluent_kafka import Producer
 
 from consumers.checker import Answer
@@ -58,23 +57,19 @@ def _scaled(b: Bench, n: int, log_dir: Path) -> tuple[Bench, list[subprocess.Pop
 def bench_scale(b: Bench, count: int, max_workers: int, log_dir: Path) -> Figures:
     """The burst with 1..``max_workers`` workers; figures ``scale_<n>_per_s`` and more."""
     figures: Figures = {"scale_events": float(count), "scale_max_workers": float(max_workers)}
-    admin = redis.Redis.from_url(b.url, socket_timeout=10)
-    try:
-        for n in range(1, max_workers + 1):
-            admin.flushall()  # each count builds its own view from nothing
-            scaled, workers = _scaled(b, n, log_dir)
-            try:
-                b.status.update(f"[scale] {n} worker(s): waiting for the view to be ready")
-                scaled.wait_serving()
-                per_s, after_ack, missing = _burst(scaled, n, count, workers)
-            finally:
-                for worker in workers:
-                    _stop_worker(worker, timeout=30)
-            figures[f"scale_{n}_per_s"] = per_s
-            figures[f"scale_{n}_after_ack_s"] = after_ack
-            figures[f"scale_{n}_sample_missing"] = missing
-    finally:
-        admin.close()
+    for n in range(1, max_workers + 1):
+        b.flush()  # each count builds its own view from nothing
+        scaled, workers = _scaled(b, n, log_dir)
+        try:
+            b.status.update(f"[scale] {n} worker(s): waiting for the view to be ready")
+            scaled.wait_serving()
+            per_s, after_ack, missing = _burst(scaled, n, count, workers)
+        finally:
+            for worker in workers:
+                _stop_worker(worker, timeout=30)
+        figures[f"scale_{n}_per_s"] = per_s
+        figures[f"scale_{n}_after_ack_s"] = after_ack
+        figures[f"scale_{n}_sample_missing"] = missing
     return figures
 
 
@@ -93,7 +88,7 @@ def _burst(
     b.status.update(f"[scale] {n} worker(s): encoding {count:,} events")
     prepared = [publisher.prepare(OppositionEvent.record(tenant=TENANT, phone=p,
                 kind=Kind.OPPOSITION)) for p in phones]  # fmt: skip
-    clock = redis.Redis.from_url(b.url, socket_timeout=5.0)
+    clock = b.client(5.0)
     b.status.update(f"[scale] {n} worker(s): publishing {count:,} events at once")
     begin = perf()
     failed = sum(isinstance(r, PublishError) for r in publisher.publish_prepared(prepared))

@@ -728,6 +728,14 @@ def bench(
             "group (the bench's topic has 3 partitions)",
         ),
     ] = 1,
+    redis_cluster: Annotated[
+        bool,
+        typer.Option(
+            "--redis-cluster",
+            help="run the stack's view on a Redis Cluster (3 masters, a replica each): the "
+            "checks then read the sharded view; no memory measurement",
+        ),
+    ] = False,
 ) -> None:
     """Benchmark on a private local stack: check latency, bulk throughput, propagation,
     worker throughput, a large import, a worker restart, memory; each next to its floor
@@ -739,7 +747,7 @@ def bench(
         raise _fail(f"unknown measurement {unknown[0]!r}: choose from {', '.join(STAGES)}")
     run_bench(numbers=numbers, rate=rate, seconds=seconds, console=out, burst=burst,
               only=only or STAGES, import_rows=import_rows, logs=logs,
-              workers=workers)  # fmt: skip
+              workers=workers, redis_cluster=redis_cluster)  # fmt: skip
 
 
 # --- HTTP gateway: `dnc gateway`, `dnc token create`, `dnc bench-gateway` ----------------------

@@ -6,6 +6,7 @@ fails, so the fast unit suite can never silently depend on them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -39,33 +40,42 @@ settings.register_profile(
 settings.load_profile("shared-machine")
 
 
-@pytest.fixture(scope="session")
-def local_stack() -> Iterator[LocalStack]:
-    """Real Kafka and Redis on free loopback ports, in a temporary directory."""
-    base = Path(tempfile.mkdtemp(prefix="dnc-test-stack-"))
+@contextlib.contextmanager
+def private_stack(prefix: str, **options: Any) -> Iterator[LocalStack]:
+    """Real Kafka and Redis (or their clusters: ``brokers=3``, ``redis_cluster=True``) on
+    free loopback ports, in a temporary directory removed at the end."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
     version = os.environ.get("DNC_KAFKA_VERSION", KAFKA_DEFAULT_VERSION)
-    stack = LocalStack(base, kafka_version=version, partitions=3)
+    stack = LocalStack(base, kafka_version=version, partitions=3, **options)
     stack.start()
     try:
         yield stack
     finally:
         stack.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def local_stack() -> Iterator[LocalStack]:
+    """Real Kafka and Redis on free loopback ports, in a temporary directory."""
+    with private_stack("dnc-test-stack-") as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
 def kafka_cluster_stack() -> Iterator[LocalStack]:
     """A 3-broker KRaft cluster (RF 3, min.insync.replicas 2) and a plain Redis, private to
     one module: its tests kill brokers, which must not disturb the others (about 15 s)."""
-    base = Path(tempfile.mkdtemp(prefix="dnc-test-cluster-"))
-    version = os.environ.get("DNC_KAFKA_VERSION", KAFKA_DEFAULT_VERSION)
-    stack = LocalStack(base, kafka_version=version, partitions=3, brokers=3)
-    stack.start()
-    try:
+    with private_stack("dnc-test-cluster-", brokers=3) as stack:
         yield stack
-    finally:
-        stack.stop()
-        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def redis_cluster_stack() -> Iterator[LocalStack]:
+    """Kafka and a Redis Cluster (3 masters, a replica each), private to one module: its
+    tests kill Redis masters."""
+    with private_stack("dnc-test-rc-stack-", redis_cluster=True) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

@@ -12,36 +12,18 @@ longer ago than the staleness bound; nothing acknowledged lost.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dnc.fault_drill import TENANT, Traffic
-from infra.services import KAFKA_DEFAULT_VERSION, LocalStack
+from infra.services import LocalStack
 from tests.harness import Pipeline
 from tests.test_scale_faults import RATE, TENANTS_TOML, _assert_promise, _finish
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
-
-
-@pytest.fixture(scope="module")
-def redis_cluster_stack() -> Iterator[LocalStack]:
-    """Kafka and a Redis Cluster private to this module (its test kills a Redis master)."""
-    base = Path(tempfile.mkdtemp(prefix="dnc-test-rc-stack-"))
-    version = os.environ.get("DNC_KAFKA_VERSION", KAFKA_DEFAULT_VERSION)
-    stack = LocalStack(base, kafka_version=version, partitions=3, redis_cluster=True)
-    stack.start()
-    try:
-        yield stack
-    finally:
-        stack.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.timeout(300)

@@ -140,7 +140,7 @@ def test_the_ops_page_draws_every_graph_from_the_live_pipeline(
     assert len(exprs) >= 20
     for expr in exprs:
         query(client, expr)
-    wanted = [e for e in exprs if not re.search(r"dnc_reference_list_errors|ALERTS", e)]
+    wanted = [e for e in exprs if "ALERTS" not in e]  # an alert may or may not fire
     for expr in wanted:
         wait_for(lambda e=expr: has_value(query(client, e)), timeout=30, interval=0.5,
                  what=f"a value for {expr}")  # fmt: skip

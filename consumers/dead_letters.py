@@ -19,7 +19,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -106,6 +106,18 @@ class Summary:
     truncated: bool
 
 
+@dataclass(frozen=True)
+class Extent:
+    """What a dead-letter topic holds, read from its ends only (cheap enough for `dnc status`):
+    how many letters, when the oldest and the newest failed, and why the newest did."""
+
+    topic: str
+    count: int
+    oldest: datetime | None = None
+    newest: datetime | None = None
+    newest_reason: str | None = None
+
+
 @dataclass
 class ReplayReport:
     """What a replay did (or would do, for a dry run)."""
@@ -173,6 +185,56 @@ def read_one(settings: Settings, partition: int, offset: int) -> DeadLetter:
         )
     finally:
         consumer.close()
+
+
+def extent(settings: Settings, topic: str, timeout: float = 5.0) -> Extent:
+    """The letters ``topic`` holds (offsets between each partition's ends: what retention
+    kept) and the failure times of its first and last letters.
+
+    Raises :class:`DeadLetterError` if the topic cannot be read.
+    """
+    consumer = reader(settings, "dnc-status")
+    try:
+        try:
+            metadata = consumer.list_topics(topic, timeout=timeout)
+            found = metadata.topics.get(topic)
+            if found is None or found.error is not None:
+                raise DeadLetterError(f"topic {topic} does not exist (run `dnc acl apply`)")
+            ends = {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)
+                for p in found.partitions
+            }
+        except KafkaException as exc:
+            raise DeadLetterError(f"cannot read {topic}: {exc}") from exc
+        count = sum(high - low for low, high in ends.values())
+        firsts = [_letter_at(consumer, topic, p, low, timeout) for p, (low, high) in ends.items()
+                  if high > low]  # fmt: skip
+        lasts = [_letter_at(consumer, topic, p, high - 1, timeout)
+                 for p, (low, high) in ends.items() if high > low]  # fmt: skip
+    finally:
+        consumer.close()
+    oldest = min((t for t, _ in filter(None, firsts)), default=None)
+    newest = max(filter(None, lasts), default=None, key=lambda letter: letter[0])
+    return Extent(
+        topic, count, oldest, newest[0] if newest else None, newest[1] if newest else None
+    )
+
+
+def _letter_at(
+    consumer: Any, topic: str, partition: int, offset: int, timeout: float
+) -> tuple[datetime, str] | None:
+    """(failure time, reason) of the letter at ``offset``; None if it cannot be read (gone
+    to retention meanwhile, a transaction marker)."""
+    consumer.assign([TopicPartition(topic, partition, offset)])
+    message = _first(consumer.consume(num_messages=1, timeout=timeout))
+    if message is None:
+        return None
+    letter = DeadLetter(partition, offset, None, b"", _headers(_pairs(message.headers())))
+    _kind, millis = message.timestamp()
+    failed_at = letter.failed_at or (
+        datetime.fromtimestamp(millis / 1000, UTC) if millis > 0 else None
+    )
+    return (failed_at, letter.reason) if failed_at else None
 
 
 def summarise(topic: str, letters: Sequence[DeadLetter], truncated: bool = False) -> Summary:

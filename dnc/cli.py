@@ -444,14 +444,18 @@ def status(
         typer.Option(
             "--probe",
             help="only what decides the exit status (the view ready and current, Kafka "
-            "reachable), without the per-tenant figures that scan Redis: for a readiness probe",
+            "reachable), without the per-tenant figures that scan Redis nor the dead letters: "
+            "for a readiness probe",
         ),
     ] = False,
 ) -> None:
-    """Is the pipeline up and ready, how far behind are the worker and the reference lists?
+    """Is it safe to dial (and why not)? How stale is each partition? What is pending where?
+    How many dead letters, since when?
 
-    Per tenant: suppressed numbers, changes pending for the reference list and the age of the
-    oldest, the sync's lag, readiness. Exit 0 healthy, 2 not.
+    Per partition: staleness against the bound, the worker vouching, its lag. Per tenant: safe
+    to dial, suppressed numbers, changes pending for the reference list and the age of the
+    oldest, the sync's lag. Per dead-letter topic: letters held, oldest and newest failure, the
+    newest's reason. Exit 0 healthy, 2 not.
     """
     from dnc.health import pipeline_status, render_status
 

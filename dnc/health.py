@@ -1,8 +1,11 @@
-"""`dnc status`: is the pipeline up, is the view ready, how far behind is the worker?"""
+"""`dnc status`: what ops ask first. Is it safe to dial (per tenant, and why not)? How stale
+is each partition? What is pending where (the worker's lag, each reference list)? How many
+dead letters, since when?"""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -11,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from consumers.checker import SuppressionChecker, checker_client
+from consumers.dead_letters import DeadLetterError, extent
 from consumers.readiness import Readiness
 from consumers.reference_sync import lane_group, status_key
 from schemas.settings import Settings
@@ -116,10 +120,23 @@ def sync_reports(settings: Settings, tenants: list[str]) -> dict[str, dict[str, 
     return {t: json.loads(r) if r else None for t, r in zip(tenants, raw, strict=True)}
 
 
+def dialing_verdict(verdict: Readiness, bound: float) -> tuple[bool, str]:
+    """Whether a dialer's check may answer "callable" now, and why (not): the view's verdict
+    that every check applies, with the stalest partition against the staleness bound."""
+    if not verdict.ready:
+        return False, f"checks answer 'unavailable': {verdict.why}"
+    worst = verdict.worst_staleness
+    stalest = f"stalest partition {worst:.1f} s" if worst is not None else "every partition"
+    return True, f"view ready, {stalest} within the {bound:g} s bound"
+
+
 def tenant_status(
-    settings: Settings, tenants: TenantDirectory, view_ready: bool, kafka_reachable: bool
+    settings: Settings, tenants: TenantDirectory, verdict: Readiness, kafka_reachable: bool
 ) -> dict[str, dict[str, Any]]:
-    """Per tenant: suppressed numbers, reference-list pending and age, sync lag, readiness."""
+    """Per tenant: safe to dial (and why), suppressed numbers, reference-list pending and age,
+    sync lag, readiness (safe to dial and the reference list kept up to date)."""
+    view_ready = verdict.ready
+    safe, why = dialing_verdict(verdict, settings.max_staleness_seconds)
     names = tenants.names
     suppressed = suppressed_counts(settings, names)
     reports = sync_reports(settings, names)
@@ -127,6 +144,8 @@ def tenant_status(
     for name in names:
         sink = tenants.get(name).reference_list
         row: dict[str, Any] = {
+            "safe_to_dial": safe,
+            "why": why,
             "suppressed_numbers": suppressed[name],
             "reference_list_sink": sink.sink if sink else None,
         }
@@ -160,7 +179,10 @@ def pipeline_status(
     Redis): what remains is what decides ``healthy``, cheap enough for a readiness probe.
     """
     verdict = view_readiness(settings, tenants)
+    safe, why = dialing_verdict(verdict, settings.max_staleness_seconds)
     report: dict[str, Any] = {
+        "safe_to_dial": safe,
+        "safe_to_dial_why": why,
         "view_ready": verdict.ready,
         "view": verdict.why or "ready and current",
         "max_staleness_seconds": settings.max_staleness_seconds,
@@ -185,12 +207,32 @@ def pipeline_status(
         report["kafka_reachable"] = False
         report["kafka_error"] = str(exc)
     report["tenants"] = (
-        tenant_status(settings, tenants, verdict.ready, report["kafka_reachable"])
-        if per_tenant
-        else {}
+        tenant_status(settings, tenants, verdict, report["kafka_reachable"]) if per_tenant else {}
+    )
+    report["dead_letters"] = (
+        dead_letter_status(settings) if per_tenant and report["kafka_reachable"] else {}
     )
     report["healthy"] = bool(verdict.ready and report["kafka_reachable"])
     return report
+
+
+def dead_letter_status(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Per dead-letter topic (the worker's, the reference lists'): letters held, failure
+    times of the oldest and the newest, the newest's reason; ``error`` if unreadable."""
+    out: dict[str, dict[str, Any]] = {}
+    for topic in (settings.dead_letter_topic, settings.reference_dead_letter_topic):
+        try:
+            found = extent(settings, topic)
+        except DeadLetterError as exc:
+            out[topic] = {"count": None, "error": str(exc)}
+            continue
+        out[topic] = {
+            "count": found.count,
+            "oldest": found.oldest.isoformat() if found.oldest else None,
+            "newest": found.newest.isoformat() if found.newest else None,
+            "newest_reason": found.newest_reason,
+        }
+    return out
 
 
 def render_status(report: dict[str, Any], console: Console) -> None:
@@ -201,7 +243,10 @@ def render_status(report: dict[str, Any], console: Console) -> None:
         f"Kafka {report['kafka']}: {'reachable' if report['kafka_reachable'] else 'UNREACHABLE'}"
         + ("" if report["kafka_reachable"] else f" ({report.get('kafka_error')})")
     )
-    console.print(f"view ready: {ok if report['view_ready'] else no} ({report['view']})")
+    console.print(
+        f"[bold]safe to dial: {ok if report['safe_to_dial'] else no}[/] "
+        f"({report['safe_to_dial_why']})"
+    )
     if report.get("worker_lag") is not None or report["partitions"]:
         console.print(_partition_table(report))
         if report.get("worker_lag") is not None:
@@ -217,6 +262,8 @@ def render_status(report: dict[str, Any], console: Console) -> None:
         )
     if report.get("tenants"):
         console.print(_tenant_table(report["tenants"]))
+    if report.get("dead_letters"):
+        console.print(_dead_letter_table(report["dead_letters"]))
     console.print(
         "healthy" if report["healthy"] else "[bold red]NOT healthy: dialers get 'unavailable'[/]"
     )
@@ -267,12 +314,12 @@ def _cell(value: Any, suffix: str = "") -> str:
 def _tenant_table(tenants: dict[str, dict[str, Any]]) -> Table:
     table = Table(
         "tenant",
+        "safe to dial",
         "suppressed",
         "reference list",
         "pending",
         "oldest pending",
         "sync lag",
-        "ready",
         title="per tenant",
     )
     for name, row in tenants.items():
@@ -287,11 +334,53 @@ def _tenant_table(tenants: dict[str, dict[str, Any]]) -> Table:
             where = sink
         table.add_row(
             name,
+            "[green]yes[/]" if row["safe_to_dial"] else "[red]no[/]",
             _cell(row["suppressed_numbers"]),
             where,
             _cell(row.get("pending")),
             _cell(row.get("oldest_pending_seconds"), " s"),
             _cell(row.get("sync_lag")),
-            "[green]yes[/]" if row["ready"] else "[red]no[/]",
         )
     return table
+
+
+def _dead_letter_table(topics: dict[str, dict[str, Any]]) -> Table:
+    """Per dead-letter topic: how many letters, since when, the latest and why."""
+    table = Table(title="dead letters")
+    table.add_column("topic", no_wrap=True)
+    for column in ("letters", "oldest", "newest"):
+        table.add_column(column)
+    table.add_column("newest reason", no_wrap=True)
+    now = datetime.now(UTC)
+    for topic, row in topics.items():
+        if row.get("error"):
+            table.add_row(topic, "[red]?[/]", f"[red]{row['error']}[/]", "", "")
+            continue
+        count = row["count"]
+        table.add_row(
+            topic,
+            ("[yellow]" if count else "[green]") + f"{count}[/]",
+            _when(row.get("oldest"), now),
+            _when(row.get("newest"), now),
+            _cell(row.get("newest_reason")),
+        )
+    table.caption = "`dnc dead-letters summary`: by reason; `replay` once the cause is fixed"
+    return table
+
+
+def _when(iso: str | None, now: datetime) -> str:
+    """A failure time with how long ago, e.g. '2026-12-02 17:40:01 UTC (3m 12s ago)'."""
+    if iso is None:
+        return "-"
+    at = datetime.fromisoformat(iso)
+    seconds = max(0, int((now - at).total_seconds()))
+    ago = (
+        f"{seconds // 86400}d {seconds % 86400 // 3600}h"
+        if seconds >= 86400
+        else f"{seconds // 3600}h {seconds % 3600 // 60}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m {seconds % 60}s"
+        if seconds >= 60
+        else f"{seconds}s"
+    )
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC ({ago} ago)"

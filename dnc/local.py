@@ -36,7 +36,7 @@ from dnc.live_summary import read_snapshot, render
 from dnc.pidfiles import SUPERVISOR, RunDirectory
 from infra.acls import SUPERUSER, apply_acls, client_env, stack_credentials
 from infra.postgres_service import start_postgres
-from infra.prometheus_service import local_prometheus_config, start_prometheus
+from infra.prometheus_service import OPS_PAGE, local_prometheus_config, start_prometheus
 from infra.services import KafkaSecurity, LocalStack, RunningService
 from schemas.settings import REDIS_CLUSTER_FILE, VIEW_KEY_FILE, Settings
 from schemas.tenants import TenantDirectory
@@ -417,8 +417,8 @@ class LocalPipeline:
             f"  gateway     http://{s.gateway_host}:{s.gateway_port}/docs\n"
             f"  metrics     worker{plural} {workers}, sync :{s.sync_metrics_port}"
             f"{f', demo :{s.demo_metrics_port}' if self.demo else ''} (/metrics)\n"
-            f"  [bold]graphs      {self.prometheus_url}/graph[/]   "
-            f"alerts {self.prometheus_url}/alerts\n"
+            f"  [bold]ops page    {self.prometheus_url}{OPS_PAGE}[/]   "
+            f"alerts {self.prometheus_url}/alerts   PromQL {self.prometheus_url}/graph\n"
             f"  processes   {pids}; logs in {s.data_dir}\n\n"
             "In another shell:\n"
             "  dnc oppose '06 12 34 56 78' --tenant demo\n"

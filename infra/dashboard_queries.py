@@ -1,4 +1,5 @@
-"""Every PromQL expression of the Grafana dashboards and the alert rules, ready to run.
+"""Every PromQL expression of the Grafana dashboards, the ops console page and the alert rules,
+ready to run.
 
 Tests send them to a real Prometheus, so a typo in a dashboard or a rule is a failure, not an
 empty panel nobody notices. Grafana variables are replaced by concrete values (the widest
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,12 @@ TEMPLATE_VALUES = {"tenant": ".*"}
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
 # A template variable that holds a regex must be matched with =~ (or !~).
 _REGEX_MATCHER = re.compile(r'[=!]~\s*"[^"]*$')
+
+
+# A console template's server-side query: `query` with a raw (backquoted) Go string.
+_CONSOLE_QUERY = re.compile(r"\bquery\s+`([^`]*)`")
+# Any other use of `query` (a quoted or computed expression) could not be checked.
+_CONSOLE_ANY_QUERY = re.compile(r"\bquery\b(?!\s+`)")
 
 
 class DashboardQueryError(ValueError):
@@ -71,3 +79,45 @@ def rule_exprs(path: str | Path) -> list[str]:
         for group in document.get("groups", [])
         for rule in group.get("rules", [])
     ]
+
+
+class _ConsoleGraphs(HTMLParser):
+    """Collects the text of every ``<code class="dnc-expr">`` (one graph expression each)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.exprs: list[str] = []
+        self._inside = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        classes = (dict(attrs).get("class") or "").split()
+        if tag == "code" and "dnc-expr" in classes:
+            self._inside = True
+            self.exprs.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "code":
+            self._inside = False
+
+    def handle_data(self, data: str) -> None:
+        if self._inside:
+            self.exprs[-1] += data
+
+
+def console_exprs(path: str | Path) -> list[str]:
+    """Every PromQL expression of the console template at ``path``: its graphs' expressions
+    (``<code class="dnc-expr">``, drawn in the browser) and its tables' ``query `...```
+    (evaluated by Prometheus when it renders the page).
+
+    Raises :class:`DashboardQueryError` for a ``query`` this cannot read (a quoted or a
+    computed expression), so no expression of the page escapes the tests.
+    """
+    text = re.sub(r"\{\{-?\s*/\*.*?\*/\s*-?\}\}", "", Path(path).read_text(), flags=re.S)
+    actions = re.findall(r"\{\{.*?\}\}", text, flags=re.S)
+    unread = [a for a in actions if _CONSOLE_ANY_QUERY.search(a)]
+    if unread:
+        raise DashboardQueryError(f"write queries as query `...` (a raw string): {unread[0]}")
+    graphs = _ConsoleGraphs()
+    graphs.feed(text)
+    tables = [q for a in actions for q in _CONSOLE_QUERY.findall(a)]
+    return [" ".join(e.split()) for e in graphs.exprs + tables]

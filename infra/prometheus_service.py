@@ -12,6 +12,7 @@ port, with its configuration, TSDB and log in one directory.  Typical use::
     )
     prom = start_prometheus(tmp_path / "prometheus", config)
     prom.address    # "127.0.0.1:40126"; the UI is http://127.0.0.1:40126/graph
+    # the ops page (infra/prometheus/consoles/dnc.html): http://127.0.0.1:40126/consoles/dnc.html
     prom.stop()
 
 The scrape jobs the alert rules and the Grafana dashboard know are ``dnc-worker``,
@@ -52,6 +53,7 @@ from infra.services import (
 )
 
 __all__ = [
+    "OPS_PAGE",
     "ServiceError",
     "check_config",
     "local_prometheus_config",
@@ -73,6 +75,10 @@ _JOB_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.:-]*")
 _TARGET = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}")
 # Loopback never goes through an http_proxy from the environment.
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# The ops page (console templates) every Prometheus started here serves at OPS_PAGE.
+CONSOLES = Path(__file__).resolve().parent / "prometheus" / "consoles"
+CONSOLE_LIBRARIES = Path(__file__).resolve().parent / "prometheus" / "console_libraries"
+OPS_PAGE = "/consoles/dnc.html"
 
 
 # --------------------------------------------------------------------------- binaries
@@ -221,6 +227,8 @@ def _prometheus_command(data_dir: Path, config_path: Path, port: int, lifecycle:
         f"--config.file={config_path}",
         f"--storage.tsdb.path={_tsdb_path(data_dir)}",
         f"--web.listen-address={HOST}:{port}",
+        f"--web.console.templates={CONSOLES}",
+        f"--web.console.libraries={CONSOLE_LIBRARIES}",
     ]
     if lifecycle:
         cmd.append("--web.enable-lifecycle")

@@ -5,7 +5,8 @@
 #   bash infra/setup.sh            (run by `make setup`; as root, or as a user with sudo)
 #
 # 1. Debian packages: redis-server redis-tools openjdk-17-jre-headless maven python3-venv
-#    python3-yaml postgresql prometheus.  Only missing ones are installed (without Recommends, so no
+#    python3-yaml postgresql prometheus chromium (headless, for the test that opens the ops
+#    page in a real browser).  Only missing ones are installed (without Recommends, so no
 #    node exporter); `apt-get update` runs only if one is missing.
 #    Only the binaries are used: infra/postgres_service.py and infra/prometheus_service.py
 #    start their own servers on free loopback ports with data in the project's directories.
@@ -55,7 +56,7 @@ COMPOSE_VERSION="5.0.2"
 KUBECONFORM_VERSION="0.8.0"
 CACHE_DIR="${DNC_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dnc}"
 PACKAGES=(redis-server redis-tools openjdk-17-jre-headless maven python3-venv python3-yaml postgresql
-    prometheus)
+    prometheus chromium)
 
 # --- 1. Debian packages --------------------------------------------------------------
 is_installed() {

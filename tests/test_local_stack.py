@@ -81,7 +81,10 @@ def test_dnc_up_demo_through_tee_serves_everything_then_ctrl_c_leaves_nothing_ru
         text = log_path.read_text()
         assert f"127.0.0.1:{ports['kafka']}" in text
         assert f"redis://127.0.0.1:{ports['redis']}/0" in text
-        assert f"http://127.0.0.1:{ports['prometheus']}/graph" in text  # where the graphs are
+        ops_page = f"http://127.0.0.1:{ports['prometheus']}/consoles/dnc.html"
+        assert ops_page in text  # where the graphs are
+        with urllib.request.urlopen(ops_page, timeout=10) as response:
+            assert "Propagation to the suppression view" in response.read().decode()
 
         def dnc(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([sys.executable, "-m", "dnc", *args], env=env, text=True,

@@ -19,6 +19,7 @@ import yaml
 
 from infra.dashboard_queries import (
     DashboardQueryError,
+    console_exprs,
     dashboard_exprs,
     iter_panels,
     rule_exprs,
@@ -30,6 +31,19 @@ PROMETHEUS_DIR = ROOT / "infra" / "prometheus"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
 ALERTS_TEST = PROMETHEUS_DIR / "alerts_test.yml"
 DASHBOARD = ROOT / "infra" / "grafana" / "dashboards" / "dnc-propagation.json"
+CONSOLE = PROMETHEUS_DIR / "consoles" / "dnc.html"
+# What the ops page (Prometheus console) shows: the graphs ops watch (issue 13).
+CONSOLE_METRICS = {
+    "dnc_propagation_seconds",
+    "dnc_reference_list_pending",
+    "dnc_reference_list_oldest_pending_seconds",
+    "dnc_consumer_lag",
+    "dnc_dead_letters_total",
+    "dnc_checks_total",
+    "dnc_events_total",
+    "dnc_view_staleness_seconds",
+    "dnc_view_ready",
+}
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 EXPECTED_ALERTS = {
@@ -297,3 +311,39 @@ def test_rule_exprs_reads_every_rule() -> None:
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
     assert len(exprs) == sum(len(g["rules"]) for g in groups)
     assert any(e.startswith("histogram_quantile(0.99,") for e in exprs)
+
+
+def test_the_ops_page_shows_the_graphs_ops_watch_from_catalogued_metrics() -> None:
+    exprs = console_exprs(CONSOLE)
+    text = "\n".join(exprs)
+    shown = set().union(*map(metric_names, exprs))
+    assert shown >= CONSOLE_METRICS, f"the ops page does not show {CONSOLE_METRICS - shown}"
+    for stage in ("suppression_view", "reference_list"):
+        for quantile in ("0.5", "0.99"):
+            assert (
+                f"histogram_quantile({quantile}, sum by (le) (rate(dnc_propagation_seconds_bucket"
+                f'{{stage="{stage}"}}' in text
+            )
+    known = catalogue_metrics()
+    for expr in exprs:
+        assert balanced(expr), expr
+        assert metric_names(expr) <= known, f"not in schemas/metrics.py: {expr}"
+
+
+def test_console_exprs_reads_graphs_and_table_queries_and_refuses_what_it_cannot(
+    tmp_path: Path,
+) -> None:
+    page = tmp_path / "page.html"
+    page.write_text(
+        "{{/* a comment that says query */}}\n"
+        '<div class="dnc-graph"><code class="dnc-expr" data-name="x">'
+        "rate(a[1m]) &gt; 0</code></div>\n"
+        '<td>{{ with query `sum(b{c="d"})` }}{{ . | first | value }}{{ end }}</td>\n'
+    )
+    assert console_exprs(page) == ["rate(a[1m]) > 0", 'sum(b{c="d"})']
+    page.write_text('<td>{{ with query "sum(b)" }}{{ . }}{{ end }}</td>')
+    with pytest.raises(DashboardQueryError, match="raw string"):
+        console_exprs(page)
+    page.write_text('<td>{{ with printf "sum(%s)" .x | query }}{{ . }}{{ end }}</td>')
+    with pytest.raises(DashboardQueryError, match="raw string"):
+        console_exprs(page)

@@ -243,9 +243,11 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         if owned is None or sources is None or maintenance.materialised != owned:
             return  # rebuilding or rebalancing: nothing is vouched for
         nonlocal log_end
+        reading_log_end = False
         try:
             await seed_frontiers(sources)
             now_ms = await view.server_time_ms()  # first: the claim is about the log at now_ms
+            reading_log_end = True
             ends = await log_end.end_offsets(sources, wait=settings.max_staleness_seconds)
             unknown = sorted(tp for tp in sources if ends.get(tp, -1) < 0)
             if unknown:
@@ -257,8 +259,10 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             # the dead leader: its ListOffsets time out, or answer -1 as if it were an end
             # offset, for minutes (seen with 3 brokers, one SIGKILLed; a worker that took -1
             # for the end would vouch for events it has not applied). A new client
-            # bootstraps afresh and asks the new leaders.
-            log_end = LogEndReader(settings)
+            # bootstraps afresh and asks the new leaders (not when Redis failed: a new
+            # client every tick of a Redis outage would only churn connections).
+            if reading_log_end:
+                log_end = LogEndReader(settings)
             return
         for topic, topic_frontier in frontiers.items():
             topic_frontier.observe(

@@ -161,16 +161,22 @@ def test_two_workers_restarted_on_three_brokers_recover_every_state_from_the_cha
     changelog = f"{p.settings.worker_group}-suppression-state-changelog"
     admin = AdminClient({"bootstrap.servers": p.stack.bootstrap_servers})
     group = p.settings.worker_group
-    members = admin.describe_consumer_groups([group])[group].result(timeout=10).members
+
+    def changelog_assigned() -> bool:
+        members = admin.describe_consumer_groups([group])[group].result(timeout=10).members
+        owned = {
+            tp.partition
+            for m in members
+            for tp in m.assignment.topic_partitions
+            if tp.topic == changelog
+        }
+        return owned == set(range(p.settings.partitions))
+
     # Each worker recovers the state of its partitions: their changelog partitions are
-    # assigned (Faust's leader once assigned none when it did not see the topic yet).
-    owned = {
-        tp.partition
-        for m in members
-        for tp in m.assignment.topic_partitions
-        if tp.topic == changelog
-    }
-    assert owned == set(range(p.settings.partitions)), members
+    # assigned (Faust's leader once assigned none when it did not see the topic yet, and
+    # static membership kept it so). Polled: a rebalance in progress shows no assignment.
+    wait_for(changelog_assigned, timeout=60, interval=0.5,
+             what="every changelog partition assigned to a worker of the group")  # fmt: skip
     numbers = [f"+336{3_000_000 + i:08d}" for i in range(60)]
     for number in numbers:
         p.publisher.publish(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     ConfigResource,
@@ -78,9 +79,20 @@ def test_three_brokers_replicate_every_pipeline_topic_3_times_with_min_isr_2(
             assert replicas == [1, 2, 3], (spec.name, partition, replicas)
             assert isr == [1, 2, 3], (spec.name, partition, isr)
     resources = [ConfigResource(ResourceType.TOPIC, t.name) for t in specs]
-    for resource, future in admin.describe_configs(resources).items():
-        config = future.result(timeout=10)
-        assert config["min.insync.replicas"].value == "2", resource
+
+    def min_insync() -> dict[str, str] | None:
+        # The broker answering may not have the new topics' metadata yet
+        # (UNKNOWN_TOPIC_OR_PART right after creation on 3 brokers): asked again.
+        try:
+            return {
+                resource.name: future.result(timeout=10)["min.insync.replicas"].value
+                for resource, future in admin.describe_configs(resources).items()
+            }
+        except KafkaException:
+            return None
+
+    found = wait_for(min_insync, timeout=30, what="the pipeline topics' configs")
+    assert found == {t.name: "2" for t in specs}, found
     # The broker defaults: topics nobody configured (Faust's changelog, the consumer
     # offsets) are replicated the same way.
     broker = ConfigResource(ResourceType.BROKER, "1")

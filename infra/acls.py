@@ -9,7 +9,8 @@ StandardAuthorizer (everything else is denied):
   trail; read the oppositions log (subject access) and the sync groups' offsets;
 * ``dnc-worker``: read the oppositions and admin topics; write the oppositions topic (the
   forwarded, signed events), the suppression changes and the dead letters; its consumer
-  group and the Faust internal topics (prefixed with the group name);
+  group, the Faust internal topics and its fence topic (prefixed with the group name), and
+  its partitions' transactional ids (same prefix);
 * ``dnc-sync``: read the suppression changes, write the reference-list dead letters, its
   lanes' groups.
 
@@ -87,6 +88,8 @@ def grants(settings: Settings) -> list[Grant]:
     allow("worker", t, s.dead_letter_topic, write, describe)
     allow("worker", t, s.worker_group, AclOperation.ALL, prefixed=True)  # Faust's own topics
     allow("worker", g, s.worker_group, AclOperation.ALL, prefixed=True)
+    # Its partitions' transactional producers (streams/ownership.py: ``<group>-p<P>``).
+    allow("worker", ResourceType.TRANSACTIONAL_ID, s.worker_group, write, describe, prefixed=True)
     allow("sync", t, s.suppressions_topic, read, describe)
     allow("sync", t, s.reference_dead_letter_topic, write, describe)
     allow("sync", g, s.sync_group_prefix, read, describe, prefixed=True)

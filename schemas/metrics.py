@@ -55,6 +55,16 @@ BATCH_EVENTS = Histogram(
     "Messages per batch the worker applied (a batch is what was fetched, up to the maximum)",
     buckets=(1, 5, 20, 50, 100, 200, 500, 1000, 2000, 5000),
 )
+# Members the view lacks although the worker's table says they are in force, found by the
+# worker's continuous reconciliation in its current cycle (per tenant, "_global" for the
+# platform scope); any is a lost suppression: the partition is rebuilt, checks fail closed.
+VERIFY_MISSING = Gauge(
+    "dnc_verify_missing",
+    "View members missing although in force, found by the continuous reconciliation",
+    ["tenant"],
+)
+# States the continuous reconciliation compared with the view (its progress).
+VERIFY_AUDITED = Counter("dnc_verify_audited_total", "States compared with the view")
 # Suppressions ended by their cooldown.
 EXPIRED = Counter("dnc_expired_total", "Suppressions expired by their cooldown")
 # Last time (unix seconds) the worker vouched for a partition in Redis (wrote its

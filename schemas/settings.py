@@ -130,6 +130,19 @@ class Settings(BaseSettings):
     stall_exit_after_seconds: float = Field(
         120.0, ge=0, description="stalled this long: exit for the supervisor to restart (0: never)"
     )
+    rebalance_give_up_seconds: float = Field(
+        20.0,
+        gt=0,
+        description="a rebalance waiting this long for a batch the worker cannot finish (Redis "
+        "or Kafka unreachable): the worker exits for its supervisor to restart it, rather than "
+        "finish that batch after another member took its partitions",
+    )
+    audit_states_per_second: float = Field(
+        5000.0,
+        ge=0,
+        description="the worker's continuous reconciliation: states compared with the view per "
+        "second (a full pass over N states takes N / this seconds); 0: off",
+    )
 
     # The dialer check.
     check_timeout_seconds: float = Field(0.5, gt=0, description="Redis socket timeout for checks")

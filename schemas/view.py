@@ -30,7 +30,21 @@ The metadata:
   - ``owner:P``: the worker that last vouched for P (for `dnc status`);
   - ``epoch:P``: a fencing token the worker changes at every vouch: a view restored from an
     older snapshot (or flushed) carries an older one, and the worker rebuilds before it
-    vouches again.
+    vouches again;
+  - ``fence:P``: the **owner's claim** on P, ``era:sequence:worker`` (see
+    :func:`claim_token`). The sequence is the offset of a fence record the owner appended
+    to Kafka through P's transactional producer, after fencing the previous owner's
+    (``streams/ownership.py``): later owners have larger sequences, and a fenced owner can
+    never get a new one. Every write for P (members, expiry removals, readiness, vouches) is
+    a script that checks it, so a worker that lost P cannot write after the new owner has
+    claimed it; a claim with a smaller sequence is refused. The claim also proves that the
+    view was not lost since a rebuild began: a flush or an empty restart deletes it, and the
+    rebuild is not marked ready;
+  - ``instance:P``: the Redis instance (its run id: a restart, a restore or a promoted
+    replica has another) P was rebuilt and marked ready on; a vouch on another instance is
+    refused, and so is a mark if the instance changed since the claim;
+  - ``next:P``: the first offset of P the owner has not applied yet, as of its last vouch
+    (another partition's owner waits for it to pass an event it forwarded to P).
 
   The hash vanishes with the data when Redis is flushed or restarts empty, and an older
   snapshot brings back older applied-through times: either way checks fail closed until
@@ -55,6 +69,12 @@ if TYPE_CHECKING:
 LUA_NODE_ID = """
 local ok, node = pcall(redis.call, 'CLUSTER', 'MYID')
 if not ok then node = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') end
+"""
+
+# Lua: the run id of the Redis instance running a script (a restart, a restore from a
+# snapshot or a promoted replica has another).
+LUA_RUN_ID = """
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
 """
 
 VIEW_PREFIX = "dnc:v1"
@@ -82,6 +102,33 @@ def epoch_field(partition: int) -> str:
 def node_field(partition: int) -> str:
     """Field of a shard's metadata: the node that holds the copy the worker vouched for."""
     return f"node:{partition}"
+
+
+def fence_field(partition: int) -> str:
+    """Field of the metadata: the current owner's claim on ``partition`` (see the module)."""
+    return f"fence:{partition}"
+
+
+def instance_field(partition: int) -> str:
+    """Field of the metadata: the Redis instance ``partition`` was marked ready on."""
+    return f"instance:{partition}"
+
+
+def frontier_field(partition: int) -> str:
+    """Field of the metadata: the first offset of ``partition`` not applied at the last vouch."""
+    return f"next:{partition}"
+
+
+def claim_token(era: str, sequence: int, worker_id: str) -> str:
+    """An owner's claim on a partition, as the view's scripts compare them.
+
+    ``era``: the identity of the fence topic the sequence counts in (its topic id: a
+    recreated topic counts from 0 again, and a claim of another era is not compared);
+    ``sequence``: the offset of the owner's fence record.
+    """
+    if ":" in era:
+        raise ValueError("the era must not contain ':'")
+    return f"{era}:{sequence}:{worker_id}"
 
 
 def owner_field(partition: int) -> str:
@@ -167,6 +214,12 @@ class ViewLayout:
         if not self.shards:
             return META_KEY
         return f"{self.shard_prefix(self.shard_of(phone_e164))}_meta"
+
+    def meta_key_of(self, key: str) -> str:
+        """The metadata copy in the slot of the set ``key`` (its writes are fenced there)."""
+        if not self.shards:
+            return META_KEY
+        return key[: key.index("}:") + 2] + "_meta"
 
     def meta_keys(self) -> list[str]:
         """Every copy of the metadata: one per shard, or the one hash when not sharded."""

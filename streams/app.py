@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
+from confluent_kafka import TopicCollection
 from confluent_kafka.admin import AdminClient
 from faust.types import TP
 from redis.asyncio import Redis
@@ -21,17 +22,21 @@ from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
 from schemas.topics import TopicSpec
 from schemas.view import view_layout
+from streams.audit import ViewAudit
 from streams.commits import AppliedCommits
 from streams.credentials import faust_credentials
 from streams.delivery import DeliveryHoles
 from streams.expiry import ExpirySchedule
-from streams.faust_bridge import FaustStateTable, apply_in_batches
+from streams.faust_bridge import FaustStateTable, apply_in_batches, table_manager
+from streams.fencing import OwnershipLost, give_up
 from streams.freshness import AppliedFrontier
 from streams.kafka_sink import KafkaChangeSink
 from streams.log_end import LogEndReader
 from streams.maintenance import ViewMaintenance
+from streams.ownership import PartitionProducers, fence_topic
 from streams.processor import OppositionProcessor
 from streams.progress import ProgressWatch
+from streams.server_clock import ServerClock
 from streams.view_writer import SuppressionViewWriter, writer_client
 
 log = logging.getLogger("dnc.streams")
@@ -73,8 +78,10 @@ class WorkerApp:
     redis: Redis | RedisCluster
 
 
-def _declare_changelog(settings: Settings, name: str, timeout: float = 30.0) -> None:
-    """Create the table's changelog topic before Faust starts, and wait until it is visible.
+def _declare_worker_topics(settings: Settings, changelog: str, timeout: float = 30.0) -> str:
+    """Create the table's changelog topic and the group's fence topic before Faust starts,
+    wait until they are visible; returns the fence topic's id (the era of the claims it
+    orders, see streams/ownership.py).
 
     Faust creates it itself at start-up, right before joining the group; on a 3-broker
     cluster the group leader's metadata may not list it yet, and Faust's assignor then
@@ -83,18 +90,28 @@ def _declare_changelog(settings: Settings, name: str, timeout: float = 30.0) -> 
     --brokers 3 --workers 2`: after a restart the table was empty and the view rebuilt
     without numbers Kafka had acknowledged.
     """
-    spec = TopicSpec(name, settings.partitions, settings.replication_factor,
-                     {"cleanup.policy": "compact"})  # fmt: skip
+    names = [changelog, fence_topic(settings)]
+    specs = [
+        TopicSpec(
+            name, settings.partitions, settings.replication_factor, {"cleanup.policy": "compact"}
+        )
+        for name in names
+    ]
     client_config = settings.kafka_client_config()
-    ensure_topics(settings.kafka_bootstrap, [spec], timeout, client_config)
+    ensure_topics(settings.kafka_bootstrap, specs, timeout, client_config)
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, **client_config})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = admin.list_topics(name, timeout=timeout).topics.get(name)
-        if found is not None and found.error is None and found.partitions:
-            return
+        topics = admin.list_topics(timeout=timeout).topics
+        found = [topics.get(name) for name in names]
+        if all(t is not None and t.error is None and t.partitions for t in found):
+            break
         time.sleep(0.2)
-    log.warning("topic %s is still not in Kafka's metadata after %.0fs", name, timeout)
+    else:
+        log.warning("topics %s are still not in Kafka's metadata after %.0fs", names, timeout)
+    fences = TopicCollection([fence_topic(settings)])
+    described = admin.describe_topics(fences, request_timeout=timeout)
+    return str(next(iter(described.values())).result(timeout=timeout).topic_id)
 
 
 def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -> WorkerApp:
@@ -123,6 +140,11 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         consumer_group_instance_id=settings.worker_instance_id,
         # Faust's own files go with the other state, not into the working directory.
         datadir=str(datadir),
+        # Recovery that ends at the changelog's last data record, not at a transaction
+        # marker it would wait for ever (streams/faust_bridge.py).
+        TableManager=table_manager(
+            {"bootstrap.servers": settings.kafka_bootstrap, **settings.kafka_client_config()}
+        ),
     )
     # The oppositions log and the admin topic (lifts): admin actions are forwarded, signed,
     # to the log partition of their number (see streams/processor.py).
@@ -146,13 +168,19 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         schema=faust.Schema(key_serializer="json", value_serializer="raw"),
     )
     changelog = table.changelog_topic.get_topic_name()
-    _declare_changelog(settings, changelog)
+    era = _declare_worker_topics(settings, changelog)
 
     redis = writer_client(settings)
     view = SuppressionViewWriter(redis, view_layout(settings, tenants), worker_id)
-    sink = KafkaChangeSink(
-        settings, table.changelog_topic.get_topic_name(), client_id=f"{worker_id}-out"
+    ownership = PartitionProducers(
+        settings,
+        worker_id,
+        era=era,
+        owned=lambda: owned_partitions(),
+        confirm=lambda partition: confirm_membership(partition),
     )
+    sink = KafkaChangeSink(settings, changelog, client_id=f"{worker_id}-out", partitions=ownership)
+    clock = ServerClock()
     expiry = ExpirySchedule()
     lock = asyncio.Lock()
     progress = ProgressWatch(settings.stall_after_seconds)
@@ -170,29 +198,50 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         settings=settings,
         expiry=expiry,
         view_lock=lock,
+        clock=clock.now,
     )
     maintenance = ViewMaintenance(
         table=table,
         view=view,
         sink=sink,
+        ownership=ownership,
         expiry=expiry,
         view_lock=lock,
         total_partitions=settings.partitions,
         retry_backoff_max=settings.retry_backoff_max_seconds,
+        audit=ViewAudit(table.data, redis, view.layout),
+        audit_budget=int(settings.audit_states_per_second * settings.heartbeat_interval_seconds),
+        clock=clock.now,
     )
 
     @app.agent(source, name="apply-oppositions", concurrency=1)
     async def apply_oppositions(stream: Any) -> None:
-        await apply_in_batches(
-            stream.noack(),
-            processor,
-            settings.batch_max_events,
-            progress,
-            holes,
-            frontiers,
-            app.consumer,
-            settings.oppositions_topic,
-        )
+        try:
+            await apply_in_batches(
+                stream.noack(),
+                processor,
+                settings.batch_max_events,
+                progress,
+                holes,
+                frontiers,
+                app.consumer,
+                settings.oppositions_topic,
+            )
+        except OwnershipLost as exc:
+            give_up(exc)
+
+    async def confirm_membership(partition: int) -> bool:
+        """True if the group coordinator still counts this worker as a member of its current
+        generation: an offset commit of ``partition`` at its applied frontier (or where
+        delivery starts), which the coordinator refuses from an older generation."""
+        consumer: Any = app.consumer
+        tp = TP(settings.oppositions_topic, partition)
+        if tp not in {TP(t.topic, t.partition) for t in consumer.assignment()}:
+            return False
+        offset = frontier.next_offset(partition) or consumer._committed_offset.get(tp)
+        if offset is None:
+            offset = (await consumer.earliest_offsets(tp)).get(tp)
+        return offset is not None and bool(await consumer._commit({tp: offset}))
 
     unrecovered = _RateLimitedWarning(log, every_seconds=10)
 
@@ -229,6 +278,8 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             return
         try:
             await maintenance.tick(owned)
+        except OwnershipLost as exc:
+            give_up(exc)
         except Exception as exc:  # Redis down: checks fail closed by themselves; try again
             log.warning("view maintenance failed (%s); retrying next tick", exc)
 
@@ -247,6 +298,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         try:
             await seed_frontiers(sources)
             now_ms = await view.server_time_ms()  # first: the claim is about the log at now_ms
+            clock.observe(now_ms, time.time())
             reading_log_end = True
             ends = await log_end.end_offsets(sources, wait=settings.max_staleness_seconds)
             unknown = sorted(tp for tp in sources if ends.get(tp, -1) < 0)
@@ -269,6 +321,11 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
                 now_ms, {tp.partition: end for tp, end in ends.items() if tp.topic == topic}
             )
         await refetch_skipped(sources)
+        try:
+            await release_forwards(owned)
+        except Exception as exc:  # Redis unreachable: the forwards stay held, nothing vouched
+            cut_off.warn("cannot read the frontiers of the partitions events were forwarded "
+                         "to: %s", exc)  # fmt: skip
         vouched = frontier.vouchable()
         frontiers[settings.admin_topic].vouchable()  # (admin claims are only for refetching)
         for partition, (applied_to, awaited) in frontier.waiting().items():
@@ -278,7 +335,11 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
                             "waiting for %d", partition, (now_ms - since) / 1000, applied_to,
                             awaited)  # fmt: skip
         try:
-            await maintenance.vouch(vouched)
+            await maintenance.vouch(
+                {p: (ms, frontier.next_offset(p) or 0) for p, ms in vouched.items()}
+            )
+        except OwnershipLost as exc:
+            give_up(exc)
         except Exception as exc:
             cut_off.warn("cannot record the applied-through times in Redis: %s", exc)
             return
@@ -289,6 +350,23 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
 
     last_vouched: dict[int, int] = {}
     started_ms: dict[int, int] = {}  # first vouch attempt per partition, for the warning
+
+    async def release_forwards(owned: set[int]) -> None:
+        """Count forwarded events as applied once their canonical partition's frontier has
+        passed the copy: this worker's own frontier, or the one its owner vouched with."""
+        held = frontier.held()
+        if not held:
+            return
+        canonicals = {c for offsets in held.values() for c, _landed in offsets.values()}
+        theirs = await view.frontiers(canonicals - owned)
+        for partition, offsets in held.items():
+            passed = []
+            for offset, (canonical, landed) in offsets.items():
+                mine = frontier.next_offset(canonical) if canonical in owned else None
+                reached = mine if mine is not None else theirs.get(canonical)
+                if reached is not None and reached > landed:
+                    passed.append(offset)
+            frontier.release(partition, passed)
 
     gaps_seen: dict[TP, tuple[int, float]] = {}  # frontier offset, since when
 
@@ -309,6 +387,9 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             nxt, awaited = topic_frontier.waiting().get(tp.partition, (None, None))
             if nxt is None or awaited is None or awaited <= nxt:
                 gaps_seen.pop(tp, None)  # nothing awaited: not stuck
+                continue
+            if topic_frontier.is_held(tp.partition, nxt):
+                gaps_seen.pop(tp, None)  # forwarded, waiting for its canonical partition
                 continue
             seen = gaps_seen.get(tp)
             if seen is None or seen[0] != nxt:
@@ -361,6 +442,13 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     @app.timer(STALL_CHECK_INTERVAL, name="stall-watch")
     async def watch_progress() -> None:
         """Find owned partitions with input waiting and no progress (they lose their heartbeat)."""
+        stuck = progress.in_flight_for()
+        if app.rebalancing and stuck > settings.rebalance_give_up_seconds:
+            # Faust waits for the batch in flight before it lets the partitions go, for ever
+            # if Redis or Kafka stays unreachable; finishing that batch later, after another
+            # member took the partitions, is a zombie's write. Restart instead.
+            give_up(f"a rebalance has been waiting {stuck:.0f}s for a batch this worker "
+                    "cannot finish (Redis or Kafka unreachable)")  # fmt: skip
         owned = owned_partitions()
         if owned is None:
             return
@@ -399,7 +487,10 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     async def expire() -> None:
         if owned_partitions() is None:
             return
-        await maintenance.expire_due()
+        try:
+            await maintenance.expire_due()
+        except OwnershipLost as exc:
+            give_up(exc)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
@@ -407,6 +498,9 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         await commits.commit(TP(tp.topic, tp.partition) for tp in revoked
                              if tp.topic in source_topics)  # fmt: skip
         commits.forget()
+        gone = [tp.partition for tp in revoked if tp.topic == settings.oppositions_topic]
+        view.release(gone)
+        await ownership.release(gone)
         maintenance.forget()
         progress.forget()
         holes.forget()

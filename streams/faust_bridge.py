@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+from faust.tables import TableManager
+from faust.tables.recovery import Recovery
+from faust.types import TP
 
 from schemas.metrics import BATCH_EVENTS
 from streams.delivery import DeliveryHoles
@@ -82,13 +90,20 @@ async def apply_in_batches(
         batch.append(event)
         if len(batch) < max_events and not queue.empty():
             continue
-        await processor.process([source_message(e) for e in batch])
+        result = await processor.process([source_message(e) for e in batch])
         BATCH_EVENTS.observe(len(batch))
         progress.applied()
+        forwarded = {(f.partition, f.offset): f for f in result.forwards}
         applied: dict[tuple[str, int], list[int]] = {}
         for done in batch:
-            key = (done.message.topic, done.message.partition)
-            applied.setdefault(key, []).append(done.message.offset)
+            message = done.message
+            copy = forwarded.get((message.partition, message.offset))
+            if copy is not None and message.topic == log_topic:
+                frontiers[log_topic].forwarded(
+                    copy.partition, copy.offset, copy.canonical, copy.landed
+                )
+                continue
+            applied.setdefault((message.topic, message.partition), []).append(message.offset)
         for (topic, partition), offsets in applied.items():
             # Durable: the view may be vouched for and the offsets committed now. Before
             # the acks, so that a rebalance waiting for them sees the frontier moved.
@@ -96,3 +111,95 @@ async def apply_in_batches(
         for done in batch:
             await stream.ack(done)
         batch.clear()
+
+
+# --------------------------------------------------------------------------- recovery
+# The table's changelog records are produced in transactions (streams/ownership.py), so a
+# changelog partition usually ends with a transaction marker: a control record, which no
+# consumer ever delivers. Faust's recovery waits for the record at the log's end offset
+# minus one, which is that marker: it would wait for ever (its own exactly_once mode only
+# gives up after two 5 s timeouts). The recovery below waits for the last *data* record
+# instead, found by reading the partition's tail.
+
+_TAIL = 16  # offsets read before the end at first (a transaction ends with one marker)
+
+
+def last_data_offsets(
+    client_config: Mapping[str, Any], ends: Mapping[TP, int], timeout: float = 30.0
+) -> dict[TP, int]:
+    """Per partition, the offset of the last record a consumer delivers below ``ends``
+    (-1 when there is none): control records (transaction markers) are skipped, and so
+    are the offsets of records compacted away. Read as Faust's recovery reads (aborted
+    records included)."""
+    found: dict[TP, int] = {}
+    pending = {tp: end for tp, end in ends.items() if end > 0}
+    consumer = Consumer({**client_config, "group.id": f"dnc-recovery-tail-{uuid.uuid4().hex}", "fetch.wait.max.ms": 10,
+                         "enable.auto.commit": False, "enable.partition.eof": True,
+                         "auto.offset.reset": "earliest",
+                         "isolation.level": "read_uncommitted"})  # fmt: skip
+    try:
+        window = _TAIL
+        while pending:
+            consumer.assign(
+                [
+                    TopicPartition(tp.topic, tp.partition, max(0, end - window))
+                    for tp, end in pending.items()
+                ]
+            )
+            at_end: set[TP] = set()
+            deadline = time.monotonic() + timeout
+            while len(at_end) < len(pending) and time.monotonic() < deadline:
+                message = consumer.poll(0.2)
+                if message is None:
+                    continue
+                tp = TP(str(message.topic()), int(message.partition() or 0))
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(tp)
+                    continue
+                offset = message.offset() or 0
+                if tp in pending and offset < pending[tp]:
+                    found[tp] = max(found.get(tp, -1), offset)
+            if len(at_end) < len(pending):
+                raise TimeoutError(f"cannot read the end of {sorted(set(pending) - at_end)}")
+            pending = {tp: end for tp, end in pending.items()
+                       if tp not in found and end - window > 0}  # fmt: skip
+            window *= _TAIL
+    finally:
+        consumer.close()
+    return {tp: found.get(tp, -1) for tp in ends}
+
+
+class _TailAwareRecovery(Recovery):
+    """Faust's recovery, waiting for each changelog partition's last data record."""
+
+    client_config: Mapping[str, Any] = {}
+
+    async def _build_highwaters(
+        self, consumer: Any, tps: Any, destination: Any, title: str
+    ) -> None:
+        await super()._build_highwaters(consumer, tps, destination, title)
+        ends = {tp: destination[tp] + 1 for tp in tps}  # (Faust stores the end minus one)
+        if not ends:
+            return
+        loop = asyncio.get_running_loop()
+        last = await loop.run_in_executor(None, last_data_offsets, self.client_config, ends)
+        for tp, offset in last.items():  # (a Counter: update() would add)
+            destination[tp] = offset
+
+
+def table_manager(client_config: Mapping[str, Any]) -> type[TableManager]:
+    """Faust's table manager with the tail-aware recovery (``App(TableManager=...)``).
+
+    ``client_config``: bootstrap servers and the Kafka security settings."""
+    recovery = type("TailAwareRecovery", (_TailAwareRecovery,), {"client_config": client_config})
+
+    class TailAwareTableManager(TableManager):
+        @property
+        def recovery(self) -> Recovery:
+            if self._recovery is None:
+                self._recovery = recovery(self.app, self, beacon=self.beacon, loop=self.loop)
+            return self._recovery
+
+    return TailAwareTableManager

@@ -34,12 +34,38 @@ class AppliedFrontier:
         self._next: dict[int, int] = {}
         self._ahead: dict[int, set[int]] = {}
         self._observations: dict[int, deque[tuple[int, int]]] = {}  # (end offset, time ms)
+        # Offsets forwarded to their canonical partition, not applied until its frontier
+        # passes the copy: partition -> offset -> (canonical partition, the copy's offset).
+        self._held: dict[int, dict[int, tuple[int, int]]] = {}
 
     def forget(self) -> None:
         """On rebalance: positions restart from the committed offsets."""
         self._next.clear()
         self._ahead.clear()
         self._observations.clear()
+        self._held.clear()
+
+    def forwarded(self, partition: int, offset: int, canonical: int, landed: int) -> None:
+        """``offset`` was forwarded to ``canonical``, where it landed at ``landed``: it counts
+        as applied here only once ``canonical``'s frontier passes ``landed``
+        (:meth:`release`). Vouching for it earlier would let a check trust this partition
+        while the event is applied in neither (the canonical partition may have vouched for
+        a log end read before the copy landed, then stalled)."""
+        self._held.setdefault(partition, {})[offset] = (canonical, landed)
+
+    def held(self) -> dict[int, dict[int, tuple[int, int]]]:
+        """The forwarded offsets waiting for their canonical partitions, per partition."""
+        return {p: dict(offsets) for p, offsets in self._held.items() if offsets}
+
+    def is_held(self, partition: int, offset: int) -> bool:
+        """True while ``offset`` waits for its canonical partition (not a skipped offset)."""
+        return offset in self._held.get(partition, {})
+
+    def release(self, partition: int, offsets: Iterable[int]) -> None:
+        """The canonical partitions passed these forwarded offsets: they are applied."""
+        held = self._held.get(partition, {})
+        done = [o for o in offsets if held.pop(o, None) is not None]
+        self.applied(partition, done)
 
     def seed(self, partition: int, committed: int | None) -> None:
         """Start ``partition`` at its committed offset (delivery resumes there)."""

@@ -1,11 +1,15 @@
 """What a batch sends to Kafka, produced with librdkafka and acknowledged as one.
 
-Forwarded events, change records, dead letters and the table's changelog records of a
-batch are produced without waiting one by one, then the batch waits once for every
-acknowledgement (acks=all, idempotent producer): one flush per batch instead of a round
-of awaits per record in pure Python. Faust's producer is not used for these records;
-the changelog records go where Faust would write them (same topic and partition, Faust's
-own key bytes) with the state's JSON as value, so Faust recovers the table from them.
+A batch's records of partition P of the oppositions log, i.e. the table's changelog records
+and the change records of its numbers, go in one transaction of P's transactional producer
+(:mod:`streams.ownership`): only P's current owner can append them, so a worker that lost P
+cannot land a stale state after the new owner's. Forwarded events and dead letters go
+through a plain idempotent producer (a copy of an event already in the log, or of a
+refusal: appended twice they change nothing). Everything is produced without waiting one
+by one, then the batch waits once for all of it: one flush and one commit per partition,
+in parallel. Faust's producer is not used for these records; the changelog records go where
+Faust would write them (same topic and partition, Faust's own key bytes) with the state's
+JSON as value, so Faust recovers the table from them.
 """
 
 from __future__ import annotations
@@ -28,21 +32,29 @@ from schemas.topics import (
     DLQ_REASON,
     DLQ_TOPIC,
 )
+from streams.ownership import PartitionProducers, Record
 from streams.processor import Outgoing
 
 
 class _Deliveries:
     """Acknowledgements awaited for one publish call (served by librdkafka's callbacks).
 
-    Callbacks run on whichever thread serves them: they only append (atomic in CPython).
+    Callbacks run on whichever thread serves them: they only assign and append (atomic in
+    CPython).
     """
 
     def __init__(self) -> None:
         self.produced = 0
         self.reports: list[str | None] = []  # None: acknowledged; else the error
+        self.offsets: dict[int, int] = {}  # index of a record asked for -> its offset
 
-    def delivered(self, err: KafkaError | None, msg: Message) -> None:
-        self.reports.append(None if err is None else f"{msg.topic()}: {err.str()}")
+    def delivered(self, index: int | None = None) -> Any:
+        def done(err: KafkaError | None, msg: Message) -> None:
+            if err is None and index is not None:
+                self.offsets[index] = msg.offset() or 0
+            self.reports.append(None if err is None else f"{msg.topic()}: {err.str()}")
+
+        return done
 
     @property
     def pending(self) -> int:
@@ -68,10 +80,17 @@ def changelog_value(value: Any) -> bytes:
 class KafkaChangeSink:
     """Produces a batch's records to Kafka and waits until all are acknowledged."""
 
-    def __init__(self, settings: Settings, changelog_topic: str, client_id: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        changelog_topic: str,
+        client_id: str,
+        partitions: PartitionProducers,
+    ) -> None:
         self._settings = settings
         self._changelog = changelog_topic
         self._timeout = settings.publish_timeout_seconds
+        self._partitions = partitions
         self._producer = Producer(
             producer_config(
                 settings.kafka_bootstrap,
@@ -81,31 +100,30 @@ class KafkaChangeSink:
             )
         )
 
-    def _produce(self, deliveries: _Deliveries, topic: str, **fields: Any) -> None:
+    def _produce(self, deliveries: _Deliveries, topic: str, index: int | None = None,
+                 **fields: Any) -> None:  # fmt: skip
         while True:
             try:
-                self._producer.produce(topic, on_delivery=deliveries.delivered, **fields)
+                self._producer.produce(topic, on_delivery=deliveries.delivered(index), **fields)
                 deliveries.produced += 1
                 return
             except BufferError:  # the local queue is full: let librdkafka drain it
                 self._producer.poll(0.05)
 
-    async def publish(self, out: Outgoing) -> None:
-        """Produce everything in ``out``; return once Kafka acknowledged all of it.
+    async def publish(self, out: Outgoing) -> list[int]:
+        """Produce everything in ``out``; return once Kafka acknowledged all of it, with the
+        offsets the forwarded events landed at (in ``out.forwards``' order).
 
-        Raises :class:`PublishError` when a record is refused or not acknowledged in time:
-        the caller retries the whole batch (every record is idempotent in effect).
+        Raises :class:`PublishError` when a record is refused or not acknowledged in time
+        (the caller retries the whole batch: every record is idempotent in effect), and
+        :class:`streams.fencing.OwnershipLost` when a partition's producer was fenced.
         """
         deliveries = _Deliveries()
         s = self._settings
-        for item in out.forwards:
-            self._produce(deliveries, s.oppositions_topic, key=item.key,
+        for index, item in enumerate(out.forwards):
+            self._produce(deliveries, s.oppositions_topic, index, key=item.key,
                           value=item.message.value, partition=item.partition,
                           headers=list(item.headers))  # fmt: skip
-        for change in out.changes:
-            self._produce(deliveries, s.suppressions_topic,
-                          key=f"{change.target}|{change.phone_e164}".encode(),
-                          value=change.model_dump_json().encode())  # fmt: skip
         if out.dead:
             failed_at = datetime.now(UTC).isoformat().encode()
         for letter in out.dead:
@@ -120,12 +138,23 @@ class KafkaChangeSink:
             ]
             self._produce(deliveries, s.dead_letter_topic, key=m.key, value=m.value,
                           headers=headers)  # fmt: skip
+        owned: dict[int, list[Record]] = {}
+        for partition, change in out.changes:
+            owned.setdefault(partition, []).append(
+                Record(
+                    s.suppressions_topic,
+                    change.model_dump_json().encode(),
+                    f"{change.target}|{change.phone_e164}".encode(),
+                )
+            )
         for key, (partition, value) in out.states.items():
             # Faust's own key bytes (compaction keeps the latest per key), the state's JSON.
-            self._produce(deliveries, self._changelog, key=changelog_key(key),
-                          value=changelog_value(value), partition=partition)  # fmt: skip
-        if deliveries.pending:
-            await self._wait(deliveries)
+            owned.setdefault(partition, []).append(
+                Record(self._changelog, changelog_value(value), changelog_key(key), partition)
+            )
+        plain = self._wait(deliveries) if deliveries.pending else asyncio.sleep(0)
+        await asyncio.gather(plain, self._partitions.send_all(owned))
+        return [deliveries.offsets.get(i, -1) for i in range(len(out.forwards))]
 
     async def _wait(self, deliveries: _Deliveries) -> None:
         loop = asyncio.get_running_loop()

@@ -4,8 +4,15 @@ A rebuild happens when this worker's owned partitions change (start, rebalance),
 the view's metadata is gone or incomplete (Redis flushed or restarted empty), when Redis
 restarted at all (it may have reloaded an old snapshot), when the view was written with
 another layout (key or bucket counts: the old members are garbage, the view is wiped
-first), and when a key this worker filled has vanished (evicted or deleted). The worker
-refuses to serve at all on a Redis whose eviction policy may drop view keys.
+first), when a key this worker filled has vanished (evicted or deleted), when a write or a
+vouch found the partition's claim gone, and when the continuous reconciliation
+(:mod:`streams.audit`) finds a member in force missing. The worker refuses to serve at all
+on a Redis whose eviction policy may drop view keys.
+
+A rebuild first claims its partitions (a fence record in Kafka, then the claim in the
+view's metadata: :mod:`streams.ownership`), writes under that claim, and is marked ready
+only if the claim and the Redis instance are unchanged at the end: a flush, an empty
+restart, a restore or a failover during the rebuild makes it start again.
 """
 
 from __future__ import annotations
@@ -27,10 +34,19 @@ from schemas.metrics import (
 )
 from schemas.state import SuppressionChange, SuppressionState
 from schemas.view import META_LAYOUT, META_PARTITIONS, ready_field
+from streams.audit import ViewAudit
 from streams.expiry import ExpirySchedule
+from streams.ownership import PartitionProducers
 from streams.processor import ChangeSink, Outgoing, load_state
 from streams.retry import until_done
-from streams.view_writer import EVICTING_POLICIES, WRITE_CHUNK, SuppressionViewWriter, ViewBatch
+from streams.view_writer import (
+    EVICTING_POLICIES,
+    WRITE_CHUNK,
+    SuppressionViewWriter,
+    ViewBatch,
+    ViewLost,
+    ViewMoved,
+)
 
 log = logging.getLogger("dnc.streams")
 
@@ -51,24 +67,31 @@ class ViewMaintenance:
         table: Any,
         view: SuppressionViewWriter,
         sink: ChangeSink,
+        ownership: PartitionProducers,
         expiry: ExpirySchedule,
         view_lock: asyncio.Lock,
         total_partitions: int,
         retry_backoff_max: float,
+        audit: ViewAudit | None = None,
+        audit_budget: int = 0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._table = table
         self._view = view
         self._sink = sink
+        self._ownership = ownership
         self._expiry = expiry
         self._lock = view_lock
         self._total = total_partitions
         self._retry_cap = retry_backoff_max
+        self._audit = audit
+        self._audit_budget = audit_budget
         self._clock = clock
         self._materialised: frozenset[int] | None = None
         self._run_id: str | None = None
         self._ticks = 0
-        self._fenced = False
+        self._refused: set[int] = set()  # partitions whose last vouch was refused
+        self._unconfirmed: set[int] = set()  # partitions the audit found a member missing in
 
     @property
     def materialised(self) -> frozenset[int]:
@@ -81,7 +104,7 @@ class ViewMaintenance:
         VIEW_READY.set(0)
 
     async def tick(self, owned: Iterable[int]) -> None:
-        """One round: refuse an evicting Redis, rebuild if needed, look for lost keys."""
+        """One round: refuse an evicting Redis, rebuild what needs it, audit a slice."""
         partitions = frozenset(owned)
         self._ticks += 1
         policy = await self._view.eviction_policy()
@@ -90,19 +113,25 @@ class ViewMaintenance:
             return
         run_id = await self._view.server_run_id()
         meta = await self._view.meta()
-        trigger = None
+        trigger, targets = None, partitions
         if self._materialised != partitions:
             trigger = "startup" if self._materialised is None else "rebalance"
         elif self._run_id is not None and run_id != self._run_id:
             trigger = "redis_restarted"
-        elif self._fenced:
-            trigger = "view_replaced"
         elif META_PARTITIONS not in meta or any(ready_field(p) not in meta for p in partitions):
             trigger = "view_lost"
         elif meta.get(META_LAYOUT) != self._view.layout.fingerprint:
             trigger = "layout_changed"
+        elif damaged := (self._view.lost | self._refused | self._unconfirmed) & partitions:
+            trigger, targets = "view_replaced", frozenset(damaged)
         elif self._ticks % LOSS_CHECK_EVERY == 0 and await self._keys_lost(partitions):
             trigger = "keys_lost"
+        elif self._audit is not None and self._audit_budget:
+            found = await self._audit.step(partitions, self._clock(), self._audit_budget)
+            if found:
+                log.error("the view lacks members in force of partitions %s (the continuous "
+                          "reconciliation found them): rebuilding them", sorted(found))  # fmt: skip
+                trigger, targets = "members_missing", frozenset(found)
         if trigger is not None:
             written_with = meta.get(META_LAYOUT)
             if written_with is not None and written_with != self._view.layout.fingerprint:
@@ -114,8 +143,9 @@ class ViewMaintenance:
                 )
                 async with self._lock:
                     await self._view.wipe()
-            await self.rebuild(partitions, trigger)
-            self._run_id = run_id
+                targets = partitions
+            if await self.rebuild(partitions, trigger, targets):
+                self._run_id = run_id
 
     async def _refuse(self, partitions: frozenset[int], policy: str) -> None:
         """Withdraw readiness: an evicting Redis may silently drop refusals."""
@@ -125,7 +155,7 @@ class ViewMaintenance:
             "policy) on Redis; checks answer 'unavailable' until then",
             policy,
         )
-        await self._view.unmark_ready(partitions)
+        await self._view.withdraw(partitions)
         self._materialised = None
         VIEW_READY.set(0)
 
@@ -158,22 +188,23 @@ class ViewMaintenance:
             )
         return bool(needed)
 
-    async def vouch(self, applied_through_ms: dict[int, int]) -> None:
-        """Publish applied-through times for the partitions this worker has materialised."""
+    async def vouch(self, applied: dict[int, tuple[int, int]]) -> None:
+        """Publish applied-through times (and frontiers) of the partitions this worker has
+        materialised; a refused one is rebuilt at the next tick."""
         async with self._lock:  # never interleaved with a rebuild (it rotates the epochs)
-            mine = {p: ms for p, ms in applied_through_ms.items() if p in self.materialised}
+            mine = {p: v for p, v in applied.items() if p in self.materialised}
             if not mine:
                 return
             refused = await self._view.vouch(mine)
         if refused:
             log.error(
                 "the view of partitions %s is not the one this worker wrote (Redis flushed, "
-                "restarted or restored from an older snapshot): rebuilding before vouching",
+                "restarted, restored or failed over, or another owner claimed them): "
+                "rebuilding before vouching",
                 sorted(refused),
             )
-            self._fenced = True
-            return
-        for partition in mine:
+            self._refused |= refused
+        for partition in set(mine) - refused:
             WORKER_HEARTBEAT.labels(partition=str(partition)).set_to_current_time()
 
     def report_staleness(self, now_ms: int, applied_through_ms: dict[int, int]) -> None:
@@ -181,48 +212,71 @@ class ViewMaintenance:
         for partition, ms in applied_through_ms.items():
             VIEW_STALENESS.labels(partition=str(partition)).set(max(0.0, (now_ms - ms) / 1000))
 
-    async def rebuild(self, partitions: frozenset[int], trigger: str) -> None:
-        """Re-materialise the owned partitions from the table, then mark them ready.
+    async def rebuild(
+        self, owned: frozenset[int], trigger: str, targets: frozenset[int] | None = None
+    ) -> bool:
+        """Claim ``targets`` (default: every owned partition), re-materialise them from the
+        table under that claim, then mark them ready; True once done.
 
-        States are decoded one at a time and let go once their member is gathered: a
-        million decoded states kept at once would hold gigabytes and make the garbage
-        collector walk them over and over (4x slower).
+        False when the claim or the Redis instance changed meanwhile (a flush, a restart,
+        a failover): nothing is marked ready and the next tick rebuilds again. States are
+        decoded one at a time and let go once their member is gathered: a million decoded
+        states kept at once would hold gigabytes and make the garbage collector walk them
+        over and over (4x slower).
         """
+        chosen = owned if targets is None else targets & owned
         VIEW_READY.set(0)
-        log.info("rebuilding the Redis view for partitions %s (%s)", sorted(partitions), trigger)
+        log.info("rebuilding the Redis view for partitions %s (%s)", sorted(chosen), trigger)
         started = asyncio.get_running_loop().time()
         counts: Tally[str] = Tally()
-        async with self._lock:
-            await self._view.unmark_ready(partitions)
-            now = self._clock()
-            self._view.filled_keys.clear()
-            self._expiry.clear()
-            batch = ViewBatch(self._view.layout, now)
-            for key, raw in list(self._table.items()):
-                state = load_state(raw)
-                if state is None or state.partition not in partitions or not batch.put(state):
-                    continue
-                counts[state.target.split("/", 1)[0]] += 1
-                expiry = state.next_expiry(now)
-                if expiry is not None:
-                    self._expiry.schedule(key, expiry)
-                if batch.pending >= WRITE_CHUNK:
-                    await self._view.apply(batch)
-            await self._view.apply(batch)
-            await self._view.mark_ready(partitions, self._total)
-        self._materialised = partitions
-        self._fenced = False
+        try:
+            async with self._lock:
+                order = sorted(chosen)  # claimed in parallel: each is a transaction
+                tokens = await asyncio.gather(*(self._ownership.claim(p) for p in order))
+                claims = dict(zip(order, tokens, strict=True))
+                await self._view.claim(claims)
+                self._refused -= chosen
+                self._unconfirmed -= chosen
+                now = self._clock()
+                if chosen == owned:
+                    self._view.filled_keys.clear()
+                    self._expiry.clear()
+                batch = ViewBatch(self._view.layout, now)
+                for key, raw in list(self._table.items()):
+                    state = load_state(raw)
+                    if state is None or state.partition not in owned:
+                        continue
+                    if state.partition not in chosen:
+                        if state.effective(now) is not None:
+                            counts[state.target.split("/", 1)[0]] += 1
+                        continue
+                    if not batch.put(state):
+                        continue
+                    counts[state.target.split("/", 1)[0]] += 1
+                    expiry = state.next_expiry(now)
+                    if expiry is not None:
+                        self._expiry.schedule(key, expiry)
+                    if batch.pending >= WRITE_CHUNK:
+                        await self._view.apply(batch)
+                await self._view.apply(batch)
+                await self._view.mark_ready(chosen, self._total)
+        except (ViewLost, ViewMoved) as exc:
+            log.error("rebuild of partitions %s not marked ready: %s", sorted(chosen), exc)
+            self._unconfirmed |= chosen
+            return False
+        self._materialised = owned
         SUPPRESSED_NUMBERS.clear()
         for tenant, count in counts.items():
             SUPPRESSED_NUMBERS.labels(tenant=tenant).set(count)
         VIEW_REBUILDS.labels(trigger=trigger).inc()
         VIEW_READY.set(1)
         log.info(
-            "view ready: %d states in %.2fs for partitions %s",
+            "view ready: %d states written in %.2fs for partitions %s",
             batch.written,
             asyncio.get_running_loop().time() - started,
-            sorted(partitions),
+            sorted(chosen),
         )
+        return True
 
     async def expire_due(self) -> int:
         """Remove suppressions whose cooldown ended from the view; emit their change."""
@@ -248,13 +302,17 @@ class ViewMaintenance:
         )
         if not ended:
             return 0
-        changes = [SuppressionChange.of(s, now, cause="expiry") for s in ended.values()]
-        await until_done(
-            lambda: self._sink.publish(Outgoing(changes=changes)),
-            what="expiry emit",
-            dependency="kafka",
-            max_backoff=self._retry_cap,
-        )
+        changes = [
+            (s.partition, SuppressionChange.of(s, now, cause="expiry")) for s in ended.values()
+        ]
+
+        async def emit() -> None:
+            # Only partitions still owned: a revoked one's new owner expires its states.
+            mine = [(p, c) for p, c in changes if p in self.materialised]
+            if mine:
+                await self._sink.publish(Outgoing(changes=mine))
+
+        await until_done(emit, what="expiry emit", dependency="kafka", max_backoff=self._retry_cap)
         EXPIRED.inc(len(ended))
         for state in ended.values():
             SUPPRESSED_NUMBERS.labels(tenant=state.target.split("/", 1)[0]).dec()

@@ -103,7 +103,7 @@ class Outgoing:
     """Everything one batch sends to Kafka; acknowledged as a whole before its offsets move."""
 
     forwards: list[Forward] = field(default_factory=list)
-    changes: list[SuppressionChange] = field(default_factory=list)
+    changes: list[tuple[int, SuppressionChange]] = field(default_factory=list)  # (partition, ...)
     dead: list[DeadLetter] = field(default_factory=list)
     states: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # (partition, state JSON)
 
@@ -114,7 +114,19 @@ class Outgoing:
 class ChangeSink(Protocol):
     """Where forwarded events, change records, dead letters and changelog records go."""
 
-    async def publish(self, out: Outgoing) -> None: ...
+    async def publish(self, out: Outgoing) -> list[int]:
+        """Returns once all is acknowledged: the offsets the forwards landed at."""
+        ...
+
+
+@dataclass(frozen=True)
+class ForwardedEvent:
+    """An event of the log applied elsewhere: forwarded to its canonical partition."""
+
+    partition: int  # where it was read
+    offset: int
+    canonical: int  # the partition it was forwarded to
+    landed: int  # its offset there
 
 
 @dataclass
@@ -127,6 +139,9 @@ class BatchResult:
     rejected: int = 0
     forwarded: int = 0
     changed_keys: list[str] = field(default_factory=list)
+    # Forwards of events read on the log topic: applied only once the canonical
+    # partition's frontier passes them (the forwarding partition waits for that).
+    forwards: list[ForwardedEvent] = field(default_factory=list)
 
 
 def load_state(raw: Any) -> SuppressionState | None:
@@ -207,8 +222,13 @@ class OppositionProcessor:
                 result.forwarded += 1
             else:
                 result.rejected += 1
-        await self._propagate(touched, emitted, applied_at, out, now)
+        landed = await self._propagate(touched, emitted, applied_at, out, now)
         result.changed_keys = list(emitted)
+        result.forwards = [
+            ForwardedEvent(f.message.partition, f.message.offset, f.partition, at)
+            for f, at in zip(out.forwards, landed, strict=True)
+            if f.message.topic == self._settings.oppositions_topic
+        ]
         return result
 
     def _apply_one(
@@ -325,7 +345,8 @@ class OppositionProcessor:
         applied_at: dict[str, list[datetime]],
         out: Outgoing,
         now: datetime,
-    ) -> None:
+    ) -> list[int]:
+        """Write the view, then produce everything; the offsets the forwards landed at."""
         retry_cap = self._settings.retry_backoff_max_seconds
 
         async def write_view() -> None:
@@ -341,16 +362,19 @@ class OppositionProcessor:
                 for occurred_at in stamps:
                     observe_propagation("suppression_view", occurred_at, visible_at)
 
-        changes = [
-            SuppressionChange.of(
-                s, now, cause="event", event_occurred_at=applied_at.get(key, [None])[-1]
+        out.changes = [
+            (
+                s.partition,
+                SuppressionChange.of(
+                    s, now, cause="event", event_occurred_at=applied_at.get(key, [None])[-1]
+                ),
             )
             for key, s in emitted.items()
         ]
-        out.changes = changes
         dead = out.dead
+        landed: list[int] = []
         if out:
-            await until_done(
+            landed = await until_done(
                 lambda: self._sink.publish(out),
                 what="publish to Kafka",
                 dependency="kafka",
@@ -367,6 +391,7 @@ class OppositionProcessor:
                 letter.reason,
             )
             log.debug("dead-letter detail for offset %d: %s", letter.message.offset, letter.detail)
+        return landed
 
 
 def _count_suppressed(

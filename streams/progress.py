@@ -42,6 +42,12 @@ class ProgressWatch:
         """A delivered batch is still being applied (its effects are not durable yet)."""
         return bool(self._in_flight_since)
 
+    def in_flight_for(self) -> float:
+        """Seconds the oldest delivered, not yet applied event has waited (0: none)."""
+        if not self._in_flight_since:
+            return 0.0
+        return self._clock() - min(self._in_flight_since.values())
+
     def applied(self) -> None:
         """Everything delivered so far is applied (its side effects are durable)."""
         self._in_flight_since.clear()

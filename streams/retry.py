@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from schemas.metrics import RETRIES
+from streams.fencing import OwnershipLost
 
 T = TypeVar("T")
 log = logging.getLogger("dnc.streams")
@@ -26,8 +27,8 @@ async def until_done(
     while True:
         try:
             return await step()
-        except asyncio.CancelledError:
-            raise
+        except (asyncio.CancelledError, OwnershipLost):
+            raise  # a worker that lost a partition retries nothing (streams/fencing.py)
         except Exception as exc:
             attempt += 1
             RETRIES.labels(dependency=dependency).inc()

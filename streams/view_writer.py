@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -15,88 +15,151 @@ from schemas.settings import Settings
 from schemas.state import SuppressionState
 from schemas.view import (
     LUA_NODE_ID,
-    META_KEY,
+    LUA_RUN_ID,
     META_LAYOUT,
-    META_PARTITIONS,
     ViewLayout,
     applied_field,
     epoch_field,
+    fence_field,
+    frontier_field,
+    instance_field,
     node_field,
     owner_field,
     ready_field,
 )
+from streams.fencing import OwnershipLost
 
-# States per pipeline round trip when writing many states (rebuilds).
+# States gathered before a rebuild sends them (one pipeline of write scripts).
 WRITE_CHUNK = 50_000
+# Most members one write script carries: a script holds Redis meanwhile (checks wait).
+MEMBERS_PER_SCRIPT = 8_000
 # Eviction policies that may remove keys without a TTL, i.e. view keys.
 EVICTING_POLICIES = frozenset({"allkeys-lru", "allkeys-lfu", "allkeys-random"})
 
-# A vouch is fenced: each partition's epoch must still be the one this worker wrote last.
-# A Redis flushed, restarted empty or restored from an older snapshot has another (or no)
-# epoch, so the worker cannot vouch for a view it did not write: it rebuilds first.
-# ARGV: owner, then per partition: epoch field, expected, next, applied field, time, owner field
-_VOUCH = """
-local refused = {}
-for i = 2, #ARGV, 6 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
-               ARGV[i + 5], ARGV[1])
+# Lua: ``(era, sequence)`` of a claim token (see schemas.view.claim_token).
+_LUA_CLAIM_PARTS = """
+local function claim_parts(token)
+  local era, seq = string.match(token or '', '^([^:]*):(%d+):')
+  return era, tonumber(seq)
+end
+"""
+
+# Claim partitions for a rebuild, on one copy of the metadata: each partition's claim is
+# replaced by ours and its readiness withdrawn (checks fail closed), unless a newer claim
+# of the same era holds it (we lost the partition: refused). Returns the instance (run id)
+# and the refused claims' fields.
+# ARGV: our token, then per partition: fence field, ready field.
+_CLAIM = (
+    LUA_RUN_ID
+    + _LUA_CLAIM_PARTS
+    + """
+local era, seq = claim_parts(ARGV[1])
+local out = {run_id}
+for i = 2, #ARGV, 2 do
+  local held_era, held_seq = claim_parts(redis.call('HGET', KEYS[1], ARGV[i]))
+  if held_seq ~= nil and held_era == era and held_seq > seq then
+    table.insert(out, ARGV[i])
   else
-    table.insert(refused, ARGV[i])
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[1])
+    redis.call('HDEL', KEYS[1], ARGV[i + 1])
+  end
+end
+return out
+"""
+)
+
+# Fenced member writes on one copy of the metadata and the sets of its slot: per
+# partition, the members are added or removed only while the partition's claim is ours.
+# Returns the refused claims as (field, claim held or '') pairs.
+# KEYS: the metadata, then the sets. ARGV, per partition: fence field, our token, count
+# of operations, then per operation: index of its set in KEYS, '+' or '-', n, n members.
+_WRITE = """
+local refused = {}
+local a = 1
+while a <= #ARGV do
+  local held = redis.call('HGET', KEYS[1], ARGV[a])
+  local ours = held == ARGV[a + 1]
+  if not ours then
+    table.insert(refused, ARGV[a])
+    table.insert(refused, held or '')
+  end
+  local ops = tonumber(ARGV[a + 2])
+  a = a + 3
+  for _ = 1, ops do
+    local key, command, n = KEYS[tonumber(ARGV[a])], ARGV[a + 1], tonumber(ARGV[a + 2])
+    a = a + 3
+    if ours then
+      command = command == '+' and 'SADD' or 'SREM'
+      for s = a, a + n - 1, 4000 do
+        redis.call(command, key, unpack(ARGV, s, math.min(s + 3999, a + n - 1)))
+      end
+    end
+    a = a + n
   end
 end
 return refused
 """
 
-# Sharded view: the same fence on each shard's copy of the metadata, and the copy must still
-# be on the node the worker marked it ready on (``node:P``): after a failover the promoted
-# replica may miss the last writes, so the worker rebuilds before vouching there.
-# ARGV: owner, then per partition the six of _VOUCH and the node field.
-_VOUCH_SHARD = (
-    LUA_NODE_ID
+# Mark rebuilt partitions ready on one copy of the metadata, if nothing was lost since
+# the claim: the claims are still ours (a flush, an empty restart or a newer owner would
+# have removed or replaced them) and the instance is still the one claimed on (a restart
+# that reloaded a snapshot, or a promoted replica, keeps the claims but not the writes
+# since). The partition count only grows (two workers configured differently: the larger).
+# Returns {'ok'}, {'moved'} or {'lost', field, claim held or ''}.
+# ARGV: instance at the claim, ready stamp, layout, partition count, then per partition:
+# fence field, our token, ready field, epoch field, epoch, instance field, node field.
+_MARK = (
+    LUA_RUN_ID
+    + LUA_NODE_ID
+    + """
+if ARGV[1] ~= run_id then return {'moved'} end
+for i = 5, #ARGV, 7 do
+  local held = redis.call('HGET', KEYS[1], ARGV[i])
+  if held ~= ARGV[i + 1] then return {'lost', ARGV[i], held or ''} end
+end
+for i = 5, #ARGV, 7 do
+  redis.call('HSET', KEYS[1], ARGV[i + 2], ARGV[2], ARGV[i + 3], ARGV[i + 4],
+             ARGV[i + 5], run_id, ARGV[i + 6], node)
+end
+local total = tonumber(redis.call('HGET', KEYS[1], 'partitions') or '0') or 0
+if tonumber(ARGV[4]) > total then redis.call('HSET', KEYS[1], 'partitions', ARGV[4]) end
+redis.call('HSET', KEYS[1], 'layout', ARGV[3])
+return {'ok'}
+"""
+)
+
+# A vouch, on one copy of the metadata: per partition, only if its epoch is the one this
+# worker wrote last (a view restored from an older snapshot has another), its claim is
+# still ours (flushed, or claimed by a newer owner: no) and it is on the instance it was
+# rebuilt on (a restart or a promotion since: no). Returns the refused epoch fields.
+# ARGV: owner, then per partition: epoch field, expected, next, applied field, time,
+# owner field, fence field, our token, instance field, frontier field, frontier.
+_VOUCH = (
+    LUA_RUN_ID
     + """
 local refused = {}
-for i = 2, #ARGV, 7 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1]
-     and redis.call('HGET', KEYS[1], ARGV[i + 6]) == node then
+for i = 2, #ARGV, 11 do
+  local held = redis.call('HMGET', KEYS[1], ARGV[i], ARGV[i + 6], ARGV[i + 8])
+  if held[1] == ARGV[i + 1] and held[2] == ARGV[i + 7] and held[3] == run_id then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
-               ARGV[i + 5], ARGV[1])
+               ARGV[i + 5], ARGV[1], ARGV[i + 9], ARGV[i + 10])
   else
     table.insert(refused, ARGV[i])
   end
 end
 return refused
-"""
-)
-
-# Sharded view: mark partitions ready on a shard's copy, recording the node it is on, if
-# that is still the node the rebuild started on (a failover meanwhile may have lost some of
-# the rebuild's writes: returns false, and the worker rebuilds again).
-# ARGV: the node at the start ('' if unknown), k, then k node fields, then field/value pairs.
-_MARK_SHARD = (
-    LUA_NODE_ID
-    + """
-if ARGV[1] ~= '' and ARGV[1] ~= node then return false end
-local k = tonumber(ARGV[2])
-for i = 3, k + 2 do redis.call('HSET', KEYS[1], ARGV[i], node) end
-for i = k + 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 1
-"""
-)
-
-# Sharded view: withdraw readiness on a shard's copy; returns the node it is on.
-_UNMARK_SHARD = (
-    LUA_NODE_ID
-    + """
-if #ARGV > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV)) end
-return node
 """
 )
 
 
 class ViewMoved(Exception):
-    """A shard of the view moved to another Redis node during a rebuild (a failover): the
+    """The Redis instance changed during a rebuild (a restart, a restore, a failover): the
     rebuild's writes may be lost there, so it is not marked ready; the worker rebuilds."""
+
+
+class ViewLost(Exception):
+    """A claim vanished from the view during a rebuild (Redis flushed or restarted empty):
+    the rebuild's first writes may be gone, so it is not marked ready; the worker rebuilds."""
 
 
 def writer_client(settings: Settings) -> Redis | RedisCluster:
@@ -108,16 +171,18 @@ def writer_client(settings: Settings) -> Redis | RedisCluster:
 
 
 class ViewBatch:
-    """States turned into view members, grouped by key: a rebuild of a million states is a
-    few thousand commands, not a million. Only keys and integers are kept, so the caller
-    can decode states one at a time and let each go (see ``ViewMaintenance.rebuild``).
+    """States turned into view members, grouped by metadata copy, partition and key: a
+    rebuild of a million states is a few hundred scripts, not a million commands. Only
+    keys and integers are kept, so the caller can decode states one at a time and let
+    each go (see ``ViewMaintenance.rebuild``).
     """
 
     def __init__(self, layout: ViewLayout, now: datetime) -> None:
         self._locate = layout.locate
+        self._meta_key_of = layout.meta_key_of
         self._now = now
-        self.adds: dict[str, list[int]] = {}
-        self.removes: dict[str, list[int]] = {}
+        # metadata copy -> partition -> (adds, removes), each key -> members
+        self.ops: dict[str, dict[int, tuple[dict[str, list[int]], dict[str, list[int]]]]] = {}
         self.pending = 0  # states gathered since the last clear
         self.written = 0  # states gathered in all
 
@@ -125,17 +190,66 @@ class ViewBatch:
         """Gather ``state``'s member (added if suppressed at ``now``); True if suppressed."""
         key, member = self._locate(state.target, state.phone_e164)
         suppressed = state.effective(self._now) is not None
-        (self.adds if suppressed else self.removes).setdefault(key, []).append(member)
+        groups = self.ops.setdefault(self._meta_key_of(key), {})
+        adds, removes = groups.setdefault(state.partition, ({}, {}))
+        (adds if suppressed else removes).setdefault(key, []).append(member)
         self.pending += 1
         self.written += 1
         return suppressed
 
     def clear(self) -> None:
-        self.adds, self.removes, self.pending = {}, {}, 0
+        self.ops, self.pending = {}, 0
+
+
+class _WriteScripts:
+    """The :data:`_WRITE` calls of a batch, each of at most :data:`MEMBERS_PER_SCRIPT`."""
+
+    def __init__(self, tokens: Mapping[int, str]) -> None:
+        self._tokens = tokens
+        self.calls: list[tuple[list[str], list[Any]]] = []  # (KEYS, ARGV)
+        self._meta = ""
+        self._keys: list[str] = []
+        self._index: dict[str, int] = {}
+        self._args: list[Any] = []
+        self._size = 0
+        self._group: int | None = None  # where the open group's operation count is
+
+    def add(self, meta_key: str, groups: Mapping[int, tuple[dict[str, list[int]], ...]]) -> None:
+        self._flush()
+        self._meta = meta_key
+        for partition, (adds, removes) in groups.items():
+            self._group = None
+            for command, sets in (("-", removes), ("+", adds)):
+                for key, members in sets.items():
+                    for start in range(0, len(members), MEMBERS_PER_SCRIPT):
+                        self._operation(
+                            partition, key, command, members[start : start + MEMBERS_PER_SCRIPT]
+                        )
+        self._flush()
+
+    def _operation(self, partition: int, key: str, command: str, members: list[int]) -> None:
+        if self._args and self._size + len(members) > MEMBERS_PER_SCRIPT:
+            self._flush()
+        if self._group is None:
+            self._args += [fence_field(partition), self._tokens[partition], 0]
+            self._group = len(self._args) - 1
+        if key not in self._index:
+            self._keys.append(key)
+            self._index[key] = len(self._keys) + 1  # KEYS[1] is the metadata
+        self._args += [self._index[key], command, len(members), *members]
+        self._args[self._group] += 1
+        self._size += len(members)
+
+    def _flush(self) -> None:
+        if self._args:
+            self.calls.append(([self._meta, *self._keys], self._args))
+        self._keys, self._index, self._args, self._size, self._group = [], {}, [], 0, None
 
 
 class SuppressionViewWriter:
-    """The worker's side of the view: every write is idempotent (SADD/SREM of the current state)."""
+    """The worker's side of the view. Every write is idempotent (SADD/SREM of the current
+    state) and fenced: a script writes a partition's members only while the partition's
+    claim in the metadata is this worker's (:meth:`claim`)."""
 
     def __init__(self, redis: Redis | RedisCluster, layout: ViewLayout, worker_id: str):
         self._redis: Any = redis
@@ -146,9 +260,12 @@ class SuppressionViewWriter:
         # that vanished (evicted, deleted) is found by :meth:`missing_keys`.
         self.filled_keys: set[str] = set()
         self._epochs: dict[int, str] = {}
-        self._nodes_at_unmark: dict[str, str] = {}  # sharded: shard key -> node
+        self._tokens: dict[int, str] = {}  # partition -> this worker's claim on it
+        self._instances: dict[str, str] = {}  # metadata copy -> run id at the last claim
+        # Partitions whose claim vanished from the view (flushed, restarted empty): their
+        # writes are skipped until the worker rebuilds them (the table has their states).
+        self.lost: set[int] = set()
         self._epoch_counter = 0
-        self._vouch = redis.register_script(_VOUCH)
 
     def _next_epoch(self) -> str:
         self._epoch_counter += 1
@@ -159,10 +276,21 @@ class SuppressionViewWriter:
         """The layout this worker writes with."""
         return self._layout
 
+    @property
+    def claimed(self) -> frozenset[int]:
+        """Partitions this worker holds a claim on (it writes their members)."""
+        return frozenset(self._tokens)
+
     async def write(self, states: Iterable[SuppressionState], now: datetime) -> int:
-        """Make the view match each state at ``now``; returns how many states were written."""
+        """Make the view match each state at ``now``; returns how many states were written.
+
+        States of partitions this worker holds no claim on are skipped: the rebuild that
+        claims them materialises them from the table.
+        """
         batch = ViewBatch(self._layout, now)
         for state in states:
+            if state.partition not in self._tokens:
+                continue
             batch.put(state)
             if batch.pending >= WRITE_CHUNK:
                 await self.apply(batch)
@@ -170,97 +298,152 @@ class SuppressionViewWriter:
         return batch.written
 
     async def apply(self, batch: ViewBatch) -> None:
-        """Send what ``batch`` gathered in one pipeline (one SREM and one SADD per key)."""
+        """Send what ``batch`` gathered: fenced write scripts, pipelined.
+
+        Raises :class:`OwnershipLost` when a newer owner claimed one of its partitions; a
+        partition whose claim vanished joins :attr:`lost` (its writes were not made).
+        """
         if not batch.pending:
             return
+        scripts = _WriteScripts(self._tokens)
+        for meta_key, groups in batch.ops.items():
+            scripts.add(meta_key, {p: g for p, g in groups.items() if p in self._tokens})
         pipe = self._redis.pipeline(transaction=False)
-        for key, members in batch.removes.items():
-            pipe.srem(key, *members)
-        for key, members in batch.adds.items():
-            pipe.sadd(key, *members)
-        await pipe.execute()
-        self.filled_keys.update(batch.adds)
+        for keys, args in scripts.calls:
+            pipe.execute_command("EVAL", _WRITE, len(keys), *keys, *args)
+        replies = await pipe.execute()
+        refused = {_text(f): _text(h) for reply in replies for f, h in _pairs(reply)}
+        self._refused(refused)
+        for groups in batch.ops.values():
+            for partition, (adds, _removes) in groups.items():
+                if partition in self._tokens:
+                    self.filled_keys.update(adds)
         batch.clear()
 
-    async def mark_ready(self, partitions: Iterable[int], total_partitions: int) -> None:
-        """Declare ``partitions`` fully materialised (after a rebuild), with the layout."""
-        stamp = str(int(time.time() * 1000))
-        mapping = {ready_field(p): stamp for p in partitions}
-        for p in partitions:
-            self._epochs[p] = self._next_epoch()
-            mapping[epoch_field(p)] = self._epochs[p]
-        mapping[META_PARTITIONS] = str(total_partitions)
-        mapping[META_LAYOUT] = self._layout.fingerprint
-        if not self._layout.shards:
-            await self._redis.hset(META_KEY, mapping=cast(Any, mapping))
-            return
-        nodes = [node_field(p) for p in partitions]
-        args = [len(nodes), *nodes, *(x for pair in mapping.items() for x in pair)]
-        started_on = self._nodes_at_unmark
-        marked = await self._on_every_shard(
-            "EVAL", _MARK_SHARD, args, lead=lambda key: started_on.get(key, "")
-        )
-        moved = [key for key, ok in zip(self._layout.meta_keys(), marked, strict=True) if not ok]
-        if moved:
-            raise ViewMoved(f"{len(moved)} shards of the view moved to another Redis node "
-                            f"during the rebuild (e.g. {moved[0]}): rebuilding again")  # fmt: skip
+    def _refused(self, refused: Mapping[str, str]) -> None:
+        """Act on claims the view refused: newer owners end this worker, vanished ones
+        make their partitions lost (to be rebuilt)."""
+        for field, held in refused.items():
+            partition = int(field.split(":", 1)[1])
+            mine = self._tokens.get(partition)
+            if mine is not None and held and _supersedes(held, mine):
+                raise OwnershipLost(
+                    f"partition {partition} was claimed by a newer owner ({held}; mine "
+                    f"{mine}): this worker lost it and must not write for it any more"
+                )
+            self._tokens.pop(partition, None)
+            self._epochs.pop(partition, None)
+            self.lost.add(partition)
 
-    async def _on_every_shard(
-        self, command: str, *args: Any, lead: Callable[[str], str] | None = None
-    ) -> list[Any]:
-        """``command`` on every copy of the metadata, pipelined (one round trip per node).
-
-        ``EVAL``: ``args`` are the script and its ARGV (after ``lead(key)`` if given); the
-        shard's key goes between.
-        """
+    async def claim(self, tokens: Mapping[int, str]) -> None:
+        """Take ``tokens`` (this worker's fenced claims, see streams/ownership.py) as the
+        partitions' claims on every copy of the metadata, and withdraw their readiness
+        (checks fail closed) before a rebuild. Raises :class:`OwnershipLost` if a newer
+        claim holds one of them."""
+        self.lost.difference_update(tokens)
+        for partition in tokens:
+            self._tokens.pop(partition, None)
+            self._epochs.pop(partition, None)
+        by_token: dict[str, list[Any]] = {}
+        for partition, token in tokens.items():
+            by_token.setdefault(token, []).extend([fence_field(partition), ready_field(partition)])
+        keys = self._layout.meta_keys()
         pipe = self._redis.pipeline(transaction=False)
-        for key in self._layout.meta_keys():
-            if command == "EVAL":
-                script, argv = args
-                first = [lead(key)] if lead is not None else []
-                pipe.execute_command("EVAL", script, 1, key, *first, *argv)
-            else:
-                pipe.execute_command(command, key, *args)
-        return list(await pipe.execute())
+        order: list[str] = []
+        for token, fields in by_token.items():
+            for key in keys:
+                pipe.execute_command("EVAL", _CLAIM, 1, key, token, *fields)
+                order.append(key)
+        replies = await pipe.execute()
+        refused: list[str] = []
+        for key, (run_id, *held) in zip(order, replies, strict=True):
+            self._instances[key] = _text(run_id)
+            refused += [_text(f) for f in held]
+        if refused:
+            raise OwnershipLost(
+                f"claims {sorted(set(refused))} are held by a newer owner: this worker lost "
+                "those partitions"
+            )
+        self._tokens.update(tokens)
 
-    async def unmark_ready(self, partitions: Iterable[int]) -> None:
-        """Withdraw readiness (checks fail closed) before a rebuild starts; on a sharded
-        view, note the node each shard is on (see :meth:`mark_ready`)."""
-        fields = [ready_field(p) for p in partitions]
-        if not self._layout.shards:
-            if fields:
-                await self._redis.hdel(META_KEY, *fields)
-            return
-        nodes = await self._on_every_shard("EVAL", _UNMARK_SHARD, fields)
-        self._nodes_at_unmark = {
-            key: node.decode() if isinstance(node, bytes) else str(node)
-            for key, node in zip(self._layout.meta_keys(), nodes, strict=True)
-        }
+    def release(self, partitions: Iterable[int]) -> None:
+        """Forget this worker's claims on ``partitions`` (revoked: another owner takes them)."""
+        for partition in partitions:
+            self._tokens.pop(partition, None)
+            self._epochs.pop(partition, None)
+            self.lost.discard(partition)
 
-    async def vouch(self, applied_through_ms: Mapping[int, int]) -> set[int]:
-        """Record each partition's applied-through time (ms, Redis clock) and this worker.
+    async def mark_ready(self, partitions: Iterable[int], total_partitions: int) -> None:
+        """Declare ``partitions`` fully materialised (after a rebuild), with the layout.
+
+        Refused, on any copy, if a claim vanished or changed (:class:`ViewLost`, or
+        :class:`OwnershipLost` for a newer owner) or the Redis instance changed since the
+        claim (:class:`ViewMoved`): the rebuild's writes may be lost; the worker rebuilds.
+        """
+        stamp = str(int(time.time() * 1000))
+        chosen = sorted(partitions)
+        missing = [p for p in chosen if p not in self._tokens]
+        if missing:
+            raise ViewLost(f"the claims on partitions {missing} vanished during the rebuild")
+        epochs = {p: self._next_epoch() for p in chosen}
+        fields: list[Any] = []
+        for p in chosen:
+            fields += [fence_field(p), self._tokens[p], ready_field(p), epoch_field(p), epochs[p],
+                       instance_field(p), node_field(p)]  # fmt: skip
+        head = [stamp, self._layout.fingerprint, total_partitions]
+        keys = self._layout.meta_keys()
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.execute_command(
+                "EVAL", _MARK, 1, key, self._instances.get(key, ""), *head, *fields
+            )
+        replies = [[_text(x) for x in reply] for reply in await pipe.execute()]
+        for key, reply in zip(keys, replies, strict=True):
+            if reply[0] == "moved":
+                raise ViewMoved(f"the Redis instance of {key} changed during the rebuild (a "
+                                "restart, a restore or a failover): rebuilding again")  # fmt: skip
+            if reply[0] == "lost":
+                self._refused({reply[1]: reply[2]})
+                raise ViewLost(f"the claim {reply[1]} vanished from {key} during the rebuild "
+                               "(Redis flushed or restarted): rebuilding again")  # fmt: skip
+        self._epochs.update(epochs)
+
+    async def vouch(self, applied: Mapping[int, tuple[int, int]]) -> set[int]:
+        """Record each partition's applied-through time (ms, Redis clock), its applied
+        frontier (the first offset not applied) and this worker.
 
         Returns the partitions refused because their epoch is not the one this worker
-        wrote last (the view was flushed, restarted or restored): they need a rebuild.
+        wrote last (the view was flushed, restarted or restored), their claim is no longer
+        this worker's, or the Redis instance is not the one they were rebuilt on: they
+        need a rebuild (or, for a newer owner's claim, this worker stops writing them).
         """
-        args: list[str] = [self._worker_id]
+        args: list[Any] = [self._worker_id]
         nexts: dict[int, str] = {}
-        for p, ms in applied_through_ms.items():
-            expected = self._epochs.get(p)
-            if expected is None:
+        for p, (ms, frontier) in applied.items():
+            expected, token = self._epochs.get(p), self._tokens.get(p)
+            if expected is None or token is None:
                 continue
             nexts[p] = self._next_epoch()
-            args += [epoch_field(p), expected, nexts[p], applied_field(p), str(ms), owner_field(p)]
-            if self._layout.shards:
-                args.append(node_field(p))
+            args += [
+                epoch_field(p),
+                expected,
+                nexts[p],
+                applied_field(p),
+                ms,
+                owner_field(p),
+                fence_field(p),
+                token,
+                instance_field(p),
+                frontier_field(p),
+                frontier,
+            ]
         if len(args) == 1:
             return set()
-        if self._layout.shards:
-            replies = await self._on_every_shard("EVAL", _VOUCH_SHARD, args)
-            refused_fields = [f for reply in replies for f in reply]
-        else:
-            refused_fields = await self._vouch(keys=[META_KEY], args=args)
-        refused = {int(f.decode().split(":", 1)[1]) for f in refused_fields}
+        pipe = self._redis.pipeline(transaction=False)
+        for key in self._layout.meta_keys():
+            pipe.execute_command("EVAL", _VOUCH, 1, key, *args)
+        refused_fields = {_text(f) for reply in await pipe.execute() for f in reply}
+        refused = {int(f.split(":", 1)[1]) for f in refused_fields}
         for p, epoch in nexts.items():
             if p in refused:
                 self._epochs.pop(p, None)
@@ -286,7 +469,10 @@ class SuppressionViewWriter:
         """The view's metadata hash, decoded; on a sharded view, what every copy agrees on
         (a field missing or different in one copy is missing), except a layout written
         with another fingerprint, which is reported as such."""
-        copies = [_decoded(raw) for raw in await self._on_every_shard("HGETALL")]
+        pipe = self._redis.pipeline(transaction=False)
+        for key in self._layout.meta_keys():
+            pipe.hgetall(key)
+        copies = [_decoded(raw) for raw in await pipe.execute()]
         agreed = dict(copies[0])
         for copy in copies[1:]:
             agreed = {k: v for k, v in agreed.items() if copy.get(k) == v}
@@ -294,6 +480,37 @@ class SuppressionViewWriter:
         if others:
             agreed[META_LAYOUT] = sorted(others)[0]
         return agreed
+
+    async def frontiers(self, partitions: Iterable[int]) -> dict[int, int]:
+        """The applied frontiers the owners of ``partitions`` last vouched with (the
+        smallest of the copies'); partitions with none are left out."""
+        wanted = sorted(partitions)
+        if not wanted:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for key in self._layout.meta_keys():
+            pipe.hmget(key, [frontier_field(p) for p in wanted])
+        found: dict[int, int] = {}
+        missing: set[int] = set()
+        for reply in await pipe.execute():
+            for p, value in zip(wanted, reply, strict=True):
+                if value is None:
+                    missing.add(p)
+                else:
+                    found[p] = min(int(value), found.get(p, int(value)))
+        return {p: v for p, v in found.items() if p not in missing}
+
+    async def withdraw(self, partitions: Iterable[int]) -> None:
+        """Withdraw the readiness of ``partitions`` on every copy (checks fail closed).
+
+        Not fenced: it can only make checks more careful."""
+        fields = [ready_field(p) for p in partitions]
+        if not fields:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for key in self._layout.meta_keys():
+            pipe.hdel(key, *fields)
+        await pipe.execute()
 
     async def wipe(self) -> int:
         """Delete every view key and the metadata (the layout changed: members are garbage)."""
@@ -343,6 +560,21 @@ class SuppressionViewWriter:
         """Redis's run id: it changes on every restart, even one that reloads an old snapshot
         (on a cluster, the masters' run ids: a failover changes them too)."""
         return ",".join(sorted(str(i.get("run_id", "")) for i in await self._info("server")))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(flat: list[Any]) -> list[tuple[Any, Any]]:
+    return list(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _supersedes(held: str, mine: str) -> bool:
+    """True when the claim ``held`` is newer than ``mine`` (same era, larger sequence)."""
+    held_era, held_seq, _ = held.split(":", 2)
+    era, seq, _ = mine.split(":", 2)
+    return held_era == era and int(held_seq) > int(seq)
 
 
 def _decoded(raw: Mapping[Any, Any]) -> dict[str, str]:

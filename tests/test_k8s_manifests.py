@@ -223,6 +223,9 @@ def test_kafka_cluster_is_kraft_with_three_nodes_rf3_min_isr2(configured: Settin
     assert configured.kafka_bootstrap == f"dnc-kafka-kafka-bootstrap:{listener['port']}"
 
 
+STRIMZI_RESOURCE = {"TRANSACTIONAL_ID": "transactionalId"}  # Strimzi's names of Kafka's types
+
+
 def test_kafka_users_mirror_the_acls(configured: Settings) -> None:
     for role in ROLES:
         user = one("KafkaUser", principal(role))
@@ -233,8 +236,8 @@ def test_kafka_users_mirror_the_acls(configured: Settings) -> None:
             for op in acl["operations"]
         }
         expected = {
-            (g.resource.name.lower(), g.name, "prefix" if g.prefixed else "literal",
-             g.operation.name.capitalize())
+            (STRIMZI_RESOURCE.get(g.resource.name, g.resource.name.lower()), g.name,
+             "prefix" if g.prefixed else "literal", g.operation.name.capitalize())
             for g in grants(configured)
             if g.role == role
         }  # fmt: skip

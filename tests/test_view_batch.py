@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from schemas.events import Kind, Scope, Source
 from schemas.state import ActiveSuppression, Stamp, SuppressionState
-from schemas.view import ViewLayout
+from schemas.view import META_KEY, ViewLayout
 from streams.view_writer import ViewBatch
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
@@ -35,10 +35,13 @@ def test_members_are_grouped_by_key_added_if_suppressed_removed_if_not() -> None
         assert batch.put(state) is suppressed
         key, member = layout.locate("acme", phone)
         expected[suppressed].setdefault(key, set()).add(member)
-    assert {k: set(v) for k, v in batch.adds.items()} == expected[True]
-    assert {k: set(v) for k, v in batch.removes.items()} == expected[False]
-    assert len(batch.adds) <= 2 and len(batch.removes) <= 2  # one command per key and kind
+    # One metadata copy (unsharded), one partition (the states': 0).
+    assert list(batch.ops) == [META_KEY] and list(batch.ops[META_KEY]) == [0]
+    adds, removes = batch.ops[META_KEY][0]
+    assert {k: set(v) for k, v in adds.items()} == expected[True]
+    assert {k: set(v) for k, v in removes.items()} == expected[False]
+    assert len(adds) <= 2 and len(removes) <= 2  # one operation per key and kind
     assert batch.pending == batch.written == len(phones)
     batch.clear()
-    assert not batch.adds and not batch.removes and batch.pending == 0
+    assert not batch.ops and batch.pending == 0
     assert batch.written == len(phones)

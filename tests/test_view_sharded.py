@@ -26,11 +26,12 @@ from schemas.events import GLOBAL_TARGET, Kind, Scope, Source
 from schemas.settings import BUNDLED_TENANTS_FILE
 from schemas.state import ActiveSuppression, Stamp, SuppressionState
 from schemas.tenants import TenantDirectory
-from schemas.view import ViewLayout, node_field
+from schemas.view import ViewLayout, claim_token, instance_field, node_field
 from streams.view_writer import SuppressionViewWriter, ViewMoved
 
 NOW = datetime.now(UTC)
 PARTITIONS = 3
+TOKEN = claim_token("era", 1, "w-test")  # the writer's claim on every partition
 TENANTS = TenantDirectory.load(BUNDLED_TENANTS_FILE)
 
 
@@ -73,10 +74,11 @@ class ShardedView:
         """Mark every partition ready, write ``suppressed`` (tenant acme), vouch: current."""
 
         async def work(writer: SuppressionViewWriter) -> SuppressionViewWriter:
-            await writer.mark_ready(range(PARTITIONS), PARTITIONS)
+            await writer.claim({p: TOKEN for p in range(PARTITIONS)})
             await writer.write([_state("acme", p) for p in suppressed], NOW)
+            await writer.mark_ready(range(PARTITIONS), PARTITIONS)
             now = await writer.server_time_ms()
-            assert await writer.vouch(dict.fromkeys(range(PARTITIONS), now)) == set()
+            assert await writer.vouch(dict.fromkeys(range(PARTITIONS), (now, 0))) == set()
             return writer
 
         return self.run(work)
@@ -148,8 +150,8 @@ def assert_a_copy_on_another_node_fails_closed(view: ShardedView) -> None:
     view.fill(numbers[:30])
     victim = numbers[0]
     meta_key = view.layout.meta_key(victim)
-    # As after a failover: the copy says it was vouched for on another node.
-    view.sync.hset(meta_key, node_field(1), "another-node")
+    # As after a failover: the copy says it was vouched for on another node (and instance).
+    view.sync.hset(meta_key, mapping={node_field(1): "another-node", instance_field(1): "x"})
     in_shard = [p for p in numbers if view.layout.meta_key(p) == meta_key]
     elsewhere = [p for p in numbers if view.layout.meta_key(p) != meta_key]
     result = view.checker.check(victim, "acme")
@@ -164,7 +166,8 @@ def assert_a_copy_on_another_node_fails_closed(view: ShardedView) -> None:
     assert not view.checker.readiness().ready
 
     async def vouch_again(w: SuppressionViewWriter) -> set[int]:
-        return await w.vouch({p: await w.server_time_ms() for p in range(PARTITIONS)})
+        now = await w.server_time_ms()
+        return await w.vouch({p: (now, 0) for p in range(PARTITIONS)})
 
     # The worker may not vouch there again without a rebuild (mark_ready).
     assert view.run(vouch_again) == {1}
@@ -180,9 +183,9 @@ def assert_a_rebuild_across_a_failover_is_not_marked_ready(view: ShardedView) ->
     view.fill(numbers)
 
     async def rebuild_across_a_failover(w: SuppressionViewWriter) -> None:
-        await w.unmark_ready(range(PARTITIONS))
+        await w.claim({p: claim_token("era", 2, "w-test") for p in range(PARTITIONS)})
         # As if the node holding this shard was replaced while the rebuild wrote to it.
-        w._nodes_at_unmark[view.layout.meta_key(numbers[0])] = "the-node-before"
+        w._instances[view.layout.meta_key(numbers[0])] = "the-instance-before"
         await w.write([_state("acme", p) for p in numbers], NOW)
         await w.mark_ready(range(PARTITIONS), PARTITIONS)
 

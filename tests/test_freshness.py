@@ -39,6 +39,33 @@ def test_offsets_dropped_before_the_first_delivery_hold_the_frontier_at_the_seed
     assert frontier.vouchable() == {}
 
 
+def test_a_forwarded_offset_counts_as_applied_only_once_released() -> None:
+    """A mis-keyed event forwarded to its canonical partition: the partition it was read on
+    is not vouched for past it (nor committed past it) until the canonical partition's
+    frontier has passed the copy (issue #20, hole 3)."""
+    frontier = AppliedFrontier()
+    frontier.seed(1, 20)
+    frontier.applied(1, [20])
+    frontier.forwarded(1, 21, canonical=2, landed=57)  # read at 1/21, copied to 2/57
+    frontier.applied(1, [22, 23])
+    frontier.observe(5_000, {1: 24})
+    assert frontier.vouchable() == {}  # the event is in neither view yet
+    assert frontier.next_offset(1) == 21 and frontier.is_held(1, 21)
+    assert frontier.gap(1) == (21, 22)  # (a hole to the eye; the worker skips held ones)
+    assert frontier.held() == {1: {21: (2, 57)}}
+    frontier.release(1, [21])
+    assert frontier.vouchable() == {1: 5_000}
+    assert frontier.next_offset(1) == 24 and frontier.held() == {}
+
+
+def test_forwards_are_forgotten_on_rebalance() -> None:
+    frontier = AppliedFrontier()
+    frontier.seed(0, 0)
+    frontier.forwarded(0, 0, canonical=1, landed=3)
+    frontier.forget()
+    assert frontier.held() == {} and frontier.next_offset(0) is None
+
+
 class RecordingConsumer:
     """Faust's consumer surface the committer uses: assignment() and _commit()."""
 

@@ -55,6 +55,7 @@ EXPECTED_ALERTS = {
     "DncConsumerLagGrowing",
     "DncReferenceListSinkErrors",
     "DncServiceDown",
+    "DncViewMembersMissing",
 }
 # Metrics the dashboard must show (the ops view of the whole pipeline).
 DASHBOARD_METRICS = {

@@ -133,10 +133,17 @@ def last_data_offsets(
     records included)."""
     found: dict[TP, int] = {}
     pending = {tp: end for tp, end in ends.items() if end > 0}
-    consumer = Consumer({**client_config, "group.id": f"dnc-recovery-tail-{uuid.uuid4().hex}", "fetch.wait.max.ms": 10,
-                         "enable.auto.commit": False, "enable.partition.eof": True,
-                         "auto.offset.reset": "earliest",
-                         "isolation.level": "read_uncommitted"})  # fmt: skip
+    consumer = Consumer(
+        {
+            **client_config,
+            "group.id": f"dnc-recovery-tail-{uuid.uuid4().hex}",  # never committed
+            "fetch.wait.max.ms": 10,
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_uncommitted",
+        }
+    )
     try:
         window = _TAIL
         while pending:

@@ -199,6 +199,20 @@ class Lane:
             messages += self.consumer.consume(wanted, timeout=0)
         for message in messages:
             self._take(message)
+        if not messages:
+            self._skip_control_records()
+
+    def _skip_control_records(self) -> None:
+        """Nothing left to read: what the consumer skipped (the transaction markers that end
+        the worker's transactions, never delivered) counts as read, so a caught-up lane
+        commits up to the end of the log and its lag is 0."""
+        try:
+            positions = self.consumer.position(self.consumer.assignment())
+        except KafkaException:
+            return
+        for tp in positions:
+            if tp.offset >= 0 and tp.offset > self._consumed.get(tp.partition, tp.offset):
+                self._consumed[tp.partition] = tp.offset
 
     def _pause(self, full: bool) -> None:
         """Stop fetching while the buffer is full; keep polling (group membership)."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
-from confluent_kafka import TopicCollection
+from confluent_kafka import KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient
 from faust.types import TP
 from redis.asyncio import Redis
@@ -110,8 +110,14 @@ def _declare_worker_topics(settings: Settings, changelog: str, timeout: float = 
     else:
         log.warning("topics %s are still not in Kafka's metadata after %.0fs", names, timeout)
     fences = TopicCollection([fence_topic(settings)])
-    described = admin.describe_topics(fences, request_timeout=timeout)
-    return str(next(iter(described.values())).result(timeout=timeout).topic_id)
+    while True:  # a broker of a cluster may not know the new topic yet (UNKNOWN_TOPIC_OR_PART)
+        described = admin.describe_topics(fences, request_timeout=timeout)
+        try:
+            return str(next(iter(described.values())).result(timeout=timeout).topic_id)
+        except KafkaException:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
 
 
 def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -> WorkerApp:
@@ -352,20 +358,24 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     started_ms: dict[int, int] = {}  # first vouch attempt per partition, for the warning
 
     async def release_forwards(owned: set[int]) -> None:
-        """Count forwarded events as applied once their canonical partition's frontier has
-        passed the copy: this worker's own frontier, or the one its owner vouched with."""
+        """Count forwarded events as applied once their copy is: on a partition of this
+        worker, applied and durable; on another worker's, below the frontier its owner last
+        vouched with (``next:P``)."""
         held = frontier.held()
         if not held:
             return
         canonicals = {c for offsets in held.values() for c, _landed in offsets.values()}
         theirs = await view.frontiers(canonicals - owned)
         for partition, offsets in held.items():
-            passed = []
-            for offset, (canonical, landed) in offsets.items():
-                mine = frontier.next_offset(canonical) if canonical in owned else None
-                reached = mine if mine is not None else theirs.get(canonical)
-                if reached is not None and reached > landed:
-                    passed.append(offset)
+            passed = [
+                offset
+                for offset, (canonical, landed) in offsets.items()
+                if (
+                    frontier.is_applied(canonical, landed)
+                    if canonical in owned
+                    else theirs.get(canonical, -1) > landed
+                )
+            ]
             frontier.release(partition, passed)
 
     gaps_seen: dict[TP, tuple[int, float]] = {}  # frontier offset, since when

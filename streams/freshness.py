@@ -61,6 +61,11 @@ class AppliedFrontier:
         """True while ``offset`` waits for its canonical partition (not a skipped offset)."""
         return offset in self._held.get(partition, {})
 
+    def is_applied(self, partition: int, offset: int) -> bool:
+        """True once ``offset`` of ``partition`` is applied and durable (contiguously or not)."""
+        nxt = self._next.get(partition)
+        return (nxt is not None and offset < nxt) or offset in self._ahead.get(partition, ())
+
     def release(self, partition: int, offsets: Iterable[int]) -> None:
         """The canonical partitions passed these forwarded offsets: they are applied."""
         held = self._held.get(partition, {})

@@ -58,6 +58,19 @@ def test_a_forwarded_offset_counts_as_applied_only_once_released() -> None:
     assert frontier.next_offset(1) == 24 and frontier.held() == {}
 
 
+def test_a_forward_to_its_own_partition_is_released_once_its_copy_is_applied() -> None:
+    """Mis-keyed but on the right partition: the copy lands after the original, on the
+    partition the original holds back; the copy applied is what counts, not the frontier."""
+    frontier = AppliedFrontier()
+    frontier.seed(0, 0)
+    frontier.forwarded(0, 0, canonical=0, landed=2)
+    frontier.applied(0, [1, 2])
+    assert frontier.next_offset(0) == 0 and frontier.is_applied(0, 2)
+    assert not frontier.is_applied(0, 0) and not frontier.is_applied(0, 3)
+    frontier.release(0, [0])
+    assert frontier.next_offset(0) == 3
+
+
 def test_forwards_are_forgotten_on_rebalance() -> None:
     frontier = AppliedFrontier()
     frontier.seed(0, 0)

@@ -341,6 +341,14 @@ class Pipeline:
         ) as r:
             return r.read().decode()
 
+    def messages_done(self) -> float:
+        """Messages this worker has taken to the end (view written, Kafka acknowledged):
+        ``dnc_worker_batch_events_sum``, observed once a batch is done. A barrier for tests
+        that must see what a message did, not only that it was read."""
+        prefix = "dnc_worker_batch_events_sum "
+        lines = [line for line in self.metrics().splitlines() if line.startswith(prefix)]
+        return float(lines[0].removeprefix(prefix)) if lines else 0.0
+
     def diagnose(self) -> str:
         """What a person debugging a failure wants: status, counters, the worker's log tail."""
         parts = [self.cli("status", "--json").stdout]

@@ -99,6 +99,7 @@ def pipeline_env(stack: LocalStack, tenants_file: Path, prefix: str) -> dict[str
         "DNC_HEARTBEAT_INTERVAL_SECONDS": "0.5",
         "DNC_EXPIRY_INTERVAL_SECONDS": "0.2",
         "DNC_VIEW_KEY": "test-view-key-" + prefix,
+        "DNC_AUTHORITY_KEY": "test-authority-key-" + prefix,
         "DNC_LOG_LEVEL": "INFO",
     }
 

@@ -208,6 +208,7 @@ def test_a_signed_lift_copied_back_to_the_oppositions_topic_changes_nothing(
             answer = pipeline.check(phone, "acme").answer.value
             assert answer == "suppressed", f"copy {n} of the first lift ended the third opposition"
         assert "lift_not_authorised" in dead_letter_reasons(superuser, security)
+        assert 'dnc_events_total{kind="lift",outcome="duplicate"} 1.0' in pipeline.metrics()
     finally:
         pipeline.close()
 

@@ -27,7 +27,13 @@ def test_mask_number_hides_the_last_four_digits() -> None:
     assert mask_number("12") == "**"
 
 
-def _produce(p: Pipeline, key: bytes, value: bytes, topic: str | None = None) -> None:
+def _produce(
+    p: Pipeline,
+    key: bytes,
+    value: bytes,
+    topic: str | None = None,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
     producer = Producer(
         {
             "bootstrap.servers": p.stack.bootstrap_servers,
@@ -35,13 +41,18 @@ def _produce(p: Pipeline, key: bytes, value: bytes, topic: str | None = None) ->
             "partitioner": "murmur2_random",
         }
     )
-    producer.produce(topic or p.settings.oppositions_topic, key=key, value=value)
+    producer.produce(topic or p.settings.oppositions_topic, key=key, value=value, headers=headers)
     assert producer.flush(10) == 0
 
 
 def _json(run: Any) -> Any:
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout)
+
+
+def _reasons(p: Pipeline) -> list[str]:
+    letters = p.consume(p.settings.dead_letter_topic, 100, timeout=10, idle=2)
+    return [dict(m.headers() or [])["dnc.dlq.reason"].decode() for m in letters]
 
 
 def _events(p: Pipeline, kind: str, outcome: str) -> float:
@@ -199,3 +210,15 @@ def test_a_replayed_lift_keeps_the_cutoff_it_was_dead_lettered_with(pipeline: Pi
     assert _events(p, "lift", "duplicate") >= 1
     assert _events(p, "lift", "applied") == 1
     assert checker.check(phone, "newco").answer.value == "suppressed"
+
+    # A replay that lost its cutoff (or carries a forged one) is refused, not given a later one.
+    forged = [("dnc.replay.of", b"elsewhere/0/0"), ("dnc.cutoff", b"9" * 13),
+              ("dnc.cutoff.authority", b"v2:" + b"0" * 64)]  # fmt: skip
+    for headers in (forged[:1], forged):
+        _produce(p, f"newco:{e164}".encode(), json.dumps(lift).encode(),
+                 topic=p.settings.admin_topic, headers=headers)  # fmt: skip
+    wait_for(lambda: _reasons(p).count("lift_without_cutoff") == 2, timeout=30,
+             what="both replays without a valid cutoff dead-lettered")  # fmt: skip
+    # ... and `replay` does not send such a letter again: the lift is to be issued anew.
+    skipped = p.cli("dead-letters", "replay", "--reason", "lift_without_cutoff")
+    assert "replayed 0 of 0" in skipped.stdout and "Issue the lift again" in skipped.stderr

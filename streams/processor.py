@@ -27,16 +27,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any, Protocol
 
-from schemas.authority import (
-    FORWARDED_FROM_HEADER,
-    authority_key,
-    carried_cutoff,
-    carried_headers,
-    forward_headers,
-    forwarded_cutoff,
-    header,
-    signed_before_cutoffs,
-)
+from schemas.authority import FORWARDED_FROM_HEADER
 from schemas.errors import InvalidEventError
 from schemas.events import Kind, OppositionEvent, decode_event
 from schemas.metrics import DEAD_LETTERS, EVENTS, SUPPRESSED_NUMBERS, observe_propagation
@@ -44,7 +35,7 @@ from schemas.partitioning import key_partition
 from schemas.settings import Settings
 from schemas.state import SuppressionChange, SuppressionState, state_key
 from schemas.tenants import TenantDirectory
-from schemas.topics import REPLAY_OF
+from streams.admin_actions import AdminActions
 from streams.expiry import ExpirySchedule
 from streams.retry import until_done
 from streams.rules import Outcome, apply_event
@@ -189,7 +180,7 @@ class OppositionProcessor:
         self._expiry = expiry
         self._view_lock = view_lock
         self._clock = clock
-        self._authority = authority_key(settings)
+        self._admin = AdminActions(settings)
         self._partitions = settings.partitions
 
     async def process(self, batch: Sequence[SourceMessage]) -> BatchResult:
@@ -257,9 +248,9 @@ class OppositionProcessor:
     def _route(self, event: OppositionEvent, message: SourceMessage) -> Forward | DeadLetter | None:
         """Where ``event`` belongs: applied here (None), forwarded, or refused."""
         from_admin = message.topic == self._settings.admin_topic
-        cutoff = self._cutoff(message)
+        cutoff = self._admin.cutoff(message)
         if event.kind is Kind.LIFT and cutoff is None:
-            return self._refused_lift(message, from_admin)
+            return self._dead(message, *self._admin.refusal(message))
         key = event.kafka_key
         partition = key_partition(key, self._partitions)
         if not from_admin and message.key == key and message.partition == partition:
@@ -267,56 +258,12 @@ class OppositionProcessor:
         origin = f"{message.topic}/{message.partition}/{message.offset}".encode()
         headers: list[tuple[str, bytes]] = [(FORWARDED_FROM_HEADER, origin)]
         if cutoff is not None:  # an admin action, or one forwarded already: signed again
-            headers += forward_headers(self._authority, message.value, cutoff)
+            headers += self._admin.forward_headers(message, cutoff)
         return Forward(message, key, partition, tuple(headers))
-
-    def _cutoff(self, message: SourceMessage) -> int | None:
-        """The signed cutoff of an admin action (None for anything else, or when unknown).
-
-        On the admin topic: the cutoff a replay carries (its dead letter's, signed), never a
-        later one; else the broker's append time, unless the message is a replay that lost
-        its cutoff. On the oppositions topic: the forwarded cutoff, if its signature verifies.
-        """
-        if message.topic != self._settings.admin_topic:
-            return forwarded_cutoff(self._authority, message.value, message.headers)
-        carried = carried_cutoff(self._authority, message.value, message.headers)
-        appended = message.appended_ms
-        if carried is not None:
-            return carried if appended is None else min(carried, appended)
-        if header(message.headers, REPLAY_OF) is not None:
-            return None
-        return appended
-
-    def _refused_lift(self, message: SourceMessage, from_admin: bool) -> DeadLetter:
-        if from_admin:
-            return self._dead(
-                message,
-                "lift_without_cutoff",
-                "a lift whose cutoff (when the admin recorded it) is unknown: a replay without "
-                "the signed cutoff its dead letter recorded, or an admin topic without "
-                "message.timestamp.type=LogAppendTime. Issue the lift again (`dnc lift`) if it "
-                "still stands",
-            )
-        if signed_before_cutoffs(message.headers):
-            detail = (
-                "a lift signed by a worker that did not sign its cutoff (forwarded during an "
-                "upgrade): issue it again (`dnc lift`) if it still stands"
-            )
-        else:
-            detail = (
-                "a lift on the oppositions topic without the worker's signature of it and its "
-                "cutoff: lifts are admin actions and go to the admin topic (`dnc lift`, the "
-                "gateway's DELETE)"
-            )
-        return self._dead(message, "lift_not_authorised", detail)
 
     def _dead(self, message: SourceMessage, reason: str, detail: str) -> DeadLetter:
         """A dead letter; an admin action's records its cutoff, signed, for its replay."""
-        cutoff = self._cutoff(message)
-        if cutoff is None:
-            return DeadLetter(message, reason, detail)
-        signed = carried_headers(self._authority, message.value, cutoff)
-        return DeadLetter(message, reason, detail, tuple(signed))
+        return DeadLetter(message, reason, detail, tuple(self._admin.dead_letter_headers(message)))
 
     def _apply_valid(
         self,
@@ -340,7 +287,7 @@ class OppositionProcessor:
             partition=message.partition,
             offset=message.offset,
             appended_ms=message.appended_ms,
-            lift_cutoff_ms=self._cutoff(message) if event.kind is Kind.LIFT else None,
+            lift_cutoff_ms=self._admin.cutoff(message) if event.kind is Kind.LIFT else None,
         )
         _events_counter(event.kind, application.outcome).inc()
         state = application.state

@@ -5,9 +5,12 @@ oppositions topic, with headers saying why (``dnc.dlq.reason``, ``dnc.dlq.detail
 came from (``dnc.dlq.topic``, ``.partition``, ``.offset``) and when it failed
 (``dnc.dlq.failed_at``). Nothing reads it again by itself: an operator looks (``summary``,
 ``show``), fixes the cause (a tenant missing from the tenants file, a producer's bug), then
-``replay`` re-publishes the letters' original bytes and key to the oppositions topic. The
-worker treats an event id it has already applied as a duplicate, so replaying twice changes
-nothing.
+``replay`` re-publishes the letters' original bytes and key to the topic they were read
+from. The worker treats an event id it has already applied as a duplicate, so replaying twice
+changes nothing. A dead-lettered admin action (a lift) also holds its cutoff, signed by the
+worker (:mod:`schemas.authority`): the replay carries it to the admin topic, so the lift ends
+only what the log held when the admin recorded it, not what was recorded since (the person
+may have opposed again meanwhile).
 
 Phone numbers are masked (``+3361234****``) in everything shown, unless ``reveal`` is asked
 for (administrators only).
@@ -26,6 +29,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer, Topic
 
 from consumers.keyed_scan import KeyedScanError, reader, scan_keys
 from producers.publisher import producer_config
+from schemas.authority import CARRIED_AUTHORITY_HEADER, CARRIED_CUTOFF_HEADER
 from schemas.errors import DncError, InvalidEventError
 from schemas.events import decode_event
 from schemas.settings import Settings
@@ -37,10 +41,10 @@ from schemas.topics import (
     DLQ_PARTITION,
     DLQ_REASON,
     DLQ_TOPIC,
+    REPLAY_OF,
     header_text,
 )
 
-REPLAY_OF = "dnc.replay.of"  # header of a replayed message: the dead letter it came from
 READ_SECONDS = 60.0  # longest a command reads the dead-letter topic
 READ_MAX_MESSAGES = 1_000_000
 SHOWN_TEXT = 4000  # longest text shown for one field
@@ -75,6 +79,12 @@ class DeadLetter:
             return datetime.fromisoformat(self.headers[DLQ_FAILED_AT])
         except (KeyError, ValueError):
             return None
+
+    @property
+    def cutoff_headers(self) -> list[tuple[str, bytes]]:
+        """The signed cutoff the worker recorded for an admin action (empty for anything else)."""
+        names = (CARRIED_CUTOFF_HEADER, CARRIED_AUTHORITY_HEADER)
+        return [(name, self.headers[name].encode()) for name in names if name in self.headers]
 
     @property
     def source(self) -> tuple[str, int | None, int | None]:
@@ -346,8 +356,10 @@ def replay(
 ) -> ReplayReport:
     """Re-publish each letter's original key and bytes to the topic it was read from (the
     oppositions topic, or the admin topic for admin actions; idempotent, acks=all), in their
-    order; a dry run only says what would be sent. A lift forged on the oppositions topic
-    goes back there without a signature and is refused again.
+    order; a dry run only says what would be sent. An admin action goes to the admin topic
+    with the signed cutoff its letter recorded. A lift forged on the oppositions topic goes
+    back there without a signature and is refused again; a lift of the admin topic whose
+    letter recorded no cutoff is skipped (the worker would refuse it: issue it again).
 
     A letter that came from neither topic is skipped. One that this
     machine's tenants file would still refuse is replayed all the same (the worker's file
@@ -361,6 +373,13 @@ def replay(
             report.skipped.append(
                 (letter, f"it came from {letter.source[0]}, not {' or '.join(topics)}")
             )
+            continue
+        if (
+            letter.source[0] == settings.admin_topic
+            and _is_lift(letter)
+            and not letter.cutoff_headers
+        ):
+            report.skipped.append((letter, _NO_CUTOFF))
             continue
         try:
             decode_event(letter.value, tenants, settings.max_event_bytes)
@@ -392,11 +411,12 @@ def replay(
 
     for index, letter in enumerate(sendable):
         origin = f"{settings.dead_letter_topic}/{letter.partition}/{letter.offset}"
+        cutoff = letter.cutoff_headers
         producer.produce(
-            letter.source[0],
+            settings.admin_topic if cutoff else letter.source[0],
             key=letter.key,
             value=letter.value,
-            headers=[(REPLAY_OF, origin.encode())],
+            headers=[(REPLAY_OF, origin.encode()), *cutoff],
             on_delivery=on_delivery(index),
         )
         producer.poll(0)
@@ -408,6 +428,18 @@ def replay(
             why = failures.get(index, "not acknowledged in time")
             report.not_acknowledged.append((letter, why))
     return report
+
+
+_NO_CUTOFF = (
+    "a lift whose letter records no cutoff (dead-lettered by a worker older than signed "
+    "cutoffs, or a replay that had lost it): the worker would refuse it. Issue the lift again "
+    "(`dnc lift`) if it still stands"
+)
+
+
+def _is_lift(letter: DeadLetter) -> bool:
+    event, _numbers = _event(letter.value)
+    return event is not None and event.get("kind") == "lift"
 
 
 def _headers(raw: Iterable[tuple[str, bytes | str | None]]) -> dict[str, str]:

@@ -31,7 +31,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from consumers.keyed_scan import Found, KeyedScanError, reader, scan_keys
 from consumers.subject_reference import ReferenceListReader, ReferenceListReport
-from schemas.authority import authority_key, is_signed, lift_cutoff_ms
+from schemas.authority import forwarded_cutoff, verifying_key
 from schemas.errors import DncError, InvalidEventError
 from schemas.events import GLOBAL_TARGET, Kind, OppositionEvent, Scope, Source, decode_event
 from schemas.metrics import GATEWAY_SUBJECT_SCANS
@@ -69,9 +69,10 @@ class LoggedEvent(BaseModel):
     partition: int
     offset: int
     logged_at: AwareDatetime | None = Field(None, description="Kafka timestamp of the message")
-    effect: Literal["applied", "duplicate", "stale", "lift_not_authorised"] = Field(
+    effect: Literal["applied", "duplicate", "stale", "lift_not_authorised", "unverified"] = Field(
         description="what the event did under the apply rules (a lift not from an admin: "
-        "nothing, the worker refused it)"
+        "nothing, the worker refused it; unverified: a lift this gateway cannot check without "
+        "the workers' DNC_AUTHORITY_KEY, left out of current_state, see `view`)"
     )
 
 
@@ -131,7 +132,7 @@ class SubjectLog:
         self._settings = settings
         self._tenants = tenants
         self._reference = ReferenceListReader(settings, tenants)
-        self._authority = authority_key(settings)
+        self._authority = verifying_key(settings)  # None: lifts cannot be verified here
 
     def report(self, tenant: str, phone_e164: str) -> SubjectReport:
         """The history and current state of ``phone_e164`` for ``tenant``."""
@@ -148,10 +149,15 @@ class SubjectLog:
                 continue
             if event.tenant != tenant or event.phone_e164 != phone_e164:
                 continue
-            if event.kind is Kind.LIFT and not is_signed(self._authority, item.value, item.headers):
-                # The worker dead-letters it (lift_not_authorised): it changed nothing.
-                events.append(_logged(event, item, "lift_not_authorised"))
-                continue
+            cutoff = None
+            if event.kind is Kind.LIFT:
+                cutoff = forwarded_cutoff(self._authority, item.value, item.headers)
+                if cutoff is None:
+                    # Refused by the worker (lift_not_authorised): it changed nothing. Or this
+                    # process lacks DNC_AUTHORITY_KEY and cannot tell: left out of the state.
+                    refused = "lift_not_authorised" if self._authority else "unverified"
+                    events.append(_logged(event, item, refused))
+                    continue
             applied = apply_event(  # the worker's rules, in the same log order
                 states.get(event.target),
                 event,
@@ -160,7 +166,7 @@ class SubjectLog:
                 partition=item.partition,
                 offset=item.offset,
                 appended_ms=item.timestamp_ms,
-                lift_cutoff_ms=lift_cutoff_ms(item.headers) if event.kind is Kind.LIFT else None,
+                lift_cutoff_ms=cutoff,
             )
             states[event.target] = applied.state
             events.append(_logged(event, item, applied.outcome.value))

@@ -277,6 +277,7 @@ def run_gateway_bench(checks: int, bulk: int, events: int, console: Console) -> 
             dnc = {"DNC_KAFKA_BOOTSTRAP": stack.bootstrap_servers, "DNC_REDIS_URL": stack.redis_url,
                    "DNC_TENANTS_FILE": str(tenants_file), "DNC_PARTITIONS": "3",
                    "DNC_OPPOSITIONS_TOPIC": "bench.oppositions", "DNC_VIEW_KEY": "bench-key",
+                   "DNC_AUTHORITY_KEY": "bench-authority-key",
                    "DNC_SUPPRESSIONS_TOPIC": "bench.suppressions", "DNC_AUDIT_TOPIC": "bench.audit",
                    "DNC_DEAD_LETTER_TOPIC": "bench.dead-letter", "DNC_WORKER_GROUP": "bench",
                    "DNC_WORKER_METRICS_PORT": str(free_port()), "DNC_LOG_LEVEL": "INFO",

@@ -162,6 +162,7 @@ def run_bench_sync(rate: int, seconds: float, console: Console) -> Figures:
                 "DNC_WORKER_METRICS_PORT": str(free_port()),
                 "DNC_SYNC_METRICS_PORT": str(free_port()),
                 "DNC_VIEW_KEY": "bench-key",
+                "DNC_AUTHORITY_KEY": "bench-authority-key",
                 "DNC_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
             }
             settings = Settings.model_validate({k[4:].lower(): v for k, v in dnc.items()})

@@ -626,10 +626,12 @@ def dead_letters_replay(
         bool, typer.Option("--dry-run", help="say what would be replayed, send nothing")
     ] = False,
 ) -> None:
-    """Re-publish letters' original bytes and key to the oppositions topic, once fixed.
+    """Re-publish letters' original bytes and key to the topic they came from, once fixed.
 
     Fix the cause first (e.g. declare the tenant and restart the worker). Idempotent: an
     event already applied is a duplicate for the worker, so replaying twice changes nothing.
+    An admin action (a lift) goes to the admin topic with the signed cutoff its letter
+    recorded: it ends only what the log held when the admin recorded it.
     Exit 0 when every selected letter was acknowledged by Kafka, 2 otherwise.
     """
     from consumers.dead_letters import DeadLetterError, read_all, replay, select

@@ -239,6 +239,7 @@ class FaultDrill:
             "DNC_TENANTS_FILE": str(tenants_file),
             "DNC_PARTITIONS": "3",
             "DNC_VIEW_KEY": secrets.token_hex(16),
+            "DNC_AUTHORITY_KEY": secrets.token_hex(16),
             "DNC_MAX_STALENESS_SECONDS": str(max_staleness),
             "DNC_POSTGRES_DSN": self.postgres.dsn,
             "DNC_LOG_LEVEL": "INFO",

@@ -38,7 +38,7 @@ from infra.acls import SUPERUSER, apply_acls, client_env, stack_credentials
 from infra.postgres_service import start_postgres
 from infra.prometheus_service import OPS_PAGE, local_prometheus_config, start_prometheus
 from infra.services import KafkaSecurity, LocalStack, RunningService
-from schemas.settings import REDIS_CLUSTER_FILE, VIEW_KEY_FILE, Settings
+from schemas.settings import AUTHORITY_KEY_FILE, REDIS_CLUSTER_FILE, VIEW_KEY_FILE, Settings
 from schemas.tenants import TenantDirectory
 
 SECURED_MARKER = "sasl-scram"  # in the Kafka data dir: formatted with the superuser
@@ -93,15 +93,8 @@ class Child:
         self.run_dir.forget(self.name)
 
 
-def ensure_view_key(settings: Settings) -> str:
-    """The stack's secret view key: DNC_VIEW_KEY, else one generated once per data directory.
-
-    Every other command finds it there (see ``Settings``), so `dnc check` in another shell
-    reads the view with the key the worker writes with.
-    """
-    if not settings.uses_default_view_key:
-        return settings.view_key.get_secret_value()
-    path = settings.data_dir / VIEW_KEY_FILE
+def ensure_secret_file(path: Path) -> str:
+    """The secret in ``path``, generated there once (mode 600) if the file does not exist."""
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -110,8 +103,28 @@ def ensure_view_key(settings: Settings) -> str:
     return path.read_text().strip()
 
 
+def ensure_view_key(settings: Settings) -> str:
+    """The stack's secret view key: DNC_VIEW_KEY, else one generated once per data directory.
+
+    Every other command finds it there (see ``Settings``), so `dnc check` in another shell
+    reads the view with the key the worker writes with.
+    """
+    if not settings.uses_default_view_key:
+        return settings.view_key.get_secret_value()
+    return ensure_secret_file(settings.data_dir / VIEW_KEY_FILE)
+
+
+def ensure_authority_key(settings: Settings) -> str:
+    """The workers' lift-signing key: DNC_AUTHORITY_KEY, else one generated once per data
+    directory. Only the workers get it (no other command reads the file by itself)."""
+    if settings.authority_key is not None:
+        return settings.authority_key.get_secret_value()
+    return ensure_secret_file(settings.data_dir / AUTHORITY_KEY_FILE)
+
+
 def _env(settings: Settings, postgres_dsn: str) -> dict[str, str]:
     env = dict(os.environ)
+    env.pop("DNC_AUTHORITY_KEY", None)  # the workers' alone: see worker_children()
     env["DNC_VIEW_KEY"] = ensure_view_key(settings)
     # Static membership: the worker `dnc up` restarts takes its partitions back at once.
     env.setdefault("DNC_WORKER_INSTANCE_ID", "local-worker-1")
@@ -317,13 +330,14 @@ class LocalPipeline:
         when restarted) and /metrics port."""
         s, data = self.settings, self.settings.data_dir
         ports = worker_metrics_ports(s, self.workers)
+        worker_env = {**self._env_of("worker"), "DNC_AUTHORITY_KEY": ensure_authority_key(s)}
         if self.workers == 1:
-            return [Child("worker", ["worker"], data / "worker.log", self._env_of("worker"),
+            return [Child("worker", ["worker"], data / "worker.log", worker_env,
                           self.run_dir, (ports[0],))]  # fmt: skip
         children = []
         for i, port in enumerate(ports, start=1):
             env = {
-                **self._env_of("worker"),
+                **worker_env,
                 "DNC_WORKER_INSTANCE_ID": f"local-worker-{i}",
                 "DNC_WORKER_METRICS_PORT": str(port),
             }

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_VIEW_KEY = "local-development-view-key-change-me"
 VIEW_KEY_FILE = "view.key"  # in the data directory: the key `dnc up` generated for its stack
+AUTHORITY_KEY_FILE = "authority.key"  # `dnc up`'s key for its workers (read by nothing else)
 KAFKA_CREDENTIALS_FILE = "kafka-credentials.json"  # `dnc up`'s SASL/SCRAM passwords
 REDIS_CLUSTER_FILE = "redis-cluster.json"  # `dnc up --redis-cluster`: the seed node's address
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
@@ -70,11 +71,19 @@ class Settings(BaseSettings):
     )
     authority_key: SecretStr | None = Field(
         None,
-        description="key the worker signs the lifts it forwards from the admin topic with; "
-        "unset: derived from DNC_VIEW_KEY (set it so that holders of the view key cannot sign)",
+        min_length=16,
+        description="secret of the workers alone: they sign the lifts they forward from the "
+        "admin topic, and the cutoffs of dead-lettered admin actions, with it. Unset: the "
+        "worker refuses to start (unless DNC_ALLOW_DEVELOPMENT_AUTHORITY_KEY=true); `dnc up` "
+        "generates one in DATA_DIR/authority.key",
     )
     allow_development_view_key: bool = Field(
         False, description="let the worker run with the public development view key (tests, demos)"
+    )
+    allow_development_authority_key: bool = Field(
+        False,
+        description="let the worker run without DNC_AUTHORITY_KEY, on a key derived from the "
+        "view key, which every holder of the view key could sign lifts with (tests, demos)",
     )
     max_staleness_seconds: float = Field(
         5.0,

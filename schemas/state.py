@@ -1,8 +1,8 @@
 """Suppression state per (scope target, number): the Faust table value and the change record.
 
 The state holds the suppressions in force that can still matter (a newer one that lasts at
-least as long makes an older one redundant) and the latest lift, applied in log order
-(see :mod:`streams.rules`).
+least as long makes an older one redundant), the latest lift and the ids of the lifts
+applied (bounded), applied in log order (see :mod:`streams.rules`).
 """
 
 from __future__ import annotations
@@ -76,6 +76,8 @@ class SuppressionState(BaseModel):
     position: tuple[int, int] | None = None
     # Suppressions a lift ended: their ids stay known, so a re-sent copy does not revive them.
     ended: tuple[UUID, ...] = ()
+    # Lifts applied (the latest last): a copy or a replay of any of them is a duplicate.
+    lifts: tuple[UUID, ...] = ()
     updated_at: AwareDatetime
 
     def effective(self, now: datetime) -> ActiveSuppression | None:

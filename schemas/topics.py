@@ -18,6 +18,7 @@ DLQ_TOPIC = "dnc.dlq.topic"
 DLQ_PARTITION = "dnc.dlq.partition"
 DLQ_OFFSET = "dnc.dlq.offset"
 DLQ_FAILED_AT = "dnc.dlq.failed_at"
+REPLAY_OF = "dnc.replay.of"  # header of a replayed message: the dead letter it came from
 
 # What a dead-letter header may carry of text that came from outside (a receiver's answer).
 MAX_HEADER_TEXT_BYTES = 256

@@ -135,6 +135,7 @@ class KafkaChangeSink:
                 (DLQ_PARTITION, str(m.partition).encode()),
                 (DLQ_OFFSET, str(m.offset).encode()),
                 (DLQ_FAILED_AT, failed_at),
+                *letter.headers,  # an admin action's signed cutoff, for its replay
             ]
             self._produce(deliveries, s.dead_letter_topic, key=m.key, value=m.value,
                           headers=headers)  # fmt: skip

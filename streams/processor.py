@@ -3,8 +3,10 @@
 Routing (authority and order, see :mod:`schemas.authority`): an event is applied only on the
 partition of its canonical key (``tenant:E164`` or ``_global:E164``); one read elsewhere, or
 under another key, is forwarded there first, and so is every admin action read on the admin
-topic (signed); a lift on the oppositions topic without the worker's signature is
-dead-lettered. So one number's history has one log order, and only admins end suppressions.
+topic (its cutoff signed with it); a lift on the oppositions topic without a valid signature
+of the worker over it and its cutoff is dead-lettered. So one number's history has one log
+order, and only admins end suppressions, only those appended before they acted. A dead letter
+of an admin action records its cutoff, signed, for its replay.
 
 Order of durability (the offsets move only after :meth:`process` returns):
 1. the Redis view is written (dialers see the change),
@@ -25,16 +27,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any, Protocol
 
-from schemas.authority import (
-    APPENDED_AT_HEADER,
-    AUTHORITY_HEADER,
-    FORWARDED_FROM_HEADER,
-    authority_key,
-    header,
-    is_signed,
-    lift_cutoff_ms,
-    sign,
-)
+from schemas.authority import FORWARDED_FROM_HEADER
 from schemas.errors import InvalidEventError
 from schemas.events import Kind, OppositionEvent, decode_event
 from schemas.metrics import DEAD_LETTERS, EVENTS, SUPPRESSED_NUMBERS, observe_propagation
@@ -42,6 +35,7 @@ from schemas.partitioning import key_partition
 from schemas.settings import Settings
 from schemas.state import SuppressionChange, SuppressionState, state_key
 from schemas.tenants import TenantDirectory
+from streams.admin_actions import AdminActions
 from streams.expiry import ExpirySchedule
 from streams.retry import until_done
 from streams.rules import Outcome, apply_event
@@ -65,11 +59,13 @@ class SourceMessage:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A message that cannot be applied, with the reason."""
+    """A message that cannot be applied, with the reason (and, for an admin action, its
+    signed cutoff: headers its replay carries)."""
 
     message: SourceMessage
     reason: str
     detail: str
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -199,7 +195,7 @@ class OppositionProcessor:
         self._expiry = expiry
         self._view_lock = view_lock
         self._clock = clock
-        self._authority = authority_key(settings)
+        self._admin = AdminActions(settings)
         self._partitions = settings.partitions
 
     async def process(self, batch: Sequence[SourceMessage]) -> BatchResult:
@@ -245,12 +241,12 @@ class OppositionProcessor:
             event = decode_event(message.value, self._tenants, self._settings.max_event_bytes)
         except InvalidEventError as exc:
             _events_counter(_kind_label(message.value), Outcome.REJECTED).inc()
-            dead.append(DeadLetter(message, exc.reason, exc.message))
+            dead.append(self._dead(message, exc.reason, exc.message))
             return Outcome.REJECTED
         except Exception as exc:  # a bug must not stop the pipeline nor lose the message
             log.exception("unexpected error decoding offset %s", message.offset)
             _events_counter("unknown", Outcome.REJECTED).inc()
-            dead.append(DeadLetter(message, "processing_error", repr(exc)[:500]))
+            dead.append(self._dead(message, "processing_error", repr(exc)[:500]))
             return Outcome.REJECTED
         try:
             route = self._route(event, message)
@@ -266,34 +262,28 @@ class OppositionProcessor:
         except Exception as exc:
             log.exception("unexpected error applying event %s", event.event_id)
             _events_counter(event.kind, Outcome.REJECTED).inc()
-            dead.append(DeadLetter(message, "processing_error", repr(exc)[:500]))
+            dead.append(self._dead(message, "processing_error", repr(exc)[:500]))
             return Outcome.REJECTED
 
     def _route(self, event: OppositionEvent, message: SourceMessage) -> Forward | DeadLetter | None:
         """Where ``event`` belongs: applied here (None), forwarded, or refused."""
         from_admin = message.topic == self._settings.admin_topic
-        signed = is_signed(self._authority, message.value, message.headers)
-        if event.kind is Kind.LIFT and not from_admin and not signed:
-            return DeadLetter(
-                message,
-                "lift_not_authorised",
-                "a lift on the oppositions topic without the worker's signature: lifts are "
-                "admin actions and go to the admin topic (`dnc lift`, the gateway's DELETE)",
-            )
+        cutoff = self._admin.cutoff(message)
+        if event.kind is Kind.LIFT and cutoff is None:
+            return self._dead(message, *self._admin.refusal(message))
         key = event.kafka_key
         partition = key_partition(key, self._partitions)
         if not from_admin and message.key == key and message.partition == partition:
             return None
         origin = f"{message.topic}/{message.partition}/{message.offset}".encode()
         headers: list[tuple[str, bytes]] = [(FORWARDED_FROM_HEADER, origin)]
-        if from_admin or signed:
-            headers.append((AUTHORITY_HEADER, sign(self._authority, message.value)))
-        appended = header(message.headers, APPENDED_AT_HEADER)  # already forwarded once
-        if appended is None and from_admin and message.appended_ms is not None:
-            appended = str(message.appended_ms).encode()
-        if appended is not None:
-            headers.append((APPENDED_AT_HEADER, appended))
+        if cutoff is not None:  # an admin action, or one forwarded already: signed again
+            headers += self._admin.forward_headers(message, cutoff)
         return Forward(message, key, partition, tuple(headers))
+
+    def _dead(self, message: SourceMessage, reason: str, detail: str) -> DeadLetter:
+        """A dead letter; an admin action's records its cutoff, signed, for its replay."""
+        return DeadLetter(message, reason, detail, tuple(self._admin.dead_letter_headers(message)))
 
     def _apply_valid(
         self,
@@ -317,7 +307,7 @@ class OppositionProcessor:
             partition=message.partition,
             offset=message.offset,
             appended_ms=message.appended_ms,
-            lift_cutoff_ms=lift_cutoff_ms(message.headers) if event.kind is Kind.LIFT else None,
+            lift_cutoff_ms=self._admin.cutoff(message) if event.kind is Kind.LIFT else None,
         )
         _events_counter(event.kind, application.outcome).inc()
         state = application.state

@@ -10,8 +10,9 @@ event is routed there first), so:
 * among suppressions, the stronger one wins: a later, weaker suppression (a 60-day refusal)
   never shortens a stronger one (an objection until lifted), whatever the arrival order;
   ``occurred_at`` is the legal record and the start of a cooldown;
-* the same event twice is a no-op: by event id (also for suppressions a lift ended) and by
-  log position (a replay after a crash re-reads offsets already applied).
+* the same event twice is a no-op: by event id (also for suppressions a lift ended, and for
+  every lift applied, not only the latest) and by log position (a replay after a crash
+  re-reads offsets already applied).
 """
 
 from __future__ import annotations
@@ -61,15 +62,18 @@ def _dominated(entry: ActiveSuppression, by: ActiveSuppression) -> bool:
 
 
 MAX_ENDED = 64  # event ids of suppressions ended by lifts, remembered as duplicates
+# Event ids of lifts applied, remembered as duplicates. A copy of an older lift still ends
+# only what was appended before its signed cutoff (see :mod:`schemas.authority`).
+MAX_LIFTS = 64
 
 
 def _already_applied(
     state: SuppressionState, event: OppositionEvent, partition: int, offset: int | None
 ) -> bool:
-    if event.event_id in state.ended or (
-        state.lift is not None and state.lift.stamp.event_id == event.event_id
-    ):
+    if event.event_id in state.ended or event.event_id in state.lifts:
         return True
+    if state.lift is not None and state.lift.stamp.event_id == event.event_id:
+        return True  # a state recorded before the lifts were remembered
     if any(e.stamp.event_id == event.event_id for e in state.active):
         return True
     return (
@@ -136,6 +140,7 @@ def apply_event(
             state.model_copy(
                 update={
                     "lift": lift,
+                    "lifts": (*state.lifts, event.event_id)[-MAX_LIFTS:],
                     "active": survivors,
                     "ended": ended,
                     "tenant": event.tenant,

@@ -11,6 +11,7 @@ import faust
 from prometheus_client import start_http_server
 
 from infra.topics import check_partition_counts, ensure_pipeline_topics
+from schemas.authority import authority_key
 from schemas.errors import ConfigError
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
@@ -64,6 +65,12 @@ def run_worker(settings: Settings, worker_id: str | None = None) -> None:
                 "directory. For a throwaway setup, DNC_ALLOW_DEVELOPMENT_VIEW_KEY=true."
             )
         log.warning("running on the public development view key (DNC_ALLOW_DEVELOPMENT_VIEW_KEY)")
+    authority_key(settings)  # refuses a missing key (or the view key) before anything starts
+    if settings.authority_key is None:
+        log.warning(
+            "signing lifts with a key derived from the view key (DNC_ALLOW_DEVELOPMENT_"
+            "AUTHORITY_KEY): every holder of the view key can sign lifts"
+        )
     tenants = TenantDirectory.load(settings.tenants_file)
     created = ensure_pipeline_topics(settings)
     if created:

@@ -99,6 +99,7 @@ def pipeline_env(stack: LocalStack, tenants_file: Path, prefix: str) -> dict[str
         "DNC_HEARTBEAT_INTERVAL_SECONDS": "0.5",
         "DNC_EXPIRY_INTERVAL_SECONDS": "0.2",
         "DNC_VIEW_KEY": "test-view-key-" + prefix,
+        "DNC_AUTHORITY_KEY": "test-authority-key-" + prefix,
         "DNC_LOG_LEVEL": "INFO",
     }
 
@@ -340,6 +341,14 @@ class Pipeline:
             f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
         ) as r:
             return r.read().decode()
+
+    def messages_done(self) -> float:
+        """Messages this worker has taken to the end (view written, Kafka acknowledged):
+        ``dnc_worker_batch_events_sum``, observed once a batch is done. A barrier for tests
+        that must see what a message did, not only that it was read."""
+        prefix = "dnc_worker_batch_events_sum "
+        lines = [line for line in self.metrics().splitlines() if line.startswith(prefix)]
+        return float(lines[0].removeprefix(prefix)) if lines else 0.0
 
     def diagnose(self) -> str:
         """What a person debugging a failure wants: status, counters, the worker's log tail."""

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from confluent_kafka import Producer
 
+from consumers.subjects import SubjectLog
 from schemas.authority import FORWARDED_FROM_HEADER
 from schemas.events import Kind, OppositionEvent, Source
 from schemas.partitioning import key_partition
@@ -65,6 +66,14 @@ def test_a_lift_forged_on_the_oppositions_topic_lifts_nothing(pipeline: Pipeline
     # The real admin path: the admin topic (`dnc lift`), forwarded and signed by the worker.
     pipeline.publisher.publish(lift(phone))
     pipeline.wait_answer(phone, "acme", "callable")
+    # Subject access tells them apart with the workers' key; without it, it cannot.
+    effects = [e.effect for e in SubjectLog(pipeline.settings, pipeline.tenants)
+               .report("acme", phone).events]  # fmt: skip
+    assert effects == ["applied", "lift_not_authorised", "applied"]
+    keyless = pipeline.settings.model_copy(update={"authority_key": None})
+    report = SubjectLog(keyless, pipeline.tenants).report("acme", phone)
+    assert [e.effect for e in report.events] == ["applied", "unverified", "unverified"]
+    assert report.current_state[0].suppressed  # left out: the state it derives is the safe one
 
 
 def test_an_opposition_appended_after_a_lift_counts_whatever_its_clock(

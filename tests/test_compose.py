@@ -161,6 +161,9 @@ def test_python_services_reach_the_backing_services_by_name() -> None:
     key = services["worker"]["environment"]["DNC_VIEW_KEY"]
     assert gateway["environment"]["DNC_VIEW_KEY"] == key
     assert demo["environment"]["DNC_VIEW_KEY"] == key
+    # Only the workers sign lifts: the authority key is theirs alone.
+    signing = {n for n, s in services.items() if "DNC_AUTHORITY_KEY" in s.get("environment", {})}
+    assert signing == {"worker", "worker-1", "worker-2"}
     # Their metrics and API listen beyond the container's loopback, on the default ports.
     assert sync["environment"]["DNC_METRICS_HOST"] == "0.0.0.0"
     assert demo["environment"]["DNC_METRICS_HOST"] == "0.0.0.0"
@@ -249,6 +252,7 @@ def test_kafka_runs_with_sasl_scram_and_acls_and_every_process_has_its_principal
     for role in ("DESKTOP", "ADMIN", "GATEWAY", "WORKER", "SYNC"):
         assert f"DNC_KAFKA_PASSWORD_{role}" in str(services["acl-init"]["environment"])
     assert "DNC_KAFKA_PASSWORD_" in env_script and "DNC_VIEW_KEY" in env_script
+    assert 'echo "DNC_AUTHORITY_KEY=$(secret)"' in env_script
 
 
 # --------------------------------------------------------------------------- the real compose
@@ -498,6 +502,10 @@ def test_cluster_app_services_use_the_cluster_and_two_workers_share_one_group(
     # Every reader of the view hashes with the workers' key.
     keys = {cluster_apps[n]["environment"]["DNC_VIEW_KEY"] for n in (*workers, "gateway-cluster")}
     assert len(keys) == 1
+    # The workers sign with a secret of their own, which no view reader holds.
+    signing = {s["environment"]["DNC_AUTHORITY_KEY"] for s in workers.values()}
+    assert len(signing) == 1 and signing.isdisjoint(keys)
+    assert "DNC_AUTHORITY_KEY" not in cluster_apps["gateway-cluster"]["environment"]
     assert services["sync-cluster"]["environment"]["DNC_POSTGRES_DSN"].endswith(
         "@postgres-cluster:5432/dnc"
     )
@@ -658,6 +666,17 @@ def test_compose_refuses_to_run_without_the_secrets(compose_env: Path, tmp_path:
         "run bash infra/compose-env.sh > .env first" in done.stderr
         or "set DNC_VIEW_KEY to a secret" in done.stderr
     ), done.stderr
+
+
+def test_compose_refuses_to_run_the_workers_without_their_authority_key(
+    compose_env: Path, tmp_path: Path
+) -> None:
+    lines = compose_env.read_text().splitlines()
+    without = tmp_path / "without-authority-key.env"
+    without.write_text("\n".join(x for x in lines if not x.startswith("DNC_AUTHORITY_KEY=")))
+    done = run_compose(without, "config", "-q")
+    assert done.returncode != 0
+    assert "DNC_AUTHORITY_KEY" in done.stderr and "required variable" in done.stderr, done.stderr
 
 
 @pytest.mark.redis

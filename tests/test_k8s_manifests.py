@@ -375,6 +375,11 @@ def test_secrets_reach_the_processes_that_need_them() -> None:
     assert {"DNC_VIEW_KEY", "DNC_AUTHORITY_KEY", "DNC_REDIS_URL"} <= set(worker)
     assert gateway["DNC_VIEW_KEY"] == worker["DNC_VIEW_KEY"]  # or checks read the wrong sets
     assert "DNC_AUTHORITY_KEY" not in gateway  # only the worker signs lifts
+    assert worker["DNC_AUTHORITY_KEY"] != worker["DNC_VIEW_KEY"]  # a secret of its own
+    (container,) = [c for n, c in containers() if n == "dnc-worker"]
+    (ref,) = [e["valueFrom"]["secretKeyRef"] for e in container["env"]
+              if e["name"] == "DNC_AUTHORITY_KEY"]  # fmt: skip
+    assert not ref.get("optional", False)  # the pod does not start without it
     assert {"DNC_POSTGRES_DSN", "DNC_REDIS_URL"} <= set(sync)
     for name, container in containers():
         env = {e["name"]: e for e in container["env"]}

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from schemas.events import Kind, OppositionEvent, Scope, Source
 from schemas.state import SuppressionState
-from streams.rules import Outcome, apply_event
+from streams.rules import MAX_LIFTS, Outcome, apply_event
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 COOLDOWN = timedelta(days=60)
@@ -121,6 +121,23 @@ def test_replays_and_resent_copies_change_nothing() -> None:
     # A producer re-sends the ended opposition (same event id, a new offset): still lifted.
     resent, outcomes = run([opposition], now, offsets=[7], state=state)
     assert outcomes == [Outcome.DUPLICATE] and not suppressed(resent, now)
+
+
+def test_any_lift_applied_once_is_a_duplicate_when_seen_again() -> None:
+    """Not only the latest: a copy of an older lift, even without a cutoff, ends nothing."""
+    now = T0 + timedelta(hours=10)
+    o1, l1, o2, l2, o3 = (event(k, at) for at, k in enumerate(
+        (Kind.OPPOSITION, Kind.LIFT, Kind.OPPOSITION, Kind.LIFT, Kind.OPPOSITION)))  # fmt: skip
+    state, outcomes = run([o1, l1, o2, l2, o3], now)
+    assert outcomes == [Outcome.APPLIED] * 5 and suppressed(state, now)
+    again, outcomes = run([l1, l2], now, offsets=[9, 10], state=state)
+    assert outcomes == [Outcome.DUPLICATE] * 2 and again == state
+    # The record is bounded: the oldest lift ids give way to the latest.
+    for at in range(MAX_LIFTS + 1):
+        state = apply_event(state, event(Kind.LIFT, 20 + at), now=now, refusal_cooldown=COOLDOWN,
+                            partition=0, offset=20 + at).state  # fmt: skip
+    assert state is not None and len(state.lifts) == MAX_LIFTS
+    assert state.lift is not None and state.lifts[-1] == state.lift.stamp.event_id
 
 
 suppression_kinds = st.sampled_from(

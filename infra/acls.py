@@ -5,6 +5,9 @@ StandardAuthorizer (everything else is denied):
 
 * ``dnc-desktop``: write the oppositions topic (and nothing else: not the admin topic);
 * ``dnc-admin``: write the admin topic (lifts, `dnc lift`);
+* ``dnc-consent``: write the consents topic (consent grants, `dnc consent grant`): the
+  only principal (with the gateway, for its consent tokens) that can make a number callable
+  under a consent campaign;
 * ``dnc-gateway``: write oppositions, admin actions (its admin tokens lift) and the audit
   trail; read the oppositions log (subject access) and the sync groups' offsets;
 * ``dnc-worker``: read the oppositions and admin topics; write the oppositions topic (the
@@ -44,7 +47,7 @@ from infra.topics import ensure_pipeline_topics
 from schemas.errors import ConfigError
 from schemas.settings import KAFKA_CREDENTIALS_FILE, Settings
 
-ROLES = ("desktop", "admin", "gateway", "worker", "sync")
+ROLES = ("desktop", "admin", "consent", "gateway", "worker", "sync")
 PRINCIPAL_PREFIX = "dnc-"
 
 
@@ -77,13 +80,16 @@ def grants(settings: Settings) -> list[Grant]:
 
     allow("desktop", t, s.oppositions_topic, write, describe)
     allow("admin", t, s.admin_topic, write, describe)
+    allow("consent", t, s.consents_topic, write, describe)
     allow("gateway", t, s.oppositions_topic, write, read, describe)
     allow("gateway", t, s.admin_topic, write, describe)
+    allow("gateway", t, s.consents_topic, write, describe)  # its consent tokens' grants
     allow("gateway", t, s.audit_topic, write, describe)
     allow("gateway", t, s.suppressions_topic, read, describe)
     allow("gateway", g, "dnc-", read, describe, prefixed=True)  # scans, sync lanes' offsets
     allow("worker", t, s.oppositions_topic, read, write, describe)
     allow("worker", t, s.admin_topic, read, describe)
+    allow("worker", t, s.consents_topic, read, describe)
     allow("worker", t, s.suppressions_topic, write, describe)
     allow("worker", t, s.dead_letter_topic, write, describe)
     allow("worker", t, s.worker_group, AclOperation.ALL, prefixed=True)  # Faust's own topics

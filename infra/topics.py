@@ -84,7 +84,7 @@ def check_partition_counts(settings: Settings, timeout: float = 30.0) -> None:
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap,
                          **settings.kafka_client_config()})  # fmt: skip
     topics = admin.list_topics(timeout=timeout).topics
-    for name in (settings.oppositions_topic, settings.admin_topic):
+    for name in (settings.oppositions_topic, settings.admin_topic, settings.consents_topic):
         found = len(topics[name].partitions) if name in topics else None
         if found is not None and found != settings.partitions:
             raise ConfigError(

@@ -69,9 +69,11 @@ class OppositionPublisher:
         max_event_bytes: int = 16 * 1024,
         producer: Producer | None = None,
         admin_topic: str = "dnc.admin.v1",
+        consents_topic: str = "dnc.consents.v1",
     ) -> None:
         self._topic = topic
         self._admin_topic = admin_topic
+        self._consents_topic = consents_topic
         self._tenants = tenants
         self._timeout = timeout_seconds
         self._max_bytes = max_event_bytes
@@ -87,6 +89,7 @@ class OppositionPublisher:
             timeout_seconds=settings.publish_timeout_seconds,
             max_event_bytes=settings.max_event_bytes,
             admin_topic=settings.admin_topic,
+            consents_topic=settings.consents_topic,
             # Kafka SASL/TLS options (empty for the local PLAINTEXT stack).
             producer=Producer(
                 producer_config(
@@ -169,7 +172,11 @@ class OppositionPublisher:
     def _produce(
         self, event: OppositionEvent, payload: bytes, callback: Callable[..., None]
     ) -> None:
-        topic = self._admin_topic if event.kind is Kind.LIFT else self._topic
+        # Lifts are admin actions, consents a consent recorder's: each on the topic only its
+        # principal may write (Kafka ACLs); the worker forwards them, signed, to the log.
+        topic = {Kind.LIFT: self._admin_topic, Kind.CONSENT: self._consents_topic}.get(
+            event.kind, self._topic
+        )
         while True:
             try:
                 self._producer.produce(

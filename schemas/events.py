@@ -36,6 +36,27 @@ class Kind(StrEnum):
     CONSENT_WITHDRAWN = "consent_withdrawn"  # until lifted
     ERASURE = "erasure"  # until lifted, and the reference list erases the contact's data
     LIFT = "lift"  # admin only, with a justification: ends a suppression of that scope
+    # Not suppressions: a consent to prospecting calls (consent recorders only, with its
+    # proof reference), and a call attempt reserved at dial time (counted against the cap).
+    CONSENT = "consent"
+    ATTEMPT = "attempt"
+
+
+# The kinds that suppress (the rest: lift, consent, attempt).
+SUPPRESSING_KINDS = frozenset({"refusal", "opposition", "consent_withdrawn", "erasure"})
+
+
+class ConsentSource(StrEnum):
+    """How a consent was captured (the proof reference says where its proof is archived)."""
+
+    WEB_FORM = "web_form"
+    INBOUND_CALL = "inbound_call"
+    OUTBOUND_CALL = "outbound_call"
+    PAPER = "paper"
+    EMAIL = "email"
+    SMS = "sms"
+    IMPORT = "import"
+    OTHER = "other"
 
 
 class Scope(StrEnum):
@@ -96,10 +117,29 @@ class OppositionEvent(BaseModel):
     )
     occurred_at: AwareDatetime = Field(description="when the person said it (with time zone)")
     expires_at: AwareDatetime | None = Field(
-        None, description="optional end of the suppression (refusals default to the cooldown)"
+        None,
+        description="optional end of the suppression (refusals default to the cooldown); for a "
+        "consent, its end (default and longest: occurred_at + the campaign's consent_validity)",
+    )
+    # Consents only (kind "consent"; occurred_at is when it was captured).
+    consent_source: ConsentSource | None = Field(None, description="consents: how it was captured")
+    proof_ref: str | None = Field(
+        None,
+        max_length=256,
+        description="consents: where the proof is archived (form version and submission id, "
+        "call recording id, scan reference...)",
+    )
+    wording_version: str | None = Field(
+        None, max_length=64, description="consents: the version of the wording the person saw"
+    )
+    recorded_by: str | None = Field(
+        None, max_length=128, description="consents: who recorded it (a person or a system)"
     )
 
-    @field_validator("phone", "agent_id", "reason_code", "justification")
+    @field_validator(
+        "phone", "agent_id", "reason_code", "justification", "proof_ref", "wording_version",
+        "recorded_by",
+    )  # fmt: skip
     @classmethod
     def _single_line(cls, value: str | None) -> str | None:
         # Free text reaches PostgreSQL (which refuses a NUL), logs and terminals: one line.
@@ -118,12 +158,32 @@ class OppositionEvent(BaseModel):
                 raise ValueError("a lift needs a justification")
         if self.expires_at is not None and self.expires_at <= self.occurred_at:
             raise ValueError("expires_at must be after occurred_at")
+        consent_fields = (self.consent_source, self.proof_ref, self.wording_version,
+                          self.recorded_by)  # fmt: skip
+        if self.kind is Kind.CONSENT:
+            if self.scope is Scope.GLOBAL:
+                raise ValueError("a consent is given to a tenant (scope tenant or campaign)")
+            if self.consent_source is None or not (self.proof_ref and self.proof_ref.strip()):
+                raise ValueError("a consent needs its consent_source and its proof_ref")
+        elif any(f is not None for f in consent_fields):
+            raise ValueError(
+                "consent_source, proof_ref, wording_version and recorded_by are for consents"
+            )
+        if self.kind is Kind.ATTEMPT and self.scope is not Scope.CAMPAIGN:
+            raise ValueError("an attempt is reserved for a campaign (scope campaign)")
         return self
 
     @property
     def target(self) -> str:
-        """The suppression list this event writes to."""
+        """The list this event writes to (attempts count per tenant, whatever the campaign)."""
+        if self.kind is Kind.ATTEMPT:
+            return self.tenant
         return scope_target(self.scope, self.tenant, self.campaign_id)
+
+    @property
+    def suppresses(self) -> bool:
+        """True for the kinds that suppress the number (not lifts, consents, attempts)."""
+        return self.kind.value in SUPPRESSING_KINDS
 
     @property
     def kafka_key(self) -> bytes:

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         "dnc.admin.v1",
         description="admin actions (lifts): only the admin principal may write it (Kafka ACLs)",
     )
+    consents_topic: str = Field(
+        "dnc.consents.v1",
+        description="consents to prospecting calls: only the consent recorder principal may "
+        "write it (Kafka ACLs)",
+    )
     suppressions_topic: str = "dnc.suppressions.v1"
     dead_letter_topic: str = "dnc.dead-letter.v1"
     partitions: int = Field(3, ge=1, description="partitions of the oppositions topic")

@@ -12,7 +12,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from schemas.events import Kind, Scope, Source
+from schemas.events import ConsentSource, Kind, Scope, Source
 
 
 class Stamp(BaseModel):
@@ -58,6 +58,38 @@ class LiftRecord(BaseModel):
     agent_id: str | None = None
 
 
+class ConsentRecord(BaseModel):
+    """A consent to prospecting calls, as recorded, with its proof reference; ``ended_by``
+    once a withdrawal appended after it ended it (kept: the proof duty outlives it)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: UUID
+    captured_at: AwareDatetime
+    expires_at: AwareDatetime
+    granted_ms: int  # its place in log order: when the consents topic appended it (ms)
+    source: ConsentSource
+    proof_ref: str
+    wording_version: str | None = None
+    recorded_by: str | None = None
+    ended_by: UUID | None = None  # the withdrawal that ended it
+    ended_ms: int | None = None  # when that withdrawal was appended (ms)
+
+    def valid_at(self, now: datetime) -> bool:
+        """Not ended and not expired at ``now``."""
+        return self.ended_by is None and self.ended_ms is None and self.expires_at > now
+
+
+class AttemptRecord(BaseModel):
+    """A call attempt reserved at dial time (counted per tenant and number)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: UUID
+    at: AwareDatetime
+    campaign_id: str | None = None
+
+
 class SuppressionState(BaseModel):
     """Everything applied so far to one number in one scope target (the table value)."""
 
@@ -78,6 +110,12 @@ class SuppressionState(BaseModel):
     ended: tuple[UUID, ...] = ()
     # Lifts applied (the latest last): a copy or a replay of any of them is a duplicate.
     lifts: tuple[UUID, ...] = ()
+    # Consents of this scope (the latest last, bounded: the log keeps them all), the append
+    # time of the latest consent withdrawal of this scope (it ends every consent granted
+    # before it, in this scope and the narrower ones), the tenant's recent attempts.
+    consents: tuple[ConsentRecord, ...] = ()
+    withdrawn_ms: int | None = None
+    attempts: tuple[AttemptRecord, ...] = ()
     updated_at: AwareDatetime
 
     def effective(self, now: datetime) -> ActiveSuppression | None:

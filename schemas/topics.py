@@ -63,6 +63,14 @@ def pipeline_topics(settings: Settings) -> list[TopicSpec]:
             {"retention.ms": "-1", "min.insync.replicas": min_isr, **LOG_APPEND_TIME},
         ),
         TopicSpec(
+            settings.consents_topic,
+            settings.partitions,
+            rf,
+            # Consents and their proof references are part of the record too (the proof
+            # duty outlives the consent by years): kept, never compacted.
+            {"retention.ms": "-1", "min.insync.replicas": min_isr, **LOG_APPEND_TIME},
+        ),
+        TopicSpec(
             settings.suppressions_topic,
             settings.partitions,
             rf,

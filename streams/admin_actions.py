@@ -1,4 +1,7 @@
-"""Admin actions on their way to the number's log: the cutoff each one carries, signed.
+"""Admin actions and consents on their way to the number's log: the cutoff each carries, signed.
+
+Lifts come only from the admin topic, consents only from the consents topic: each is written
+by its own principal alone (Kafka ACLs), and each is forwarded, signed, to the log.
 
 The cutoff of a lift is when the admin recorded it: the broker's append time on the admin
 topic, or, for a replay of a dead letter, the cutoff that letter recorded (never the replay's
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from schemas.authority import (
+from schemas.authority import (  # (a consent is authorised the way a lift is)
     authority_key,
     carried_cutoff,
     carried_headers,
@@ -20,8 +23,12 @@ from schemas.authority import (
     header,
     signed_before_cutoffs,
 )
+from schemas.events import Kind
 from schemas.settings import Settings
 from schemas.topics import REPLAY_OF
+
+# The kinds only an authorised topic's principal may record, and the topic each comes from.
+AUTHORISED_KINDS = frozenset({Kind.LIFT, Kind.CONSENT})
 
 if TYPE_CHECKING:
     from streams.processor import SourceMessage
@@ -35,6 +42,25 @@ class AdminActions:
     def __init__(self, settings: Settings) -> None:
         self._key = authority_key(settings)
         self._admin_topic = settings.admin_topic
+        self._kinds = {settings.admin_topic: Kind.LIFT, settings.consents_topic: Kind.CONSENT}
+
+    def authorised_kind(self, topic: str) -> Kind | None:
+        """The kind ``topic`` authorises (lifts on the admin topic, consents on the consents
+        topic); None for the log."""
+        return self._kinds.get(topic)
+
+    def misplaced(self, message: SourceMessage, kind: Kind) -> tuple[str, str] | None:
+        """Why an authorised kind read on the other authorised topic is refused (an admin
+        recording a consent, a consent recorder recording a lift); None when in place."""
+        authorised = self._kinds.get(message.topic)
+        if authorised is None or kind not in AUTHORISED_KINDS or kind is authorised:
+            return None
+        return (
+            f"{kind.value}_not_authorised",
+            f"a {kind.value} on {message.topic}, which authorises {authorised.value}s only: "
+            + ("lifts are admin actions (`dnc lift`)" if kind is Kind.LIFT
+               else "consents are recorded by a consent recorder (`dnc consent grant`)"),
+        )  # fmt: skip
 
     def cutoff(self, message: SourceMessage) -> int | None:
         """The signed cutoff of an admin action (None for anything else, or when unknown).
@@ -43,7 +69,7 @@ class AdminActions:
         later one; else the broker's append time, unless the message is a replay that lost
         its cutoff. On the oppositions topic: the forwarded cutoff, if its signature verifies.
         """
-        if message.topic != self._admin_topic:
+        if message.topic not in self._kinds:
             return forwarded_cutoff(self._key, message.value, message.headers)
         carried = carried_cutoff(self._key, message.value, message.headers)
         appended = message.appended_ms
@@ -63,9 +89,19 @@ class AdminActions:
         cutoff = self.cutoff(message)
         return [] if cutoff is None else carried_headers(self._key, message.value, cutoff)
 
-    def refusal(self, message: SourceMessage) -> tuple[str, str]:
-        """Why a lift without a known, signed cutoff is refused: (reason, detail)."""
-        if message.topic == self._admin_topic:
+    def refusal(self, message: SourceMessage, kind: Kind = Kind.LIFT) -> tuple[str, str]:
+        """Why a lift (or a consent) without a known, signed cutoff is refused."""
+        if kind is Kind.CONSENT:
+            if message.topic in self._kinds:
+                return ("consent_without_cutoff", "a consent whose place in log order (when "
+                        "the consents topic appended it) is unknown: record it again")  # fmt: skip
+            return (
+                "consent_not_authorised",
+                "a consent on the oppositions topic without the worker's signature of it and "
+                "its cutoff: consents are recorded by a consent recorder on the consents topic "
+                "(`dnc consent grant`, the gateway's POST /v1/consents)",
+            )
+        if message.topic in self._kinds:
             return (
                 "lift_without_cutoff",
                 "a lift whose cutoff (when the admin recorded it) is unknown: a replay without "

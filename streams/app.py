@@ -152,11 +152,12 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             {"bootstrap.servers": settings.kafka_bootstrap, **settings.kafka_client_config()}
         ),
     )
-    # The oppositions log and the admin topic (lifts): admin actions are forwarded, signed,
-    # to the log partition of their number (see streams/processor.py).
+    # The oppositions log, the admin topic (lifts) and the consents topic (grants): lifts and
+    # grants are forwarded, signed, to the log partition of their number (streams/processor.py).
     source = app.topic(
         settings.oppositions_topic,
         settings.admin_topic,
+        settings.consents_topic,
         key_serializer="raw",
         value_serializer="raw",
         partitions=settings.partitions,
@@ -191,7 +192,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     lock = asyncio.Lock()
     progress = ProgressWatch(settings.stall_after_seconds)
     holes = DeliveryHoles()
-    source_topics = (settings.oppositions_topic, settings.admin_topic)
+    source_topics = (settings.oppositions_topic, settings.admin_topic, settings.consents_topic)
     frontiers = {topic: AppliedFrontier() for topic in source_topics}
     frontier = frontiers[settings.oppositions_topic]  # the one vouched for
     commits = AppliedCommits(app.consumer, frontiers)
@@ -333,7 +334,8 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             cut_off.warn("cannot read the frontiers of the partitions events were forwarded "
                          "to: %s", exc)  # fmt: skip
         vouched = frontier.vouchable()
-        frontiers[settings.admin_topic].vouchable()  # (admin claims are only for refetching)
+        for topic in source_topics[1:]:  # (their claims are only for refetching)
+            frontiers[topic].vouchable()
         for partition, (applied_to, awaited) in frontier.waiting().items():
             since = last_vouched.get(partition, started_ms.setdefault(partition, now_ms))
             if now_ms - since > 10_000:

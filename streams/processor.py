@@ -35,7 +35,7 @@ from schemas.partitioning import key_partition
 from schemas.settings import Settings
 from schemas.state import SuppressionChange, SuppressionState, state_key
 from schemas.tenants import TenantDirectory
-from streams.admin_actions import AdminActions
+from streams.admin_actions import AUTHORISED_KINDS, AdminActions
 from streams.expiry import ExpirySchedule
 from streams.retry import until_done
 from streams.rules import Outcome, apply_event
@@ -267,19 +267,28 @@ class OppositionProcessor:
 
     def _route(self, event: OppositionEvent, message: SourceMessage) -> Forward | DeadLetter | None:
         """Where ``event`` belongs: applied here (None), forwarded, or refused."""
-        from_admin = message.topic == self._settings.admin_topic
+        authorised = self._admin.authorised_kind(message.topic)
+        misplaced = self._admin.misplaced(message, event.kind)
+        if misplaced is not None:
+            return self._dead(message, *misplaced)
         cutoff = self._admin.cutoff(message)
-        if event.kind is Kind.LIFT and cutoff is None:
-            return self._dead(message, *self._admin.refusal(message))
+        if event.kind in AUTHORISED_KINDS and cutoff is None:
+            return self._dead(message, *self._admin.refusal(message, event.kind))
         key = event.kafka_key
         partition = key_partition(key, self._partitions)
-        if not from_admin and message.key == key and message.partition == partition:
+        if authorised is None and message.key == key and message.partition == partition:
             return None
         origin = f"{message.topic}/{message.partition}/{message.offset}".encode()
         headers: list[tuple[str, bytes]] = [(FORWARDED_FROM_HEADER, origin)]
         if cutoff is not None:  # an admin action, or one forwarded already: signed again
             headers += self._admin.forward_headers(message, cutoff)
         return Forward(message, key, partition, tuple(headers))
+
+    def _consent_until(self, event: OppositionEvent) -> datetime | None:
+        """A consent's longest life: when it was captured plus its campaign's validity."""
+        if event.kind is not Kind.CONSENT:
+            return None
+        return None  # (the campaign policy's consent_validity: see schemas/tenants.py)
 
     def _dead(self, message: SourceMessage, reason: str, detail: str) -> DeadLetter:
         """A dead letter; an admin action's records its cutoff, signed, for its replay."""
@@ -307,21 +316,26 @@ class OppositionProcessor:
             partition=message.partition,
             offset=message.offset,
             appended_ms=message.appended_ms,
-            lift_cutoff_ms=self._admin.cutoff(message) if event.kind is Kind.LIFT else None,
+            lift_cutoff_ms=self._admin.cutoff(message) if event.kind in AUTHORISED_KINDS else None,
+            consent_until=self._consent_until(event),
         )
         _events_counter(event.kind, application.outcome).inc()
         state = application.state
+        # Consents and attempts change no suppression: no change record for the reference
+        # list (the view and the table record them).
+        changes_suppression = event.kind not in (Kind.CONSENT, Kind.ATTEMPT)
         if application.outcome is Outcome.APPLIED:
             value = encode_state(state)
             self._table.store(key, value)
             out.states[key] = (message.partition, value)  # its changelog record
-            applied_at.setdefault(key, []).append(event.occurred_at)
-            emitted[key] = state
+            if changes_suppression:
+                applied_at.setdefault(key, []).append(event.occurred_at)
+                emitted[key] = state
             _count_suppressed(before, state, now)
             expiry = state.next_expiry(now)
             if expiry is not None:
                 self._expiry.schedule(key, expiry)
-        elif application.outcome is Outcome.DUPLICATE:
+        elif application.outcome is Outcome.DUPLICATE and changes_suppression:
             # A replay after a crash may find the table ahead of the view or the topic:
             # write both again (idempotent) rather than trust they were done.
             emitted[key] = state

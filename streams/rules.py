@@ -20,9 +20,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from uuid import UUID
 
 from schemas.events import Kind, OppositionEvent
-from schemas.state import ActiveSuppression, LiftRecord, Stamp, SuppressionState
+from schemas.state import (
+    ActiveSuppression,
+    AttemptRecord,
+    ConsentRecord,
+    LiftRecord,
+    Stamp,
+    SuppressionState,
+)
 
 
 class Outcome(StrEnum):
@@ -72,6 +80,10 @@ def _already_applied(
 ) -> bool:
     if event.event_id in state.ended or event.event_id in state.lifts:
         return True
+    if any(c.event_id == event.event_id for c in state.consents) or any(
+        a.event_id == event.event_id for a in state.attempts
+    ):
+        return True
     if state.lift is not None and state.lift.stamp.event_id == event.event_id:
         return True  # a state recorded before the lifts were remembered
     if any(e.stamp.event_id == event.event_id for e in state.active):
@@ -94,12 +106,16 @@ def apply_event(
     offset: int | None = None,
     appended_ms: int | None = None,
     lift_cutoff_ms: int | None = None,
+    consent_until: datetime | None = None,
 ) -> Application:
     """Apply a validated, normalised event, read at ``partition``/``offset`` of the log.
 
-    ``appended_ms``: when the broker appended it there. ``lift_cutoff_ms`` (lifts): when the
-    broker appended the lift to the admin topic; suppressions appended after that, while
-    the lift was being forwarded here, are not ended by it (None: every one before it).
+    ``appended_ms``: when the broker appended it there. ``lift_cutoff_ms`` (lifts and
+    consents): when the broker appended it to the admin or consents topic, signed; for a
+    lift, suppressions appended after that, while it was being forwarded here, are not ended
+    by it (None: every one before it); for a consent, its place in log order (None: refused).
+    ``consent_until`` (consents): the longest it may last (captured_at + the campaign's
+    consent_validity).
     """
     assert event.phone_e164 is not None, "apply_event needs a normalised event"
     stamp = Stamp(occurred_at=event.occurred_at, event_id=event.event_id)
@@ -116,6 +132,25 @@ def apply_event(
     if _already_applied(state, event, partition, offset):
         return Application(Outcome.DUPLICATE, state)
     position = (partition, offset) if offset is not None else state.position
+    moved = {"tenant": event.tenant, "version": state.version + 1, "partition": partition,
+             "position": position, "updated_at": now}  # fmt: skip
+
+    if event.kind is Kind.CONSENT:
+        return _consent(state, event, lift_cutoff_ms, consent_until, moved)
+    if event.kind is Kind.ATTEMPT:
+        attempt = AttemptRecord(event_id=event.event_id, at=event.occurred_at,
+                                campaign_id=event.campaign_id)  # fmt: skip
+        recent = [a for a in state.attempts if a.at > now - ATTEMPTS_KEPT]
+        attempts = tuple(sorted((*recent, attempt), key=lambda a: a.at))[-MAX_ATTEMPTS:]
+        return Application(
+            Outcome.APPLIED, state.model_copy(update={"attempts": attempts, **moved})
+        )
+    withdrawn = None
+    if event.kind is Kind.CONSENT_WITHDRAWN:
+        # It ends every consent of its scope granted before it, whether or not its
+        # suppression adds anything to a stronger one already in force.
+        at = appended_ms if appended_ms is not None else int(now.timestamp() * 1000)
+        state = withdrawn = _withdraw(state, event.event_id, at).model_copy(update=moved)
 
     if event.kind is Kind.LIFT:
         lift = LiftRecord(
@@ -162,6 +197,8 @@ def apply_event(
         appended_ms=appended_ms,
     )
     if not entry.in_force(now) or any(_dominated(entry, by=e) for e in state.active):
+        if withdrawn is not None:
+            return Application(Outcome.APPLIED, withdrawn)  # (consents ended, nothing added)
         return Application(Outcome.STALE, state)
     kept = tuple(e for e in state.active if e.in_force(now) and not _dominated(e, by=entry))
     active = tuple(sorted((*kept, entry), key=lambda e: e.stamp.order))
@@ -177,4 +214,59 @@ def apply_event(
                 "updated_at": now,
             }
         ),
+    )
+
+
+# A consent's longest life when no campaign says otherwise (the policy's consent_validity).
+DEFAULT_CONSENT_VALIDITY = timedelta(days=365)
+# Attempts kept in the state: a year back, the latest few hundred (caps count a few a month).
+ATTEMPTS_KEPT = timedelta(days=366)
+MAX_ATTEMPTS = 256
+# Consents kept in the state per scope (the log keeps every one, for the proof duty).
+MAX_CONSENTS = 16
+
+
+def _consent(
+    state: SuppressionState,
+    event: OppositionEvent,
+    granted_ms: int | None,
+    until: datetime | None,
+    moved: dict[str, object],
+) -> Application:
+    """A consent, in log order: granted before the latest withdrawal of its scope, it is
+    recorded as ended by it (a withdrawal appended after a grant wins, whatever the clocks)."""
+    if granted_ms is None:  # (the processor refuses a consent without a signed cutoff)
+        return Application(Outcome.REJECTED, state)
+    ends = [t for t in (event.expires_at, until) if t is not None]
+    expires_at = min(ends) if ends else event.occurred_at + DEFAULT_CONSENT_VALIDITY
+    withdrawn = state.withdrawn_ms is not None and state.withdrawn_ms >= granted_ms
+    assert event.consent_source is not None and event.proof_ref is not None
+    record = ConsentRecord(
+        event_id=event.event_id,
+        captured_at=event.occurred_at,
+        expires_at=expires_at,
+        granted_ms=granted_ms,
+        source=event.consent_source,
+        proof_ref=event.proof_ref,
+        wording_version=event.wording_version,
+        recorded_by=event.recorded_by,
+        ended_ms=state.withdrawn_ms if withdrawn else None,
+    )
+    consents = tuple(sorted((*state.consents, record), key=lambda c: c.granted_ms))
+    return Application(
+        Outcome.APPLIED,
+        state.model_copy(update={"consents": consents[-MAX_CONSENTS:], **moved}),
+    )
+
+
+def _withdraw(state: SuppressionState, event_id: UUID, at_ms: int) -> SuppressionState:
+    """``state`` with every consent granted before ``at_ms`` ended by ``event_id``."""
+    consents = tuple(
+        c.model_copy(update={"ended_by": event_id, "ended_ms": at_ms})
+        if c.granted_ms < at_ms and c.ended_by is None
+        else c
+        for c in state.consents
+    )
+    return state.model_copy(
+        update={"consents": consents, "withdrawn_ms": max(at_ms, state.withdrawn_ms or 0)}
     )

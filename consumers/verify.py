@@ -34,7 +34,7 @@ from schemas.reference import PostgresSinkConfig
 from schemas.settings import Settings
 from schemas.state import SuppressionChange
 from schemas.tenants import TenantDirectory
-from schemas.view import ViewLayout, view_layout
+from schemas.view import FAMILY_OF_KIND, KIND_OF_FAMILY, ViewLayout, suppression_keys, view_layout
 
 SCAN_BATCH = 1000
 STRAY_REREADS = 3  # reads of the log (1 s apart) before a view member counts as unexplained
@@ -161,17 +161,20 @@ def _check_view(
     is still the same in a second read of the log taken after the view was read, and a
     member counts as unexplained only if neither read explains it.
     """
-    known: dict[str, set[int]] = defaultdict(set)  # every state's member, in force or not
+    known: dict[str, set[int]] = defaultdict(set)  # per bucket: every state's member
     asked: list[tuple[SuppressionChange, str, int]] = []
     for change in changes.values():
         slot = layout.slot(change.target, change.phone_e164)
         asked.append((change, slot.key, slot.member))
         known[slot.key].add(slot.member)
     pipe = client.pipeline(transaction=False)
-    for _change, key, member in asked:
-        pipe.sismember(key, str(member))
+    for _change, base, member in asked:
+        for key in suppression_keys(base):  # suppressed: a member of one of them
+            pipe.sismember(key, str(member))
+    found = iter(pipe.execute())
     candidates: list[tuple[SuppressionChange, str]] = []
-    for (change, _key, _member), present in zip(asked, pipe.execute(), strict=True):
+    for change, _base, _member in asked:
+        present = any([next(found) for _ in FAMILY_OF_KIND])
         if _in_force(change, now) and not present:
             candidates.append((change, "view_missing"))
         elif not _in_force(change, now) and present:
@@ -183,7 +186,9 @@ def _check_view(
         target = layout.target_of(key)
         if target is None or (target.startswith("_") and target != GLOBAL_TARGET):
             continue  # the metadata hash and other bookkeeping keys, not suppression sets
-        explained = known.get(key, set())
+        if key[-1:] not in KIND_OF_FAMILY or not key[:-1].rsplit(":", 1)[-1].isdigit():
+            continue  # consents hashes, attempts
+        explained = known.get(key[:-1], set())
         strays.extend(
             (key, target, int(raw)) for raw in client.smembers(key) if int(raw) not in explained
         )
@@ -197,7 +202,7 @@ def _check_view(
         for change in later.values():
             slot = layout.slot(change.target, change.phone_e164)
             known[slot.key].add(slot.member)
-        strays = [(k, t, m) for k, t, m in strays if m not in known.get(k, set())]
+        strays = [(k, t, m) for k, t, m in strays if m not in known.get(k[:-1], set())]
         if not strays:
             break
     confirmed = [

@@ -2,8 +2,14 @@
 
 * member = first 8 bytes of BLAKE2b(view key, target + E.164) as a positive int64, so
   Redis stores each number as an intset entry (8 bytes) and never in clear;
-* key = ``dnc:v1:{target}:{bucket}``, bucket from the next 4 bytes of the same hash,
-  so each set stays under ``set-max-intset-entries`` and keeps the compact encoding;
+* a bucket of a list, ``dnc:v1:{target}:{bucket}`` (bucket from the next 4 bytes of the
+  same hash, so each key stays small and keeps its compact encoding), is a family of keys,
+  one letter after the bucket: a set per suppression kind (``r`` refusal, ``o``
+  opposition, ``w`` consent withdrawn, ``e`` erasure: a suppressed number is a member of
+  the set of the kind in force, so a check tells which kind forbids the call at no cost in
+  memory) and ``c``, a hash of the consents (member -> :func:`consent_value`);
+* a tenant's attempts on a number, ``dnc:v1:{tenant}:a{member}``: a sorted set of attempt
+  ids scored by their time (ms), for the per-number caps;
 * ``dnc:v1:_meta`` (hash) is the view's contract with its readers (below).
 
 **Sharded layout** (``DNC_VIEW_SHARDS`` > 0, the default on a Redis Cluster): a number's
@@ -102,6 +108,48 @@ def epoch_field(partition: int) -> str:
 def node_field(partition: int) -> str:
     """Field of a shard's metadata: the node that holds the copy the worker vouched for."""
     return f"node:{partition}"
+
+
+# The key families of a bucket (see the module): a suppression set per kind, the consents.
+FAMILY_OF_KIND = {"refusal": "r", "opposition": "o", "consent_withdrawn": "w", "erasure": "e"}
+KIND_OF_FAMILY = {letter: kind for kind, letter in FAMILY_OF_KIND.items()}
+CONSENTS_FAMILY = "c"
+
+
+def suppression_keys(base: str) -> list[str]:
+    """The suppression sets of a bucket (one per kind), in :data:`FAMILY_OF_KIND`'s order."""
+    return [base + letter for letter in FAMILY_OF_KIND.values()]
+
+
+def consent_value(
+    withdrawn_ms: int | None,
+    granted_ms: int | None = None,
+    expires_ms: int | None = None,
+    event_id: str = "",
+    proof_ref: str = "",
+) -> str:
+    """A number's field in a consents hash: the append time of the scope's latest consent
+    withdrawal, and its latest consent (when appended, when it ends, its id and proof)."""
+
+    def text(value: int | None) -> str:
+        return "" if value is None else str(value)
+
+    return "|".join((text(withdrawn_ms), text(granted_ms), text(expires_ms), event_id,
+                     proof_ref))  # fmt: skip
+
+
+def parse_consent_value(
+    raw: str | bytes,
+) -> tuple[int | None, int | None, int | None, str, str]:
+    """:func:`consent_value`'s fields back: (withdrawn_ms, granted_ms, expires_ms, event id,
+    proof reference)."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    withdrawn, granted, expires, event_id, proof = (text.split("|", 4) + [""] * 5)[:5]
+
+    def number(value: str) -> int | None:
+        return int(value) if value else None
+
+    return number(withdrawn), number(granted), number(expires), event_id, proof
 
 
 def fence_field(partition: int) -> str:
@@ -215,6 +263,11 @@ class ViewLayout:
             return META_KEY
         return f"{self.shard_prefix(self.shard_of(phone_e164))}_meta"
 
+    def attempts_key(self, tenant: str, phone_e164: str) -> str:
+        """The sorted set of ``tenant``'s attempts on ``phone_e164`` (ids scored by ms)."""
+        key, member = self.locate(tenant, phone_e164)
+        return f"{key.rsplit(':', 1)[0]}:a{member}"
+
     def meta_key_of(self, key: str) -> str:
         """The metadata copy in the slot of the set ``key`` (its writes are fenced there)."""
         if not self.shards:
@@ -242,6 +295,7 @@ class ViewLayout:
         text = f"dnc-view-layout\x1f{VIEW_PREFIX}\x1f{self._default_buckets}\x1f{buckets}"
         if self.shards:  # (unsharded: the fingerprint of the layout before shards existed)
             text += f"\x1fshards={self.shards}"
+        text += "\x1ffamilies=2"  # sets per kind and consents (a view without them: rebuilt)
         return hashlib.blake2b(text.encode(), key=self._key, digest_size=8).hexdigest()
 
     def target_of(self, key: str) -> str | None:
@@ -274,5 +328,7 @@ def view_layout(settings: Settings, tenants: TenantDirectory) -> ViewLayout:
 
 
 def target_pattern(target_glob: str, sharded: bool) -> str:
-    """SCAN pattern of the suppression sets of the targets matching ``target_glob``."""
-    return f"{VIEW_PREFIX}:{{s*}}:{target_glob}:*" if sharded else f"{VIEW_PREFIX}:{target_glob}:*"
+    """SCAN pattern of the suppression sets of the targets matching ``target_glob`` (not
+    their consents hashes nor attempts)."""
+    sets = f"{target_glob}:*[{''.join(FAMILY_OF_KIND.values())}]"
+    return f"{VIEW_PREFIX}:{{s*}}:{sets}" if sharded else f"{VIEW_PREFIX}:{sets}"

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from schemas.metrics import VERIFY_AUDITED, VERIFY_MISSING
-from schemas.view import ViewLayout
+from schemas.view import FAMILY_OF_KIND, ViewLayout, suppression_keys
 
 
 def in_force_partition(raw: Any, now: datetime) -> int | None:
@@ -97,21 +97,23 @@ class ViewAudit:
         self._cycle = Tally()
 
     async def _missing(self, states: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-        """The states whose member is not in its set."""
+        """The states whose member is in none of its bucket's suppression sets (in the
+        set of another kind than the one in force, the number is still suppressed)."""
         if not states:
             return []
-        by_set: dict[str, list[tuple[int, tuple[str, Any]]]] = {}
+        by_bucket: dict[str, list[tuple[int, tuple[str, Any]]]] = {}
         for key, raw in states:
             target, _, phone = key.rpartition("|")
-            set_key, member = self._layout.locate(target, phone)
-            by_set.setdefault(set_key, []).append((member, (key, raw)))
+            base, member = self._layout.locate(target, phone)
+            by_bucket.setdefault(base, []).append((member, (key, raw)))
         pipe = self._redis.pipeline(transaction=False)
-        for set_key, entries in by_set.items():
-            pipe.smismember(set_key, [m for m, _ in entries])
-        found = await pipe.execute()
-        return [
-            item
-            for entries, flags in zip(by_set.values(), found, strict=True)
-            for (_m, item), flag in zip(entries, flags, strict=True)
-            if not flag
-        ]
+        for base, entries in by_bucket.items():
+            for set_key in suppression_keys(base):
+                pipe.smismember(set_key, [m for m, _ in entries])
+        found = iter(await pipe.execute())
+        missing = []
+        for entries in by_bucket.values():
+            flags = [next(found) for _ in FAMILY_OF_KIND]
+            missing += [item for i, (_m, item) in enumerate(entries)
+                        if not any(f[i] for f in flags)]  # fmt: skip
+        return missing

@@ -33,7 +33,7 @@ from schemas.metrics import (
     WORKER_HEARTBEAT,
 )
 from schemas.state import SuppressionChange, SuppressionState
-from schemas.view import META_LAYOUT, META_PARTITIONS, ready_field
+from schemas.view import FAMILY_OF_KIND, META_LAYOUT, META_PARTITIONS, ready_field
 from streams.audit import ViewAudit
 from streams.expiry import ExpirySchedule
 from streams.ownership import PartitionProducers
@@ -167,19 +167,22 @@ class ViewMaintenance:
         now = self._clock()
         layout = self._view.layout
         needed: set[str] = set()
+        bases = {key[:-1] for key in missing}  # (a suppression set: its bucket and a letter)
         for i, (table_key, raw) in enumerate(list(self._table.items())):
             if i % 10_000 == 9_999:
                 await asyncio.sleep(0)  # a million entries take a while: let others run
-            # The view key from the table key (``target|E164``): only the states of a
-            # missing key are decoded.
+            # The bucket from the table key (``target|E164``): only the states of a bucket
+            # with a missing key are decoded.
             target, _, phone = table_key.rpartition("|")
-            key = layout.locate(target, phone)[0]
-            if key not in missing or key in needed:
+            base = layout.locate(target, phone)[0]
+            if base not in bases:
                 continue
             state = load_state(raw)
             if state is None or state.partition not in partitions:
                 continue
-            if state.effective(now) is not None:
+            effective = state.effective(now)
+            key = None if effective is None else base + FAMILY_OF_KIND[effective.kind.value]
+            if key is not None and key in missing:
                 needed.add(key)
         self._view.filled_keys.difference_update(missing - needed)  # emptied by lifts/expiries
         if needed:

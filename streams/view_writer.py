@@ -14,11 +14,14 @@ from redis.asyncio.cluster import RedisCluster
 from schemas.settings import Settings
 from schemas.state import SuppressionState
 from schemas.view import (
+    CONSENTS_FAMILY,
+    FAMILY_OF_KIND,
     LUA_NODE_ID,
     LUA_RUN_ID,
     META_LAYOUT,
     ViewLayout,
     applied_field,
+    consent_value,
     epoch_field,
     fence_field,
     frontier_field,
@@ -28,10 +31,11 @@ from schemas.view import (
     ready_field,
 )
 from streams.fencing import OwnershipLost
+from streams.rules import ATTEMPTS_KEPT  # (the view keeps the attempts the state keeps)
 
 # States gathered before a rebuild sends them (one pipeline of write scripts).
 WRITE_CHUNK = 50_000
-# Most members one write script carries: a script holds Redis meanwhile (checks wait).
+# Most arguments one write script carries: a script holds Redis meanwhile (checks wait).
 MEMBERS_PER_SCRIPT = 8_000
 # Eviction policies that may remove keys without a TTL, i.e. view keys.
 EVICTING_POLICIES = frozenset({"allkeys-lru", "allkeys-lfu", "allkeys-random"})
@@ -68,12 +72,15 @@ return out
 """
 )
 
-# Fenced member writes on one copy of the metadata and the sets of its slot: per
-# partition, the members are added or removed only while the partition's claim is ours.
-# Returns the refused claims as (field, claim held or '') pairs.
-# KEYS: the metadata, then the sets. ARGV, per partition: fence field, our token, count
-# of operations, then per operation: index of its set in KEYS, '+' or '-', n, n members.
+# Fenced writes on one copy of the metadata and the keys of its slot: per partition, the
+# operations run only while the partition's claim is ours. Operations: '+' SADD and '-'
+# SREM members, 'h' HSET field/value pairs, 'z' ZADD score/member pairs, 'x' remove the
+# members of a sorted set scored below the argument. Returns the refused claims as
+# (field, claim held or '') pairs.
+# KEYS: the metadata, then the keys. ARGV, per partition: fence field, our token, count of
+# operations, then per operation: index of its key in KEYS, the operation, n, n arguments.
 _WRITE = """
+local commands = {['+'] = 'SADD', ['-'] = 'SREM', h = 'HSET', z = 'ZADD'}
 local refused = {}
 local a = 1
 while a <= #ARGV do
@@ -86,12 +93,13 @@ while a <= #ARGV do
   local ops = tonumber(ARGV[a + 2])
   a = a + 3
   for _ = 1, ops do
-    local key, command, n = KEYS[tonumber(ARGV[a])], ARGV[a + 1], tonumber(ARGV[a + 2])
+    local key, op, n = KEYS[tonumber(ARGV[a])], ARGV[a + 1], tonumber(ARGV[a + 2])
     a = a + 3
-    if ours then
-      command = command == '+' and 'SADD' or 'SREM'
+    if ours and op == 'x' then
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. ARGV[a])
+    elseif ours then
       for s = a, a + n - 1, 4000 do
-        redis.call(command, key, unpack(ARGV, s, math.min(s + 3999, a + n - 1)))
+        redis.call(commands[op], key, unpack(ARGV, s, math.min(s + 3999, a + n - 1)))
       end
     end
     a = a + n
@@ -170,39 +178,65 @@ def writer_client(settings: Settings) -> Redis | RedisCluster:
     return Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=10)
 
 
+Operations = dict[tuple[str, str], list[Any]]  # (key, operation) -> its arguments
+
+
 class ViewBatch:
-    """States turned into view members, grouped by metadata copy, partition and key: a
-    rebuild of a million states is a few hundred scripts, not a million commands. Only
-    keys and integers are kept, so the caller can decode states one at a time and let
-    each go (see ``ViewMaintenance.rebuild``).
+    """States turned into view writes, grouped by metadata copy, partition, key and
+    operation: a rebuild of a million states is a few hundred scripts, not a million
+    commands. Only keys, integers and short strings are kept, so the caller can decode
+    states one at a time and let each go (see ``ViewMaintenance.rebuild``).
+
+    A state's number goes into the suppression set of the kind in force (and out of the
+    others, or out of all of them when nothing is in force); its consents hash field and
+    its attempts are written when it has any.
     """
 
     def __init__(self, layout: ViewLayout, now: datetime) -> None:
+        self._layout = layout
         self._locate = layout.locate
         self._meta_key_of = layout.meta_key_of
         self._now = now
-        # metadata copy -> partition -> (adds, removes), each key -> members
-        self.ops: dict[str, dict[int, tuple[dict[str, list[int]], dict[str, list[int]]]]] = {}
+        self._attempts_since = _ms(now - ATTEMPTS_KEPT)
+        # metadata copy -> partition -> (key, operation) -> arguments
+        self.ops: dict[str, dict[int, Operations]] = {}
         self.pending = 0  # states gathered since the last clear
         self.written = 0  # states gathered in all
 
     def put(self, state: SuppressionState) -> bool:
-        """Gather ``state``'s member (added if suppressed at ``now``); True if suppressed."""
-        key, member = self._locate(state.target, state.phone_e164)
-        suppressed = state.effective(self._now) is not None
-        groups = self.ops.setdefault(self._meta_key_of(key), {})
-        adds, removes = groups.setdefault(state.partition, ({}, {}))
-        (adds if suppressed else removes).setdefault(key, []).append(member)
+        """Gather ``state``'s writes at ``now``; True if suppressed."""
+        base, member = self._locate(state.target, state.phone_e164)
+        effective = state.effective(self._now)
+        kind = effective.kind.value if effective is not None else None
+        groups = self.ops.setdefault(self._meta_key_of(base), {})
+        ops = groups.setdefault(state.partition, {})
+        for kind_name, letter in FAMILY_OF_KIND.items():
+            op = "+" if kind_name == kind else "-"
+            ops.setdefault((base + letter, op), []).append(member)
+        if state.consents or state.withdrawn_ms is not None:
+            latest = max(state.consents, key=lambda c: c.granted_ms, default=None)
+            value = consent_value(state.withdrawn_ms) if latest is None else consent_value(
+                state.withdrawn_ms, latest.granted_ms, _ms(latest.expires_at),
+                str(latest.event_id), latest.proof_ref,
+            )  # fmt: skip
+            ops.setdefault((base + CONSENTS_FAMILY, "h"), []).extend((member, value))
+        if state.attempts:
+            key = self._layout.attempts_key(state.tenant, state.phone_e164)
+            scored = ops.setdefault((key, "z"), [])
+            for attempt in state.attempts:
+                scored += [_ms(attempt.at), str(attempt.event_id)]
+            ops[(key, "x")] = [self._attempts_since]
         self.pending += 1
         self.written += 1
-        return suppressed
+        return effective is not None
 
     def clear(self) -> None:
         self.ops, self.pending = {}, 0
 
 
 class _WriteScripts:
-    """The :data:`_WRITE` calls of a batch, each of at most :data:`MEMBERS_PER_SCRIPT`."""
+    """The :data:`_WRITE` calls of a batch, each of at most :data:`MEMBERS_PER_SCRIPT`
+    arguments."""
 
     def __init__(self, tokens: Mapping[int, str]) -> None:
         self._tokens = tokens
@@ -214,21 +248,18 @@ class _WriteScripts:
         self._size = 0
         self._group: int | None = None  # where the open group's operation count is
 
-    def add(self, meta_key: str, groups: Mapping[int, tuple[dict[str, list[int]], ...]]) -> None:
+    def add(self, meta_key: str, groups: Mapping[int, Operations]) -> None:
         self._flush()
         self._meta = meta_key
-        for partition, (adds, removes) in groups.items():
+        for partition, ops in groups.items():
             self._group = None
-            for command, sets in (("-", removes), ("+", adds)):
-                for key, members in sets.items():
-                    for start in range(0, len(members), MEMBERS_PER_SCRIPT):
-                        self._operation(
-                            partition, key, command, members[start : start + MEMBERS_PER_SCRIPT]
-                        )
+            for (key, op), args in ops.items():
+                for start in range(0, len(args), MEMBERS_PER_SCRIPT):  # (even: pairs stay whole)
+                    self._operation(partition, key, op, args[start : start + MEMBERS_PER_SCRIPT])
         self._flush()
 
-    def _operation(self, partition: int, key: str, command: str, members: list[int]) -> None:
-        if self._args and self._size + len(members) > MEMBERS_PER_SCRIPT:
+    def _operation(self, partition: int, key: str, op: str, args: list[Any]) -> None:
+        if self._args and self._size + len(args) > MEMBERS_PER_SCRIPT:
             self._flush()
         if self._group is None:
             self._args += [fence_field(partition), self._tokens[partition], 0]
@@ -236,9 +267,9 @@ class _WriteScripts:
         if key not in self._index:
             self._keys.append(key)
             self._index[key] = len(self._keys) + 1  # KEYS[1] is the metadata
-        self._args += [self._index[key], command, len(members), *members]
+        self._args += [self._index[key], op, len(args), *args]
         self._args[self._group] += 1
-        self._size += len(members)
+        self._size += len(args)
 
     def _flush(self) -> None:
         if self._args:
@@ -315,9 +346,9 @@ class SuppressionViewWriter:
         refused = {_text(f): _text(h) for reply in replies for f, h in _pairs(reply)}
         self._refused(refused)
         for groups in batch.ops.values():
-            for partition, (adds, _removes) in groups.items():
+            for partition, ops in groups.items():
                 if partition in self._tokens:
-                    self.filled_keys.update(adds)
+                    self.filled_keys.update(key for key, op in ops if op == "+")
         batch.clear()
 
     def _refused(self, refused: Mapping[str, str]) -> None:
@@ -560,6 +591,10 @@ class SuppressionViewWriter:
         """Redis's run id: it changes on every restart, even one that reloads an old snapshot
         (on a cluster, the masters' run ids: a failover changes them too)."""
         return ",".join(sorted(str(i.get("run_id", "")) for i in await self._info("server")))
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
 
 
 def _text(value: Any) -> str:

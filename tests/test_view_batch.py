@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from schemas.events import Kind, Scope, Source
 from schemas.state import ActiveSuppression, Stamp, SuppressionState
-from schemas.view import META_KEY, ViewLayout
+from schemas.view import FAMILY_OF_KIND, META_KEY, ViewLayout
 from streams.view_writer import ViewBatch
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
@@ -28,19 +28,21 @@ def test_members_are_grouped_by_key_added_if_suppressed_removed_if_not() -> None
     layout = ViewLayout(b"k", default_buckets=2)
     batch = ViewBatch(layout, NOW)
     phones = [f"+336123456{i:02d}" for i in range(40)]
-    expected: dict[bool, dict[str, set[int]]] = {True: {}, False: {}}
+    expected: dict[tuple[str, str], set[int]] = {}
     for i, phone in enumerate(phones):
         suppressed = i % 3 != 0
         state = _state(phone, None if suppressed else NOW - timedelta(seconds=1))  # expired
         assert batch.put(state) is suppressed
-        key, member = layout.locate("acme", phone)
-        expected[suppressed].setdefault(key, set()).add(member)
+        base, member = layout.locate("acme", phone)
+        # In the refusal set if suppressed (out of the other kinds'), out of all if not.
+        for kind, letter in FAMILY_OF_KIND.items():
+            op = "+" if suppressed and kind == "refusal" else "-"
+            expected.setdefault((base + letter, op), set()).add(member)
     # One metadata copy (unsharded), one partition (the states': 0).
     assert list(batch.ops) == [META_KEY] and list(batch.ops[META_KEY]) == [0]
-    adds, removes = batch.ops[META_KEY][0]
-    assert {k: set(v) for k, v in adds.items()} == expected[True]
-    assert {k: set(v) for k, v in removes.items()} == expected[False]
-    assert len(adds) <= 2 and len(removes) <= 2  # one operation per key and kind
+    ops = batch.ops[META_KEY][0]
+    assert {k: set(v) for k, v in ops.items()} == expected
+    assert len(ops) <= 2 * 4 * 2  # one operation per bucket, kind and direction
     assert batch.pending == batch.written == len(phones)
     batch.clear()
     assert not batch.ops and batch.pending == 0

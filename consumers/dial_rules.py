@@ -23,7 +23,10 @@ written once and tested once. No I/O: the caller reads the facts from the view
 
 Each reason carries ``next_allowed_at``, the earliest instant this reason alone stops
 forbidding the call, or None when no time helps (oppositions, consent, sector).
-:func:`next_allowed_at` combines them.
+:func:`next_allowed_at` combines them. Both are in UTC whatever the zone of ``at``: a
+datetime of a zone that changes its clocks compares by wall clock with one of the same
+zone, and never equal to one of another zone in the hour that repeats (PEP 495), so the
+zone is for display only.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ OPENS, BREAK_STARTS, BREAK_ENDS, CLOSES = 10 * 3600, 13 * 3600, 14 * 3600, 20 * 
 _WEEKEND = 5  # date.weekday() of Saturday
 _DAYS_SEARCHED = 40  # a run of closed days longer than this: no opening is given
 _ROUNDS = 64  # bounded searches: past this, no time is shown to help
+# The scopes whose consent withdrawals end a consent checked for a campaign (or a tenant).
+_COVERING = (Scope.GLOBAL, Scope.TENANT, Scope.CAMPAIGN)
 
 
 class ReasonCode(StrEnum):
@@ -72,7 +77,7 @@ class Reason:
     code: ReasonCode
     scope: Scope | None = None  # opposed: which list; consent_*: the scope concerned
     kind: Kind | None = None  # opposed: the suppression kind
-    next_allowed_at: datetime | None = None  # None: no time helps
+    next_allowed_at: datetime | None = None  # in UTC; None: no time helps
     detail: str | None = None
 
     def as_json(self) -> dict[str, Any]:
@@ -139,14 +144,14 @@ def next_allowed_at(
     at: datetime,
     reasons: Sequence[Reason] | None = None,
 ) -> datetime | None:
-    """The earliest instant from ``at`` when :func:`decide` gives no reason at all.
+    """The earliest instant from ``at`` when :func:`decide` gives no reason at all, in UTC.
 
     ``at`` itself when the call is allowed now; None when a reason has no
     ``next_allowed_at`` (waiting does not help), when waiting ends a consent, or when no
     such instant is found in a bounded search. ``reasons``: :func:`decide`'s, if known.
     """
     pending = decide(policy, e164, facts, at) if reasons is None else reasons
-    moment = at
+    moment = at.astimezone(UTC)
     for _ in range(_ROUNDS):
         if not pending:
             return moment
@@ -154,7 +159,9 @@ def next_allowed_at(
         if any(wait is None for wait in waits):
             return None
         # Each reason's time is the earliest it alone allows: none sooner can do for all.
-        moment = max(wait for wait in waits if wait is not None)
+        # Compared in UTC: datetimes of one zone compare by wall clock, wrong in the hour
+        # that repeats when daylight saving ends.
+        moment = max(wait.astimezone(UTC) for wait in waits if wait is not None)
         pending = decide(policy, e164, facts, moment)
     return None
 
@@ -169,12 +176,11 @@ def consent_reason(
     tenant-wide consent for it) and has not expired. A grant and a withdrawal in the same
     millisecond: the withdrawal wins.
     """
-    latest = max(
-        ((withdrawn_ms[scope], scope) for scope in _COVERING if scope in withdrawn_ms),
-        key=lambda pair: pair[0],
-        default=None,
-    )
-    withdrawn_at = -1 if latest is None else latest[0]
+    withdrawn_at, withdrawn_by = -1, None
+    for scope in _COVERING:  # broadest first: it names a tie
+        ms = withdrawn_ms.get(scope)
+        if ms is not None and ms > withdrawn_at:
+            withdrawn_at, withdrawn_by = ms, scope
     expired: ConsentFact | None = None
     ended_by_withdrawal = False
     for consent in consents:
@@ -185,8 +191,8 @@ def consent_reason(
                 expired = consent
         else:
             return None
-    if ended_by_withdrawal and latest is not None:
-        return Reason(ReasonCode.CONSENT_WITHDRAWN, scope=latest[1])
+    if ended_by_withdrawal:
+        return Reason(ReasonCode.CONSENT_WITHDRAWN, scope=withdrawn_by)
     if expired is not None:
         return Reason(
             ReasonCode.CONSENT_EXPIRED,
@@ -194,9 +200,6 @@ def consent_reason(
             detail=f"consent {expired.event_id} expired at {expired.expires_at.isoformat()}",
         )
     return Reason(ReasonCode.NO_CONSENT)
-
-
-_COVERING = (Scope.GLOBAL, Scope.TENANT, Scope.CAMPAIGN)  # broadest first: wins a tie
 
 
 def attempt_cap_reason(
@@ -222,7 +225,7 @@ def attempt_cap_reason(
             break
     return Reason(
         ReasonCode.ATTEMPT_CAP,
-        next_allowed_at=wait.astimezone(at.tzinfo),
+        next_allowed_at=wait,
         detail=f"{counted} attempts in the last {period.days} days (at most {cap})",
     )
 
@@ -250,8 +253,7 @@ def hours_reason(calendar: NumberCalendar, at: datetime) -> Reason | None:
 
 def next_opening(calendar: NumberCalendar, at: datetime) -> datetime | None:
     """The earliest instant from ``at`` inside the calling hours in every zone at once
-    (in ``at``'s time zone), or None when the zones' hours do not meet in a bounded search.
-    """
+    (in UTC), or None when the zones' hours do not meet in a bounded search."""
     moment = at.astimezone(UTC)  # instants compared in UTC: exact across zones and changes
     for _ in range(_ROUNDS):
         latest = moment
@@ -261,7 +263,7 @@ def next_opening(calendar: NumberCalendar, at: datetime) -> datetime | None:
                 return None
             latest = max(latest, opening.astimezone(UTC))
         if latest == moment:
-            return moment.astimezone(at.tzinfo)
+            return moment
         moment = latest
     return None
 

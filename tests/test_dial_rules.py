@@ -105,7 +105,7 @@ def test_a_reason_as_json_keeps_every_key() -> None:
         "code": "outside_calling_hours",
         "scope": None,
         "kind": None,
-        "next_allowed_at": "2026-03-03T14:00:00+01:00",
+        "next_allowed_at": "2026-03-03T13:00:00+00:00",
         "detail": "Tue 13:30 in Europe/Paris",
     }
 
@@ -252,7 +252,7 @@ def test_the_calling_hours_edges(at: datetime, allowed: bool) -> None:
 )
 def test_outside_the_hours_says_when_they_open(at: datetime, opens: datetime) -> None:
     (closed,) = hours(MOBILE, at)
-    assert closed.next_allowed_at == opens and closed.next_allowed_at.utcoffset() == at.utcoffset()
+    assert closed.next_allowed_at == opens and closed.next_allowed_at.tzinfo is UTC
 
 
 def test_25_december_is_a_public_holiday_even_at_a_calling_hour() -> None:
@@ -394,6 +394,21 @@ def test_reunion_without_daylight_saving_against_paris_with_it() -> None:
     assert hours(REUNION, datetime(2026, 3, 30, 8, 30, tzinfo=UTC)) == []
     (closed,) = hours(REUNION, datetime(2026, 3, 27, 9, 30, tzinfo=UTC))
     assert closed.next_allowed_at == datetime(2026, 3, 27, 10, 0, tzinfo=UTC)
+
+
+def test_the_attempt_window_is_exact_days_across_a_daylight_saving_change() -> None:
+    # 30 days of 24 hours: an attempt at 09:00 Paris on 1 October (UTC+2) leaves the
+    # window at 08:00 Paris on 31 October (UTC+1), not at 09:00.
+    one = CampaignPolicy(max_attempts=1, attempt_period=timedelta(days=30))
+    (cap,) = decide(one, MOBILE, ViewFacts(attempts=[paris(2026, 10, 1, 9)]), paris(2026, 10, 30))
+    assert cap.next_allowed_at == datetime(2026, 10, 31, 7, tzinfo=UTC)
+    assert cap.next_allowed_at.astimezone(PARIS).hour == 8
+    # 02:30 Paris happens twice on 25 October 2026: the cap lifts at the second one
+    attempts = [datetime(2026, 9, 25, 0, 30, tzinfo=UTC), datetime(2026, 9, 25, 1, 30, tzinfo=UTC)]
+    at = paris(2026, 10, 24, 12)
+    (cap,) = decide(one, MOBILE, ViewFacts(attempts=attempts), at)
+    assert cap.next_allowed_at == datetime(2026, 10, 25, 1, 30, tzinfo=UTC)
+    assert next_allowed_at(one, MOBILE, ViewFacts(attempts=attempts), at) == cap.next_allowed_at
 
 
 # --- attempts -----------------------------------------------------------------------------
@@ -539,9 +554,10 @@ def test_next_allowed_at_is_an_instant_at_which_no_time_based_reason_remains(
         if reason.code not in TIME_BASED:
             assert reason.next_allowed_at is None
         elif reason.next_allowed_at is not None:
-            assert reason.next_allowed_at >= at
+            assert reason.next_allowed_at >= at and reason.next_allowed_at.tzinfo is UTC
     if found is None:
         return
+    assert found.tzinfo is UTC
     assert all(r.next_allowed_at is not None and r.next_allowed_at <= found for r in reasons)
     assert decide(policy, e164, facts, found) == []  # so no time-based reason remains
 

@@ -28,6 +28,7 @@ The safe side, whenever the number does not say exactly where its consumer is:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
@@ -71,7 +72,7 @@ class NumberCalendar:
 
 
 @lru_cache(maxsize=4096)
-def holidays_of(subdivisions: tuple[str | None, ...], year: int) -> dict[int, str]:
+def holidays_of(subdivisions: tuple[str | None, ...], year: int) -> Mapping[int, str]:
     """Holidays of ``year`` in any of the French calendars named: date ordinal -> name."""
     found: dict[int, str] = {}
     for subdivision in subdivisions:

@@ -20,11 +20,11 @@ from pydantic import (
 
 from schemas.errors import InvalidEventError
 from schemas.phone import E164_PATTERN, MAX_PHONE_INPUT, normalise
+from schemas.policy import CAMPAIGN_PATTERN as CAMPAIGN_PATTERN  # re-exported for its readers
 from schemas.tenants import TENANT_PATTERN, TenantDirectory
 from schemas.text import single_line
 
 SCHEMA_VERSION = 1
-CAMPAIGN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 GLOBAL_TARGET = "_global"
 
 

@@ -1,4 +1,4 @@
-"""Tenants (the clients we call for): default region, cooldown, view buckets."""
+"""Tenants (the clients we call for): default region, cooldown, view buckets, dial policy."""
 
 from __future__ import annotations
 
@@ -9,11 +9,19 @@ import tomllib
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Annotated
 
 import phonenumbers
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from schemas.errors import ConfigError, UnknownTenant
+from schemas.policy import (
+    CAMPAIGN_PATTERN,
+    DEFAULT_POLICY,
+    CampaignKeys,
+    CampaignPolicy,
+    PolicyKeys,
+)
 from schemas.reference import SinkConfig
 from schemas.tokens import (
     MAX_TOKEN_LENGTH,
@@ -36,8 +44,11 @@ _COOLDOWN_DURATION = re.compile(
 )
 
 
-class TenantConfig(BaseModel):
-    """One client's settings, as declared under ``[tenants.NAME]`` in the tenants file."""
+class TenantConfig(PolicyKeys):
+    """One client's settings, as declared under ``[tenants.NAME]`` in the tenants file.
+
+    Its dial-policy keys (:class:`PolicyKeys`) are the defaults of its campaigns.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -56,6 +67,12 @@ class TenantConfig(BaseModel):
     # Gateway tokens, declared as [[tenants.NAME.tokens]] blocks (`dnc token create`).
     tokens: tuple[TokenRecord, ...] = Field(
         (), description="gateway tokens of this tenant: id, role and SHA-256 (never the token)"
+    )
+    campaigns: dict[Annotated[str, StringConstraints(pattern=CAMPAIGN_PATTERN)], CampaignKeys] = (
+        Field(
+            default_factory=dict,
+            description="[tenants.NAME.campaigns.ID]: the dial-policy keys a campaign overrides",
+        )
     )
 
     @field_validator("default_region")
@@ -95,6 +112,12 @@ class TenantConfig(BaseModel):
             )
         return value
 
+    def policy(self, campaign: str | None = None) -> CampaignPolicy:
+        """The dial policy of ``campaign`` (None or unlisted: this tenant's defaults)."""
+        tenant_policy = DEFAULT_POLICY.overlaid(self)
+        keys = self.campaigns.get(campaign) if campaign is not None else None
+        return tenant_policy if keys is None else tenant_policy.overlaid(keys)
+
     @field_validator("tokens")
     @classmethod
     def _unique_token_ids(cls, value: tuple[TokenRecord, ...]) -> tuple[TokenRecord, ...]:
@@ -119,6 +142,12 @@ class TenantDirectory:
                         f"{self._tokens[record.sha256][1].id!r}: create a new token"
                     )
                 self._tokens[record.sha256] = (name, record)
+        # Built once: the dial decision asks for a policy on every check.
+        self._policies = {
+            (name, campaign): config.policy(campaign)
+            for name, config in self._tenants.items()
+            for campaign in (None, *config.campaigns)
+        }
 
     @classmethod
     def load(cls, path: Path) -> TenantDirectory:
@@ -143,7 +172,9 @@ class TenantDirectory:
             try:
                 tenants[name] = TenantConfig.model_validate(body)
             except ValidationError as exc:
-                raise ConfigError(f"tenants file {path}: tenant {name!r}: {exc}") from exc
+                raise ConfigError(
+                    f"tenants file {path}: tenant {name!r}: {describe_errors(exc, name)}"
+                ) from exc
         return cls(tenants)
 
     def get(self, tenant: str) -> TenantConfig:
@@ -152,6 +183,18 @@ class TenantDirectory:
             return self._tenants[tenant]
         except KeyError:
             raise UnknownTenant(tenant) from None
+
+    def policy(self, tenant: str, campaign: str | None = None) -> CampaignPolicy:
+        """The dial policy of a tenant's campaign (None or unlisted: the tenant's defaults).
+
+        Raises :class:`UnknownTenant` for an undeclared tenant.
+        """
+        found = self._policies.get((tenant, campaign))
+        if found is None:
+            found = self._policies.get((tenant, None))
+            if found is None:
+                raise UnknownTenant(tenant)
+        return found
 
     def __contains__(self, tenant: object) -> bool:
         return tenant in self._tenants
@@ -175,6 +218,24 @@ class TenantDirectory:
             return None
         tenant, record = found
         return Principal(tenant=tenant, token_id=record.id, role=record.role)
+
+
+def describe_errors(exc: ValidationError, tenant: str) -> str:
+    """Every problem, separated by "; ", each naming its key by its dotted path in the file."""
+    lines = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"] if part != "[key]"]
+        key = ".".join(["tenants", tenant, *loc])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["loc"][-1:] == ("[key]",) and loc[:1] == ["campaigns"]:
+            message = f"a campaign id must match {CAMPAIGN_PATTERN}"
+        elif error["type"] == "extra_forbidden":
+            model = CampaignKeys if loc[:1] == ["campaigns"] else TenantConfig
+            message = f"not a known key (known keys: {', '.join(sorted(model.model_fields))})"
+        elif "got " not in message and not isinstance(error.get("input"), dict | list):
+            message = f"{message} (got {error.get('input')!r})"
+        lines.append(f"{key}: {message}")
+    return "; ".join(lines)
 
 
 def issue_token(

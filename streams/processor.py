@@ -288,7 +288,8 @@ class OppositionProcessor:
         """A consent's longest life: when it was captured plus its campaign's validity."""
         if event.kind is not Kind.CONSENT:
             return None
-        return None  # (the campaign policy's consent_validity: see schemas/tenants.py)
+        policy = self._tenants.policy(event.tenant, event.campaign_id)
+        return policy.consent_expires_at(event.occurred_at, event.expires_at)
 
     def _dead(self, message: SourceMessage, reason: str, detail: str) -> DeadLetter:
         """A dead letter; an admin action's records its cutoff, signed, for its replay."""

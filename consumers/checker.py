@@ -1,5 +1,9 @@
 """The dialer's question, "may I call this number?", answered from the Redis view.
 
+Every answer comes from one atomic read of the view's metadata with the members asked
+(:data:`consumers.readiness.READ_VIEW`): a bulk check is several such reads, each judged
+by its own metadata.
+
 Fail closed: when Redis cannot be reached, the view is not complete (empty after a
 restart, mid-rebuild), was written with another layout, or is not current (a partition's
 applied-through time is older than the staleness bound: see :mod:`consumers.readiness`),
@@ -24,12 +28,13 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from consumers.readiness import (
-    READ_SHARD,
+    READ_VIEW,
     Readiness,
+    ViewRead,
     judge,
-    queue_readiness,
+    meta_hash,
     read_readiness,
-    shard_meta,
+    read_view,
     trusted,
 )
 from schemas.errors import InvalidPhoneNumber
@@ -69,10 +74,11 @@ _MEMBERS_PER_SCRIPT = 4000
 
 
 class SuppressionChecker:
-    """Checks numbers against the view: one round trip for one number, SMISMEMBER in bulk.
+    """Checks numbers against the view: one script for one number, SMISMEMBER in bulk.
 
-    On a sharded view (Redis Cluster) a check is the :data:`READ_SHARD` script on the
-    number's shard: still one round trip, to the one node holding the number's lists.
+    A check is the :data:`READ_VIEW` script: one round trip that reads Redis's clock, the
+    view's metadata and the number's members atomically. On a sharded view (Redis Cluster)
+    it runs on the number's shard, the one node holding its lists and a copy of the metadata.
     """
 
     def __init__(
@@ -92,11 +98,12 @@ class SuppressionChecker:
         self._tenants = tenants
         self._max_staleness = max_staleness_seconds
         self._chunk = bulk_chunk_size
-        self._read_shard = client.register_script(READ_SHARD) if layout.shards else None
-        self._read_shard_async = (
-            async_client.register_script(READ_SHARD)
-            if layout.shards and async_client is not None
-            else None
+        # Outside a cluster, reading the node's identity costs an INFO: only a sharded view
+        # records the node it was vouched on.
+        self._with_node = 1 if layout.shards else 0
+        self._read = client.register_script(READ_VIEW)
+        self._read_async = (
+            async_client.register_script(READ_VIEW) if async_client is not None else None
         )
 
     @classmethod
@@ -164,13 +171,8 @@ class SuppressionChecker:
         started = time.perf_counter()
         e164, targets = self._ask(phone, tenant, campaign)
         try:
-            if self._read_shard is not None:
-                keys, args = self._shard_question(e164, targets)
-                result = self._conclude_shard(e164, targets, self._read_shard(keys, args))
-            else:
-                pipe = self._redis.pipeline(transaction=False)
-                self._queue(pipe, e164, targets)
-                result = self._conclude(e164, targets, pipe.execute())
+            keys, args = self._question(e164, targets)
+            result = self._conclude(e164, targets, self._read(keys, args))
         except redis.RedisError as exc:
             result = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
         return _recorded(result, started)
@@ -182,19 +184,13 @@ class SuppressionChecker:
 
         Same round trip and the same verdict; needs the checker built with ``async_client``.
         """
-        if self._async_redis is None:
+        if self._read_async is None:
             raise RuntimeError("this checker has no asyncio Redis client (async_client=...)")
         started = time.perf_counter()
         e164, targets = self._ask(phone, tenant, campaign)
         try:
-            if self._read_shard_async is not None:
-                keys, args = self._shard_question(e164, targets)
-                reply = await self._read_shard_async(keys, args)
-                result = self._conclude_shard(e164, targets, reply)
-            else:
-                pipe = self._async_redis.pipeline(transaction=False)
-                self._queue(pipe, e164, targets)
-                result = self._conclude(e164, targets, await pipe.execute())
+            keys, args = self._question(e164, targets)
+            result = self._conclude(e164, targets, await self._read_async(keys, args))
         except (redis.RedisError, OSError, TimeoutError) as exc:
             result = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
         return _recorded(result, started)
@@ -211,42 +207,25 @@ class SuppressionChecker:
         region = self._tenants.get(tenant).default_region
         return normalise(phone, region), self._targets(tenant, campaign)
 
-    def _queue(self, pipe: Any, e164: str, targets: list[tuple[Scope, str]]) -> None:
-        """One round trip: Redis's clock, the view's metadata, one SISMEMBER per list."""
-        queue_readiness(pipe)
-        for _scope, target in targets:
-            key, member = self._layout.locate(target, e164)
-            pipe.sismember(key, str(member))
-
-    def _shard_question(
-        self, e164: str, targets: list[tuple[Scope, str]]
-    ) -> tuple[list[str], list[Any]]:
-        """:data:`READ_SHARD`'s keys and arguments for one number: its shard's metadata and
-        one member per list (all in the number's shard)."""
-        keys, args = [self._layout.meta_key(e164)], []
+    def _question(self, e164: str, targets: list[tuple[Scope, str]]) -> ViewRead:
+        """:data:`READ_VIEW`'s keys and arguments for one number: the metadata (its shard's
+        copy on a sharded view) and one member per list."""
+        keys, args = [self._layout.meta_key(e164)], [self._with_node]
         for _scope, target in targets:
             key, member = self._layout.locate(target, e164)
             keys.append(key)
             args += [1, member]
         return keys, args
 
-    def _conclude_shard(
+    def _conclude(
         self, e164: str, targets: list[tuple[Scope, str]], reply: list[Any]
     ) -> CheckResult:
         server_time, node, flat, *members = reply
-        return self._conclude(
-            e164, targets, [server_time, shard_meta(flat), *(m[0] for m in members)], node
-        )
-
-    def _conclude(
-        self, e164: str, targets: list[tuple[Scope, str]], replies: list[Any], node: Any = None
-    ) -> CheckResult:
-        server_time, meta, *members = replies
-        why = self._unready_reason(server_time, meta, node)
+        why = self._unready_reason(server_time, meta_hash(flat), node)
         if why is not None:
             return CheckResult(e164, Answer.UNAVAILABLE, why=why)
         for (scope, _target), hit in zip(targets, members, strict=True):
-            if hit:
+            if hit[0]:
                 return CheckResult(e164, Answer.SUPPRESSED, scope=scope)
         return CheckResult(e164, Answer.CALLABLE)
 
@@ -269,10 +248,7 @@ class SuppressionChecker:
             except InvalidPhoneNumber as exc:
                 results[i] = CheckResult(None, Answer.UNAVAILABLE, why=exc.message)
         try:
-            if self._layout.shards:
-                self._check_bulk_sharded(valid, targets, results)
-            else:
-                self._check_bulk(valid, targets, results)
+            self._check_bulk(valid, targets, results)
         except redis.RedisError as exc:
             self._after_pipeline_error()
             for i, e164 in valid:
@@ -289,64 +265,40 @@ class SuppressionChecker:
         targets: list[tuple[Scope, str]],
         results: list[CheckResult | None],
     ) -> None:
-        # Group members by Redis key so each key is asked once per chunk.
-        by_key: dict[str, list[tuple[int, int, Scope]]] = defaultdict(list)
-        locate = self._layout.locate
-        for i, e164 in valid:
-            for scope, target in targets:
-                key, member = locate(target, e164)
-                by_key[key].append((i, member, scope))
-        pipe = self._redis.pipeline(transaction=False)
-        queue_readiness(pipe)
-        asked: list[list[tuple[int, int, Scope]]] = []
-        for key, entries in by_key.items():
-            for start in range(0, len(entries), self._chunk):
-                chunk = entries[start : start + self._chunk]
-                pipe.smismember(key, [str(member) for _i, member, _s in chunk])
-                asked.append(chunk)
-        server_time, meta, *replies = pipe.execute()
-        why = self._unready_reason(server_time, meta)
-        unready = dict.fromkeys((i for i, _e164 in valid), why) if why is not None else {}
-        hits = _hits(asked, replies) if why is None else {}
-        _answer(valid, hits, unready, results)
-
-    def _check_bulk_sharded(
-        self,
-        valid: list[tuple[int, str]],
-        targets: list[tuple[Scope, str]],
-        results: list[CheckResult | None],
-    ) -> None:
-        """Per shard, scripts of at most :data:`_MEMBERS_PER_SCRIPT` members, each reading
-        the shard's metadata too; the cluster pipeline sends each node's scripts together."""
-        by_shard: dict[int, dict[str, list[tuple[int, int, Scope]]]] = defaultdict(
+        """Scripts of at most :data:`_MEMBERS_PER_SCRIPT` members, each reading the metadata
+        with its members (on a sharded view, per shard: its copy of the metadata and its
+        lists), pipelined (a cluster pipeline sends each node's scripts together). Each
+        script is judged by its own metadata: a number is answered only if every script
+        that asked for it found the view trusted."""
+        # Per metadata copy, members grouped by Redis key so each key is asked once per chunk.
+        by_meta: dict[str, dict[str, list[tuple[int, int, Scope]]]] = defaultdict(
             lambda: defaultdict(list)
         )
-        locate, shard_of = self._layout.locate, self._layout.shard_of
+        locate, meta_key = self._layout.locate, self._layout.meta_key
         for i, e164 in valid:
-            by_key = by_shard[shard_of(e164)]
+            by_key = by_meta[meta_key(e164)]
             for scope, target in targets:
                 key, member = locate(target, e164)
                 by_key[key].append((i, member, scope))
-        pipe: Any = self._redis.pipeline(transaction=False)
+        reads: list[ViewRead] = []
         calls: list[list[list[tuple[int, int, Scope]]]] = []
-        for shard, by_key in by_shard.items():
-            meta_key = f"{self._layout.shard_prefix(shard)}_meta"
+        for meta, by_key in by_meta.items():
             pieces = [
                 (key, entries[start : start + self._chunk])
                 for key, entries in by_key.items()
                 for start in range(0, len(entries), self._chunk)
             ]
             for call in _scripts_of(pieces):
-                args: list[Any] = []
+                args: list[Any] = [self._with_node]
                 for _key, chunk in call:
                     args += [len(chunk), *(member for _i, member, _s in chunk)]
-                keys = [key for key, _chunk in call]
-                pipe.execute_command("EVAL", READ_SHARD, 1 + len(keys), meta_key, *keys, *args)
+                reads.append(([meta, *(key for key, _chunk in call)], args))
                 calls.append([chunk for _key, chunk in call])
         unready: dict[int, str] = {}
         asked, replies = [], []
-        for chunks, (server_time, node, flat, *answers) in zip(calls, pipe.execute(), strict=True):
-            why = self._unready_reason(server_time, shard_meta(flat), node)
+        replied = read_view(self._redis, reads, self._read)
+        for chunks, (server_time, node, flat, *answers) in zip(calls, replied, strict=True):
+            why = self._unready_reason(server_time, meta_hash(flat), node)
             if why is None:
                 asked += chunks
                 replies += answers

@@ -1,8 +1,8 @@
 """May the view be trusted right now? The one judgement every reader of the view shares.
 
 The checker (library, CLI, gateway), `dnc status`, the gateway's ``/readyz`` and
-`dnc verify` all ask here, in the same round trip as their own reads where they can:
-``TIME`` and ``HGETALL dnc:v1:_meta``. The view is trusted only when
+`dnc verify` all ask here, in the same atomic read as the members they ask (the script
+:data:`READ_VIEW`): ``TIME`` and ``HGETALL dnc:v1:_meta``. The view is trusted only when
 
 * it exists and says how many partitions the oppositions topic has;
 * its layout fingerprint is the reader's (same view key, same bucket counts): a reader
@@ -14,20 +14,26 @@ The checker (library, CLI, gateway), `dnc status`, the gateway's ``/readyz`` and
 Every partition counts, not only the number's own: an event produced under another key
 waits on another partition until the worker has forwarded it to its canonical one.
 
+Metadata and members are read in one script, so no write lands between them: a read
+that took them apart (a pipeline) could see a ready view's metadata, then the members of
+the same view flushed, restarted empty or wiped meanwhile, and answer "callable".
+
 On a sharded view (Redis Cluster) each shard carries its own copy of the metadata, read
-with the number's members by :data:`READ_SHARD` on the shard's node, with that node's
-clock and identity: a copy is trusted only on the node the worker vouched on (``node:P``),
-so a replica promoted by a failover fails closed until the worker has rebuilt.
+with the number's members by the same script on the shard's node, with that node's clock
+and identity: a copy is trusted only on the node the worker vouched on (``node:P``), so a
+replica promoted by a failover fails closed until the worker has rebuilt.
 
 This module imports neither Faust nor FastAPI: dialers read the view without the engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
+
+from redis.exceptions import NoScriptError
 
 from schemas.view import (
     LUA_NODE_ID,
@@ -43,14 +49,22 @@ from schemas.view import (
 
 _PARTITIONS_BYTES, _LAYOUT_BYTES = META_PARTITIONS.encode(), META_LAYOUT.encode()
 
-# One round trip to the node of a shard: its clock, its identity, the shard's metadata and
-# the members asked. KEYS: the shard's metadata hash, then sets; ARGV: per set, a count and
-# that many members. Replies: TIME, node id, HGETALL (flat), one SMISMEMBER list per set.
-READ_SHARD = (
-    LUA_NODE_ID
-    + """
+# The one read of the view: Redis's clock, the node's identity (sharded view only: it costs an
+# INFO outside a cluster), the metadata hash and the members asked, atomically. KEYS: the
+# metadata hash (the number's shard's copy on a sharded view), then sets; ARGV: 1 to read the
+# node's identity (else 0), then per set a count and that many members. Replies: TIME, the
+# node id (None when not asked; '' if unknown, which no copy was vouched for on), HGETALL
+# (flat), one SMISMEMBER list per set. A script holds Redis while it runs: callers bound the
+# members per script.
+READ_VIEW = (
+    "local function node_id()\n"
+    + LUA_NODE_ID
+    + """  return node
+end
+local node = false
+if ARGV[1] == '1' then node = node_id() or '' end
 local out = {redis.call('TIME'), node, redis.call('HGETALL', KEYS[1])}
-local a = 1
+local a = 2
 for i = 2, #KEYS do
   local n = tonumber(ARGV[a])
   out[i + 2] = redis.call('SMISMEMBER', KEYS[i], unpack(ARGV, a + 1, a + n))
@@ -59,6 +73,9 @@ end
 return out
 """
 )
+
+# (keys, args) of one READ_VIEW call.
+ViewRead = tuple[Sequence[str], Sequence[Any]]
 
 
 @dataclass(frozen=True)
@@ -90,21 +107,39 @@ class Readiness:
         return max(v for v in values if v is not None)
 
 
-def queue_readiness(pipe: Any) -> None:
-    """Queue the two commands the judgement needs on a pipeline (keep them first)."""
-    pipe.time()
-    pipe.hgetall(META_KEY)
-
-
 def _text(value: Any) -> str | None:
     if value is None:
         return None
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def shard_meta(flat: list[Any]) -> dict[Any, Any]:
+def meta_hash(flat: list[Any]) -> dict[Any, Any]:
     """A metadata hash from the flat field/value list HGETALL returns inside a script."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def read_view(client: Any, reads: Sequence[ViewRead], script: Any = None) -> list[Any]:
+    """Each of ``reads`` as one :data:`READ_VIEW` script, pipelined: one round trip (per node
+    on a Redis Cluster). Returns one reply per read.
+
+    EVALSHA (``script``: ``client.register_script(READ_VIEW)``, made here if not given); a
+    server that lost the script (restarted, ``SCRIPT FLUSH``, a promoted replica) is given it
+    and the reads are sent again. redis-py's cluster pipeline refuses its ``evalsha`` method,
+    hence the raw command.
+    """
+    script = script or client.register_script(READ_VIEW)
+    try:
+        return _evalsha_all(client, script.sha, reads)
+    except NoScriptError:
+        script.sha = client.script_load(READ_VIEW)
+        return _evalsha_all(client, script.sha, reads)
+
+
+def _evalsha_all(client: Any, sha: str, reads: Sequence[ViewRead]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for keys, args in reads:
+        pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+    return list(pipe.execute())
 
 
 def judge(
@@ -216,22 +251,16 @@ def trusted(
 def read_readiness(
     client: Any, fingerprint: str, max_staleness: float, layout: ViewLayout | None = None
 ) -> Readiness:
-    """The verdict alone (`dnc status`, ``/readyz``, verify): one round trip to Redis, or
-    on a sharded view one script per shard (pipelined: one round trip per node)."""
-    if layout is None or not layout.shards:
-        pipe = client.pipeline(transaction=False)
-        queue_readiness(pipe)
-        server_time, meta = pipe.execute()
-        return judge(server_time, meta, fingerprint, max_staleness)
-    pipe = client.pipeline(transaction=False)
-    keys = layout.meta_keys()
-    for key in keys:
-        pipe.execute_command("EVAL", READ_SHARD, 1, key)
+    """The verdict alone (`dnc status`, ``/readyz``, verify): one :data:`READ_VIEW` script
+    with no members, or on a sharded view one per shard (pipelined: one round trip per node)."""
+    sharded = layout is not None and bool(layout.shards)
+    keys = layout.meta_keys() if layout is not None else [META_KEY]
+    replies = read_view(client, [([key], [int(sharded)]) for key in keys])
     verdicts = [
-        judge(server_time, shard_meta(flat), fingerprint, max_staleness, node)
-        for server_time, node, flat in pipe.execute()
+        judge(server_time, meta_hash(flat), fingerprint, max_staleness, node)
+        for server_time, node, flat in replies
     ]
-    return combine(keys, verdicts)
+    return combine(keys, verdicts) if sharded else verdicts[0]
 
 
 def combine(keys: list[str], verdicts: list[Readiness]) -> Readiness:

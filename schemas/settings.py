@@ -106,7 +106,8 @@ class Settings(BaseSettings):
         le=16384,
         description="hash-tagged shards of the view (each with its own copy of the view's "
         "metadata, so a check is one round trip to one node); 0: untagged keys (one Redis "
-        "server); unset: 0, or 48 on a Redis Cluster. Changing it means a rebuild",
+        "server only: refused with DNC_REDIS_CLUSTER=true); unset: 0, or 48 on a Redis "
+        "Cluster. Changing it means a rebuild",
     )
 
     # The worker.
@@ -321,6 +322,19 @@ class Settings(BaseSettings):
             raise ValueError(
                 "DNC_KAFKA_SECURITY_PROTOCOL=SASL_* needs DNC_KAFKA_SASL_MECHANISM, "
                 "DNC_KAFKA_SASL_USERNAME and DNC_KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _a_redis_cluster_has_a_sharded_view(self) -> Settings:
+        # A check reads the view's metadata and the number's members in one script, which
+        # needs them in one slot: only the sharded layout's hash tags put them there.
+        if self.redis_cluster and self.view_shards == 0:
+            raise ValueError(
+                "DNC_REDIS_CLUSTER=true with DNC_VIEW_SHARDS=0: on a Redis Cluster the view's "
+                "metadata and its members would live on different nodes, and no check could "
+                "read them together; unset DNC_VIEW_SHARDS (48 shards on a Redis Cluster) or "
+                "set it above 0, or set DNC_REDIS_CLUSTER=false for one Redis server"
             )
         return self
 

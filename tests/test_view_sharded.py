@@ -57,7 +57,9 @@ class ShardedView:
     def __init__(self, sync: Any, async_client: Any, shards: int) -> None:
         self.layout = ViewLayout(b"sharded-test-key", 64, shards=shards)
         self.sync = sync
-        self.checker = SuppressionChecker(sync, self.layout, TENANTS, max_staleness_seconds=5)
+        self.checker = SuppressionChecker(
+            sync, self.layout, TENANTS, max_staleness_seconds=5, async_client=async_client
+        )
         self.loop = asyncio.new_event_loop()
         self.async_client = async_client
         self.writer = SuppressionViewWriter(async_client, self.layout, "w-test")
@@ -205,3 +207,39 @@ def test_on_a_redis_cluster_a_rebuild_across_a_failover_is_not_marked_ready(
     cluster_sharded: ShardedView,
 ) -> None:
     assert_a_rebuild_across_a_failover_is_not_marked_ready(cluster_sharded)
+
+
+def assert_answers_right_after_the_scripts_are_flushed(view: ShardedView) -> None:
+    """A check is one script (EVALSHA): a node that lost it (``SCRIPT FLUSH``, a restart, a
+    promoted replica) is given it again, and the check answers."""
+    numbers = phones(60)
+    view.fill(numbers[::2])
+    expected = [Answer.SUPPRESSED if i % 2 == 0 else Answer.CALLABLE for i in range(60)]
+
+    async def asyncio_checks(numbers: list[str]) -> list[Answer]:
+        return [(await view.checker.check_async(p, "acme")).answer for p in numbers]
+
+    readers = {
+        "check": lambda: [view.checker.check(p, "acme").answer for p in numbers],
+        "check_async": lambda: view.loop.run_until_complete(asyncio_checks(numbers)),
+        "check_many": lambda: [r.answer for r in view.checker.check_many(numbers, "acme")],
+    }
+    for name, read in readers.items():
+        view.sync.script_flush()  # (on a Redis Cluster: on every master)
+        assert read() == expected, name
+    view.sync.script_flush()
+    assert view.checker.readiness().ready
+
+
+@pytest.mark.redis
+def test_a_sharded_view_is_read_right_after_the_scripts_are_flushed(
+    plain_sharded: ShardedView,
+) -> None:
+    assert_answers_right_after_the_scripts_are_flushed(plain_sharded)
+
+
+@pytest.mark.redis
+def test_on_a_redis_cluster_a_check_right_after_the_scripts_are_flushed_answers(
+    cluster_sharded: ShardedView,
+) -> None:
+    assert_answers_right_after_the_scripts_are_flushed(cluster_sharded)

@@ -1,0 +1,262 @@
+"""A check reads the view's metadata and the members it asks in one atomic unit.
+
+A bulk check that read the metadata, then the members in later commands, could see a
+ready view and then an empty one (a FLUSHALL, a restart, a wipe in between) and answer
+"callable" for suppressed numbers. Here, on real Redis, a thread flushes and rewrites the
+view in a loop (members and metadata in one MULTI, so the view is always either complete
+or absent) while checks run: any "callable" is that bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from pydantic import ValidationError
+from redis.asyncio import Redis as AsyncRedis
+
+from consumers.checker import Answer, CheckResult, SuppressionChecker
+from consumers.readiness import READ_VIEW
+from infra.services import LocalStack
+from schemas.events import GLOBAL_TARGET, Scope, scope_target
+from schemas.settings import BUNDLED_TENANTS_FILE, Settings
+from schemas.tenants import TenantDirectory
+from schemas.view import META_KEY, META_LAYOUT, ViewLayout, applied_field, ready_field
+from streams.view_writer import SuppressionViewWriter
+
+PARTITIONS = 3
+TENANTS = TenantDirectory.load(BUNDLED_TENANTS_FILE)
+
+
+def numbers(n: int, first: int = 0) -> list[str]:
+    """``n`` distinct valid French mobile numbers."""
+    return [f"+3361{i:07d}" for i in range(first, first + n)]
+
+
+class PlainView:
+    """A ready, current view on one Redis server (``DNC_VIEW_SHARDS=0``): members written
+    with the layout, metadata by the worker's writer (mark ready, vouch), no worker."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.layout = ViewLayout(b"atomic-reads-test-key", 1024)
+        self.client = redis.Redis.from_url(url, socket_timeout=30)
+        self.loop = asyncio.new_event_loop()
+        self.async_client = AsyncRedis.from_url(url, socket_timeout=30)
+        self.checker = SuppressionChecker(
+            self.client, self.layout, TENANTS, async_client=self.async_client
+        )
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.checker.aclose())
+        self.loop.close()
+        self.client.close()
+
+    def suppress(self, phones: list[str], target: str = "acme") -> None:
+        """Add ``phones`` to ``target``'s list (a tenant, ``_global`` or ``tenant/campaign``)."""
+        pipe = self.client.pipeline(transaction=False)
+        for phone in phones:
+            key, member = self.layout.locate(target, phone)
+            pipe.sadd(key, member)
+        pipe.execute()
+
+    def make_ready(self) -> None:
+        """What the worker does after a rebuild: mark every partition ready, then vouch."""
+
+        async def work() -> None:
+            writer = SuppressionViewWriter(self.async_client, self.layout, "w-test")
+            await writer.mark_ready(range(PARTITIONS), PARTITIONS)
+            now = await writer.server_time_ms()
+            assert await writer.vouch(dict.fromkeys(range(PARTITIONS), now)) == set()
+
+        self.loop.run_until_complete(work())
+
+    def check_async(self, phone: str, campaign: str | None = None) -> CheckResult:
+        return self.loop.run_until_complete(self.checker.check_async(phone, "acme", campaign))
+
+    def answers(self, phones: list[str], campaign: str | None = None) -> dict[str, list[Any]]:
+        """Each reader's results for ``phones``: single, asyncio (the gateway's), bulk."""
+        return {
+            "check": [self.checker.check(p, "acme", campaign) for p in phones],
+            "check_async": [self.check_async(p, campaign) for p in phones],
+            "check_many": self.checker.check_many(phones, "acme", campaign),
+        }
+
+
+@pytest.fixture
+def view(local_stack: LocalStack, redis_client: redis.Redis) -> Iterator[PlainView]:
+    plain = PlainView(local_stack.redis_url)
+    yield plain
+    plain.close()
+    redis_client.flushall()
+    redis_client.script_flush()
+
+
+class FlushAndRewrite(threading.Thread):
+    """FLUSHDB, then the same view again in one MULTI (members first, then the metadata
+    with a fresh applied-through time), in a loop: the view is always complete or absent.
+
+    The view is copied back from a copy kept in another database (``COPY ... DB``: fast,
+    so it is absent only briefly), and it stays complete a while after each rewrite, about
+    as long as a bulk check's reads: reads start on a complete view and a flush lands amid
+    them.
+    """
+
+    HOLDS = (0.01, 0.02, 0.04)
+
+    def __init__(self, url: str, backup_db: int = 1) -> None:
+        super().__init__(daemon=True)
+        self.view = redis.Redis.from_url(url, socket_timeout=30)
+        assert url.endswith("/0"), url  # the view in database 0, its copy in another one
+        self.backup = redis.Redis.from_url(f"{url[:-2]}/{backup_db}", socket_timeout=30)
+        self.meta = self.view.hgetall(META_KEY)
+        assert self.meta, "the view must be ready before it is flushed and rewritten"
+        self.keys = [k for k in self.view.scan_iter(match="dnc:v1:*") if k != META_KEY.encode()]
+        self.backup.flushdb()
+        for key in self.keys:
+            assert self.view.copy(key, key, destination_db=backup_db)
+        self.stop = threading.Event()
+        self.rounds = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                seconds, micros = self.view.time()
+                now_ms = seconds * 1000 + micros // 1000
+                fresh = {**self.meta, **{applied_field(p): now_ms for p in range(PARTITIONS)}}
+                self.backup.hset(META_KEY, mapping=fresh)
+                self.view.flushdb()
+                pipe = self.backup.pipeline(transaction=True)
+                for key in self.keys:
+                    pipe.copy(key, key, destination_db=0)
+                pipe.copy(META_KEY, META_KEY, destination_db=0)
+                pipe.execute()
+                self.rounds += 1
+                self.stop.wait(self.HOLDS[self.rounds % len(self.HOLDS)])
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+        finally:
+            self.view.close()
+            self.backup.close()
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(240)
+def test_no_check_answers_callable_while_the_view_is_flushed_and_rewritten(
+    view: PlainView,
+) -> None:
+    phones = numbers(50_000)
+    view.suppress(phones)
+    view.make_ready()
+    assert {r.answer for r in view.checker.check_many(phones, "acme")} == {Answer.SUPPRESSED}
+
+    churn = FlushAndRewrite(view.url)
+    churn.start()
+    totals: Counter[Answer] = Counter()
+    rounds = mixed = 0
+    deadline = time.monotonic() + 120
+    try:
+        while rounds < 20 and time.monotonic() < deadline and not totals[Answer.CALLABLE]:
+            bulk = Counter(r.answer for r in view.checker.check_many(phones, "acme"))
+            mixed += bulk[Answer.SUPPRESSED] > 0 and bulk[Answer.UNAVAILABLE] > 0
+            totals += bulk
+            totals += Counter(view.checker.check(p, "acme").answer for p in phones[::500])
+            totals += Counter(view.check_async(p).answer for p in phones[250::500])
+            rounds += 1
+    finally:
+        churn.stop.set()
+        churn.join(timeout=30)
+    assert churn.error is None, churn.error
+    summary = (
+        f"{dict(totals)} over {rounds} rounds of checks ({mixed} bulk checks saw the view "
+        f"flushed amid their reads), {churn.rounds} flushes+rewrites"
+    )
+    # The bug: a read that saw a ready view's metadata, then (later) members of an empty one.
+    assert totals[Answer.CALLABLE] == 0, summary
+    # The flushes did land between the reads of one bulk check (it spans many scripts):
+    # otherwise this test proved nothing.
+    assert churn.rounds >= 3 and mixed >= 1, summary
+    assert totals[Answer.SUPPRESSED] > 0, summary
+
+
+@pytest.mark.redis
+def test_single_asyncio_and_bulk_checks_answer_suppressed_callable_or_unavailable(
+    view: PlainView,
+) -> None:
+    tenant, worldwide, in_campaign, free = numbers(4, first=900)
+    view.suppress([tenant])
+    view.suppress([worldwide], GLOBAL_TARGET)
+    view.suppress([in_campaign], scope_target(Scope.CAMPAIGN, "acme", "spring"))
+    phones = [tenant, worldwide, in_campaign, free]
+
+    def verdicts(campaign: str | None = None) -> dict[str, list[tuple[Answer, Scope | None]]]:
+        return {
+            reader: [(r.answer, r.scope) for r in results]
+            for reader, results in view.answers(phones, campaign).items()
+        }
+
+    def assert_unavailable(because: str) -> None:
+        for reader, results in view.answers(phones).items():
+            assert {r.answer for r in results} == {Answer.UNAVAILABLE}, (reader, results)
+            assert all(because in (r.why or "") for r in results), (reader, results)
+        assert not view.checker.readiness().ready
+
+    assert_unavailable("view not ready")  # nothing vouched for yet
+    view.make_ready()
+    suppressed, callable_ = Answer.SUPPRESSED, (Answer.CALLABLE, None)
+    expected = [(suppressed, Scope.TENANT), (suppressed, Scope.GLOBAL), callable_, callable_]
+    assert verdicts() == dict.fromkeys(("check", "check_async", "check_many"), expected)
+    expected[2] = (suppressed, Scope.CAMPAIGN)
+    assert verdicts("spring") == dict.fromkeys(("check", "check_async", "check_many"), expected)
+    assert view.checker.readiness().ready
+
+    meta = view.client.hgetall(META_KEY)
+    view.client.hdel(META_KEY, ready_field(1))  # a rebuild of partition 1 under way
+    assert_unavailable("not ready for partitions [1]")
+    view.client.hset(META_KEY, mapping=meta)
+    seconds, _micros = view.client.time()
+    view.client.hset(META_KEY, applied_field(2), (seconds - 60) * 1000)  # the worker stopped
+    assert_unavailable("view not current")
+    view.client.hset(META_KEY, mapping={**meta, META_LAYOUT: "another-layout"})
+    assert_unavailable("view layout mismatch")
+    view.client.delete(META_KEY)  # flushed, or restarted empty
+    assert_unavailable("view not ready")
+
+
+@pytest.mark.redis
+def test_checks_still_answer_right_after_the_scripts_are_flushed(view: PlainView) -> None:
+    """The read is one script (EVALSHA): after ``SCRIPT FLUSH`` or a Redis restart the
+    server no longer knows it, and every reader loads it again instead of failing."""
+    suppressed, free = numbers(2, first=700)
+    view.suppress([suppressed])
+    view.make_ready()
+    expected = [Answer.SUPPRESSED, Answer.CALLABLE]
+    for reader in ("check", "check_async", "check_many"):
+        view.client.script_flush()
+        results = view.answers([suppressed, free])[reader]
+        assert [r.answer for r in results] == expected, (reader, results)
+        # It was the script (loaded again), not a plain pipeline.
+        assert view.client.script_exists(view.client.register_script(READ_VIEW).sha) == [True]
+    view.client.script_flush()
+    assert view.checker.readiness().ready
+
+
+def test_a_redis_cluster_needs_a_sharded_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DNC_REDIS_CLUSTER", "true")
+    monkeypatch.setenv("DNC_VIEW_SHARDS", "0")
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    message = str(refused.value)
+    assert "DNC_REDIS_CLUSTER" in message and "DNC_VIEW_SHARDS" in message, message
+    monkeypatch.delenv("DNC_VIEW_SHARDS")
+    assert Settings().shards == 48  # unset: the cluster's default
+    assert Settings(view_shards=16).shards == 16
+    monkeypatch.setenv("DNC_REDIS_CLUSTER", "false")
+    assert Settings(view_shards=0).shards == 0  # one Redis server: the plain layout

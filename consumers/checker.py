@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -27,58 +28,108 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
+from consumers.dial_rules import (
+    ConsentFact,
+    Reason,
+    ReasonCode,
+    decide,
+    next_allowed_at,
+    valid_consent,
+)
 from consumers.readiness import (
     READ_VIEW,
     Readiness,
-    ViewRead,
     judge,
     meta_hash,
     read_readiness,
     read_view,
     trusted,
 )
+from consumers.view_reads import Found, ViewQuestions
 from schemas.errors import InvalidPhoneNumber
-from schemas.events import Scope, scope_target
-from schemas.metrics import CHECK_SECONDS, CHECKS
+from schemas.events import Scope
+from schemas.metrics import CHECK_REASONS, CHECK_SECONDS, CHECKS
 from schemas.phone import normalise
+from schemas.policy import CampaignPolicy, LegalBasis
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
-from schemas.view import ViewLayout, view_layout
+from schemas.view import LUA_NODE_ID, ViewLayout, view_layout
 
 
 class Answer(StrEnum):
     """A check's answer; the CLI exits 0, 1, 2 for them."""
 
     CALLABLE = "callable"
-    SUPPRESSED = "suppressed"
+    SUPPRESSED = "suppressed"  # do not call: ``reasons`` says why
     UNAVAILABLE = "unavailable"
+
+
+_RANK = {Scope.GLOBAL: 0, Scope.TENANT: 1, Scope.CAMPAIGN: 2}
 
 
 @dataclass(frozen=True)
 class CheckResult:
-    """The answer for one number; ``scope`` when suppressed, ``why`` when unavailable."""
+    """The answer for one number.
+
+    ``reasons``: every rule that forbids the call (:mod:`consumers.dial_rules`);
+    ``scope``: the broadest list the number is opposed on; ``next_allowed_at``: when waiting
+    helps (None: it does not, or the call is allowed); ``consent``: the consent a call
+    under a consent campaign relies on (its proof reference); ``why``: when unavailable;
+    ``at``: the instant judged (Redis's clock, or the one asked for).
+    """
 
     phone_e164: str | None
     answer: Answer
     scope: Scope | None = None
     why: str | None = None
+    reasons: tuple[Reason, ...] = ()
+    next_allowed_at: datetime | None = None
+    consent: ConsentFact | None = None
+    at: datetime | None = None
 
     @property
     def may_call(self) -> bool:
         """Only an explicit ``callable`` allows a call."""
         return self.answer is Answer.CALLABLE
 
+    def as_json(self) -> dict[str, Any]:
+        """The answer as `dnc check --json`, the gateway and `dnc scrub` give it."""
+        consent = self.consent
+        return {
+            "phone_e164": self.phone_e164,
+            "answer": self.answer.value,
+            "scope": None if self.scope is None else self.scope.value,
+            "why": self.why,
+            "reasons": [r.as_json() for r in self.reasons],
+            "next_allowed_at": _iso(self.next_allowed_at),
+            "consent": None if consent is None else {
+                "scope": consent.scope.value, "event_id": consent.event_id,
+                "expires_at": _iso(consent.expires_at), "proof_ref": consent.proof_ref,
+            },
+            "at": _iso(self.at),
+        }  # fmt: skip
 
-# Most members one script reads in a bulk check (a script holds its node meanwhile).
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
+
+
+# Most members one script reads (a script holds its node meanwhile).
 _MEMBERS_PER_SCRIPT = 4000
+# Attempts are read from a little further back than the campaign's period (the window is
+# applied on Redis's clock afterwards).
+_ATTEMPTS_MARGIN = timedelta(minutes=5)
 
 
 class SuppressionChecker:
-    """Checks numbers against the view: one script for one number, SMISMEMBER in bulk.
+    """Answers "may I call this number now?" from the view, with every rule of the campaign.
 
     A check is the :data:`READ_VIEW` script: one round trip that reads Redis's clock, the
-    view's metadata and the number's members atomically. On a sharded view (Redis Cluster)
-    it runs on the number's shard, the one node holding its lists and a copy of the metadata.
+    view's metadata and everything the campaign's rules need of the number atomically
+    (its suppression sets of every kind on the global, tenant and campaign lists; its
+    consents when the campaign needs one; the tenant's attempts when it caps them). On a
+    sharded view (Redis Cluster) it runs on the number's shard, the one node holding its
+    keys and a copy of the metadata. The decision is :func:`consumers.dial_rules.decide`.
     """
 
     def __init__(
@@ -105,6 +156,7 @@ class SuppressionChecker:
         self._read_async = (
             async_client.register_script(READ_VIEW) if async_client is not None else None
         )
+        self._reserve = client.register_script(RESERVE_ATTEMPT)
 
     @classmethod
     def from_settings(
@@ -132,12 +184,10 @@ class SuppressionChecker:
             else None,
         )
 
-    def _targets(self, tenant: str, campaign: str | None) -> list[tuple[Scope, str]]:
-        targets = [(Scope.GLOBAL, scope_target(Scope.GLOBAL, tenant, None))]
-        targets.append((Scope.TENANT, scope_target(Scope.TENANT, tenant, None)))
-        if campaign:
-            targets.append((Scope.CAMPAIGN, scope_target(Scope.CAMPAIGN, tenant, campaign)))
-        return targets
+    @property
+    def tenants(self) -> TenantDirectory:
+        """The tenants (and their campaigns' policies) this checker answers for."""
+        return self._tenants
 
     def readiness(self) -> Readiness:
         """The view's readiness alone, as this checker judges it (``/readyz``, `dnc status`)."""
@@ -166,19 +216,48 @@ class SuppressionChecker:
         verdict = judge(server_time, meta, self._fingerprint, self._max_staleness, node)
         return verdict.why or "not ready"
 
-    def check(self, phone: str, tenant: str, campaign: str | None = None) -> CheckResult:
-        """Answer for one number: invalid input raises, infrastructure trouble is unavailable."""
+    def _questions(
+        self, tenant: str, campaign: str | None, policy: CampaignPolicy, at: datetime | None
+    ) -> ViewQuestions:
+        since = None
+        if policy.max_attempts is not None:
+            start = (at or datetime.now(UTC)) - policy.attempt_period - _ATTEMPTS_MARGIN
+            since = int(start.timestamp() * 1000)
+        return ViewQuestions(
+            self._layout, tenant, campaign,
+            consents=policy.legal_basis is LegalBasis.CONSENT, attempts_since_ms=since,
+            with_node=self._with_node, per_script=min(self._chunk, _MEMBERS_PER_SCRIPT),
+        )  # fmt: skip
+
+    def _ask(self, phone: str, tenant: str, campaign: str | None) -> tuple[str, CampaignPolicy]:
+        """The number in E.164 (raises on invalid input) and the campaign's policy."""
+        region = self._tenants.get(tenant).default_region
+        return normalise(phone, region), self._tenants.policy(tenant, campaign)
+
+    def check(
+        self, phone: str, tenant: str, campaign: str | None = None, at: datetime | None = None
+    ) -> CheckResult:
+        """Answer for one number: invalid input raises, infrastructure trouble is unavailable.
+
+        ``at``: judge hours, holidays, expiries and the attempts window at that instant
+        (campaign planning) against the view as it is now; default: now on Redis's clock.
+        """
         started = time.perf_counter()
-        e164, targets = self._ask(phone, tenant, campaign)
+        e164, policy = self._ask(phone, tenant, campaign)
+        questions = self._questions(tenant, campaign, policy, at)
+        questions.add(0, e164)
         try:
-            keys, args = self._question(e164, targets)
-            result = self._conclude(e164, targets, self._read(keys, args))
+            [(keys, args)] = questions.reads()
+            reply = self._read(keys=keys, args=args)
+            result = self._decide(
+                e164, policy, questions.answers([reply], self._unready_reason)[0], at
+            )
         except redis.RedisError as exc:
             result = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
         return _recorded(result, started)
 
     async def check_async(
-        self, phone: str, tenant: str, campaign: str | None = None
+        self, phone: str, tenant: str, campaign: str | None = None, at: datetime | None = None
     ) -> CheckResult:
         """:meth:`check` on the asyncio client (no thread per check): the gateway's GET.
 
@@ -187,10 +266,15 @@ class SuppressionChecker:
         if self._read_async is None:
             raise RuntimeError("this checker has no asyncio Redis client (async_client=...)")
         started = time.perf_counter()
-        e164, targets = self._ask(phone, tenant, campaign)
+        e164, policy = self._ask(phone, tenant, campaign)
+        questions = self._questions(tenant, campaign, policy, at)
+        questions.add(0, e164)
         try:
-            keys, args = self._question(e164, targets)
-            result = self._conclude(e164, targets, await self._read_async(keys, args))
+            [(keys, args)] = questions.reads()
+            reply = await self._read_async(keys=keys, args=args)
+            result = self._decide(
+                e164, policy, questions.answers([reply], self._unready_reason)[0], at
+            )
         except (redis.RedisError, OSError, TimeoutError) as exc:
             result = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
         return _recorded(result, started)
@@ -200,37 +284,32 @@ class SuppressionChecker:
         if self._async_redis is not None:
             await self._async_redis.aclose()
 
-    def _ask(
-        self, phone: str, tenant: str, campaign: str | None
-    ) -> tuple[str, list[tuple[Scope, str]]]:
-        """The number in E.164 (raises on invalid input) and the lists to look it up in."""
-        region = self._tenants.get(tenant).default_region
-        return normalise(phone, region), self._targets(tenant, campaign)
-
-    def _question(self, e164: str, targets: list[tuple[Scope, str]]) -> ViewRead:
-        """:data:`READ_VIEW`'s keys and arguments for one number: the metadata (its shard's
-        copy on a sharded view) and one member per list."""
-        keys, args = [self._layout.meta_key(e164)], [self._with_node]
-        for _scope, target in targets:
-            key, member = self._layout.locate(target, e164)
-            keys.append(key)
-            args += [1, member]
-        return keys, args
-
-    def _conclude(
-        self, e164: str, targets: list[tuple[Scope, str]], reply: list[Any]
+    def _decide(
+        self, e164: str, policy: CampaignPolicy, found: Found, at: datetime | None
     ) -> CheckResult:
-        server_time, node, flat, *members = reply
-        why = self._unready_reason(server_time, meta_hash(flat), node)
-        if why is not None:
-            return CheckResult(e164, Answer.UNAVAILABLE, why=why)
-        for (scope, _target), hit in zip(targets, members, strict=True):
-            if hit[0]:
-                return CheckResult(e164, Answer.SUPPRESSED, scope=scope)
-        return CheckResult(e164, Answer.CALLABLE)
+        """The answer from what the view said: unavailable if it could not be trusted."""
+        if found.why is not None:
+            return CheckResult(e164, Answer.UNAVAILABLE, why=found.why, at=found.now)
+        instant = at or found.now or datetime.now(UTC)
+        facts = found.facts()
+        reasons = decide(policy, e164, facts, instant)
+        if reasons:
+            opposed = [r.scope for r in reasons if r.code is ReasonCode.OPPOSED and r.scope]
+            scope = min(opposed, key=_RANK.__getitem__) if opposed else None
+            wait = next_allowed_at(policy, e164, facts, instant, reasons)
+            return CheckResult(e164, Answer.SUPPRESSED, scope=scope, reasons=tuple(reasons),
+                               next_allowed_at=wait, at=instant)  # fmt: skip
+        consent = (
+            valid_consent(facts, instant) if policy.legal_basis is LegalBasis.CONSENT else None
+        )
+        return CheckResult(e164, Answer.CALLABLE, consent=consent, at=instant)
 
     def check_many(
-        self, phones: Sequence[str], tenant: str, campaign: str | None = None
+        self,
+        phones: Sequence[str],
+        tenant: str,
+        campaign: str | None = None,
+        at: datetime | None = None,
     ) -> list[CheckResult]:
         """Answer for many numbers (a campaign list scrub); one result per input, in order.
 
@@ -239,122 +318,103 @@ class SuppressionChecker:
         """
         started = time.perf_counter()
         region = self._tenants.get(tenant).default_region
-        targets = self._targets(tenant, campaign)
+        policy = self._tenants.policy(tenant, campaign)
+        questions = self._questions(tenant, campaign, policy, at)
         results: list[CheckResult | None] = [None] * len(phones)
         valid: list[tuple[int, str]] = []
         for i, phone in enumerate(phones):
             try:
-                valid.append((i, normalise(phone, region)))
+                e164 = normalise(phone, region)
             except InvalidPhoneNumber as exc:
                 results[i] = CheckResult(None, Answer.UNAVAILABLE, why=exc.message)
+                continue
+            valid.append((i, e164))
+            questions.add(i, e164)
         try:
-            self._check_bulk(valid, targets, results)
+            replies = read_view(self._redis, questions.reads(), self._read) if valid else []
+            found = questions.answers(replies, self._unready_reason)
+            for i, e164 in valid:
+                results[i] = self._decide(e164, policy, found[i], at)
         except redis.RedisError as exc:
             self._after_pipeline_error()
             for i, e164 in valid:
                 results[i] = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
         final = [r for r in results if r is not None]
-        for answer, count in Counter(r.answer for r in final).items():
-            CHECKS.labels(outcome=answer).inc(count)
+        _count(final)
         CHECK_SECONDS.observe(time.perf_counter() - started)
         return final
 
-    def _check_bulk(
-        self,
-        valid: list[tuple[int, str]],
-        targets: list[tuple[Scope, str]],
-        results: list[CheckResult | None],
-    ) -> None:
-        """Scripts of at most :data:`_MEMBERS_PER_SCRIPT` members, each reading the metadata
-        with its members (on a sharded view, per shard: its copy of the metadata and its
-        lists), pipelined (a cluster pipeline sends each node's scripts together). Each
-        script is judged by its own metadata: a number is answered only if every script
-        that asked for it found the view trusted."""
-        # Per metadata copy, members grouped by Redis key so each key is asked once per chunk.
-        by_meta: dict[str, dict[str, list[tuple[int, int, Scope]]]] = defaultdict(
-            lambda: defaultdict(list)
-        )
-        locate, meta_key = self._layout.locate, self._layout.meta_key
-        for i, e164 in valid:
-            by_key = by_meta[meta_key(e164)]
-            for scope, target in targets:
-                key, member = locate(target, e164)
-                by_key[key].append((i, member, scope))
-        reads: list[ViewRead] = []
-        calls: list[list[list[tuple[int, int, Scope]]]] = []
-        for meta, by_key in by_meta.items():
-            pieces = [
-                (key, entries[start : start + self._chunk])
-                for key, entries in by_key.items()
-                for start in range(0, len(entries), self._chunk)
-            ]
-            for call in _scripts_of(pieces):
-                args: list[Any] = [self._with_node]
-                for _key, chunk in call:
-                    args += [len(chunk), *(member for _i, member, _s in chunk)]
-                reads.append(([meta, *(key for key, _chunk in call)], args))
-                calls.append([chunk for _key, chunk in call])
-        unready: dict[int, str] = {}
-        asked, replies = [], []
-        replied = read_view(self._redis, reads, self._read)
-        for chunks, (server_time, node, flat, *answers) in zip(calls, replied, strict=True):
-            why = self._unready_reason(server_time, meta_hash(flat), node)
-            if why is None:
-                asked += chunks
-                replies += answers
-            else:
-                unready.update((i, why) for chunk in chunks for i, _m, _s in chunk)
-        _answer(valid, _hits(asked, replies), unready, results)
+    def reserve(
+        self, result: CheckResult, tenant: str, campaign: str | None, attempt_id: str
+    ) -> CheckResult:
+        """Reserve one attempt for a number ``result`` said callable, if its campaign caps
+        them: atomically, only while the tenant's attempts on it within the period are
+        below the cap (eight dialers at once on a fresh number under a cap of 4: exactly
+        4 reservations, :data:`RESERVE_ATTEMPT`). Returns the answer to give: ``result``
+        (its ``at`` the reservation's instant on Redis's clock) when reserved or when nothing
+        caps attempts; else the cap reached, or the view unavailable. The caller records
+        the attempt in the log (id ``attempt_id``, at that instant) before it says "go".
+        """
+        policy = self._tenants.policy(tenant, campaign)
+        if not result.may_call or policy.max_attempts is None or result.phone_e164 is None:
+            return result
+        e164 = result.phone_e164
+        keys = [self._layout.meta_key(e164), self._layout.attempts_key(tenant, e164)]
+        period_ms = int(policy.attempt_period.total_seconds() * 1000)
+        try:
+            reply = self._reserve(keys=keys, args=[self._with_node, period_ms, policy.max_attempts,
+                                                   attempt_id])  # fmt: skip
+        except redis.RedisError as exc:
+            return CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
+        server_time, node, flat, count, reserved = reply
+        at = datetime.fromtimestamp(int(server_time[0]) + int(server_time[1]) / 1e6, UTC)
+        why = self._unready_reason(server_time, meta_hash(flat), node)
+        if why is not None:
+            return CheckResult(e164, Answer.UNAVAILABLE, why=why, at=at)
+        if int(reserved):
+            return replace(result, at=at)
+        capped = Reason(ReasonCode.ATTEMPT_CAP, detail=f"{int(count)} attempts within "
+                        f"{policy.attempt_period} (cap {policy.max_attempts})")  # fmt: skip
+        return CheckResult(e164, Answer.SUPPRESSED, reasons=(capped,), at=at)
 
 
-def _scripts_of(
-    pieces: list[tuple[str, list[tuple[int, int, Scope]]]],
-) -> Iterator[list[tuple[str, list[tuple[int, int, Scope]]]]]:
-    """Consecutive pieces grouped into scripts of at most :data:`_MEMBERS_PER_SCRIPT`."""
-    call: list[tuple[str, list[tuple[int, int, Scope]]]] = []
-    size = 0
-    for piece in pieces:
-        if call and size + len(piece[1]) > _MEMBERS_PER_SCRIPT:
-            yield call
-            call, size = [], 0
-        call.append(piece)
-        size += len(piece[1])
-    if call:
-        yield call
-
-
-_RANK = {Scope.GLOBAL: 0, Scope.TENANT: 1, Scope.CAMPAIGN: 2}
-
-
-def _hits(asked: list[list[tuple[int, int, Scope]]], replies: list[Any]) -> dict[int, Scope]:
-    """The broadest list each number was found in, from SMISMEMBER replies."""
-    hits: dict[int, Scope] = {}
-    for chunk, reply in zip(asked, replies, strict=True):
-        for (i, _member, scope), hit in zip(chunk, reply, strict=True):
-            if hit and (i not in hits or _RANK[scope] < _RANK[hits[i]]):
-                hits[i] = scope
-    return hits
-
-
-def _answer(
-    valid: list[tuple[int, str]],
-    hits: dict[int, Scope],
-    unready: dict[int, str],
-    results: list[CheckResult | None],
-) -> None:
-    for i, e164 in valid:
-        if i in unready:
-            results[i] = CheckResult(e164, Answer.UNAVAILABLE, why=unready[i])
-        elif i in hits:
-            results[i] = CheckResult(e164, Answer.SUPPRESSED, scope=hits[i])
-        else:
-            results[i] = CheckResult(e164, Answer.CALLABLE)
+# A reservation: Redis's clock, the node, the metadata, the tenant's attempts on the number
+# within the period, and whether one more was added (the cap not reached). KEYS: the
+# metadata (the number's shard's copy), the attempts; ARGV: 1 to read the node's identity,
+# the period (ms), the cap, the attempt's id.
+RESERVE_ATTEMPT = (
+    "local function node_id()\n"
+    + LUA_NODE_ID
+    + """  return node
+end
+local node = false
+if ARGV[1] == '1' then node = node_id() or '' end
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local count = redis.call('ZCOUNT', KEYS[2], '(' .. (now_ms - tonumber(ARGV[2])), '+inf')
+local reserved = 0
+if count < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[2], now_ms, ARGV[4])
+  reserved = 1
+end
+return {now, node, redis.call('HGETALL', KEYS[1]), count, reserved}
+"""
+)
 
 
 def _recorded(result: CheckResult, started: float) -> CheckResult:
-    CHECKS.labels(outcome=result.answer).inc()
+    _count([result])
     CHECK_SECONDS.observe(time.perf_counter() - started)
     return result
+
+
+def _count(results: Sequence[CheckResult]) -> None:
+    """``dnc_checks_total`` by answer, ``dnc_check_reasons_total`` by reason."""
+    for answer, count in Counter(r.answer for r in results).items():
+        CHECKS.labels(outcome=answer).inc(count)
+    reasons = Counter(reason.code for r in results for reason in r.reasons)
+    for code, count in reasons.items():
+        CHECK_REASONS.labels(reason=code.value).inc(count)
 
 
 def async_checker_client(

@@ -166,6 +166,14 @@ def next_allowed_at(
     return None
 
 
+def valid_consent(facts: ViewFacts, at: datetime) -> ConsentFact | None:
+    """The consent a call at ``at`` relies on (the latest granted of the valid ones): its
+    proof reference goes with the answer. None when none is valid."""
+    withdrawn_at = max((facts.withdrawn_ms.get(scope, -1) for scope in _COVERING), default=-1)
+    valid = [c for c in facts.consents if c.granted_ms > withdrawn_at and c.expires_at > at]
+    return max(valid, key=lambda c: c.granted_ms, default=None)
+
+
 def consent_reason(
     consents: Sequence[ConsentFact], withdrawn_ms: Mapping[Scope, int], at: datetime
 ) -> Reason | None:

@@ -36,6 +36,8 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from schemas.view import (
+    CONSENTS_FAMILY,
+    FAMILY_OF_KIND,
     LUA_NODE_ID,
     META_KEY,
     META_LAYOUT,
@@ -50,12 +52,18 @@ from schemas.view import (
 _PARTITIONS_BYTES, _LAYOUT_BYTES = META_PARTITIONS.encode(), META_LAYOUT.encode()
 
 # The one read of the view: Redis's clock, the node's identity (sharded view only: it costs an
-# INFO outside a cluster), the metadata hash and the members asked, atomically. KEYS: the
-# metadata hash (the number's shard's copy on a sharded view), then sets; ARGV: 1 to read the
-# node's identity (else 0), then per set a count and that many members. Replies: TIME, the
-# node id (None when not asked; '' if unknown, which no copy was vouched for on), HGETALL
-# (flat), one SMISMEMBER list per set. A script holds Redis while it runs: callers bound the
-# members per script.
+# INFO outside a cluster), the metadata hash and what is asked of the keys after it,
+# atomically. KEYS: the metadata hash (the number's shard's copy on a sharded view), then the
+# keys asked. ARGV: 1 to read the node's identity (else 0), then per key an operation, a count
+# n and n arguments:
+#   's' a bucket (schemas.view): is each member in its suppression set of each kind? (a list
+#       per kind, in FAMILY_OF_KIND's order);
+#   'c' a bucket: each member's field of its consents hash (None when absent);
+#   'a' a tenant's attempts on a number: the times (ms) of those since the argument;
+#   'm' a set: SMISMEMBER of the members.
+# Replies: TIME, the node id (None when not asked; '' if unknown, which no copy was vouched
+# for on), HGETALL (flat), then one reply per key. A script holds Redis while it runs:
+# callers bound the members per script.
 READ_VIEW = (
     "local function node_id()\n"
     + LUA_NODE_ID
@@ -64,11 +72,29 @@ end
 local node = false
 if ARGV[1] == '1' then node = node_id() or '' end
 local out = {redis.call('TIME'), node, redis.call('HGETALL', KEYS[1])}
+local kinds = {"""
+    + ", ".join(f"'{letter}'" for letter in FAMILY_OF_KIND.values())
+    + """}
 local a = 2
 for i = 2, #KEYS do
-  local n = tonumber(ARGV[a])
-  out[i + 2] = redis.call('SMISMEMBER', KEYS[i], unpack(ARGV, a + 1, a + n))
-  a = a + n + 1
+  local key, op, n = KEYS[i], ARGV[a], tonumber(ARGV[a + 1])
+  local first, last = a + 2, a + 1 + n
+  if op == 's' then
+    local found = {}
+    for k = 1, #kinds do
+      found[k] = redis.call('SMISMEMBER', key .. kinds[k], unpack(ARGV, first, last))
+    end
+    out[i + 2] = found
+  elseif op == 'c' then
+    out[i + 2] = redis.call('HMGET', key .. '"""
+    + CONSENTS_FAMILY
+    + """', unpack(ARGV, first, last))
+  elseif op == 'a' then
+    out[i + 2] = redis.call('ZRANGEBYSCORE', key, ARGV[first], '+inf', 'WITHSCORES')
+  else
+    out[i + 2] = redis.call('SMISMEMBER', key, unpack(ARGV, first, last))
+  end
+  a = last + 1
 end
 return out
 """

@@ -38,7 +38,7 @@ from schemas.errors import DncError
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory, issue_token
 from schemas.tokens import Role
-from schemas.view import ViewLayout, view_layout
+from schemas.view import FAMILY_OF_KIND, ViewLayout, view_layout
 
 TENANT = "bench"
 REPO = Path(__file__).resolve().parent.parent
@@ -330,5 +330,5 @@ def _suppress_half(url: str, layout: ViewLayout) -> None:
         pipe = client.pipeline(transaction=False)
         for i in range(0, 2000, 2):
             slot = layout.slot(TENANT, number(i))
-            pipe.sadd(slot.key, slot.member)
+            pipe.sadd(slot.key + FAMILY_OF_KIND["opposition"], slot.member)  # (an opposition)
         pipe.execute()

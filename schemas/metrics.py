@@ -34,6 +34,10 @@ CLOCK_SKEW = Counter("dnc_clock_skew_events_total", "Events stamped in the futur
 # Dialer checks by answer: callable, suppressed, unavailable.
 CHECKS = Counter("dnc_checks_total", "Suppression checks answered", ["outcome"])
 # Time to answer one check (a bulk check counts once).
+# Reasons checks answered "do not call" for (one per rule that forbade it: opposed,
+# no_consent, consent_expired, consent_withdrawn, outside_calling_hours, public_holiday,
+# attempt_cap, sector_banned).
+CHECK_REASONS = Counter("dnc_check_reasons_total", "Reasons calls were not allowed", ["reason"])
 CHECK_SECONDS = Histogram("dnc_check_seconds", "Check latency", buckets=CHECK_BUCKETS)
 # 1 when every partition this worker owns is materialised in Redis.
 VIEW_READY = Gauge("dnc_view_ready", "The Redis view is complete for the owned partitions")

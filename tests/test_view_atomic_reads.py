@@ -27,7 +27,15 @@ from infra.services import LocalStack
 from schemas.events import GLOBAL_TARGET, Scope, scope_target
 from schemas.settings import BUNDLED_TENANTS_FILE, Settings
 from schemas.tenants import TenantDirectory
-from schemas.view import META_KEY, META_LAYOUT, ViewLayout, applied_field, ready_field
+from schemas.view import (
+    FAMILY_OF_KIND,
+    META_KEY,
+    META_LAYOUT,
+    ViewLayout,
+    applied_field,
+    claim_token,
+    ready_field,
+)
 from streams.view_writer import SuppressionViewWriter
 
 PARTITIONS = 3
@@ -63,7 +71,7 @@ class PlainView:
         pipe = self.client.pipeline(transaction=False)
         for phone in phones:
             key, member = self.layout.locate(target, phone)
-            pipe.sadd(key, member)
+            pipe.sadd(key + FAMILY_OF_KIND["opposition"], member)  # its bucket's opposition set
         pipe.execute()
 
     def make_ready(self) -> None:
@@ -71,9 +79,10 @@ class PlainView:
 
         async def work() -> None:
             writer = SuppressionViewWriter(self.async_client, self.layout, "w-test")
+            await writer.claim({p: claim_token("era", 1, "w-test") for p in range(PARTITIONS)})
             await writer.mark_ready(range(PARTITIONS), PARTITIONS)
             now = await writer.server_time_ms()
-            assert await writer.vouch(dict.fromkeys(range(PARTITIONS), now)) == set()
+            assert await writer.vouch(dict.fromkeys(range(PARTITIONS), (now, 0))) == set()
 
         self.loop.run_until_complete(work())
 

@@ -39,7 +39,7 @@ def test_a_member_deleted_behind_the_workers_back_is_found_and_its_partition_nam
     audit = ViewAudit(table, view.async_client, view.layout)
     victim = numbers[17]
     key, member = view.layout.locate("acme", victim)
-    view.sync.srem(key, member)  # one member gone; its set still exists
+    view.sync.srem(key + "r", member)  # one member gone (a refusal); its set still exists
 
     def step() -> set[int]:
         return view.loop.run_until_complete(audit.step(range(PARTITIONS), NOW, budget=1000))
@@ -47,7 +47,7 @@ def test_a_member_deleted_behind_the_workers_back_is_found_and_its_partition_nam
     assert step() == set()  # found missing once: a suspect (a batch may be in flight)
     assert step() == {0}  # still missing, state unchanged: lost; its partition is named
     assert _missing_gauge("acme") == 1
-    view.sync.sadd(key, member)  # (the worker rebuilds it)
+    view.sync.sadd(key + "r", member)  # (the worker rebuilds it)
     for _ in range(3):  # the next full passes find nothing: the gauge goes back to 0
         assert step() == set()
     assert _missing_gauge("acme") == 0
@@ -59,7 +59,7 @@ def test_a_state_changed_since_it_was_found_missing_is_not_confirmed(view: Shard
     table = {f"acme|{p}": encode_state(_state("acme", p)) for p in numbers}
     audit = ViewAudit(table, view.async_client, view.layout)
     key, member = view.layout.locate("acme", numbers[3])
-    view.sync.srem(key, member)
+    view.sync.srem(key + "r", member)
     run = view.loop.run_until_complete
     assert run(audit.step(range(PARTITIONS), NOW, budget=100)) == set()
     lifted = _state("acme", numbers[3]).model_copy(update={"active": ()})

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from consumers.checker import SuppressionChecker
 from schemas.events import Kind, OppositionEvent
 from schemas.settings import VIEW_KEY_FILE, Settings
-from schemas.view import ViewLayout, view_layout
+from schemas.view import FAMILY_OF_KIND, ViewLayout, view_layout
 from tests.harness import REPO, Pipeline, wait_for
 
 
@@ -110,7 +110,8 @@ def test_a_lost_view_key_is_found_and_rebuilt(pipeline: Pipeline) -> None:
     _suppress(pipeline, phones)
     layout = view_layout(pipeline.settings, pipeline.tenants)
     lost = layout.slot("acme", phones[0])
-    assert pipeline.redis.delete(lost.key) == 1  # eviction, or an operator's mistake
+    opposed = lost.key + FAMILY_OF_KIND["opposition"]  # the bucket's set of oppositions
+    assert pipeline.redis.delete(opposed) == 1  # eviction, or an operator's mistake
     pipeline.wait_answer(phones[0], "acme", "suppressed", timeout=30)
     # (the counter moves just after the view is marked ready, which a check may see first)
     wait_for(lambda: 'dnc_view_rebuilds_total{trigger="keys_lost"}' in pipeline.metrics(),
@@ -130,8 +131,9 @@ def test_verify_finds_a_missing_and_an_unexplained_member_then_is_clean(
 
     layout = view_layout(pipeline.settings, pipeline.tenants)
     slot = layout.slot("acme", phones[3])
-    pipeline.redis.sadd(slot.key, 12345)  # a stray member (it also keeps the key in place)
-    pipeline.redis.srem(slot.key, slot.member)  # a member lost: a check would say "callable"
+    opposed = slot.key + FAMILY_OF_KIND["opposition"]  # the bucket's set of oppositions
+    pipeline.redis.sadd(opposed, 12345)  # a stray member (it also keeps the key in place)
+    pipeline.redis.srem(opposed, slot.member)  # a member lost: a check would say "callable"
     found = pipeline.cli("verify", "--json")
     assert found.returncode == 1, found.stdout + found.stderr
     report = json.loads(found.stdout)

@@ -33,7 +33,15 @@ from consumers.keyed_scan import Found, KeyedScanError, reader, scan_keys
 from consumers.subject_reference import ReferenceListReader, ReferenceListReport
 from schemas.authority import forwarded_cutoff, verifying_key
 from schemas.errors import DncError, InvalidEventError
-from schemas.events import GLOBAL_TARGET, Kind, OppositionEvent, Scope, Source, decode_event
+from schemas.events import (
+    GLOBAL_TARGET,
+    ConsentSource,
+    Kind,
+    OppositionEvent,
+    Scope,
+    Source,
+    decode_event,
+)
 from schemas.metrics import GATEWAY_SUBJECT_SCANS
 from schemas.settings import Settings
 from schemas.state import SuppressionChange, SuppressionState
@@ -76,6 +84,29 @@ class LoggedEvent(BaseModel):
     )
 
 
+class ConsentEntry(BaseModel):
+    """A consent recorded for the subject, with its proof, and what ended it (if anything).
+
+    Read from the consents topic, which only consent recorders write (Kafka ACLs); kept
+    there for good (the proof duty outlives the consent by years)."""
+
+    event_id: uuid.UUID
+    scope: Scope
+    campaign_id: str | None = None
+    captured_at: AwareDatetime
+    expires_at: AwareDatetime = Field(description="its end: asked, or captured_at + validity")
+    source: ConsentSource
+    proof_ref: str = Field(description="where the proof is archived")
+    wording_version: str | None = None
+    recorded_by: str | None = None
+    recorded_at: AwareDatetime | None = Field(None, description="when the log recorded it")
+    ended_by: uuid.UUID | None = Field(
+        None, description="the consent withdrawal (appended after it) that ended it"
+    )
+    ended_at: AwareDatetime | None = None
+    valid: bool = Field(description="in force now: not withdrawn, not expired")
+
+
 class UnreadableMessage(BaseModel):
     """A message under the subject's key that the worker could not apply (dead-lettered)."""
 
@@ -115,6 +146,9 @@ class SubjectReport(BaseModel):
         description="per scope (tenant, campaigns, global), the state this tenant's events made"
     )
     view: ViewAnswer | None = None
+    consents: list[ConsentEntry] = Field(
+        default_factory=list, description="consents recorded for this tenant, with their proof"
+    )
     events: list[LoggedEvent]
     unreadable: list[UnreadableMessage] = Field(
         default_factory=list, description="messages under the subject's key that were not events"
@@ -149,6 +183,8 @@ class SubjectLog:
                 continue
             if event.tenant != tenant or event.phone_e164 != phone_e164:
                 continue
+            if event.kind is Kind.CONSENT:
+                continue  # a forwarded copy: the consents topic is read below, as recorded
             cutoff = None
             if event.kind is Kind.LIFT:
                 cutoff = forwarded_cutoff(self._authority, item.value, item.headers)
@@ -170,6 +206,7 @@ class SubjectLog:
             )
             states[event.target] = applied.state
             events.append(_logged(event, item, applied.outcome.value))
+        self._apply_consents(tenant, phone_e164, states, now)
         scan.events_found = len(events)
         scan.skipped_invalid = len(unreadable)
         return SubjectReport(
@@ -177,6 +214,7 @@ class SubjectLog:
             phone_e164=phone_e164,
             generated_at=now,
             current_state=[SuppressionChange.of(s, now, "event") for s in states.values()],
+            consents=consent_entries(states, tenant, now),
             events=events,
             unreadable=unreadable,
             reference_list=self._reference.report(tenant, phone_e164, set(states)),
@@ -209,14 +247,40 @@ class SubjectLog:
         )
         return None
 
-    def _scan(self, keys: set[bytes]) -> tuple[list[Found], ScanInfo]:
+    def _apply_consents(
+        self, tenant: str, phone_e164: str, states: dict[str, SuppressionState], now: datetime
+    ) -> None:
+        """The consents recorded for the subject (the consents topic, its consent recorders'
+        alone), applied to ``states`` as the worker applies their forwarded copies: their
+        place in log order is when the consents topic appended them."""
+        found, _info = self._scan(
+            {f"{tenant}:{phone_e164}".encode()}, self._settings.consents_topic
+        )
+        cooldown = self._tenants.get(tenant).refusal_cooldown
+        for item in found:
+            event = self._decode(item, [])
+            if event is None or event.kind is not Kind.CONSENT or event.tenant != tenant:
+                continue
+            if event.phone_e164 != phone_e164 or item.timestamp_ms is None:
+                continue
+            policy = self._tenants.policy(tenant, event.campaign_id)
+            applied = apply_event(
+                states.get(event.target), event, now=now, refusal_cooldown=cooldown,
+                partition=item.partition, appended_ms=item.timestamp_ms,
+                lift_cutoff_ms=item.timestamp_ms,
+                consent_until=policy.consent_expires_at(event.occurred_at, event.expires_at),
+            )  # fmt: skip
+            states[event.target] = applied.state
+
+    def _scan(self, keys: set[bytes], topic: str | None = None) -> tuple[list[Found], ScanInfo]:
         s = self._settings
+        topic = topic or s.oppositions_topic
         started = time.monotonic()
         consumer = reader(s, "dnc-subject-access")
         try:
             scan = scan_keys(
                 consumer,
-                s.oppositions_topic,
+                topic,
                 keys,
                 seconds=s.gateway_subject_scan_seconds,
                 max_messages=s.gateway_subject_scan_max_messages,
@@ -226,7 +290,7 @@ class SubjectLog:
         finally:
             consumer.close()
         info = ScanInfo(
-            topic=s.oppositions_topic,
+            topic=topic,
             partitions=scan.partitions,
             messages_scanned=scan.scanned,
             events_found=0,
@@ -235,6 +299,42 @@ class SubjectLog:
             seconds=round(time.monotonic() - started, 3),
         )
         return scan.found, info
+
+
+def consent_entries(
+    states: dict[str, SuppressionState], tenant: str, now: datetime
+) -> list[ConsentEntry]:
+    """The consents of ``states`` (tenant-wide and per campaign), each with what ended it: a
+    withdrawal of its scope, or of a wider one (the tenant's, or the platform's), appended
+    after it (the rules of :mod:`consumers.dial_rules`)."""
+
+    def marker(target: str) -> int:
+        state = states.get(target)
+        return state.withdrawn_ms if state is not None and state.withdrawn_ms is not None else -1
+
+    wider = max(marker(GLOBAL_TARGET), marker(tenant))
+    entries = []
+    for target, state in states.items():
+        if target != tenant and not target.startswith(f"{tenant}/"):
+            continue
+        for c in state.consents:
+            ended_ms = c.ended_ms
+            covering = max(wider, marker(target))
+            if ended_ms is None and covering >= c.granted_ms:
+                ended_ms = covering
+            entries.append(ConsentEntry(
+                event_id=c.event_id, scope=state.scope, campaign_id=state.campaign_id,
+                captured_at=c.captured_at, expires_at=c.expires_at, source=c.source,
+                proof_ref=c.proof_ref, wording_version=c.wording_version,
+                recorded_by=c.recorded_by, recorded_at=_ms(c.granted_ms), ended_by=c.ended_by,
+                ended_at=None if ended_ms is None else _ms(ended_ms),
+                valid=ended_ms is None and c.expires_at > now,
+            ))  # fmt: skip
+    return sorted(entries, key=lambda e: e.captured_at)
+
+
+def _ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 class SubjectScanPool:

@@ -7,7 +7,7 @@ import logging
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Annotated, cast
+from typing import IO, Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
+from dnc.dial_cli import register as register_dial_commands
 from schemas.errors import DncError, InvalidEventError
 from schemas.events import Kind, OppositionEvent, Scope, Source, event_json_schema
 from schemas.settings import Settings
@@ -168,6 +169,16 @@ def import_(
     ] = None,
 ) -> None:
     """Publish a CSV of numbers, with a progress bar and a report of rejected rows."""
+    if kind is Kind.CONSENT:
+        raise _fail("consents are imported with their proofs: use `dnc consent import`")
+    run_import(file, tenant, rejects, kind=kind,
+               scope=scope or (Scope.CAMPAIGN if campaign else Scope.TENANT),
+               campaign=campaign)  # fmt: skip
+
+
+def run_import(file: Path, tenant: str, rejects: Path | None, **how: Any) -> None:
+    """`dnc import` and `dnc consent import`: publish a CSV's rows (``how``: the importer's
+    options), with a progress bar; report and exit as they document."""
     import csv
 
     from producers.importer import count_rows, import_file
@@ -177,7 +188,6 @@ def import_(
         raise _fail(f"cannot import {file}: the file does not exist (or is not a file)")
     settings, tenants = _settings()
     tenants.get(tenant)
-    chosen_scope = scope or (Scope.CAMPAIGN if campaign else Scope.TENANT)
     total = count_rows(file)
     publisher = OppositionPublisher.from_settings(settings, tenants)
     with Progress(
@@ -189,13 +199,7 @@ def import_(
     ) as progress:
         task = progress.add_task(f"importing {file.name}", total=total)
         report = import_file(
-            file,
-            publisher,
-            tenant=tenant,
-            kind=kind,
-            scope=chosen_scope,
-            campaign=campaign,
-            on_progress=lambda n: progress.advance(task, n),
+            file, publisher, tenant=tenant, on_progress=lambda n: progress.advance(task, n), **how
         )
     publisher.close()
     out.print(
@@ -219,54 +223,6 @@ def import_(
                 writer.writerows((r.line, r.phone, r.reason) for r in problems)
             err.print(f"rejected rows written to {rejects}")
     raise typer.Exit(0 if report.ok else (EXIT_UNAVAILABLE if report.failed else EXIT_SUPPRESSED))
-
-
-@app.command()
-def check(
-    phones: Annotated[list[str], typer.Argument(help="one or more numbers")],
-    tenant: TenantOpt,
-    campaign: CampaignOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per number")] = False,
-) -> None:
-    """May I call? Prints callable / suppressed / unavailable; exits 0 / 1 / 2 (3: bad input).
-
-    With several numbers the exit code is the worst answer. Unavailable means do NOT call.
-    """
-    from consumers.checker import Answer, SuppressionChecker
-
-    settings, tenants = _settings()
-    checker = SuppressionChecker.from_settings(settings, tenants)
-    if len(phones) == 1:
-        results = [checker.check(phones[0], tenant, campaign)]
-    else:
-        results = checker.check_many(phones, tenant, campaign)
-    for given, result in zip(phones, results, strict=True):
-        if as_json:
-            sys.stdout.write(
-                json.dumps(
-                    {
-                        "phone": given,
-                        "phone_e164": result.phone_e164,
-                        "answer": result.answer.value,
-                        "scope": result.scope.value if result.scope else None,
-                        "why": result.why,
-                    }
-                )
-                + "\n"
-            )
-            continue
-        line = result.answer.value
-        if result.scope is not None:
-            line += f" (scope {result.scope.value})"
-        if result.why:
-            line += f": {result.why}"
-        prefix = f"{given}\t" if len(phones) > 1 else ""
-        sys.stdout.write(prefix + line + "\n")
-    answers = {r.answer for r in results}
-    if Answer.UNAVAILABLE in answers:
-        raise typer.Exit(EXIT_UNAVAILABLE)
-    if Answer.SUPPRESSED in answers:
-        raise typer.Exit(EXIT_SUPPRESSED)
 
 
 @app.command()
@@ -864,6 +820,9 @@ def bench_gateway(
     from dnc.bench_gateway import run_gateway_bench
 
     run_gateway_bench(checks=checks, bulk=bulk, events=events, console=out)
+
+
+register_dial_commands(app)
 
 
 def main() -> None:

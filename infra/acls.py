@@ -83,7 +83,7 @@ def grants(settings: Settings) -> list[Grant]:
     allow("consent", t, s.consents_topic, write, describe)
     allow("gateway", t, s.oppositions_topic, write, read, describe)
     allow("gateway", t, s.admin_topic, write, describe)
-    allow("gateway", t, s.consents_topic, write, describe)  # its consent tokens' grants
+    allow("gateway", t, s.consents_topic, write, read, describe)  # grants; subject access
     allow("gateway", t, s.audit_topic, write, describe)
     allow("gateway", t, s.suppressions_topic, read, describe)
     allow("gateway", g, "dnc-", read, describe, prefixed=True)  # scans, sync lanes' offsets

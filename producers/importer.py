@@ -152,6 +152,32 @@ def build_event(
     return OppositionEvent.record(**fields)
 
 
+def consent_event(
+    row: dict[str, str], tenant: str, campaign: str | None, source: str | None
+) -> OppositionEvent:
+    """A consent grant for one row of a consent platform's or a CRM's export: ``phone``,
+    ``proof_ref`` (required), ``source`` (or the command's), ``captured_at``, ``expires_at``,
+    ``campaign_id`` (or the command's), ``wording_version``, ``recorded_by``."""
+    campaign_id = row.get("campaign_id") or campaign
+    fields: dict[str, Any] = {
+        "tenant": tenant,
+        "phone": row.get("phone", ""),
+        "kind": Kind.CONSENT,
+        "scope": Scope.CAMPAIGN if campaign_id else Scope.TENANT,
+        "source": Source.BULK_IMPORT,
+        "consent_source": row.get("source") or source,
+        "proof_ref": row.get("proof_ref") or None,
+    }
+    if campaign_id:
+        fields["campaign_id"] = campaign_id
+    if row.get("captured_at"):
+        fields["occurred_at"] = row["captured_at"]
+    for name in ("expires_at", "wording_version", "recorded_by"):
+        if row.get(name):
+            fields[name] = row[name]
+    return OppositionEvent.record(**fields)
+
+
 def import_file(
     path: Path,
     publisher: OppositionPublisher,
@@ -162,8 +188,13 @@ def import_file(
     campaign: str | None = None,
     batch_size: int = 2000,
     on_progress: Callable[[int], None] | None = None,
+    build: Callable[[dict[str, str]], OppositionEvent] | None = None,
 ) -> ImportReport:
-    """Validate and publish every row of ``path``; rows go out in pipelined batches."""
+    """Validate and publish every row of ``path``; rows go out in pipelined batches.
+
+    ``build``: the event of a row (default: an opposition of ``kind`` by :func:`build_event`;
+    :func:`consent_event` for `dnc consent import`)."""
+    make = build or (lambda row: build_event(row, tenant, kind, scope, campaign))
     if kind is Kind.LIFT:
         raise InvalidEventError(
             "unauthorised_lift", "lifts cannot be bulk-imported: use `dnc lift`"
@@ -194,7 +225,7 @@ def import_file(
                 on_progress(1)
             continue
         try:
-            event = build_event(row.fields, tenant, kind, scope, campaign)
+            event = make(row.fields)
             if event.kind is Kind.LIFT:
                 raise InvalidEventError("unauthorised_lift", "lifts cannot be bulk-imported")
             event, payload = publisher.prepare(event)

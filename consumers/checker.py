@@ -270,19 +270,22 @@ class SuppressionChecker:
         lists), pipelined (a cluster pipeline sends each node's scripts together). Each
         script is judged by its own metadata: a number is answered only if every script
         that asked for it found the view trusted."""
-        # Per metadata copy, members grouped by Redis key so each key is asked once per chunk.
-        by_meta: dict[str, dict[str, list[tuple[int, int, Scope]]]] = defaultdict(
+        # Per copy of the metadata (one per shard, or the one hash), members grouped by Redis
+        # key so each key is asked once per chunk.
+        by_meta: dict[int, dict[str, list[tuple[int, int, Scope]]]] = defaultdict(
             lambda: defaultdict(list)
         )
-        locate, meta_key = self._layout.locate, self._layout.meta_key
+        locate, shard_of = self._layout.locate, self._layout.shard_of
+        sharded = bool(self._layout.shards)
         for i, e164 in valid:
-            by_key = by_meta[meta_key(e164)]
+            by_key = by_meta[shard_of(e164) if sharded else 0]
             for scope, target in targets:
                 key, member = locate(target, e164)
                 by_key[key].append((i, member, scope))
+        meta_keys = self._layout.meta_keys()
         reads: list[ViewRead] = []
         calls: list[list[list[tuple[int, int, Scope]]]] = []
-        for meta, by_key in by_meta.items():
+        for copy, by_key in by_meta.items():
             pieces = [
                 (key, entries[start : start + self._chunk])
                 for key, entries in by_key.items()
@@ -291,8 +294,9 @@ class SuppressionChecker:
             for call in _scripts_of(pieces):
                 args: list[Any] = [self._with_node]
                 for _key, chunk in call:
-                    args += [len(chunk), *(member for _i, member, _s in chunk)]
-                reads.append(([meta, *(key for key, _chunk in call)], args))
+                    args.append(len(chunk))
+                    args.extend([member for _i, member, _s in chunk])
+                reads.append(([meta_keys[copy], *(key for key, _chunk in call)], args))
                 calls.append([chunk for _key, chunk in call])
         unready: dict[int, str] = {}
         asked, replies = [], []

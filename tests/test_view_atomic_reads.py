@@ -2,9 +2,9 @@
 
 A bulk check that read the metadata, then the members in later commands, could see a
 ready view and then an empty one (a FLUSHALL, a restart, a wipe in between) and answer
-"callable" for suppressed numbers. Here, on real Redis, a thread flushes and rewrites the
-view in a loop (members and metadata in one MULTI, so the view is always either complete
-or absent) while checks run: any "callable" is that bug.
+"callable" for suppressed numbers. Here, on real Redis, a thread flushes the view
+(FLUSHDB) and writes it back in a loop (members, then metadata, in one MULTI, so the view
+is always either complete or absent) while checks run: any "callable" is that bug.
 """
 
 from __future__ import annotations

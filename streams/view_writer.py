@@ -544,8 +544,12 @@ class SuppressionViewWriter:
         await pipe.execute()
 
     async def wipe(self) -> int:
-        """Delete every view key and the metadata (the layout changed: members are garbage)."""
+        """Delete every view key and the metadata (the layout changed: members are garbage).
+
+        The metadata first: while members go, no reader may take the view as ready."""
         deleted = 0
+        for key in self._layout.meta_keys():
+            deleted += await self._redis.unlink(key)
         batch: list[Any] = []
         async for key in self._redis.scan_iter(match=self._layout.pattern(), count=1000):
             batch.append(key)

@@ -28,6 +28,14 @@ TENANTS_TOML = """
 [tenants.acme]
 default_region = "FR"
 
+# A campaign calling only with a recorded consent, and one capping attempts (issue #19).
+[tenants.acme.campaigns.optin]
+legal_basis = "consent"
+
+[tenants.acme.campaigns.capped]
+max_attempts = 4
+attempt_period = "P30D"
+
 [tenants.globex]
 default_region = "GB"
 

@@ -31,7 +31,7 @@ from dnc.gateway_access import Authenticator, RateLimiter
 from dnc.gateway_edge import AuditTrail, EdgeObservability, RequestLimits, error_response
 from infra.topics import ensure_topics
 from producers.audit import AuditLog
-from producers.http import oppositions_router
+from producers.http import consents_router, oppositions_router
 from producers.publisher import OppositionPublisher
 from schemas.api import ApiError, ErrorBody, ErrorDetail, error_responses
 from schemas.errors import ConfigError
@@ -48,8 +48,9 @@ DESCRIPTION = """\
 Record oppositions ("do not call me") and check numbers before calling, over HTTP.
 
 Every `/v1` route needs `Authorization: Bearer <token>`; a token belongs to one tenant and
-one role (`agent`: record; `dialer`: check; `admin`: everything, including lifts and
-subject access requests). Errors are JSON: `{"error", "message", "details"}`.
+one role (`agent`: record; `dialer`: check and reserve attempts; `consent`: grant consents;
+`admin`: everything but granting consents, including lifts and subject access requests).
+Errors are JSON: `{"error", "message", "details"}`.
 Fail closed: only `"answer": "callable"` allows a call; `unavailable` is answered with 503.
 """
 
@@ -118,6 +119,7 @@ def create_app(
         RateLimiter(settings.gateway_rate_limit_per_second, settings.gateway_rate_limit_burst),
     )
     app.include_router(oppositions_router(svc.publisher, access.require))
+    app.include_router(consents_router(svc.publisher, access.require))
     app.include_router(
         checks_router(svc.checker, settings.gateway_bulk_check_limit, access.require)
     )

@@ -24,9 +24,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 
+from consumers.attempts import AttemptDesk
 from consumers.checker import SuppressionChecker
-from consumers.http import checks_router, subjects_router
+from consumers.http import attempts_router, checks_router
 from consumers.subjects import SubjectLog, SubjectScanPool
+from consumers.subjects_http import subjects_router
 from dnc.gateway_access import Authenticator, RateLimiter
 from dnc.gateway_edge import AuditTrail, EdgeObservability, RequestLimits, error_response
 from infra.topics import ensure_topics
@@ -35,7 +37,7 @@ from producers.http import consents_router, oppositions_router
 from producers.publisher import OppositionPublisher
 from schemas.api import ApiError, ErrorBody, ErrorDetail, error_responses
 from schemas.errors import ConfigError
-from schemas.events import event_json_schema
+from schemas.events import Source, event_json_schema
 from schemas.metrics import GATEWAY_DENIED
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
@@ -123,6 +125,8 @@ def create_app(
     app.include_router(
         checks_router(svc.checker, settings.gateway_bulk_check_limit, access.require)
     )
+    desk = AttemptDesk(svc.checker, svc.publisher, Source.HTTP_GATEWAY)
+    app.include_router(attempts_router(desk, access.require))
     app.include_router(
         subjects_router(
             svc.subjects,

@@ -236,6 +236,17 @@ def _recorded(event: OppositionEvent, receipt: Receipt) -> Recorded:
     )
 
 
+def _audited_write(action: AuditAction, summary: str) -> dict[str, Any]:
+    """A write route's options: 202 with the receipt, errors as ErrorBody, audited."""
+    return {
+        "status_code": 202,
+        "response_model": Recorded,
+        "responses": error_responses(*AUTHENTICATED_ERRORS),
+        "openapi_extra": {"x-dnc-audit": action.value},
+        "summary": summary,
+    }
+
+
 def oppositions_router(publisher: OppositionPublisher, require: Require) -> APIRouter:
     """POST /v1/oppositions (agent, admin) and DELETE /v1/suppressions/{phone} (admin)."""
     router = APIRouter(tags=["agent desktop"])
@@ -243,11 +254,7 @@ def oppositions_router(publisher: OppositionPublisher, require: Require) -> APIR
 
     @router.post(
         "/v1/oppositions",
-        status_code=202,
-        response_model=Recorded,
-        responses=error_responses(*AUTHENTICATED_ERRORS),
-        openapi_extra={"x-dnc-audit": AuditAction.RECORD_OPPOSITION.value},
-        summary="Record an opposition (agent)",
+        **_audited_write(AuditAction.RECORD_OPPOSITION, "Record an opposition (agent)"),
     )
     async def record_opposition(
         body: OppositionRequest,
@@ -265,11 +272,7 @@ def oppositions_router(publisher: OppositionPublisher, require: Require) -> APIR
 
     @router.delete(
         "/v1/suppressions/{phone}",
-        status_code=202,
-        response_model=Recorded,
-        responses=error_responses(*AUTHENTICATED_ERRORS),
-        openapi_extra={"x-dnc-audit": AuditAction.LIFT.value},
-        summary="Lift a suppression (admin, with a justification)",
+        **_audited_write(AuditAction.LIFT, "Lift a suppression (admin, with a justification)"),
     )
     async def lift_suppression(
         phone: PhonePath,
@@ -302,11 +305,10 @@ def consents_router(publisher: OppositionPublisher, require: Require) -> APIRout
 
     @router.post(
         "/v1/consents",
-        status_code=202,
-        response_model=Recorded,
-        responses=error_responses(*AUTHENTICATED_ERRORS),
-        openapi_extra={"x-dnc-audit": AuditAction.RECORD_CONSENT.value},
-        summary="Record a consent to prospecting calls, with its proof (consent recorder)",
+        **_audited_write(
+            AuditAction.RECORD_CONSENT,
+            "Record a consent to prospecting calls, with its proof (consent recorder)",
+        ),
     )
     async def record_consent(
         body: ConsentRequest,

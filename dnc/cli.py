@@ -21,6 +21,7 @@ from schemas.errors import DncError, InvalidEventError
 from schemas.events import Kind, OppositionEvent, Scope, Source, event_json_schema
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
+from schemas.tokens import Role
 
 app = typer.Typer(
     help="Do-not-call opposition propagation: agent desktop -> Kafka -> Faust -> Redis -> dialers.",
@@ -767,25 +768,28 @@ def acl_apply(
 
 
 token_app = typer.Typer(help="Gateway access tokens (stored hashed in the tenants file).")
+ROLE_NAMES = ", ".join(role.value for role in Role)
 app.add_typer(token_app, name="token")
 
 
 @token_app.command("create")
 def token_create(
     tenant: TenantOpt,
-    role: Annotated[str, typer.Option("--role", "-r", help="agent, dialer or admin")],
+    role: Annotated[str, typer.Option("--role", "-r", help=f"one of: {ROLE_NAMES}")],
     token_id: Annotated[
         str | None, typer.Option("--id", help="name of the token in audit records")
     ] = None,
 ) -> None:
-    """Create a token: prints it once, appends its SHA-256 to the tenants file."""
+    """Create a token: prints it once, appends its SHA-256 to the tenants file. Roles: agent
+    records oppositions; dialer checks numbers and reserves attempts; admin lifts, reads
+    subject access and does what the others do, except granting consents; consent grants
+    consents (a consent platform or CRM), and no other role may."""
     from schemas.tenants import issue_token
-    from schemas.tokens import Role
 
     try:
         chosen_role = Role(role)
     except ValueError:
-        raise _fail(f"unknown role {role!r}: use agent, dialer or admin") from None
+        raise _fail(f"unknown role {role!r}: use one of {ROLE_NAMES}") from None
     settings = Settings()
     created_id, token = issue_token(settings.tenants_file, tenant, chosen_role, token_id)
     sys.stdout.write(token + "\n")

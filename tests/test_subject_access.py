@@ -242,6 +242,7 @@ def test_subject_access_lists_the_consents_with_their_proof_and_what_ended_them(
     )
     assert ended["wording_version"] == "v3" and ended["recorded_by"] == "token:acme-consent"
     assert ended["ended_at"] is not None and ended["valid"] is False
+    assert ended["ended_by"] == withdrawn.json()["event_id"]  # named: recorded after it
     ended_at, recorded_at = (datetime.fromisoformat(ended[k]) for k in ("ended_at", "recorded_at"))
     assert recorded_at <= ended_at
     # The withdrawal was for the campaign: the tenant-wide consent stands.

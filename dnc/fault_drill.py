@@ -196,6 +196,7 @@ class Traffic:
                 time.sleep(0.05)
                 continue
             available = True
+            broken = self.result.callable_past_bound
             for start in range(0, len(acked), self._chunk):
                 chunk = acked[start : start + self._chunk]
                 results = checker.check_many([n for n, _t in chunk], TENANT)
@@ -205,6 +206,12 @@ class Traffic:
                     available = available and result.answer is not Answer.UNAVAILABLE
                 time.sleep(0.005)  # a dialer between calls; leaves the agents their share
             self.rounds.append((time.monotonic(), available))
+            if self.result.callable_past_bound > broken:
+                log.warning(
+                    "the dialer was answered callable %d times for numbers acknowledged "
+                    "longer ago than the bound",
+                    self.result.callable_past_bound - broken,
+                )
 
     def _count(self, answer: Answer, age: float) -> None:
         r = self.result
@@ -602,6 +609,7 @@ def _await_rebuild(d: FaultDrill, share: float, timeout: float = 60.0) -> None:
         for key, member in slots:
             pipe.sismember(key, str(member))
         if sum(1 for present in pipe.execute() if present) >= share * len(slots):
+            log.info("the rebuild has written %.0f%% of the view", 100 * share)
             return
         time.sleep(0.005)
     log.warning("the rebuild did not write %.0f%% of the view within %.0fs", 100 * share, timeout)

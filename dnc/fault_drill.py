@@ -629,6 +629,20 @@ def _restart_during_rebuild(d: FaultDrill) -> None:
     _restart_redis(d, keep_snapshot=True)  # ...reloaded once the next chunk was written
 
 
+def _restore_during_rebuild(d: FaultDrill) -> None:
+    """As :func:`_restart_during_rebuild`, without the restart: the copy is swapped in
+    (SWAPDB), so the worker keeps its connections and Redis its run id."""
+    d.redis.flushall()  # the view is lost: the worker rebuilds it from its table
+    _await_rebuild(d, 0.1)
+    pipe = d.redis.pipeline(transaction=False)
+    for key in d.redis.scan_iter(match=view_layout(d.settings, d.tenants).pattern(), count=1000):
+        pipe.copy(key, key, destination_db="1", replace=True)  # a copy of its first chunk...
+    pipe.execute()
+    _await_rebuild(d, 0.4)
+    d.redis.swapdb(0, 1)  # ...restored once the next chunk was written
+    redis.Redis.from_url(d.stack.redis_url, db=1).flushdb()
+
+
 class StaleOwner:
     """Two workers in the group; the drill's worker (1) SIGSTOPped past the session timeout
     while it applies a burst of refusals and admin lifts of its partitions, so worker 2
@@ -765,6 +779,10 @@ FAULTS: dict[str, Fault] = {
         Fault("Redis restart during a rebuild", _restart_during_rebuild, _nothing, 0.0,
               f"{PRELOAD:,} states: flushed; a snapshot after the rebuild's first chunk, "
               "reloaded by a restart after its next", prepare=_preload, timeout=900),
+        Fault("Redis restored during a rebuild", _restore_during_rebuild, _nothing, 0.0,
+              f"{PRELOAD:,} states: flushed; a copy after the rebuild's first chunk, swapped "
+              "in after its next (same server, connections and run id)", prepare=_preload,
+              timeout=900),
     ]
 }  # fmt: skip
 

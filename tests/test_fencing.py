@@ -1,6 +1,8 @@
 """What fencing misses must be detected (issue #20): a member the log holds, gone from the
 view behind the worker's back, is found by the worker itself, counted in a metric, and the
-number answered "suppressed" again, without anybody running `dnc verify`.
+number answered "suppressed" again, without anybody running `dnc verify`. And a reader
+takes the view's metadata and members in one atomic read, so a flush between the two never
+reads as "callable".
 
 Real services: Kafka, Redis and a real `dnc worker` (tests/harness.Pipeline).
 """
@@ -8,14 +10,28 @@ Real services: Kafka, Redis and a real `dnc worker` (tests/harness.Pipeline).
 from __future__ import annotations
 
 import re
+import threading
+from collections import Counter
 from collections.abc import Callable
 from itertools import count
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
+from consumers.checker import Answer, SuppressionChecker
 from schemas.events import Kind, OppositionEvent
-from schemas.view import view_layout
+from schemas.tenants import TenantDirectory
+from schemas.view import (
+    META_KEY,
+    META_LAYOUT,
+    META_PARTITIONS,
+    ViewLayout,
+    applied_field,
+    ready_field,
+    view_layout,
+)
 from tests.harness import Pipeline, wait_for
 
 pytestmark = [pytest.mark.pipeline]
@@ -71,3 +87,56 @@ def _within(seconds: float, predicate: Callable[[], Any]) -> Any:
         return wait_for(predicate, timeout=seconds, interval=0.5)
     except AssertionError:
         return None
+
+
+@pytest.mark.timeout(120)
+def test_a_flush_between_a_checks_metadata_and_members_never_reads_as_callable(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """A view written by hand as the worker writes it (members, then the metadata saying every
+    partition is ready and current), flushed and written again over and over while a dialer
+    checks 200 of its numbers in bulk: every answer is "suppressed" or "unavailable".
+
+    A check pipelined without a transaction reads the metadata, then the sets: a FLUSHALL in
+    between answers "callable" for numbers that were in the view whenever it said ready
+    (seen in the fault drills as ~150 "callable" answers in the dialer round of a FLUSHALL)."""
+    (tmp_path / "tenants.toml").write_text('[tenants.acme]\ndefault_region = "FR"\n')
+    tenants = TenantDirectory.load(tmp_path / "tenants.toml")
+    layout = ViewLayout(b"test-view-key-atomic-read", 1024)
+    numbers = [f"+336{13_000_000 + i:08d}" for i in range(200)]
+
+    def write_view() -> None:
+        seconds, micros = redis_client.time()
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        pipe = redis_client.pipeline(transaction=True)  # the whole view at once
+        for number in numbers:
+            key, member = layout.locate("acme", number)
+            pipe.sadd(key, str(member))
+        pipe.hset(META_KEY, mapping={
+            META_PARTITIONS: "3", META_LAYOUT: layout.fingerprint,
+            **{ready_field(p): str(now_ms) for p in range(3)},
+            **{applied_field(p): str(now_ms) for p in range(3)},
+        })  # fmt: skip
+        pipe.execute()
+
+    write_view()
+    checker = SuppressionChecker(redis_client, layout, tenants, max_staleness_seconds=5.0)
+    answers: Counter[Answer] = Counter(r.answer for r in checker.check_many(numbers, "acme"))
+    assert answers == {Answer.SUPPRESSED: len(numbers)}, answers
+    stop = threading.Event()
+
+    def dial() -> None:
+        while not stop.is_set():
+            answers.update(r.answer for r in checker.check_many(numbers, "acme"))
+
+    dialer = threading.Thread(target=dial, daemon=True)
+    dialer.start()
+    try:
+        for _ in range(300):
+            redis_client.flushall()
+            write_view()
+    finally:
+        stop.set()
+        dialer.join(timeout=30)
+    print(f"answers across 300 flushes: { {a.value: n for a, n in answers.items()} }")
+    assert answers[Answer.CALLABLE] == 0, answers

@@ -587,12 +587,12 @@ def _preload(d: FaultDrill) -> None:
                  for n in numbers[start : start + 20_000]], on_done=done,
             )  # fmt: skip
         d.standing = acked
-    pending, _called = settle(d.checker, list(d.standing), timeout=PRELOAD / 1000)
-    if pending:
-        log.warning("%d preloaded numbers are not suppressed before the drill: the view is "
-                    "flushed for a full rebuild first", len(pending))  # fmt: skip
+    pending, called = settle(d.checker, list(d.standing), timeout=0)  # one pass
+    if any(at - d.standing[n] > d.max_staleness for n, at in called.items()):
+        log.warning("%d preloaded numbers answered callable before the drill: the view is "
+                    "flushed for a full rebuild first", len(called))  # fmt: skip
         d.redis.flushall()
-        pending, _called = settle(d.checker, pending, timeout=120)
+    pending, _called = settle(d.checker, pending, timeout=PRELOAD / 1000)  # ~3,000/s applied
     if pending:
         raise RuntimeError(f"{len(pending)} preloaded numbers still not suppressed")
 
@@ -668,6 +668,8 @@ class StaleOwner:
     def inject(self, d: FaultDrill) -> None:
         assert d.traffic is not None
         frozen = {p for p, owner in d.owners().items() if owner == d.worker_ids[1]}
+        if not frozen:
+            raise RuntimeError(f"worker 1 vouches for no partition: {d.owners()}")
         numbers = self._numbers_of(d, frozen, self.LIFTED + self.REFUSED)
         lifted = numbers[: self.LIFTED]
         until = datetime.now(UTC) + timedelta(seconds=self.EXPIRY)
@@ -695,8 +697,11 @@ class StaleOwner:
 
     def heal(self, d: FaultDrill) -> None:
         d.workers[1].send_signal(signal.SIGCONT)  # its batch in flight lands now
-        _wait(lambda: d.worker_ids[1] in d.owners().values(), 120,
-              "worker 1 vouching again after it resumed")  # fmt: skip
+        try:  # (back in the group; the scenario goes on if it got no partition)
+            _wait(lambda: d.worker_ids[1] in d.owners().values(), 60,
+                  "worker 1 vouching again after it resumed")  # fmt: skip
+        except TimeoutError as exc:
+            log.warning("%s", exc)
         d.retire_worker(2)  # the survivor SIGKILLed: worker 1 takes everything back
         _wait(lambda: set(d.owners().values()) == {d.worker_ids[1]}, 120,
               "worker 1 vouching for every partition")  # fmt: skip

@@ -645,9 +645,11 @@ def bench_faults(
     """Inject real faults into a private stack and print what dialers were answered.
 
     Per fault (worker SIGKILL/SIGSTOP, Redis flush/restart/old snapshot, broker kill, worker
-    cut from Kafka or Redis by Toxiproxy, Redis latency, PostgreSQL down): answers, share
-    unavailable, callable answers past the staleness bound (must be 0), the oldest
-    acknowledgement answered callable, outage and recovery times, events lost, verify.
+    cut from Kafka or Redis by Toxiproxy, Redis latency, PostgreSQL down, one of two workers
+    frozen past the session timeout, Redis flushed, restarted or restored during a rebuild of
+    200,000 states): answers, share unavailable, callable answers past the staleness bound
+    (must be 0), the oldest acknowledgement answered callable, outage and recovery times,
+    events lost, verify.
     """
     from dnc.fault_drill import FAULTS, run_drills
 

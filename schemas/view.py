@@ -49,6 +49,9 @@ The metadata:
   - ``instance:P``: the Redis instance (its run id: a restart, a restore or a promoted
     replica has another) P was rebuilt and marked ready on; a vouch on another instance is
     refused, and so is a mark if the instance changed since the claim;
+  - ``writes:P``: how many write scripts the owner ran for P since its claim: a mark or a
+    vouch is refused when it is not the count the owner last saw (a copy restored or
+    swapped in since lacks writes, whatever its claims and run id say);
   - ``next:P``: the first offset of P the owner has not applied yet, as of its last vouch
     (another partition's owner waits for it to pass an event it forwarded to P).
 
@@ -160,6 +163,12 @@ def fence_field(partition: int) -> str:
 def instance_field(partition: int) -> str:
     """Field of the metadata: the Redis instance ``partition`` was marked ready on."""
     return f"instance:{partition}"
+
+
+def writes_field(partition: int) -> str:
+    """Field of the metadata: how many write scripts the owner ran for ``partition`` since
+    its claim (a view that lost some since has a smaller count than its owner's)."""
+    return f"writes:{partition}"
 
 
 def frontier_field(partition: int) -> str:

@@ -29,6 +29,7 @@ from schemas.view import (
     node_field,
     owner_field,
     ready_field,
+    writes_field,
 )
 from streams.fencing import OwnershipLost
 from streams.rules import ATTEMPTS_KEPT  # (the view keeps the attempts the state keeps)
@@ -49,22 +50,22 @@ end
 """
 
 # Claim partitions for a rebuild, on one copy of the metadata: each partition's claim is
-# replaced by ours and its readiness withdrawn (checks fail closed), unless a newer claim
-# of the same era holds it (we lost the partition: refused). Returns the instance (run id)
-# and the refused claims' fields.
-# ARGV: our token, then per partition: fence field, ready field.
+# replaced by ours, its write counter reset and its readiness withdrawn (checks fail
+# closed), unless a newer claim of the same era holds it (we lost the partition: refused).
+# Returns the instance (run id) and the refused claims' fields.
+# ARGV: our token, then per partition: fence field, ready field, writes field.
 _CLAIM = (
     LUA_RUN_ID
     + _LUA_CLAIM_PARTS
     + """
 local era, seq = claim_parts(ARGV[1])
 local out = {run_id}
-for i = 2, #ARGV, 2 do
+for i = 2, #ARGV, 3 do
   local held_era, held_seq = claim_parts(redis.call('HGET', KEYS[1], ARGV[i]))
   if held_seq ~= nil and held_era == era and held_seq > seq then
     table.insert(out, ARGV[i])
   else
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[1])
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[1], ARGV[i + 2], 0)
     redis.call('HDEL', KEYS[1], ARGV[i + 1])
   end
 end
@@ -75,13 +76,16 @@ return out
 # Fenced writes on one copy of the metadata and the keys of its slot: per partition, the
 # operations run only while the partition's claim is ours. Operations: '+' SADD and '-'
 # SREM members, 'h' HSET field/value pairs, 'z' ZADD score/member pairs, 'x' remove the
-# members of a sorted set scored below the argument. Returns the refused claims as
-# (field, claim held or '') pairs.
+# members of a sorted set scored below the argument. Each partition's write counter
+# (``writes:P``) counts the scripts that wrote for it since the claim: a view that lost
+# writes since (a restore, a swapped database) has a smaller one, and is neither marked
+# ready nor vouched for. Returns {refused claims as (field, claim held or '') pairs, the
+# counters as (partition's fence field, count) pairs}.
 # KEYS: the metadata, then the keys. ARGV, per partition: fence field, our token, count of
 # operations, then per operation: index of its key in KEYS, the operation, n, n arguments.
 _WRITE = """
 local commands = {['+'] = 'SADD', ['-'] = 'SREM', h = 'HSET', z = 'ZADD'}
-local refused = {}
+local refused, counters = {}, {}
 local a = 1
 while a <= #ARGV do
   local held = redis.call('HGET', KEYS[1], ARGV[a])
@@ -89,6 +93,9 @@ while a <= #ARGV do
   if not ours then
     table.insert(refused, ARGV[a])
     table.insert(refused, held or '')
+  else
+    table.insert(counters, ARGV[a])
+    table.insert(counters, redis.call('HINCRBY', KEYS[1], 'writes' .. string.sub(ARGV[a], 6), 1))
   end
   local ops = tonumber(ARGV[a + 2])
   a = a + 3
@@ -105,27 +112,30 @@ while a <= #ARGV do
     a = a + n
   end
 end
-return refused
+return {refused, counters}
 """
 
 # Mark rebuilt partitions ready on one copy of the metadata, if nothing was lost since
 # the claim: the claims are still ours (a flush, an empty restart or a newer owner would
-# have removed or replaced them) and the instance is still the one claimed on (a restart
-# that reloaded a snapshot, or a promoted replica, keeps the claims but not the writes
-# since). The partition count only grows (two workers configured differently: the larger).
+# have removed or replaced them), every write made since is there (the write counter: a
+# view restored or swapped for an earlier copy has a smaller one) and the instance is
+# still the one claimed on (a restart that reloaded a snapshot, or a promoted replica).
+# The partition count only grows (two workers configured differently: the larger).
 # Returns {'ok'}, {'moved'} or {'lost', field, claim held or ''}.
 # ARGV: instance at the claim, ready stamp, layout, partition count, then per partition:
-# fence field, our token, ready field, epoch field, epoch, instance field, node field.
+# fence field, our token, ready field, epoch field, epoch, instance field, node field,
+# writes field, writes made.
 _MARK = (
     LUA_RUN_ID
     + LUA_NODE_ID
     + """
 if ARGV[1] ~= run_id then return {'moved'} end
-for i = 5, #ARGV, 7 do
+for i = 5, #ARGV, 9 do
   local held = redis.call('HGET', KEYS[1], ARGV[i])
   if held ~= ARGV[i + 1] then return {'lost', ARGV[i], held or ''} end
+  if redis.call('HGET', KEYS[1], ARGV[i + 7]) ~= ARGV[i + 8] then return {'moved'} end
 end
-for i = 5, #ARGV, 7 do
+for i = 5, #ARGV, 9 do
   redis.call('HSET', KEYS[1], ARGV[i + 2], ARGV[2], ARGV[i + 3], ARGV[i + 4],
              ARGV[i + 5], run_id, ARGV[i + 6], node)
 end
@@ -138,17 +148,20 @@ return {'ok'}
 
 # A vouch, on one copy of the metadata: per partition, only if its epoch is the one this
 # worker wrote last (a view restored from an older snapshot has another), its claim is
-# still ours (flushed, or claimed by a newer owner: no) and it is on the instance it was
-# rebuilt on (a restart or a promotion since: no). Returns the refused epoch fields.
+# still ours (flushed, or claimed by a newer owner: no), every write made is there (the
+# write counter) and it is on the instance it was rebuilt on (a restart or a promotion
+# since: no). Returns the refused epoch fields.
 # ARGV: owner, then per partition: epoch field, expected, next, applied field, time,
-# owner field, fence field, our token, instance field, frontier field, frontier.
+# owner field, fence field, our token, instance field, frontier field, frontier, writes
+# field, writes made.
 _VOUCH = (
     LUA_RUN_ID
     + """
 local refused = {}
-for i = 2, #ARGV, 11 do
-  local held = redis.call('HMGET', KEYS[1], ARGV[i], ARGV[i + 6], ARGV[i + 8])
-  if held[1] == ARGV[i + 1] and held[2] == ARGV[i + 7] and held[3] == run_id then
+for i = 2, #ARGV, 13 do
+  local held = redis.call('HMGET', KEYS[1], ARGV[i], ARGV[i + 6], ARGV[i + 8], ARGV[i + 11])
+  if held[1] == ARGV[i + 1] and held[2] == ARGV[i + 7] and held[3] == run_id
+     and held[4] == ARGV[i + 12] then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
                ARGV[i + 5], ARGV[1], ARGV[i + 9], ARGV[i + 10])
   else
@@ -293,6 +306,8 @@ class SuppressionViewWriter:
         self._epochs: dict[int, str] = {}
         self._tokens: dict[int, str] = {}  # partition -> this worker's claim on it
         self._instances: dict[str, str] = {}  # metadata copy -> run id at the last claim
+        # (metadata copy, partition) -> its write counter after this worker's last write
+        self._writes: dict[tuple[str, int], int] = {}
         # Partitions whose claim vanished from the view (flushed, restarted empty): their
         # writes are skipped until the worker rebuilds them (the table has their states).
         self.lost: set[int] = set()
@@ -343,7 +358,10 @@ class SuppressionViewWriter:
         for keys, args in scripts.calls:
             pipe.execute_command("EVAL", _WRITE, len(keys), *keys, *args)
         replies = await pipe.execute()
-        refused = {_text(f): _text(h) for reply in replies for f, h in _pairs(reply)}
+        for (keys, _args), (_refused, counters) in zip(scripts.calls, replies, strict=True):
+            for field, count in _pairs(counters):  # (the counts Redis has now: a retry's too)
+                self._writes[(keys[0], int(_text(field).split(":", 1)[1]))] = int(count)
+        refused = {_text(f): _text(h) for reply, _c in replies for f, h in _pairs(reply)}
         self._refused(refused)
         for groups in batch.ops.values():
             for partition, ops in groups.items():
@@ -377,7 +395,11 @@ class SuppressionViewWriter:
             self._epochs.pop(partition, None)
         by_token: dict[str, list[Any]] = {}
         for partition, token in tokens.items():
-            by_token.setdefault(token, []).extend([fence_field(partition), ready_field(partition)])
+            by_token.setdefault(token, []).extend(
+                [fence_field(partition), ready_field(partition), writes_field(partition)]
+            )
+            for key in self._layout.meta_keys():
+                self._writes[(key, partition)] = 0
         keys = self._layout.meta_keys()
         pipe = self._redis.pipeline(transaction=False)
         order: list[str] = []
@@ -417,22 +439,23 @@ class SuppressionViewWriter:
         if missing:
             raise ViewLost(f"the claims on partitions {missing} vanished during the rebuild")
         epochs = {p: self._next_epoch() for p in chosen}
-        fields: list[Any] = []
-        for p in chosen:
-            fields += [fence_field(p), self._tokens[p], ready_field(p), epoch_field(p), epochs[p],
-                       instance_field(p), node_field(p)]  # fmt: skip
         head = [stamp, self._layout.fingerprint, total_partitions]
         keys = self._layout.meta_keys()
         pipe = self._redis.pipeline(transaction=False)
         for key in keys:
+            fields: list[Any] = []
+            for p in chosen:
+                fields += [fence_field(p), self._tokens[p], ready_field(p), epoch_field(p),
+                           epochs[p], instance_field(p), node_field(p), writes_field(p),
+                           self._writes.get((key, p), 0)]  # fmt: skip
             pipe.execute_command(
                 "EVAL", _MARK, 1, key, self._instances.get(key, ""), *head, *fields
             )
         replies = [[_text(x) for x in reply] for reply in await pipe.execute()]
         for key, reply in zip(keys, replies, strict=True):
             if reply[0] == "moved":
-                raise ViewMoved(f"the Redis instance of {key} changed during the rebuild (a "
-                                "restart, a restore or a failover): rebuilding again")  # fmt: skip
+                raise ViewMoved(f"{key} lost writes or changed instance during the rebuild "
+                                "(a restart, a restore, a failover): rebuilding again")  # fmt: skip
             if reply[0] == "lost":
                 self._refused({reply[1]: reply[2]})
                 raise ViewLost(f"the claim {reply[1]} vanished from {key} during the rebuild "
@@ -448,30 +471,23 @@ class SuppressionViewWriter:
         this worker's, or the Redis instance is not the one they were rebuilt on: they
         need a rebuild (or, for a newer owner's claim, this worker stops writing them).
         """
-        args: list[Any] = [self._worker_id]
+        vouched: list[tuple[int, list[Any]]] = []
         nexts: dict[int, str] = {}
         for p, (ms, frontier) in applied.items():
             expected, token = self._epochs.get(p), self._tokens.get(p)
             if expected is None or token is None:
                 continue
             nexts[p] = self._next_epoch()
-            args += [
-                epoch_field(p),
-                expected,
-                nexts[p],
-                applied_field(p),
-                ms,
-                owner_field(p),
-                fence_field(p),
-                token,
-                instance_field(p),
-                frontier_field(p),
-                frontier,
-            ]
-        if len(args) == 1:
+            vouched.append((p, [epoch_field(p), expected, nexts[p], applied_field(p), ms,
+                                owner_field(p), fence_field(p), token, instance_field(p),
+                                frontier_field(p), frontier, writes_field(p)]))  # fmt: skip
+        if not vouched:
             return set()
         pipe = self._redis.pipeline(transaction=False)
         for key in self._layout.meta_keys():
+            args: list[Any] = [self._worker_id]
+            for p, fields in vouched:
+                args += [*fields, self._writes.get((key, p), 0)]
             pipe.execute_command("EVAL", _VOUCH, 1, key, *args)
         refused_fields = {_text(f) for reply in await pipe.execute() for f in reply}
         refused = {int(f.split(":", 1)[1]) for f in refused_fields}

@@ -81,6 +81,30 @@ def test_a_restart_during_a_rebuild_is_never_marked_ready(view: ShardedView) -> 
     assert not view.checker.readiness().ready
 
 
+def test_a_copy_swapped_in_during_a_rebuild_is_never_marked_ready(view: ShardedView) -> None:
+    """A restore of an earlier copy (here SWAPDB) keeps the claims and the run id: the write
+    counter tells it lost the writes made since."""
+    numbers = phones(200)
+
+    async def rebuild(w: SuppressionViewWriter) -> None:
+        await w.claim(_claims(1))
+        await w.write([_state("acme", p) for p in numbers[:100]], NOW)
+        for key in view.sync.scan_iter(match="dnc:v1:*"):  # the copy, in database 1
+            assert view.sync.copy(key, key, destination_db=1, replace=True)
+        await w.write([_state("acme", p) for p in numbers[100:]], NOW)
+        view.sync.swapdb(0, 1)  # ... restored
+        await w.mark_ready(ALL, PARTITIONS)
+
+    try:
+        with pytest.raises(ViewMoved):
+            view.run(rebuild)
+        assert not view.checker.readiness().ready
+    finally:
+        view.sync.execute_command("FLUSHDB")  # (database 0 is the copy; 1 the swapped out)
+        view.sync.swapdb(0, 1)
+        view.sync.execute_command("FLUSHDB")
+
+
 def test_a_superseded_owner_can_no_longer_write_mark_or_vouch(view: ShardedView) -> None:
     numbers = phones(60)
     old = view.fill(numbers[:30])  # worker A: claim 1, ready, vouched

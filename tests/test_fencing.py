@@ -24,6 +24,7 @@ from consumers.checker import Answer, SuppressionChecker
 from schemas.events import Kind, OppositionEvent
 from schemas.tenants import TenantDirectory
 from schemas.view import (
+    FAMILY_OF_KIND,
     META_KEY,
     META_LAYOUT,
     META_PARTITIONS,
@@ -47,11 +48,14 @@ def test_a_member_removed_behind_the_workers_back_is_found_and_suppressed_again(
     p.start_worker()
     layout = view_layout(p.settings, p.tenants)
     number = "+33612000001"
-    key, member = layout.locate("acme", number)
+    base, member = layout.locate("acme", number)
+    key = base + FAMILY_OF_KIND["opposition"]  # its bucket's set of oppositions
     # A second number in the same set: after the SREM the set still exists, so a scan that
     # only asks whether the keys it filled exist sees nothing wrong.
     sibling = next(
-        n for n in (f"+336{i:08d}" for i in count(12_000_002)) if layout.locate("acme", n)[0] == key
+        n
+        for n in (f"+336{i:08d}" for i in count(12_000_002))
+        if layout.locate("acme", n)[0] == base
     )
     for phone in (number, sibling):
         p.publisher.publish(
@@ -111,7 +115,7 @@ def test_a_flush_between_a_checks_metadata_and_members_never_reads_as_callable(
         pipe = redis_client.pipeline(transaction=True)  # the whole view at once
         for number in numbers:
             key, member = layout.locate("acme", number)
-            pipe.sadd(key, str(member))
+            pipe.sadd(key + FAMILY_OF_KIND["opposition"], str(member))
         pipe.hset(META_KEY, mapping={
             META_PARTITIONS: "3", META_LAYOUT: layout.fingerprint,
             **{ready_field(p): str(now_ms) for p in range(3)},

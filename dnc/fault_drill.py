@@ -46,7 +46,7 @@ from infra.topics import ensure_pipeline_topics
 from infra.toxiproxy import Proxy, Toxiproxy, start_toxiproxy
 from producers.publisher import OppositionPublisher
 from schemas.errors import PublishError
-from schemas.events import Kind, OppositionEvent, Source
+from schemas.events import ConsentSource, Kind, OppositionEvent, Scope, Source
 from schemas.partitioning import key_partition
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
@@ -55,12 +55,18 @@ from schemas.view import owner_field, view_layout
 log = logging.getLogger("dnc.drill")
 
 TENANT = "drill"
+CONSENT_CAMPAIGN = "optin"
+CONSENT_EVERY = 4  # agents' ticks (50 ms) between two consents granted then withdrawn
 TENANTS_TOML = f"""
 [tenants.{TENANT}]
 default_region = "FR"
 
 [tenants.{TENANT}.reference_list]
 sink = "postgres"
+
+# A consent campaign (issue #19): consents granted then withdrawn under every fault.
+[tenants.{TENANT}.campaigns.{CONSENT_CAMPAIGN}]
+legal_basis = "consent"
 """
 REPO = Path(__file__).resolve().parent.parent
 
@@ -136,6 +142,9 @@ class Traffic:
         self._stop_checking = threading.Event()
         self._lock = threading.Lock()
         self.acked: dict[str, float] = {}  # number -> monotonic time of the acknowledgement
+        # The consent campaign's numbers whose consent was withdrawn: number -> time the
+        # withdrawal was acknowledged (never callable for the campaign past the bound).
+        self.withdrawn: dict[str, float] = {}
         self.result = FaultResult(fault="")
         self.rounds: list[tuple[float, bool]] = []  # (time, every answer available)
         self._threads = [
@@ -175,6 +184,7 @@ class Traffic:
     def _publish(self) -> None:
         tick = 0.05
         per_tick = max(1, round(self._rate * tick))
+        ticks = 0
         while not self._stop_publishing.is_set():
             started = time.monotonic()
             self.publish(
@@ -185,21 +195,50 @@ class Traffic:
                     for _ in range(per_tick)
                 ]
             )
+            ticks += 1
+            if ticks % CONSENT_EVERY == 0:
+                self._consent_then_withdrawal()
             time.sleep(max(0.0, tick - (time.monotonic() - started)))
+
+    def _consent_then_withdrawal(self) -> None:
+        """The consent campaign: a consent recorded (the consents topic), then withdrawn
+        (the log): once the withdrawal is acknowledged, past the bound, the campaign's
+        dialer must never hear "callable" for the number."""
+        number = self._number()
+        grant = OppositionEvent.record(
+            tenant=TENANT, phone=number, kind=Kind.CONSENT, scope=Scope.CAMPAIGN,
+            campaign_id=CONSENT_CAMPAIGN, consent_source=ConsentSource.WEB_FORM,
+            proof_ref=f"drill-form#{number}",
+        )  # fmt: skip
+        withdrawal = OppositionEvent.record(
+            tenant=TENANT, phone=number, kind=Kind.CONSENT_WITHDRAWN, scope=Scope.CAMPAIGN,
+            campaign_id=CONSENT_CAMPAIGN,
+        )  # fmt: skip
+        publisher = self._drill.publisher
+        for event in (grant, withdrawal):
+            if isinstance(publisher.publish_many([event])[0], PublishError):
+                return  # (not acknowledged: nothing is promised about it)
+        with self._lock:
+            self.withdrawn[number] = time.monotonic()
 
     def _check(self) -> None:
         checker = self._drill.checker
         while not self._stop_checking.is_set():
             with self._lock:
                 acked = list(self.acked.items()) + list(self.watched.items())
+                withdrawn = list(self.withdrawn.items())
             if not acked:
                 time.sleep(0.05)
                 continue
             available = True
             broken = self.result.callable_past_bound
-            for start in range(0, len(acked), self._chunk):
-                chunk = acked[start : start + self._chunk]
-                results = checker.check_many([n for n, _t in chunk], TENANT)
+            rounds: list[tuple[list[tuple[str, float]], str | None]] = [
+                (acked[i : i + self._chunk], None) for i in range(0, len(acked), self._chunk)
+            ]
+            rounds += [(withdrawn[i : i + self._chunk], CONSENT_CAMPAIGN)
+                       for i in range(0, len(withdrawn), self._chunk)]  # fmt: skip
+            for chunk, campaign in rounds:
+                results = checker.check_many([n for n, _t in chunk], TENANT, campaign)
                 answered_at = time.monotonic()  # after the call: the strictest reading
                 for (_number, acked_at), result in zip(chunk, results, strict=True):
                     self._count(result.answer, answered_at - acked_at)
@@ -487,12 +526,14 @@ def _terminate(proc: subprocess.Popen[bytes], timeout: float = 40.0) -> None:
 def wait_all_suppressed(checker: SuppressionChecker, traffic: Traffic, timeout: float) -> int:
     """Until every number ``traffic`` had acknowledged is answered suppressed; how many
     are not after ``timeout`` seconds (lost, unless the pipeline is still catching up)."""
-    numbers = list(traffic.acked)
+    asks = [(list(traffic.acked), None), (list(traffic.withdrawn), CONSENT_CAMPAIGN)]
     deadline = time.monotonic() + timeout
-    missing = len(numbers)
+    missing = sum(len(numbers) for numbers, _campaign in asks)
     while time.monotonic() < deadline:
-        results = checker.check_many(numbers, TENANT)
-        missing = sum(1 for r in results if r.answer is not Answer.SUPPRESSED)
+        missing = 0
+        for numbers, campaign in asks:
+            results = checker.check_many(numbers, TENANT, campaign)
+            missing += sum(1 for r in results if r.answer is not Answer.SUPPRESSED)
         if missing == 0:
             return 0
         time.sleep(0.5)

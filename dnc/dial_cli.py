@@ -95,7 +95,7 @@ def describe(result: CheckResult) -> str:
         if details:
             text += f" ({', '.join(details)})"
         parts.append(text)
-    line = "do not call: " + "; ".join(parts)
+    line = "suppressed: " + "; ".join(parts)  # (the answer first: exit 1, do not call)
     if result.next_allowed_at is not None:
         line += f"; next allowed at {result.next_allowed_at.isoformat()}"
     return line

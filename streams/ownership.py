@@ -11,9 +11,10 @@ Kafka Streams fenced zombies with one producer per task.
 "Last to initialise wins" is only safe if the last to initialise is the owner: a worker
 that initialises late, after losing the partition, would fence its new owner. So a producer
 is trusted only once the worker has *confirmed its membership after initialising* (an
-offset commit, which the group coordinator refuses from a member of an older generation):
-a late initialiser fails that check and exits without writing, and the owner it fenced
-exits at its next transaction; the group then rebalances.
+offset commit, which the group coordinator refuses from a member of an older generation,
+or during a rebalance): a late initialiser fails that check and drops the producer without
+writing anything, and the owner it fenced exits at its next transaction; the group then
+rebalances.
 
 The same fence orders the Redis view's owners: to claim a partition of the view (before a
 rebuild), the owner appends a fence record to the partition of ``<group>-fences`` through
@@ -143,10 +144,14 @@ class PartitionProducers:
             raise PublishError(f"cannot initialise the producer of partition {partition}: "
                                f"{exc.args[0]}") from exc  # fmt: skip
         if not await self._confirm(partition):
-            raise OwnershipLost(
-                f"initialised partition {partition}'s producer, but the group no longer counts "
-                "this worker as a member of its current generation (it lost the partition "
-                "meanwhile, and may have fenced the new owner's producer)"
+            # A rebalance in progress, or this worker lost the partition meanwhile (and may
+            # have fenced the new owner's producer, which then stops at its next transaction:
+            # safe). Either way this producer writes nothing; a later try makes a new one if
+            # the partition is still ours.
+            await loop.run_in_executor(None, _close, [producer], 0.0)
+            raise PublishError(
+                f"initialised partition {partition}'s producer, but the group coordinator did "
+                "not confirm this worker as a member of its current generation (a rebalance?)"
             )
         self._producers[partition] = producer
         log.info("partition %d: transactional producer %s ready (previous owner fenced)",

@@ -39,7 +39,7 @@ def test_cli_oppose_then_check_suppressed_unrelated_stays_callable(
     p.wait_answer("+33611223344", "acme", "suppressed")
     after = cli_check(p, "+33 6 11 22 33 44", "acme")
     assert after.returncode == 1
-    assert after.stdout.strip() == "suppressed (scope tenant)"
+    assert after.stdout.strip() == "suppressed: opposed (tenant, opposition)"
     unrelated = cli_check(p, "06 11 22 33 45", "acme")
     assert (unrelated.returncode, unrelated.stdout.strip()) == (0, "callable")
 

@@ -409,9 +409,9 @@ def status(
     How many dead letters, since when?
 
     Per partition: staleness against the bound, the worker vouching, its lag. Per tenant: safe
-    to dial, suppressed numbers, changes pending for the reference list and the age of the
-    oldest, the sync's lag. Per dead-letter topic: letters held, oldest and newest failure, the
-    newest's reason. Exit 0 healthy, 2 not.
+    to dial, suppressed numbers, consents valid now and those ending within 30 days, changes
+    pending for the reference list and the age of the oldest, the sync's lag. Per dead-letter
+    topic: letters held, oldest and newest failure, the newest's reason. Exit 0 healthy, 2 not.
     """
     from dnc.health import pipeline_status, render_status
 

@@ -89,6 +89,7 @@ def pipeline_env(stack: LocalStack, tenants_file: Path, prefix: str) -> dict[str
         "DNC_TENANTS_FILE": str(tenants_file),
         "DNC_OPPOSITIONS_TOPIC": f"{prefix}.oppositions",
         "DNC_ADMIN_TOPIC": f"{prefix}.admin",
+        "DNC_CONSENTS_TOPIC": f"{prefix}.consents",
         "DNC_SUPPRESSIONS_TOPIC": f"{prefix}.suppressions",
         "DNC_DEAD_LETTER_TOPIC": f"{prefix}.dead-letter",
         "DNC_AUDIT_TOPIC": f"{prefix}.audit",

@@ -6,31 +6,19 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from consumers.dial_rules import ReasonCode
 from dnc.health import tally_consents
-from infra.services import LocalStack
 from schemas.events import ConsentSource, Kind, Scope
 from schemas.view import consent_value
-from tests.harness import TENANTS_TOML, Pipeline, raw_event, wait_for
+from tests.harness import Pipeline, raw_event, wait_for
 from tests.test_reference_list import RefStack, event, ref  # noqa: F401 (the fixture)
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.postgres]
-
-# acme's campaign "optin" calls only numbers with a valid consent: its checks read them.
-CONSENT_TENANTS = (
-    TENANTS_TOML
-    + """
-[tenants.acme.campaigns.optin]
-legal_basis = "consent"
-"""
-)
 
 
 def status(pipeline: Pipeline, *args: str) -> tuple[int, dict[str, Any]]:
@@ -106,20 +94,6 @@ def test_status_says_whether_it_is_safe_to_dial_what_is_pending_and_the_dead_let
     assert report["safe_to_dial"] is False and report["safe_to_dial_why"] == why
 
 
-@pytest.fixture
-def consenting(local_stack: LocalStack, tmp_path: Path) -> Iterator[Pipeline]:
-    """A worker for tenants with a consent campaign, on a Redis flushed first (`dnc status`
-    counts every consents hash of a tenant, whichever test wrote it)."""
-    pipeline = Pipeline(local_stack, tmp_path, prefix=f"c{uuid.uuid4().hex[:10]}",
-                        tenants_toml=CONSENT_TENANTS)  # fmt: skip
-    try:
-        pipeline.redis.flushall()
-        pipeline.start_worker()
-        yield pipeline
-    finally:
-        pipeline.close()
-
-
 def consent(phone: str, n: int, **fields: Any) -> Any:
     """A consent to acme from its web form (the publisher puts it on the consents topic)."""
     return event(phone, Kind.CONSENT, consent_source=ConsentSource.WEB_FORM,
@@ -128,9 +102,9 @@ def consent(phone: str, n: int, **fields: Any) -> Any:
 
 @pytest.mark.timeout(180)
 def test_status_counts_each_tenants_valid_consents_and_those_ending_within_30_days(
-    consenting: Pipeline,
+    consent_pipeline: Pipeline,
 ) -> None:
-    p = consenting
+    p = consent_pipeline
     now = datetime.now(UTC)
     valid_for_a_year, ends_in_10_days, campaign_only = "0611000001", "0611000002", "0611000003"
     withdrawn, expired = "0611000004", "0611000005"

@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import Producer
 from prometheus_client import Counter, start_http_server
@@ -68,6 +68,10 @@ CAMPAIGN_CONSENT_SHARE = 0.7
 WITHDRAWAL_OF_CONSENTED_SHARE = 0.5
 ATTEMPT_ON_CONSENTED_SHARE = 0.8
 CONSENTED_KEPT = 500  # the numbers a web form recorded lately, per tenant
+# Web-form consents that end in 3 weeks (a seasonal offer's form): `dnc status` shows them
+# among those expiring within 30 days. The rest last the campaign's consent_validity.
+SHORT_CONSENT_SHARE = 0.1
+SHORT_CONSENT = timedelta(days=21)
 _CALL_OUTCOME = {Answer.CALLABLE: "placed", Answer.SUPPRESSED: "blocked",
                  Answer.UNAVAILABLE: "held"}  # fmt: skip
 
@@ -268,7 +272,8 @@ class Dialers:
 
 class WebForm:
     """The consent campaigns' web form: each submission is a consent recorded with its proof
-    reference (form version and submission number), to the tenant or to the campaign alone.
+    reference (form version and submission number), to the tenant or to the campaign alone,
+    for the campaign's consent validity (a few for 3 weeks).
 
     It publishes with the demo's principal, the gateway's (the form's consent platform posts
     through the gateway), which may write the consents topic; the desktops' principal may not.
@@ -296,14 +301,17 @@ class WebForm:
             return None
         tenant, campaign = self._rng.choice(self._campaigns)
         self._submissions += 1
-        scope: dict[str, object] = {"scope": Scope.TENANT}
+        now = datetime.now(UTC)
+        fields: dict[str, object] = {"scope": Scope.TENANT}
         if self._rng.random() < CAMPAIGN_CONSENT_SHARE:
-            scope = {"scope": Scope.CAMPAIGN, "campaign_id": campaign}
+            fields = {"scope": Scope.CAMPAIGN, "campaign_id": campaign}
+        if self._rng.random() < SHORT_CONSENT_SHARE:
+            fields["expires_at"] = now + SHORT_CONSENT
         return OppositionEvent(
             event_id=uuid.uuid4(), tenant=tenant, phone=self._rng.choice(self._pools[tenant]),
-            kind=Kind.CONSENT, occurred_at=datetime.now(UTC), source=Source.HTTP_GATEWAY,
+            kind=Kind.CONSENT, occurred_at=now, source=Source.HTTP_GATEWAY,
             consent_source=ConsentSource.WEB_FORM, proof_ref=f"webform-v3#{self._submissions}",
-            wording_version="v3", recorded_by="web-form", **scope,
+            wording_version="v3", recorded_by="web-form", **fields,
         )  # fmt: skip
 
     def submit_once(self) -> None:

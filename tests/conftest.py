@@ -129,8 +129,8 @@ def pipeline(
 def consent_pipeline(
     local_stack: LocalStack, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Pipeline]:
-    """A pipeline whose tenant acme has a consent campaign (``optin``: consent, 4 attempts in
-    30 days, no calling hours), its worker running."""
+    """A pipeline whose tenant acme has one consent campaign (``optin-2027``: consent, 4
+    attempts in 30 days, no calling hours), its worker running."""
     _require_marker(request, "pipeline")
     for p in _fresh_pipeline(local_stack, tmp_path, CONSENT_TENANTS_TOML):
         p.start_worker()

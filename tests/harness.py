@@ -35,16 +35,20 @@ default_region = "GB"
 default_region = "FR"
 refusal_cooldown = "P30D"
 """
-# acme's campaign ``optin`` calls only numbers with a valid consent, 4 times in 30 days; no
-# calling hours, so that what a test sees does not depend on the day and hour it runs.
-CONSENT_TENANTS_TOML = (
-    TENANTS_TOML
-    + """
-[tenants.acme.campaigns.optin]
+# acme's one consent campaign, ``optin-2027``, calls only numbers with a valid consent, 4
+# times in 30 days; no calling hours, so that what a test sees does not depend on the day
+# and hour it runs.
+CONSENT_TENANTS_TOML = """
+[tenants.acme]
+default_region = "FR"
+
+[tenants.acme.campaigns.optin-2027]
 legal_basis = "consent"
 max_attempts = 4
+
+[tenants.globex]
+default_region = "GB"
 """
-)
 
 
 def wait_for(

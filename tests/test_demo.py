@@ -32,7 +32,7 @@ def test_the_demo_web_form_dialers_and_agents_play_the_consent_campaign(
     consent_pipeline: Pipeline,
 ) -> None:
     p = consent_pipeline
-    assert consent_campaigns(p.tenants) == [("acme", "optin")]
+    assert consent_campaigns(p.tenants) == [("acme", "optin-2027")]
     consented = ConsentedNumbers()
     rates = DemoRates()
 
@@ -41,11 +41,11 @@ def test_the_demo_web_form_dialers_and_agents_play_the_consent_campaign(
     sent = form.next_consent()
     assert sent is not None and sent.kind is Kind.CONSENT and sent.tenant == "acme"
     assert sent.consent_source is ConsentSource.WEB_FORM and sent.proof_ref == "webform-v3#1"
-    assert sent.scope in (Scope.TENANT, Scope.CAMPAIGN) and sent.campaign_id in (None, "optin")
+    assert sent.scope in (Scope.TENANT, Scope.CAMPAIGN) and sent.campaign_id in (None, "optin-2027")
     form.submit_once()
     phone = consented.pick("acme", random.Random())
     assert phone is not None
-    relied_on = p.wait_answer(phone, "acme", "callable", campaign="optin").consent
+    relied_on = p.wait_answer(phone, "acme", "callable", campaign="optin-2027").consent
     assert relied_on is not None and relied_on.proof_ref == "webform-v3#2"
     # Not the tenant's other campaigns' business: they need no consent.
     assert p.check("0699000001", "acme", "spring-offer").may_call
@@ -57,7 +57,7 @@ def test_the_demo_web_form_dialers_and_agents_play_the_consent_campaign(
     answers = Counter(dialers.call_once() for _ in range(30))
     assert answers[Answer.CALLABLE] == 4, answers
     assert answers[Answer.SUPPRESSED] == 26, answers
-    capped = p.check(phone, "acme", "optin")
+    capped = p.check(phone, "acme", "optin-2027")
     assert [r.code for r in capped.reasons] == [ReasonCode.ATTEMPT_CAP], capped
     assert capped.next_allowed_at is not None
 
@@ -71,9 +71,9 @@ def test_the_demo_web_form_dialers_and_agents_play_the_consent_campaign(
     withdrawals = [e for e in events if e.kind is Kind.CONSENT_WITHDRAWN and e.tenant == "acme"]
     assert sum(e.phone == phone for e in withdrawals) > len(withdrawals) / 4
     scoped = {e.campaign_id for e in withdrawals if e.scope is Scope.CAMPAIGN}
-    assert scoped == {"optin"}
+    assert scoped == {"optin-2027"}
     others = {e.campaign_id for e in events if e.kind is not Kind.CONSENT_WITHDRAWN}
-    assert "optin" not in others and len(others - {None}) == 3
+    assert "optin-2027" not in others and len(others - {None}) == 3
 
 
 def test_the_live_summary_shows_the_answers_by_reason_most_frequent_first() -> None:

@@ -111,7 +111,7 @@ def test_status_counts_each_tenants_valid_consents_and_those_ending_within_30_da
     for n, sent in enumerate([
         consent(valid_for_a_year, 1),  # the campaign's validity: a year
         consent(ends_in_10_days, 2, expires_at=now + timedelta(days=10)),
-        consent(campaign_only, 3, scope=Scope.CAMPAIGN, campaign_id="optin"),
+        consent(campaign_only, 3, scope=Scope.CAMPAIGN, campaign_id="optin-2027"),
         consent(withdrawn, 4),
         consent(expired, 5, occurred_at=now - timedelta(days=2), expires_at=now - timedelta(1)),
     ]):  # fmt: skip
@@ -121,10 +121,10 @@ def test_status_counts_each_tenants_valid_consents_and_those_ending_within_30_da
 
     # The view has them all when a dialer's checks for the consent campaign say so.
     for phone in (valid_for_a_year, ends_in_10_days, campaign_only):
-        assert p.wait_answer(phone, "acme", "callable", campaign="optin").consent is not None
+        assert p.wait_answer(phone, "acme", "callable", campaign="optin-2027").consent is not None
 
     def refused_for(phone: str, code: ReasonCode) -> bool:
-        return code in {r.code for r in p.check(phone, "acme", "optin").reasons}
+        return code in {r.code for r in p.check(phone, "acme", "optin-2027").reasons}
 
     wait_for(lambda: refused_for(withdrawn, ReasonCode.CONSENT_WITHDRAWN), timeout=30,
              what="the withdrawal in the view")  # fmt: skip

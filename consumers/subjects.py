@@ -177,7 +177,12 @@ class SubjectLog:
         states: dict[str, SuppressionState] = {}
         events: list[LoggedEvent] = []
         unreadable: list[UnreadableMessage] = []
+        # Consents (the consents topic) interleaved by when they were recorded, so that a
+        # withdrawal recorded after one ends it by name (the worker's order, by cutoffs).
+        grants = self._consents(tenant, phone_e164)
         for item in found:
+            while grants and grants[0][0] <= (item.timestamp_ms or 0):
+                self._apply_consent(states, *grants.pop(0), now)
             event = self._decode(item, unreadable)
             if event is None:
                 continue
@@ -206,7 +211,8 @@ class SubjectLog:
             )
             states[event.target] = applied.state
             events.append(_logged(event, item, applied.outcome.value))
-        self._apply_consents(tenant, phone_e164, states, now)
+        for grant in grants:
+            self._apply_consent(states, *grant, now)
         scan.events_found = len(events)
         scan.skipped_invalid = len(unreadable)
         return SubjectReport(
@@ -247,30 +253,39 @@ class SubjectLog:
         )
         return None
 
-    def _apply_consents(
-        self, tenant: str, phone_e164: str, states: dict[str, SuppressionState], now: datetime
-    ) -> None:
-        """The consents recorded for the subject (the consents topic, its consent recorders'
-        alone), applied to ``states`` as the worker applies their forwarded copies: their
-        place in log order is when the consents topic appended them."""
+    def _consents(self, tenant: str, phone_e164: str) -> list[tuple[int, OppositionEvent, Found]]:
+        """The consents recorded for the subject, (when recorded, event, message), in order:
+        read from the consents topic, which its consent recorders alone write."""
         found, _info = self._scan(
             {f"{tenant}:{phone_e164}".encode()}, self._settings.consents_topic
         )
-        cooldown = self._tenants.get(tenant).refusal_cooldown
+        grants = []
         for item in found:
             event = self._decode(item, [])
-            if event is None or event.kind is not Kind.CONSENT or event.tenant != tenant:
+            if event is None or event.kind is not Kind.CONSENT or item.timestamp_ms is None:
                 continue
-            if event.phone_e164 != phone_e164 or item.timestamp_ms is None:
-                continue
-            policy = self._tenants.policy(tenant, event.campaign_id)
-            applied = apply_event(
-                states.get(event.target), event, now=now, refusal_cooldown=cooldown,
-                partition=item.partition, appended_ms=item.timestamp_ms,
-                lift_cutoff_ms=item.timestamp_ms,
-                consent_until=policy.consent_expires_at(event.occurred_at, event.expires_at),
-            )  # fmt: skip
-            states[event.target] = applied.state
+            if event.tenant == tenant and event.phone_e164 == phone_e164:
+                grants.append((item.timestamp_ms, event, item))
+        return sorted(grants, key=lambda g: g[0])
+
+    def _apply_consent(
+        self,
+        states: dict[str, SuppressionState],
+        recorded_ms: int,
+        event: OppositionEvent,
+        item: Found,
+        now: datetime,
+    ) -> None:
+        """A consent applied as the worker applies its forwarded copy: its place in log
+        order is when the consents topic recorded it."""
+        policy = self._tenants.policy(event.tenant, event.campaign_id)
+        applied = apply_event(
+            states.get(event.target), event, now=now,
+            refusal_cooldown=self._tenants.get(event.tenant).refusal_cooldown,
+            partition=item.partition, appended_ms=recorded_ms, lift_cutoff_ms=recorded_ms,
+            consent_until=policy.consent_expires_at(event.occurred_at, event.expires_at),
+        )  # fmt: skip
+        states[event.target] = applied.state
 
     def _scan(self, keys: set[bytes], topic: str | None = None) -> tuple[list[Found], ScanInfo]:
         s = self._settings

@@ -21,6 +21,7 @@ from schemas.errors import DncError, InvalidEventError
 from schemas.events import Kind, OppositionEvent, Scope, Source, event_json_schema
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
+from schemas.tokens import Role
 
 app = typer.Typer(
     help="Do-not-call opposition propagation: agent desktop -> Kafka -> Faust -> Redis -> dialers.",
@@ -658,9 +659,11 @@ def bench_faults(
     """Inject real faults into a private stack and print what dialers were answered.
 
     Per fault (worker SIGKILL/SIGSTOP, Redis flush/restart/old snapshot, broker kill, worker
-    cut from Kafka or Redis by Toxiproxy, Redis latency, PostgreSQL down): answers, share
-    unavailable, callable answers past the staleness bound (must be 0), the oldest
-    acknowledgement answered callable, outage and recovery times, events lost, verify.
+    cut from Kafka or Redis by Toxiproxy, Redis latency, PostgreSQL down, one of two workers
+    frozen past the session timeout, Redis flushed, restarted or restored during a rebuild of
+    200,000 states): answers, share unavailable, callable answers past the staleness bound
+    (must be 0), the oldest acknowledgement answered callable, outage and recovery times,
+    events lost, verify.
     """
     from dnc.fault_drill import FAULTS, run_drills
 
@@ -781,25 +784,28 @@ def acl_apply(
 
 
 token_app = typer.Typer(help="Gateway access tokens (stored hashed in the tenants file).")
+ROLE_NAMES = ", ".join(role.value for role in Role)
 app.add_typer(token_app, name="token")
 
 
 @token_app.command("create")
 def token_create(
     tenant: TenantOpt,
-    role: Annotated[str, typer.Option("--role", "-r", help="agent, dialer or admin")],
+    role: Annotated[str, typer.Option("--role", "-r", help=f"one of: {ROLE_NAMES}")],
     token_id: Annotated[
         str | None, typer.Option("--id", help="name of the token in audit records")
     ] = None,
 ) -> None:
-    """Create a token: prints it once, appends its SHA-256 to the tenants file."""
+    """Create a token: prints it once, appends its SHA-256 to the tenants file. Roles: agent
+    records oppositions; dialer checks numbers and reserves attempts; admin lifts, reads
+    subject access and does what the others do, except granting consents; consent grants
+    consents (a consent platform or CRM), and no other role may."""
     from schemas.tenants import issue_token
-    from schemas.tokens import Role
 
     try:
         chosen_role = Role(role)
     except ValueError:
-        raise _fail(f"unknown role {role!r}: use agent, dialer or admin") from None
+        raise _fail(f"unknown role {role!r}: use one of {ROLE_NAMES}") from None
     settings = Settings()
     created_id, token = issue_token(settings.tenants_file, tenant, chosen_role, token_id)
     sys.stdout.write(token + "\n")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -29,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -44,9 +46,11 @@ from infra.topics import ensure_pipeline_topics
 from infra.toxiproxy import Proxy, Toxiproxy, start_toxiproxy
 from producers.publisher import OppositionPublisher
 from schemas.errors import PublishError
-from schemas.events import Kind, OppositionEvent
+from schemas.events import Kind, OppositionEvent, Source
+from schemas.partitioning import key_partition
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
+from schemas.view import owner_field, view_layout
 
 log = logging.getLogger("dnc.drill")
 
@@ -107,12 +111,23 @@ class TrafficTarget(Protocol):
 
 class Traffic:
     """Agents publishing at a steady rate and a dialer checking every acknowledged number
-    (of tenant :data:`TENANT`, which ``drill``'s tenants must declare)."""
+    (of tenant :data:`TENANT`, which ``drill``'s tenants must declare).
+
+    ``watched``: numbers acknowledged earlier (number -> monotonic time of the ack) that
+    the dialer checks every round too, e.g. a sample of a preloaded set under a rebuild.
+    """
 
     def __init__(
-        self, drill: TrafficTarget, first_number: int, rate: float, bound: float, chunk: int = 200
+        self,
+        drill: TrafficTarget,
+        first_number: int,
+        rate: float,
+        bound: float,
+        chunk: int = 200,
+        watched: dict[str, float] | None = None,
     ) -> None:
         self._drill = drill
+        self.watched = dict(watched or {})
         self._next = first_number
         self._rate = rate
         self._bound = bound
@@ -145,36 +160,43 @@ class Traffic:
         self._next += 1
         return f"+336{self._next:08d}"
 
+    def publish(self, events: list[OppositionEvent]) -> None:
+        """Publish ``events`` (suppressions of :data:`TENANT`) now; every acknowledged one
+        is checked like the agents' own (it must be suppressed within the bound)."""
+        self._drill.publisher.publish_many(events, on_done=self._acknowledged)
+        with self._lock:
+            self.result.published = len(self.acked)
+
+    def _acknowledged(self, event: OppositionEvent, outcome: object) -> None:
+        if not isinstance(outcome, PublishError) and event.phone_e164:
+            with self._lock:
+                self.acked[event.phone_e164] = time.monotonic()
+
     def _publish(self) -> None:
-        publisher = self._drill.publisher
         tick = 0.05
         per_tick = max(1, round(self._rate * tick))
         while not self._stop_publishing.is_set():
             started = time.monotonic()
-            events = [
-                OppositionEvent.record(tenant=TENANT, phone=self._number(), kind=Kind.OPPOSITION)
-                for _ in range(per_tick)
-            ]
-
-            def done(event: OppositionEvent, outcome: object) -> None:
-                if not isinstance(outcome, PublishError) and event.phone_e164:
-                    with self._lock:
-                        self.acked[event.phone_e164] = time.monotonic()
-
-            publisher.publish_many(events, on_done=done)
-            with self._lock:
-                self.result.published = len(self.acked)
+            self.publish(
+                [
+                    OppositionEvent.record(
+                        tenant=TENANT, phone=self._number(), kind=Kind.OPPOSITION
+                    )
+                    for _ in range(per_tick)
+                ]
+            )
             time.sleep(max(0.0, tick - (time.monotonic() - started)))
 
     def _check(self) -> None:
         checker = self._drill.checker
         while not self._stop_checking.is_set():
             with self._lock:
-                acked = list(self.acked.items())
+                acked = list(self.acked.items()) + list(self.watched.items())
             if not acked:
                 time.sleep(0.05)
                 continue
             available = True
+            broken = self.result.callable_past_bound
             for start in range(0, len(acked), self._chunk):
                 chunk = acked[start : start + self._chunk]
                 results = checker.check_many([n for n, _t in chunk], TENANT)
@@ -184,6 +206,12 @@ class Traffic:
                     available = available and result.answer is not Answer.UNAVAILABLE
                 time.sleep(0.005)  # a dialer between calls; leaves the agents their share
             self.rounds.append((time.monotonic(), available))
+            if self.result.callable_past_bound > broken:
+                log.warning(
+                    "the dialer was answered callable %d times for numbers acknowledged "
+                    "longer ago than the bound",
+                    self.result.callable_past_bound - broken,
+                )
 
     def _count(self, answer: Answer, age: float) -> None:
         r = self.result
@@ -207,13 +235,18 @@ class Traffic:
 
 @dataclass
 class Fault:
-    """A named failure: ``inject`` it, keep it for ``hold`` seconds, then ``heal`` it."""
+    """A named failure: ``inject`` it, keep it for ``hold`` seconds, then ``heal`` it.
+
+    ``prepare`` runs before the traffic starts (state to build, a worker to add);
+    ``timeout`` is what the whole drill may take (the test's timeout)."""
 
     name: str
     inject: Callable[[FaultDrill], None]
     heal: Callable[[FaultDrill], None]
     hold: float
     description: str
+    prepare: Callable[[FaultDrill], None] | None = None
+    timeout: float = 240.0
 
 
 class FaultDrill:
@@ -255,7 +288,6 @@ class FaultDrill:
             **common,
             "DNC_KAFKA_BOOTSTRAP": self.kafka_proxy.listen,
             "DNC_REDIS_URL": f"redis://{self.redis_proxy.listen}/0",
-            "DNC_WORKER_INSTANCE_ID": "drill-worker-1",  # as `dnc up` and a StatefulSet do
             "PYTHONUNBUFFERED": "1",
         }
         self.sync_env = {**os.environ, **direct, "PYTHONUNBUFFERED": "1"}
@@ -269,8 +301,15 @@ class FaultDrill:
             self.tenants,
             redis.Redis.from_url(self.stack.redis_url, socket_timeout=2, socket_connect_timeout=2),
         )
-        self.worker: subprocess.Popen[bytes] | None = None
+        # Workers by instance (1: the drill's worker; 2: a second one in the group, for the
+        # faults that need two), and the id each vouches under (``owner:P``).
+        self.workers: dict[int, subprocess.Popen[bytes]] = {}
+        self.worker_ids: dict[int, str] = {}
         self.sync: subprocess.Popen[bytes] | None = None
+        # Numbers a fault preloaded (number -> monotonic time of the ack): every later
+        # drill checks that each is still suppressed at its end.
+        self.standing: dict[str, float] = {}
+        self.traffic: Traffic | None = None  # the drill running now (faults publish with it)
         self._runs = 0
         self._supervising = True
         self._stopped_by_drill = False
@@ -294,16 +333,49 @@ class FaultDrill:
         self._supervisor.start()
         self.wait_serving(timeout=120)
 
-    def start_worker(self) -> None:
-        """A new worker process (the previous one must be gone)."""
-        self.worker = self._spawn(["worker", "--id", f"drill-{self._runs + 1}"],
-                                  self.worker_env, "worker")  # fmt: skip
+    def start_worker(self, instance: int = 1) -> None:
+        """A new worker process for ``instance`` (its previous one must be gone), with the
+        instance's static group membership id, as `dnc up` and a StatefulSet give each."""
+        self.worker_ids[instance] = worker_id = f"drill-{self._runs + 1}"
+        env = {**self.worker_env, "DNC_WORKER_INSTANCE_ID": f"drill-worker-{instance}"}
+        self.workers[instance] = self._spawn(["worker", "--id", worker_id], env, "worker")
 
-    def kill_worker(self) -> None:
+    @property
+    def worker(self) -> subprocess.Popen[bytes] | None:
+        """The drill's worker (instance 1)."""
+        return self.workers.get(1)
+
+    def kill_worker(self, instance: int = 1) -> None:
         """SIGKILL: no chance to commit anything."""
-        if self.worker is not None and self.worker.poll() is None:
-            self.worker.kill()
-            self.worker.wait()
+        proc = self.workers.get(instance)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def retire_worker(self, instance: int) -> None:
+        """SIGKILL ``instance`` and leave it down (no longer supervised)."""
+        self.kill_worker(instance)
+        self.workers.pop(instance, None)
+        self.worker_ids.pop(instance, None)
+
+    def restart_worker(self, instance: int = 1) -> None:
+        """SIGTERM ``instance`` (as an orchestrator would) and start it again."""
+        self._stopped_by_drill = True
+        try:
+            _terminate(self.workers[instance])
+            self.start_worker(instance)
+        finally:
+            self._stopped_by_drill = False
+
+    def owners(self) -> dict[int, str]:
+        """Per partition: the worker id that last vouched for it (``owner:P``)."""
+        meta_key = view_layout(self.settings, self.tenants).meta_keys()[0]
+        found = {}
+        for partition in range(self.settings.partitions):
+            owner = self.redis.hget(meta_key, owner_field(partition))
+            if isinstance(owner, bytes):
+                found[partition] = owner.decode()
+        return found
 
     def _supervise(self) -> None:
         """Restart a worker or sync that exits on its own (as `dnc up` or Kubernetes would)."""
@@ -311,9 +383,10 @@ class FaultDrill:
             time.sleep(0.5)
             if self._stopped_by_drill:
                 continue
-            if self.worker is not None and self.worker.poll() is not None:
-                log.warning("the worker exited (%s): restarting it", self.worker.returncode)
-                self.start_worker()
+            for instance, proc in list(self.workers.items()):
+                if proc.poll() is not None and self.workers.get(instance) is proc:
+                    log.warning("worker %d exited (%s): restarting it", instance, proc.returncode)
+                    self.start_worker(instance)
             if self.sync is not None and self.sync.poll() is not None:
                 self.sync = self._spawn(["sync"], self.sync_env, "sync")
 
@@ -333,14 +406,9 @@ class FaultDrill:
     def close(self) -> None:
         """Stop everything the drill started."""
         self._supervising = False
-        for proc in (self.worker, self.sync):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=40)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        for proc in (*self.workers.values(), self.sync):
+            if proc is not None:
+                _terminate(proc)
         self.publisher.close()
         self.postgres.stop()
         self.stack.stop()
@@ -351,8 +419,13 @@ class FaultDrill:
     # -- one drill ------------------------------------------------------------------------
     def run(self, fault: Fault, first_number: int, rate: float = 100.0) -> FaultResult:
         """Traffic, the fault, recovery, and the end-to-end checks; the figures."""
-        traffic = Traffic(self, first_number, rate, self.max_staleness)
+        if fault.prepare is not None:
+            fault.prepare(self)
+        watched = random.sample(sorted(self.standing), min(WATCHED, len(self.standing)))
+        traffic = Traffic(self, first_number, rate, self.max_staleness,
+                          watched={n: self.standing[n] for n in watched})  # fmt: skip
         traffic.result.fault = fault.name
+        self.traffic = traffic
         traffic.start()
         time.sleep(3.0)  # steady state first
         injected_at = time.monotonic()
@@ -369,6 +442,7 @@ class FaultDrill:
         traffic.result.lost = self._wait_all_suppressed(traffic)
         traffic.stop()
         result = traffic.result
+        self._sweep_standing(result)
         serving_at = traffic.serving_again_at()
         if serving_at is not None:
             result.recovery_seconds = max(0.0, serving_at - healed_at)
@@ -379,6 +453,16 @@ class FaultDrill:
     def _wait_all_suppressed(self, traffic: Traffic, timeout: float = 60.0) -> int:
         return wait_all_suppressed(self.checker, traffic, timeout)
 
+    def _sweep_standing(self, result: FaultResult, timeout: float = 60.0) -> None:
+        """Every preloaded number, until each is answered suppressed: a "callable" answer
+        breaks the promise (they were acknowledged long ago), one never suppressed is lost."""
+        pending, called = settle(self.checker, list(self.standing), timeout)
+        result.lost += len(pending)
+        for number, answered_at in called.items():
+            age = answered_at - self.standing[number]
+            result.max_callable_age = max(result.max_callable_age, age)
+            result.callable_past_bound += 1 if age > self.max_staleness else 0
+
     def _verify_until_clean(self, timeout: float = 60.0) -> Reconciliation:
         """`dnc verify` until clean (the reference list may still be catching up)."""
         deadline = time.monotonic() + timeout
@@ -387,6 +471,17 @@ class FaultDrill:
             time.sleep(1.0)
             found = reconcile(self.settings, self.tenants)
         return found
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout: float = 40.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def wait_all_suppressed(checker: SuppressionChecker, traffic: Traffic, timeout: float) -> int:
@@ -402,6 +497,33 @@ def wait_all_suppressed(checker: SuppressionChecker, traffic: Traffic, timeout: 
             return 0
         time.sleep(0.5)
     return missing
+
+
+def settle(
+    checker: SuppressionChecker, numbers: list[str], timeout: float, chunk: int = 20_000
+) -> tuple[list[str], dict[str, float]]:
+    """Check ``numbers`` in bulk until each is answered suppressed or ``timeout`` runs out.
+
+    Returns those still not suppressed, and the numbers answered "callable" meanwhile with
+    the (monotonic) time of their last such answer."""
+    pending = list(numbers)
+    called: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        unsuppressed = []
+        for start in range(0, len(pending), chunk):
+            part = pending[start : start + chunk]
+            results = checker.check_many(part, TENANT)
+            answered_at = time.monotonic()
+            for number, result in zip(part, results, strict=True):
+                if result.answer is Answer.CALLABLE:
+                    called[number] = answered_at
+                if result.answer is not Answer.SUPPRESSED:
+                    unsuppressed.append(number)
+        pending = unsuppressed
+        if not pending or time.monotonic() >= deadline:
+            return pending, called
+        time.sleep(0.5)
 
 
 # -- the faults ---------------------------------------------------------------------------
@@ -440,6 +562,179 @@ def _flushall(d: FaultDrill) -> None:
     d.redis.flushall()
 
 
+# Faults during a rebuild of many states: the worker re-materialises the view from its
+# table in chunks (streams/maintenance.py), and a rebuild's chunks written to a Redis that
+# lost the earlier ones must never be marked ready (issue #20, holes 1 and 6).
+PRELOAD = 200_000  # oppositions preloaded once per stack: a rebuild writes them in chunks
+PRELOAD_FIRST = 50_000_000  # their numbers: +33650000000 on (the traffic's stay below)
+WATCHED = 3_000  # of them, checked by the dialer every round while a fault runs
+
+
+def _preload(d: FaultDrill) -> None:
+    """Once per stack, :data:`PRELOAD` oppositions published and applied; before every
+    drill, each of them answered suppressed (a view left partial by an earlier drill is
+    rebuilt first, so that each drill is judged on what it did itself)."""
+    if not d.standing:
+        acked: dict[str, float] = {}
+
+        def done(event: OppositionEvent, outcome: object) -> None:
+            if not isinstance(outcome, PublishError) and event.phone_e164:
+                acked[event.phone_e164] = time.monotonic()
+
+        numbers = [f"+336{PRELOAD_FIRST + i:08d}" for i in range(PRELOAD)]
+        for start in range(0, PRELOAD, 20_000):
+            d.publisher.publish_many(
+                [OppositionEvent.record(tenant=TENANT, phone=n, kind=Kind.OPPOSITION)
+                 for n in numbers[start : start + 20_000]], on_done=done,
+            )  # fmt: skip
+        d.standing = acked
+    pending, called = settle(d.checker, list(d.standing), timeout=0)  # one pass
+    if any(at - d.standing[n] > d.max_staleness for n, at in called.items()):
+        log.warning("%d preloaded numbers answered callable before the drill: the view is "
+                    "flushed for a full rebuild first", len(called))  # fmt: skip
+        d.redis.flushall()
+    pending, _called = settle(d.checker, pending, timeout=PRELOAD / 1000)  # ~3,000/s applied
+    if pending:
+        raise RuntimeError(f"{len(pending)} preloaded numbers still not suppressed")
+
+
+def _await_rebuild(d: FaultDrill, share: float, timeout: float = 60.0) -> None:
+    """Until ``share`` of a sample of the preloaded numbers is back in the view's sets, i.e.
+    until the rebuild has written about that share of its chunks."""
+    layout = view_layout(d.settings, d.tenants)
+    sample = random.sample(sorted(d.standing), min(2_000, len(d.standing)))
+    slots = [layout.locate(TENANT, number) for number in sample]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pipe = d.redis.pipeline(transaction=False)
+        for key, member in slots:
+            pipe.sismember(key, str(member))
+        if sum(1 for present in pipe.execute() if present) >= share * len(slots):
+            log.info("the rebuild has written %.0f%% of the view", 100 * share)
+            return
+        time.sleep(0.005)
+    log.warning("the rebuild did not write %.0f%% of the view within %.0fs", 100 * share, timeout)
+
+
+def _flush_during_rebuild(d: FaultDrill) -> None:
+    d.redis.flushall()  # the view is lost: the worker rebuilds it from its table
+    _await_rebuild(d, 0.1)
+    d.redis.flushall()  # again, as the rebuild's first chunk reappears
+
+
+def _restart_during_rebuild(d: FaultDrill) -> None:
+    d.redis.flushall()  # the view is lost: the worker rebuilds it from its table
+    _await_rebuild(d, 0.1)
+    d.redis.save()  # a snapshot taken during the rebuild (its first chunk)...
+    _await_rebuild(d, 0.4)
+    _restart_redis(d, keep_snapshot=True)  # ...reloaded once the next chunk was written
+
+
+def _restore_during_rebuild(d: FaultDrill) -> None:
+    """As :func:`_restart_during_rebuild`, without the restart: the copy is swapped in
+    (SWAPDB), so the worker keeps its connections and Redis its run id."""
+    d.redis.flushall()  # the view is lost: the worker rebuilds it from its table
+    _await_rebuild(d, 0.1)
+    pipe = d.redis.pipeline(transaction=False)
+    for key in d.redis.scan_iter(match=view_layout(d.settings, d.tenants).pattern(), count=1000):
+        pipe.copy(key, key, destination_db="1", replace=True)  # a copy of its first chunk...
+    pipe.execute()
+    _await_rebuild(d, 0.4)
+    d.redis.swapdb(0, 1)  # ...restored once the next chunk was written
+    redis.Redis.from_url(d.stack.redis_url, db=1).flushdb()
+
+
+class StaleOwner:
+    """Two workers in the group; the drill's worker (1) SIGSTOPped past the session timeout
+    while it applies a burst of refusals and admin lifts of its partitions, so worker 2
+    takes its partitions; objections to those numbers, published meanwhile, are applied by
+    worker 2. Then worker 1 resumes (its batch in flight finishes late), worker 2 is
+    SIGKILLed (worker 1 takes everything back) and worker 1 is restarted (it recovers from
+    the changelog). Every objection must still be in force once the refusals have expired
+    (issue #20, hole 2: writes of a worker that lost its partition are not fenced)."""
+
+    LIFTED = 1_000  # numbers refused, then lifted in the burst
+    REFUSED = 3_000  # numbers refused in the burst
+    EXPIRY = 60.0  # seconds a refusal suppresses (its explicit expires_at)
+
+    def __init__(self, first_number: int) -> None:
+        self._next = first_number
+        self._expired_by = 0.0  # monotonic time every refusal has ended by
+
+    def prepare(self, d: FaultDrill) -> None:
+        d.start_worker(2)
+        _wait(lambda: set(d.owners().values()) == set(d.worker_ids.values()) and d.serving(),
+              120, "both workers vouching for partitions")  # fmt: skip
+
+    def inject(self, d: FaultDrill) -> None:
+        assert d.traffic is not None
+        frozen = {p for p, owner in d.owners().items() if owner == d.worker_ids[1]}
+        if not frozen:
+            raise RuntimeError(f"worker 1 vouches for no partition: {d.owners()}")
+        numbers = self._numbers_of(d, frozen, self.LIFTED + self.REFUSED)
+        lifted = numbers[: self.LIFTED]
+        until = datetime.now(UTC) + timedelta(seconds=self.EXPIRY)
+        self._expired_by = time.monotonic() + self.EXPIRY
+        d.publisher.publish_many([self._refusal(n, until) for n in lifted])
+        settle(d.checker, lifted, timeout=60)
+        burst = [self._refusal(n, until) for n in numbers[self.LIFTED :]]
+        for i, number in enumerate(lifted):  # lifts spread through the refusals
+            burst.insert(i * 4, OppositionEvent.record(
+                tenant=TENANT, phone=number, kind=Kind.LIFT, source=Source.ADMIN,
+                justification="drill: a lift in flight on a worker about to freeze",
+            ))  # fmt: skip
+        d.publisher.publish_many(burst)
+        time.sleep(0.5)  # worker 1 is fetching and applying the burst...
+        d.workers[1].send_signal(signal.SIGSTOP)  # ...and freezes past the session timeout
+        d.traffic.publish(
+            [OppositionEvent.record(tenant=TENANT, phone=n, kind=Kind.OPPOSITION) for n in numbers]
+        )
+        survivor = d.worker_ids[2]
+        _wait(lambda: set(d.owners().values()) == {survivor}, 120,
+              "worker 2 vouching for every partition")  # fmt: skip
+        pending, _called = settle(d.checker, numbers, timeout=60)
+        if pending:
+            d.traffic.result.notes.append(f"{len(pending)} objections not applied by worker 2")
+
+    def heal(self, d: FaultDrill) -> None:
+        d.workers[1].send_signal(signal.SIGCONT)  # its batch in flight lands now
+        try:  # (back in the group; the scenario goes on if it got no partition)
+            _wait(lambda: d.worker_ids[1] in d.owners().values(), 60,
+                  "worker 1 vouching again after it resumed")  # fmt: skip
+        except TimeoutError as exc:
+            log.warning("%s", exc)
+        d.retire_worker(2)  # the survivor SIGKILLed: worker 1 takes everything back
+        _wait(lambda: set(d.owners().values()) == {d.worker_ids[1]}, 120,
+              "worker 1 vouching for every partition")  # fmt: skip
+        d.restart_worker(1)  # the surviving worker restarted: its state from the changelog
+        d.wait_serving(timeout=120)
+        time.sleep(max(0.0, self._expired_by - time.monotonic()) + 3.0)  # refusals over
+
+    def _numbers_of(self, d: FaultDrill, partitions: set[int], count: int) -> list[str]:
+        """``count`` new numbers of :data:`TENANT` whose events land on ``partitions``."""
+        found: list[str] = []
+        while len(found) < count:
+            self._next += 1
+            number = f"+336{self._next:08d}"
+            if key_partition(f"{TENANT}:{number}".encode(), d.settings.partitions) in partitions:
+                found.append(number)
+        return found
+
+    @staticmethod
+    def _refusal(number: str, until: datetime) -> OppositionEvent:
+        return OppositionEvent.record(
+            tenant=TENANT, phone=number, kind=Kind.REFUSAL, expires_at=until
+        )
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
 def _kill_broker(d: FaultDrill) -> None:
     assert d.stack.kafka is not None
     d.stack.kafka.kill()
@@ -448,6 +743,8 @@ def _kill_broker(d: FaultDrill) -> None:
 def _nothing(_d: FaultDrill) -> None:
     return None
 
+
+_STALE_OWNER = StaleOwner(first_number=60_000_000)
 
 FAULTS: dict[str, Fault] = {
     f.name: f
@@ -476,6 +773,22 @@ FAULTS: dict[str, Fault] = {
         Fault("PostgreSQL down 8 s", lambda d: d.postgres.stop(),
               lambda d: d.postgres.restart(), 8.0,
               "the reference list's database stopped, then started"),
+        # (issue #20)
+        Fault("2 workers, one SIGSTOPped past the session timeout",
+              _STALE_OWNER.inject, _STALE_OWNER.heal, 0.0,
+              "refusals and lifts in flight on a frozen worker; objections applied by the "
+              "other; it resumes; the other SIGKILLed; it restarts",
+              prepare=_STALE_OWNER.prepare, timeout=600),
+        Fault("Redis FLUSHALL during a rebuild", _flush_during_rebuild, _nothing, 0.0,
+              f"{PRELOAD:,} states: flushed, and flushed again as the rebuild's first chunk "
+              "reappears", prepare=_preload, timeout=900),
+        Fault("Redis restart during a rebuild", _restart_during_rebuild, _nothing, 0.0,
+              f"{PRELOAD:,} states: flushed; a snapshot after the rebuild's first chunk, "
+              "reloaded by a restart after its next", prepare=_preload, timeout=900),
+        Fault("Redis restored during a rebuild", _restore_during_rebuild, _nothing, 0.0,
+              f"{PRELOAD:,} states: flushed; a copy after the rebuild's first chunk, swapped "
+              "in after its next (same server, connections and run id)", prepare=_preload,
+              timeout=900),
     ]
 }  # fmt: skip
 

@@ -24,18 +24,20 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 
+from consumers.attempts import AttemptDesk
 from consumers.checker import SuppressionChecker
-from consumers.http import checks_router, subjects_router
+from consumers.http import attempts_router, checks_router
 from consumers.subjects import SubjectLog, SubjectScanPool
+from consumers.subjects_http import subjects_router
 from dnc.gateway_access import Authenticator, RateLimiter
 from dnc.gateway_edge import AuditTrail, EdgeObservability, RequestLimits, error_response
 from infra.topics import ensure_topics
 from producers.audit import AuditLog
-from producers.http import oppositions_router
+from producers.http import consents_router, oppositions_router
 from producers.publisher import OppositionPublisher
 from schemas.api import ApiError, ErrorBody, ErrorDetail, error_responses
 from schemas.errors import ConfigError
-from schemas.events import event_json_schema
+from schemas.events import Source, event_json_schema
 from schemas.metrics import GATEWAY_DENIED
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
@@ -48,8 +50,9 @@ DESCRIPTION = """\
 Record oppositions ("do not call me") and check numbers before calling, over HTTP.
 
 Every `/v1` route needs `Authorization: Bearer <token>`; a token belongs to one tenant and
-one role (`agent`: record; `dialer`: check; `admin`: everything, including lifts and
-subject access requests). Errors are JSON: `{"error", "message", "details"}`.
+one role (`agent`: record; `dialer`: check and reserve attempts; `consent`: grant consents;
+`admin`: everything but granting consents, including lifts and subject access requests).
+Errors are JSON: `{"error", "message", "details"}`.
 Fail closed: only `"answer": "callable"` allows a call; `unavailable` is answered with 503.
 """
 
@@ -118,9 +121,12 @@ def create_app(
         RateLimiter(settings.gateway_rate_limit_per_second, settings.gateway_rate_limit_burst),
     )
     app.include_router(oppositions_router(svc.publisher, access.require))
+    app.include_router(consents_router(svc.publisher, access.require))
     app.include_router(
         checks_router(svc.checker, settings.gateway_bulk_check_limit, access.require)
     )
+    desk = AttemptDesk(svc.checker, svc.publisher, Source.HTTP_GATEWAY)
+    app.include_router(attempts_router(desk, access.require))
     app.include_router(
         subjects_router(
             svc.subjects,

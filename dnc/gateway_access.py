@@ -22,7 +22,7 @@ from schemas.tokens import Permission, Principal
 bearer = HTTPBearer(
     auto_error=False,
     scheme_name="token",
-    description="a token from `dnc token create --tenant T --role agent|dialer|admin`",
+    description="a token from `dnc token create --tenant T --role agent|dialer|admin|consent`",
 )
 
 

@@ -40,6 +40,7 @@ QUIET_ROUTES = frozenset(
     {
         ("GET", "/v1/suppressions/{phone}"),
         ("POST", "/v1/checks"),
+        ("POST", "/v1/attempts"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),
         ("GET", "/metrics"),

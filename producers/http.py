@@ -1,6 +1,7 @@
-"""The agent-facing HTTP endpoints: record an opposition, lift a suppression (admin).
+"""The HTTP endpoints that write events: record an opposition (agent), lift a suppression
+(admin), record a consent (consent recorder).
 
-Both answer 202 only once Kafka acknowledged the event (the publisher waits for acks=all),
+Each answers 202 only once Kafka acknowledged the event (the publisher waits for acks=all),
 422 with field-level details for invalid input, 503 when Kafka cannot take the event:
 never a silent loss. The tenant is the token's; the audit trail is written by the
 gateway around these endpoints.
@@ -12,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from producers.publisher import OppositionPublisher, Receipt
@@ -27,7 +28,7 @@ from schemas.api import (
 )
 from schemas.audit import AuditAction
 from schemas.errors import InvalidEventError, PublishError
-from schemas.events import CAMPAIGN_PATTERN, Kind, OppositionEvent, Scope, Source
+from schemas.events import CAMPAIGN_PATTERN, ConsentSource, Kind, OppositionEvent, Scope, Source
 from schemas.phone import MAX_PHONE_INPUT
 from schemas.text import SINGLE_LINE, SingleLine
 from schemas.tokens import Permission, Principal
@@ -99,6 +100,59 @@ class LiftRequest(BaseModel):
     tenant: TenantParam = None
 
 
+class ConsentRequest(BaseModel):
+    """What a consent recorder sends when a person agrees to be called, with its proof."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "phone": "06 12 34 56 78",
+                    "campaign_id": "optin-2027",
+                    "source": "web_form",
+                    "proof_ref": "form-v3/submission-81723",
+                    "wording_version": "v3",
+                }
+            ]
+        },
+    )
+
+    phone: Phone
+    campaign_id: str | None = Field(
+        None, pattern=CAMPAIGN_PATTERN, description="the campaign consented to; omit: the tenant's"
+    )
+    source: ConsentSource = Field(description="how the consent was captured")
+    proof_ref: SingleLine = Field(
+        min_length=1,
+        max_length=256,
+        description="where its proof is archived (form and submission id, call recording id...)",
+    )
+    captured_at: AwareDatetime | None = Field(
+        None, description="when the person consented (default: now); at most 5 min ahead"
+    )
+    expires_at: AwareDatetime | None = Field(
+        None, description="its end (default and longest: captured_at + the consent_validity)"
+    )
+    wording_version: SingleLine | None = Field(
+        None, max_length=64, description="the version of the wording the person agreed to"
+    )
+    recorded_by: SingleLine | None = Field(
+        None, max_length=128, description="who recorded it (default: token:<the token's id>)"
+    )
+    event_id: uuid.UUID | None = Field(
+        None, description="choose it to retry safely: the same event twice is a no-op"
+    )
+    tenant: TenantParam = None
+
+    @field_validator("proof_ref")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must say where the proof is archived (it is blank)")
+        return value
+
+
 class Recorded(BaseModel):
     """Kafka acknowledged the event (acks=all): it is in the log of record."""
 
@@ -128,16 +182,16 @@ def _invalid(exc: ValidationError | InvalidEventError) -> ApiError:
     )
 
 
-def _check_time(occurred_at: datetime | None) -> None:
+def _check_time(occurred_at: datetime | None, field: str = "occurred_at") -> None:
     # A far-future occurred_at would outrank every later lift (last writer wins): refuse it.
     if occurred_at is None:
         return
     now = datetime.now(UTC)
     if occurred_at > now + MAX_FUTURE_SKEW or occurred_at < now - MAX_BACKDATE:
         raise invalid_input(
-            "occurred_at",
+            field,
             "must be within the last 366 days and at most 5 minutes ahead of the gateway's "
-            "clock (omit it to use now)",
+            "clock (omit it to use now; older records are imported with the CLI)",
         )
 
 
@@ -182,6 +236,17 @@ def _recorded(event: OppositionEvent, receipt: Receipt) -> Recorded:
     )
 
 
+def _audited_write(action: AuditAction, summary: str) -> dict[str, Any]:
+    """A write route's options: 202 with the receipt, errors as ErrorBody, audited."""
+    return {
+        "status_code": 202,
+        "response_model": Recorded,
+        "responses": error_responses(*AUTHENTICATED_ERRORS),
+        "openapi_extra": {"x-dnc-audit": action.value},
+        "summary": summary,
+    }
+
+
 def oppositions_router(publisher: OppositionPublisher, require: Require) -> APIRouter:
     """POST /v1/oppositions (agent, admin) and DELETE /v1/suppressions/{phone} (admin)."""
     router = APIRouter(tags=["agent desktop"])
@@ -189,11 +254,7 @@ def oppositions_router(publisher: OppositionPublisher, require: Require) -> APIR
 
     @router.post(
         "/v1/oppositions",
-        status_code=202,
-        response_model=Recorded,
-        responses=error_responses(*AUTHENTICATED_ERRORS),
-        openapi_extra={"x-dnc-audit": AuditAction.RECORD_OPPOSITION.value},
-        summary="Record an opposition (agent)",
+        **_audited_write(AuditAction.RECORD_OPPOSITION, "Record an opposition (agent)"),
     )
     async def record_opposition(
         body: OppositionRequest,
@@ -211,11 +272,7 @@ def oppositions_router(publisher: OppositionPublisher, require: Require) -> APIR
 
     @router.delete(
         "/v1/suppressions/{phone}",
-        status_code=202,
-        response_model=Recorded,
-        responses=error_responses(*AUTHENTICATED_ERRORS),
-        openapi_extra={"x-dnc-audit": AuditAction.LIFT.value},
-        summary="Lift a suppression (admin, with a justification)",
+        **_audited_write(AuditAction.LIFT, "Lift a suppression (admin, with a justification)"),
     )
     async def lift_suppression(
         phone: PhonePath,
@@ -237,5 +294,46 @@ def oppositions_router(publisher: OppositionPublisher, require: Require) -> APIR
             source=Source.ADMIN,
             **({"event_id": body.event_id} if body.event_id else {}),
         )
+
+    return router
+
+
+def consents_router(publisher: OppositionPublisher, require: Require) -> APIRouter:
+    """POST /v1/consents (consent recorders only: a grant makes a number callable)."""
+    router = APIRouter(tags=["consent recorder"])
+    writes = OppositionWrites(publisher)
+
+    @router.post(
+        "/v1/consents",
+        **_audited_write(
+            AuditAction.RECORD_CONSENT,
+            "Record a consent to prospecting calls, with its proof (consent recorder)",
+        ),
+    )
+    async def record_consent(
+        body: ConsentRequest,
+        request: Request,
+        principal: Annotated[Principal, Depends(require(Permission.RECORD_CONSENTS))],
+    ) -> Recorded:
+        """Record a consent for the tenant or one campaign; 202 once Kafka acknowledged it.
+
+        It never ends an opposition; a withdrawal is `POST /v1/oppositions` with kind
+        `consent_withdrawn`.
+        """
+        tenant = resolve_tenant(principal, body.tenant, request.state)
+        _check_time(body.captured_at, "captured_at")
+        captured = body.captured_at or datetime.now(UTC)
+        if body.expires_at is not None and body.expires_at <= captured:
+            raise invalid_input("expires_at", "must be after captured_at (default: now)")
+        fields = {
+            "tenant": tenant, "phone": body.phone, "kind": Kind.CONSENT,
+            "scope": Scope.CAMPAIGN if body.campaign_id else Scope.TENANT,
+            "campaign_id": body.campaign_id, "consent_source": body.source,
+            "proof_ref": body.proof_ref, "occurred_at": captured, "expires_at": body.expires_at,
+            "wording_version": body.wording_version,
+            "recorded_by": body.recorded_by or f"token:{principal.token_id}",
+            "source": Source.HTTP_GATEWAY, "event_id": body.event_id,
+        }  # fmt: skip
+        return await writes.publish(request, **{k: v for k, v in fields.items() if v is not None})
 
     return router

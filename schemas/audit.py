@@ -1,8 +1,9 @@
 """The audit record: who did what, for which tenant, when, from where, and the outcome.
 
 Written by the HTTP gateway to the audit topic (``dnc.audit.v1``, key = the caller's
-tenant, JSON) for every write (record, lift) and every subject access request, whatever
-the outcome. Dialer checks are counted in metrics instead, not recorded one by one.
+tenant, JSON) for every write (record, consent grant, lift) and every subject access
+request, whatever the outcome. Dialer checks and attempts are counted in metrics instead,
+not recorded one by one (an attempt is itself an event in the log of record).
 
 A record never holds a token (only its id) nor a phone number in clear: the subject is a
 keyed hash of the E.164 number (:func:`subject_ref`), so an auditor who holds the key can
@@ -27,6 +28,7 @@ class AuditAction(StrEnum):
     """What the caller asked to do."""
 
     RECORD_OPPOSITION = "record_opposition"  # POST /v1/oppositions
+    RECORD_CONSENT = "record_consent"  # POST /v1/consents
     LIFT = "lift"  # DELETE /v1/suppressions/{phone}
     SUBJECT_ACCESS = "subject_access"  # GET /v1/subjects/{phone}
 

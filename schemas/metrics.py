@@ -123,6 +123,11 @@ GATEWAY_REQUEST_SECONDS = Histogram(
 GATEWAY_CHECKS = Counter(
     "dnc_gateway_checks_total", "Numbers checked through the gateway", ["tenant", "outcome"]
 )
+# Attempts asked through the gateway (POST /v1/attempts), by tenant and outcome: go (one
+# attempt reserved and recorded), not_callable (with reasons), unavailable.
+GATEWAY_ATTEMPTS = Counter(
+    "dnc_gateway_attempts_total", "Attempts asked through the gateway", ["tenant", "outcome"]
+)
 # Requests refused before reaching an endpoint: missing_token, unknown_token, forbidden_role,
 # forbidden_tenant, rate_limited.
 GATEWAY_DENIED = Counter("dnc_gateway_denied_total", "Gateway requests refused", ["reason"])

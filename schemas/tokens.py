@@ -25,8 +25,9 @@ class Role(StrEnum):
     """What a token is for; each token has exactly one role and one tenant."""
 
     AGENT = "agent"  # agent desktops: record oppositions
-    DIALER = "dialer"  # dialers: check numbers
-    ADMIN = "admin"  # the client's administrators: lift, subject access, import, and the rest
+    DIALER = "dialer"  # dialers: check numbers, reserve attempts
+    ADMIN = "admin"  # the client's administrators: lift, subject access, and the rest
+    CONSENT = "consent"  # consent recorders (a consent platform, a CRM): grant consents
 
 
 class Permission(StrEnum):
@@ -34,15 +35,20 @@ class Permission(StrEnum):
 
     RECORD = "record"  # POST /v1/oppositions
     CHECK = "check"  # GET /v1/suppressions/{phone}, POST /v1/checks
+    ATTEMPT = "attempt"  # POST /v1/attempts: check, and if callable reserve one attempt
+    RECORD_CONSENTS = "record_consents"  # POST /v1/consents
     LIFT = "lift"  # DELETE /v1/suppressions/{phone}
     SUBJECT_ACCESS = "subject_access"  # GET /v1/subjects/{phone}
     READ_SCHEMA = "read_schema"  # GET /v1/schema/opposition
 
 
+# A grant makes numbers callable: nobody but a consent recorder grants a consent, not even
+# an administrator (as on Kafka, where only the consent principal writes the consents topic).
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.AGENT: frozenset({Permission.RECORD, Permission.READ_SCHEMA}),
-    Role.DIALER: frozenset({Permission.CHECK, Permission.READ_SCHEMA}),
-    Role.ADMIN: frozenset(Permission),
+    Role.DIALER: frozenset({Permission.CHECK, Permission.ATTEMPT, Permission.READ_SCHEMA}),
+    Role.ADMIN: frozenset(Permission) - {Permission.RECORD_CONSENTS},
+    Role.CONSENT: frozenset({Permission.RECORD_CONSENTS, Permission.READ_SCHEMA}),
 }
 
 

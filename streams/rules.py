@@ -263,7 +263,7 @@ def _withdraw(state: SuppressionState, event_id: UUID, at_ms: int) -> Suppressio
     """``state`` with every consent granted before ``at_ms`` ended by ``event_id``."""
     consents = tuple(
         c.model_copy(update={"ended_by": event_id, "ended_ms": at_ms})
-        if c.granted_ms < at_ms and c.ended_by is None
+        if c.granted_ms <= at_ms and c.ended_by is None  # (the same ms: the withdrawal wins)
         else c
         for c in state.consents
     )

@@ -16,7 +16,7 @@ from schemas.tokens import Role
 from tests.harness import REPO, Pipeline, stop_process, wait_for
 
 TENANTS = ("acme", "globex")
-ROLES = (Role.AGENT, Role.DIALER, Role.ADMIN)
+ROLES = (Role.AGENT, Role.DIALER, Role.ADMIN, Role.CONSENT)
 _LISTENING = re.compile(r"gateway listening on (http://\S+)")
 
 
@@ -93,7 +93,7 @@ def wait_answer(
     client: httpx.Client, phone: str, answer: str, campaign: str | None = None, timeout: float = 30
 ) -> dict[str, Any]:
     """Poll GET /v1/suppressions/{phone} until it answers ``answer``."""
-    params = {"campaign": campaign} if campaign else {}
+    params = {"campaign_id": campaign} if campaign else {}
     last: dict[str, Any] = {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -28,6 +28,20 @@ TENANTS_TOML = """
 [tenants.acme]
 default_region = "FR"
 
+# Campaigns with dial rules (acme's other campaigns keep the tenant's defaults).
+[tenants.acme.campaigns.optin]
+legal_basis = "consent"
+
+[tenants.acme.campaigns.capped]
+max_attempts = 2
+
+[tenants.acme.campaigns.capped4]
+max_attempts = 4
+attempt_period = "P30D"
+
+[tenants.acme.campaigns.weekdays]
+calling_hours = "FR"
+
 [tenants.globex]
 default_region = "GB"
 

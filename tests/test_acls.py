@@ -25,7 +25,7 @@ from infra.acls import apply_acls, client_env, load_or_create_credentials, princ
 from infra.services import KafkaSecurity, LocalStack
 from producers.publisher import OppositionPublisher
 from schemas.authority import APPENDED_AT_HEADER, AUTHORITY_HEADER
-from schemas.events import Kind, OppositionEvent, Source
+from schemas.events import ConsentSource, Kind, OppositionEvent, Scope, Source
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
 from tests.harness import REPO, TENANTS_TOML, Pipeline, pipeline_env, wait_for
@@ -209,6 +209,47 @@ def test_a_signed_lift_copied_back_to_the_oppositions_topic_changes_nothing(
             assert answer == "suppressed", f"copy {n} of the first lift ended the third opposition"
         assert "lift_not_authorised" in dead_letter_reasons(superuser, security)
         assert 'dnc_events_total{kind="lift",outcome="duplicate"} 1.0' in pipeline.metrics()
+    finally:
+        pipeline.close()
+
+
+@pytest.mark.timeout(240)
+def test_only_the_consent_principal_grants(
+    secured: tuple[LocalStack, KafkaSecurity], tmp_path: Path
+) -> None:
+    """A grant makes a number callable under a consent campaign: the desktop's and the
+    admin's principals cannot write the consents topic, a grant forged on the oppositions
+    topic is dead-lettered, the consent recorder's grant is applied (issue #19)."""
+    _stack, security = secured
+    setup = secured_pipeline(secured, tmp_path, f"a{uuid.uuid4().hex[:10]}")
+    pipeline, superuser, tenants = setup.pipeline, setup.superuser, setup.tenants
+    try:
+        pipeline.start_worker()
+        phone = "+33614000003"
+
+        def grant(proof: str) -> OppositionEvent:
+            return OppositionEvent.record(
+                tenant="acme", phone=phone, kind=Kind.CONSENT, scope=Scope.CAMPAIGN,
+                campaign_id="optin", consent_source=ConsentSource.WEB_FORM, proof_ref=proof,
+            )  # fmt: skip
+
+        def codes() -> set[str]:
+            return {r.code.value for r in pipeline.check(phone, "acme", "optin").reasons}
+
+        wait_for(lambda: codes() == {"no_consent"}, timeout=30, what="the view answering")
+        for role in ("desktop", "admin"):
+            refused = setup.publisher(role).publish_many([grant(f"by-{role}")])[0]
+            assert isinstance(refused, Exception) and "authoriz" in str(refused).lower(), role
+        raw = setup.raw_producer("desktop")
+        forged = grant("forged").normalised(tenants)
+        raw.produce(superuser.oppositions_topic, value=forged.model_dump_json().encode(),
+                    key=forged.kafka_key)  # fmt: skip
+        assert raw.flush(15) == 0
+        wait_for(lambda: "consent_not_authorised" in dead_letter_reasons(superuser, security),
+                 timeout=30, what="the forged grant dead-lettered")  # fmt: skip
+        assert codes() == {"no_consent"}
+        setup.publisher("consent").publish(grant("webform-v3#1"))
+        wait_for(lambda: codes() == set(), timeout=30, what="the consent recorder's grant")
     finally:
         pipeline.close()
 

@@ -278,16 +278,267 @@ def test_tenants_are_isolated_in_the_view(clients: dict[str, httpx.Client]) -> N
     )
 
 
+# -- may I call now: consents, attempts, hours -----------------------------------------------
+def test_a_consent_recorded_by_a_consent_token_makes_a_consent_campaign_callable(
+    clients: dict[str, httpx.Client],
+) -> None:
+    consent, agent, dialer = (clients[f"acme/{r}"] for r in ("consent", "agent", "dialer"))
+    phone, other = "0641414141", "0641414142"
+    before = dialer.get(f"/v1/suppressions/{phone}", params={"campaign_id": "optin"})
+    assert before.status_code == 200, before.text
+    body = before.json()
+    assert (body["answer"], body["may_call"], body["scope"]) == ("suppressed", False, None)
+    assert [r["code"] for r in body["reasons"]] == ["no_consent"]
+    assert body["next_allowed_at"] is None and body["consent"] is None  # no time helps
+    assert dialer.get(f"/v1/suppressions/{phone}").json()["answer"] == "callable"  # no campaign
+
+    granted = consent.post(
+        "/v1/consents",
+        json={
+            "phone": "06 41 41 41 41",
+            "campaign_id": "optin",
+            "source": "web_form",
+            "proof_ref": "form-v3/submission-81723",
+            "wording_version": "v3",
+        },
+    )
+    assert granted.status_code == 202, granted.text
+    receipt = granted.json()
+    assert (receipt["kind"], receipt["scope"], receipt["campaign_id"]) == (
+        "consent",
+        "campaign",
+        "optin",
+    )
+    assert receipt["phone_e164"] == "+33641414141"
+
+    callable_now = wait_answer(dialer, phone, "callable", campaign="optin")
+    assert callable_now["may_call"] is True and callable_now["reasons"] == []
+    assert callable_now["consent"]["proof_ref"] == "form-v3/submission-81723"
+    assert callable_now["consent"]["event_id"] == receipt["event_id"]
+    assert callable_now["consent"]["scope"] == "campaign"
+    # The consent lasts the campaign's validity (a year by default) from its capture.
+    expires = datetime.fromisoformat(callable_now["consent"]["expires_at"])
+    assert timedelta(days=364) < expires - datetime.now(UTC) <= timedelta(days=366)
+    datetime.fromisoformat(callable_now["at"])
+    bulk = dialer.post("/v1/checks", json={"phones": [phone, other], "campaign_id": "optin"})
+    assert bulk.status_code == 200, bulk.text
+    first, second = bulk.json()["results"]
+    assert first["answer"] == "callable" and first["consent"]["event_id"] == receipt["event_id"]
+    assert second["answer"] == "suppressed" and second["reasons"][0]["code"] == "no_consent"
+
+    # An agent records the withdrawal for the campaign: the consent ends, the number is
+    # suppressed on the campaign's list, and the tenant's other calls are untouched.
+    withdrawn = agent.post(
+        "/v1/oppositions",
+        json={"phone": phone, "kind": "consent_withdrawn", "campaign_id": "optin"},
+    )
+    assert withdrawn.status_code == 202, withdrawn.text
+    assert withdrawn.json()["scope"] == "campaign"
+    after = wait_answer(dialer, phone, "suppressed", campaign="optin")
+    reasons = {(r["code"], r["scope"], r["kind"]) for r in after["reasons"]}
+    assert reasons == {
+        ("opposed", "campaign", "consent_withdrawn"),
+        ("consent_withdrawn", "campaign", None),
+    }
+    assert after["scope"] == "campaign" and after["consent"] is None
+    assert dialer.get(f"/v1/suppressions/{phone}").json()["answer"] == "callable"
+
+
+@pytest.mark.parametrize("role", ["agent", "dialer", "admin"])
+def test_only_a_consent_token_grants_a_consent(clients: dict[str, httpx.Client], role: str) -> None:
+    grant = {"phone": "0641414143", "source": "paper", "proof_ref": "scan-1"}
+    refused = clients[f"acme/{role}"].post("/v1/consents", json=grant)
+    assert _error(refused)[:2] == (403, "forbidden_role")
+    assert "cannot record consents" in refused.json()["message"]
+    other_tenant = clients["acme/consent"].post("/v1/consents", json={**grant, "tenant": "globex"})
+    assert _error(other_tenant)[:2] == (403, "forbidden_tenant")
+
+
+def test_invalid_consents_are_422_naming_the_field(clients: dict[str, httpx.Client]) -> None:
+    consent = clients["acme/consent"]
+    grant = {"phone": "0641414144", "source": "web_form", "proof_ref": "form-1"}
+    past = (datetime.now(UTC) - timedelta(days=2)).isoformat()
+    cases: dict[str, dict[str, Any]] = {
+        "body.proof_ref": {"phone": grant["phone"], "source": "web_form"},
+        "body.source": {**grant, "source": "telepathy"},
+        "phone": {**grant, "phone": "+33 1"},
+        "body.captured_at": {**grant, "captured_at": "2026-12-01T10:00:00"},  # no zone
+        "captured_at": {
+            **grant,
+            "captured_at": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+        },
+        "expires_at": {**grant, "expires_at": past},
+        "body.campaign_id": {**grant, "campaign_id": "no spaces"},
+        "body.scope": {**grant, "scope": "global"},
+        "body.recorded_by": {**grant, "recorded_by": "a\nb"},
+    }
+    for field, body in cases.items():
+        response = consent.post("/v1/consents", json=body)
+        assert _error(response) == (422, "invalid_request", [field]), (field, response.text)
+    blank = consent.post("/v1/consents", json={**grant, "proof_ref": "   "})
+    assert _error(blank) == (422, "invalid_request", ["body.proof_ref"])
+    assert "proof" in blank.json()["details"][0]["message"]
+
+
+def test_attempts_go_until_the_campaigns_cap_then_say_why_not(
+    running_pipeline: Pipeline, clients: dict[str, httpx.Client]
+) -> None:
+    dialer, agent = clients["acme/dialer"], clients["acme/agent"]
+    answers = [
+        dialer.post("/v1/attempts", json={"phone": "06 42 42 42 42", "campaign_id": "capped"})
+        for _ in range(3)
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200], answers[-1].text
+    first, second, third = (a.json() for a in answers)
+    for went in (first, second):
+        assert (went["go"], went["may_call"], went["answer"]) == (True, True, "callable")
+        assert went["phone_e164"] == "+33642424242" and went["reasons"] == []
+    ids = [first["attempt_id"], second["attempt_id"]]
+    assert len({uuid.UUID(i) for i in ids}) == 2
+    assert (third["go"], third["may_call"], third["answer"]) == (False, False, "suppressed")
+    assert third["attempt_id"] is None
+    [capped] = third["reasons"]
+    assert capped["code"] == "attempt_cap"
+    # The window is 30 days: the first attempt leaves it then.
+    wait = datetime.fromisoformat(third["next_allowed_at"]) - datetime.fromisoformat(first["at"])
+    assert timedelta(days=30) - timedelta(seconds=5) < wait <= timedelta(days=30, seconds=1)
+    # The cap is the tenant's for the number: a check for the campaign says so too.
+    checked = dialer.get("/v1/suppressions/0642424242", params={"campaign_id": "capped"}).json()
+    assert [r["code"] for r in checked["reasons"]] == ["attempt_cap"]
+
+    # "go" only once the attempt is in the log of record (acknowledged by Kafka).
+    p = running_pipeline
+
+    def attempts(messages: list[Any]) -> dict[str, dict[str, Any]]:
+        events = [json.loads(m.value()) for m in messages]
+        return {e["event_id"]: e for e in events if e.get("kind") == "attempt"}
+
+    logged = attempts(
+        p.consume(
+            p.settings.oppositions_topic,
+            100_000,
+            timeout=30,
+            until=lambda ms: set(ids) <= set(attempts(ms)),
+        )
+    )
+    for attempt_id in ids:
+        event = logged[attempt_id]
+        assert (event["tenant"], event["phone_e164"], event["campaign_id"]) == (
+            "acme",
+            "+33642424242",
+            "capped",
+        )
+        assert event["source"] == "http_gateway"
+
+    # Not callable for another reason: no attempt reserved, the reasons say why.
+    assert (
+        agent.post(
+            "/v1/oppositions", json={"phone": "0642424243", "kind": "opposition"}
+        ).status_code
+        == 202
+    )
+    wait_answer(dialer, "0642424243", "suppressed")
+    opposed = dialer.post("/v1/attempts", json={"phone": "0642424243", "campaign_id": "capped"})
+    assert opposed.status_code == 200 and opposed.json()["go"] is False
+    assert [(r["code"], r["scope"]) for r in opposed.json()["reasons"]] == [("opposed", "tenant")]
+    everything = p.consume(p.settings.oppositions_topic, 100_000, timeout=20, idle=2)
+    assert "+33642424243" not in {e["phone_e164"] for e in attempts(everything).values()}
+
+    missing = dialer.post("/v1/attempts", json={"phone": "0642424242"})
+    assert _error(missing) == (422, "invalid_request", ["body.campaign_id"])
+    invalid = dialer.post("/v1/attempts", json={"phone": "+33 1", "campaign_id": "capped"})
+    assert _error(invalid) == (422, "invalid_request", ["phone"])
+
+
+def test_a_check_at_a_sunday_or_a_holiday_says_when_calls_may_resume(
+    clients: dict[str, httpx.Client],
+) -> None:
+    dialer = clients["acme/dialer"]
+    phone = "0643434343"
+    cases = {  # asked at -> (reason, next allowed: the next opening, Paris time)
+        "2027-03-14T11:00:00+01:00": ("outside_calling_hours", "2027-03-15T10:00:00+01:00"),
+        "2027-07-14T11:00:00+02:00": ("public_holiday", "2027-07-15T10:00:00+02:00"),
+    }
+    for at, (code, opening) in cases.items():
+        response = dialer.get(
+            f"/v1/suppressions/{phone}", params={"campaign_id": "weekdays", "at": at}
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["answer"], body["may_call"]) == ("suppressed", False)
+        [reason] = body["reasons"]
+        assert reason["code"] == code and reason["detail"]
+        assert datetime.fromisoformat(body["at"]) == datetime.fromisoformat(at)
+        assert datetime.fromisoformat(body["next_allowed_at"]) == datetime.fromisoformat(opening)
+        assert datetime.fromisoformat(reason["next_allowed_at"]) == datetime.fromisoformat(opening)
+        bulk = dialer.post(
+            "/v1/checks", json={"phones": [phone], "campaign_id": "weekdays", "at": at}
+        ).json()["results"][0]
+        assert {k: v for k, v in bulk.items() if k != "phone"} == {
+            k: v for k, v in body.items() if k != "phone"
+        }
+    monday = {"campaign_id": "weekdays", "at": "2027-03-15T10:30:00+01:00"}
+    opened = dialer.get(f"/v1/suppressions/{phone}", params=monday).json()
+    assert (opened["answer"], opened["reasons"], opened["next_allowed_at"]) == (
+        "callable",
+        [],
+        None,
+    )
+    # Without a campaign, the tenant's defaults: no hours rule.
+    sunday = {"at": "2027-03-14T11:00:00+01:00"}
+    assert dialer.get(f"/v1/suppressions/{phone}", params=sunday).json()["answer"] == "callable"
+
+    naive = dialer.get(f"/v1/suppressions/{phone}", params={"at": "2027-03-14T11:00:00"})
+    assert _error(naive) == (422, "invalid_request", ["query.at"])
+    far = dialer.get(f"/v1/suppressions/{phone}", params={"at": "2999-01-01T00:00:00Z"})
+    assert _error(far) == (422, "invalid_request", ["at"])
+    naive_bulk = dialer.post("/v1/checks", json={"phones": [phone], "at": "2027-03-14T11:00"})
+    assert _error(naive_bulk) == (422, "invalid_request", ["body.at"])
+
+
+def test_the_former_campaign_parameter_still_works(clients: dict[str, httpx.Client]) -> None:
+    dialer = clients["acme/dialer"]
+    former = dialer.get("/v1/suppressions/0641414145", params={"campaign": "optin"}).json()
+    current = dialer.get("/v1/suppressions/0641414145", params={"campaign_id": "optin"}).json()
+    assert (
+        former["reasons"]
+        == current["reasons"]
+        == [
+            {
+                "code": "no_consent",
+                "scope": None,
+                "kind": None,
+                "next_allowed_at": None,
+                "detail": None,
+            }
+        ]
+    )
+    both = dialer.get(
+        "/v1/suppressions/0641414145", params={"campaign": "optin", "campaign_id": "spring"}
+    )
+    assert _error(both) == (422, "invalid_request", ["campaign"])
+
+
 # -- the authorisation matrix ---------------------------------------------------------------
-ENDPOINTS = ("record", "check", "bulk_check", "lift", "subject")
+ENDPOINTS = ("record", "check", "bulk_check", "lift", "subject", "consent", "attempt")
 ALLOWED = {
     "record": {"agent", "admin"},
     "check": {"dialer", "admin"},
     "bulk_check": {"dialer", "admin"},
     "lift": {"admin"},
     "subject": {"admin"},
+    "consent": {"consent"},  # a grant makes numbers callable: not even an admin grants
+    "attempt": {"dialer", "admin"},
 }
-SUCCESS = {"record": 202, "check": 200, "bulk_check": 200, "lift": 202, "subject": 200}
+SUCCESS = {
+    "record": 202,
+    "check": 200,
+    "bulk_check": 200,
+    "lift": 202,
+    "subject": 200,
+    "consent": 202,
+    "attempt": 200,
+}
 MATRIX = [
     (tenant, role.value, endpoint, whose)
     for tenant in TENANTS
@@ -310,6 +561,11 @@ def _request(client: httpx.Client, endpoint: str, phone: str, tenant: str | None
         return client.request(
             "DELETE", f"/v1/suppressions/{phone}", json={"justification": "matrix", **body}
         )
+    if endpoint == "consent":
+        grant = {"phone": phone, "source": "other", "proof_ref": "matrix", **body}
+        return client.post("/v1/consents", json=grant)
+    if endpoint == "attempt":
+        return client.post("/v1/attempts", json={"phone": phone, "campaign_id": "matrix", **body})
     return client.get(f"/v1/subjects/{phone}", params=query)
 
 
@@ -361,11 +617,37 @@ def test_audit_topic_has_a_record_for_each_write_and_access_request(
     p = running_pipeline
     marker = f"audit-test-{uuid.uuid4().hex[:8]}"
     with ExitStack() as stack:
-        agent, dialer, admin = (
+        agent, dialer, admin, consent = (
             stack.enter_context(gateway.client(tokens[f"acme/{role}"], user_agent=marker))
-            for role in ("agent", "dialer", "admin")
+            for role in ("agent", "dialer", "admin", "consent")
         )
         _audited_requests(p, agent, dialer, admin, marker, tokens)
+        _audited_grants(p, consent, admin, marker)
+
+
+def _audited_grants(p: Pipeline, consent: httpx.Client, admin: httpx.Client, marker: str) -> None:
+    grant = {"phone": "0660606061", "source": "paper", "proof_ref": "scan-0042"}
+    granted = consent.post("/v1/consents", json=grant)
+    refused = admin.post("/v1/consents", json=grant)
+    assert (granted.status_code, refused.status_code) == (202, 403), granted.text
+
+    def grants(messages: list[Any]) -> list[dict[str, Any]]:
+        records = [json.loads(m.value()) for m in messages]
+        return [
+            r for r in records if r.get("user_agent") == marker and r["action"] == "record_consent"
+        ]
+
+    messages = p.consume(
+        p.settings.audit_topic, 10_000, timeout=30, until=lambda ms: len(grants(ms)) >= 2
+    )
+    summary = [
+        (r["status"], r["token_id"], r["role"], r.get("reason"), r.get("event_id"))
+        for r in grants(messages)
+    ]
+    assert summary == [
+        (202, "acme-consent", "consent", None, granted.json()["event_id"]),
+        (403, "acme-admin", "admin", "forbidden_role", None),
+    ]
 
 
 def _audited_requests(
@@ -440,9 +722,20 @@ def test_openapi_docs_health_and_metrics(
         "/v1/checks",
         "/v1/subjects/{phone}",
         "/v1/schema/opposition",
+        "/v1/consents",
+        "/v1/attempts",
         "/healthz",
         "/readyz",
     }
+    schemas = spec["components"]["schemas"]
+    assert "consents" in schemas["SubjectReport"]["properties"]
+    assert {"reasons", "next_allowed_at", "consent", "at", "answer", "scope", "why"} <= set(
+        schemas["CheckAnswer"]["properties"]
+    )
+    assert {"go", "attempt_id", "reasons"} <= set(schemas["AttemptAnswer"]["properties"])
+    check = spec["paths"]["/v1/suppressions/{phone}"]["get"]
+    assert {"campaign_id", "at", "campaign"} <= {p["name"] for p in check["parameters"]}
+    assert {"campaign_id", "at"} <= set(schemas["BulkCheckRequest"]["properties"])
     assert spec["components"]["securitySchemes"]["token"]["scheme"] == "bearer"
     assert "Scrub a list of numbers, up to 1000" in spec["paths"]["/v1/checks"]["post"]["summary"]
     assert anonymous.get("/docs").status_code == 200
@@ -468,9 +761,18 @@ def test_openapi_docs_health_and_metrics(
         assert fragment not in metrics
 
 
+# Admins reach every route but one: only a consent recorder's token may grant a consent.
+SCHEMATHESIS_RUNS = {
+    "admin": ("acme/admin", ("--exclude-path", "/v1/consents")),
+    "consent_recorder": ("acme/consent", ("--include-path", "/v1/consents")),
+}
+
+
+@pytest.mark.parametrize("run_as", sorted(SCHEMATHESIS_RUNS))
 def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
-    gateway: Gateway, tokens: dict[str, str], tmp_path: Any
+    gateway: Gateway, tokens: dict[str, str], tmp_path: Any, run_as: str
 ) -> None:
+    token, operations = SCHEMATHESIS_RUNS[run_as]
     run = subprocess.run(
         [
             sys.executable,
@@ -478,8 +780,9 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
             "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())",
             "run",
             f"{gateway.url}/openapi.json",
+            *operations,
             "--header",
-            f"Authorization: Bearer {tokens['acme/admin']}",
+            f"Authorization: Bearer {tokens[token]}",
             "--checks",
             "all",
             # A phone number's validity is not expressible in JSON Schema: a schema-valid

@@ -52,9 +52,58 @@ def test_fail_closed_when_kafka_and_redis_are_unreachable(pipeline: Pipeline) ->
             assert bulk.status_code == 503
             assert {r["answer"] for r in bulk.json()["results"]} == {"unavailable"}
             assert not any(r["may_call"] for r in bulk.json()["results"])
+            attempt = dialer.post("/v1/attempts", json={"phone": "0611223344", "campaign_id": "c"})
+            assert attempt.status_code == 503 and attempt.headers["retry-after"] == "1"
+            assert (attempt.json()["go"], attempt.json()["answer"]) == (False, "unavailable")
+            assert attempt.json()["attempt_id"] is None and "redis" in attempt.json()["why"]
+        with gateway.client(tokens["acme/consent"]) as recorder:
+            grant = {"phone": "0611223344", "source": "paper", "proof_ref": "scan-7"}
+            refused = recorder.post("/v1/consents", json=grant)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"] == "kafka_unavailable" and refused.json()["event_id"]
         with gateway.client(tokens["acme/admin"]) as admin:
             access = admin.get("/v1/subjects/0611223344")
             assert access.status_code == 503 and access.json()["error"] == "kafka_unavailable"
+    finally:
+        gateway.stop()
+
+
+def test_no_go_for_an_attempt_kafka_did_not_acknowledge(pipeline: Pipeline) -> None:
+    """The view answers (a worker keeps it current) but the log of record cannot be written:
+    the attempt is reserved (the safe side: it counts against the cap) and never a go."""
+    tokens = issue_tokens(pipeline.tmp / "tenants.toml")
+    pipeline.start_worker()
+    gateway = Gateway(
+        pipeline,
+        "no-kafka",
+        DNC_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",  # the gateway's Kafka: nothing there
+        DNC_PUBLISH_TIMEOUT_SECONDS="2",
+        DNC_AUDIT_TIMEOUT_SECONDS="1",
+    )
+    gateway.start(wait_ready=False)
+    try:
+        with gateway.client(tokens["acme/dialer"]) as dialer:
+            checked = dialer.get("/v1/suppressions/0633445566", params={"campaign_id": "capped"})
+            assert checked.json()["answer"] == "callable", checked.text  # the view is fine
+            started = time.monotonic()
+            attempt = dialer.post(
+                "/v1/attempts", json={"phone": "0633445566", "campaign_id": "capped"}
+            )
+            assert attempt.status_code == 503, attempt.text
+            body = attempt.json()
+            assert (body["go"], body["may_call"], body["answer"]) == (False, False, "unavailable")
+            assert body["attempt_id"] is None
+            assert "could not be recorded" in body["why"] and "do not call" in body["why"]
+            assert time.monotonic() - started < 15
+            # The reservation stays counted (the cap is reached sooner, never later).
+            again = dialer.post(
+                "/v1/attempts", json={"phone": "0633445566", "campaign_id": "capped"}
+            )
+            assert again.status_code == 503 and again.json()["go"] is False
+            capped = dialer.get("/v1/suppressions/0633445566", params={"campaign_id": "capped"})
+            assert [r["code"] for r in capped.json()["reasons"]] == ["attempt_cap"]
+            metrics = dialer.get("/metrics").text
+            assert 'dnc_gateway_attempts_total{outcome="unavailable",tenant="acme"} 2.0' in metrics
     finally:
         gateway.stop()
 

@@ -95,12 +95,38 @@ def test_token_create_command_prints_the_token_once(tenants_file: Path) -> None:
         cwd=REPO,
     )
     assert bad.returncode == 3 and "unknown role" in bad.stderr
+    assert "agent, dialer, admin, consent" in bad.stderr
+    recorder = subprocess.run(
+        [sys.executable, "-m", "dnc", "token", "create", "--tenant", "acme", "--role", "consent",
+         "--id", "consent-platform"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )  # fmt: skip
+    assert recorder.returncode == 0, recorder.stderr
+    principal = TenantDirectory.load(tenants_file).authenticate(recorder.stdout.strip())
+    assert principal is not None
+    assert (principal.role, principal.token_id) == (Role.CONSENT, "consent-platform")
+    assert principal.may(Permission.RECORD_CONSENTS) and not principal.may(Permission.CHECK)
 
 
 def test_role_permissions_are_the_documented_matrix() -> None:
     assert ROLE_PERMISSIONS[Role.AGENT] == {Permission.RECORD, Permission.READ_SCHEMA}
-    assert ROLE_PERMISSIONS[Role.DIALER] == {Permission.CHECK, Permission.READ_SCHEMA}
-    assert ROLE_PERMISSIONS[Role.ADMIN] == set(Permission)
+    assert ROLE_PERMISSIONS[Role.DIALER] == {
+        Permission.CHECK,
+        Permission.ATTEMPT,
+        Permission.READ_SCHEMA,
+    }
+    assert ROLE_PERMISSIONS[Role.CONSENT] == {Permission.RECORD_CONSENTS, Permission.READ_SCHEMA}
+    # A grant makes numbers callable: only a consent recorder grants, not even an admin.
+    assert ROLE_PERMISSIONS[Role.ADMIN] == set(Permission) - {Permission.RECORD_CONSENTS}
+    granting = {
+        role for role, allowed in ROLE_PERMISSIONS.items() if Permission.RECORD_CONSENTS in allowed
+    }
+    assert granting == {Role.CONSENT}
+    assert set(ROLE_PERMISSIONS) == set(Role)
 
 
 def test_rate_limiter_allows_a_burst_then_the_rate() -> None:

@@ -209,6 +209,54 @@ def test_a_webhook_reference_list_answers_with_the_changes_its_lane_acknowledged
     assert report["status"] == "nothing_delivered"
 
 
+def test_subject_access_lists_the_consents_with_their_proof_and_what_ended_them(
+    stack: Stack,
+) -> None:
+    phone = "06 31 31 31 40"
+    grants = {}
+    for campaign, proof in (("optin", "form-v3/submission-81723"), (None, "call-rec-5521")):
+        body = {"phone": phone, "source": "web_form", "proof_ref": proof, "wording_version": "v3"}
+        with stack.client("acme/consent") as recorder:
+            granted = recorder.post(
+                "/v1/consents", json={**body, **({"campaign_id": campaign} if campaign else {})}
+            )
+        assert granted.status_code == 202, granted.text
+        grants[campaign] = granted.json()["event_id"]
+    with stack.client("acme/agent") as agent:
+        withdrawn = agent.post(
+            "/v1/oppositions",
+            json={"phone": phone, "kind": "consent_withdrawn", "campaign_id": "optin"},
+        )
+    assert withdrawn.status_code == 202, withdrawn.text
+
+    data = _subject(stack, "acme/admin", phone)
+    assert data["phone_e164"] == "+33631313140"
+    entries = {c["campaign_id"]: c for c in data["consents"]}
+    assert set(entries) == {"optin", None}
+    ended, kept = entries["optin"], entries[None]
+    assert (ended["event_id"], ended["scope"], ended["source"], ended["proof_ref"]) == (
+        grants["optin"],
+        "campaign",
+        "web_form",
+        "form-v3/submission-81723",
+    )
+    assert ended["wording_version"] == "v3" and ended["recorded_by"] == "token:acme-consent"
+    assert ended["ended_at"] is not None and ended["valid"] is False
+    assert ended["ended_by"] == withdrawn.json()["event_id"]  # named: recorded after it
+    ended_at, recorded_at = (datetime.fromisoformat(ended[k]) for k in ("ended_at", "recorded_at"))
+    assert recorded_at <= ended_at
+    # The withdrawal was for the campaign: the tenant-wide consent stands.
+    assert (kept["event_id"], kept["scope"], kept["proof_ref"]) == (
+        grants[None],
+        "tenant",
+        "call-rec-5521",
+    )
+    assert kept["ended_at"] is None and kept["valid"] is True
+    # The grants are read from the consents topic; the log of record holds the withdrawal.
+    assert [e["kind"] for e in data["events"]] == ["consent_withdrawn"]
+    assert data["events"][0]["event_id"] == withdrawn.json()["event_id"]
+
+
 def test_a_tenant_without_a_reference_list_answers_not_configured(stack: Stack) -> None:
     report = _subject(stack, "umbrella-admin", "06 31 31 31 31")["reference_list"]
     assert (report["status"], report["sink"]) == ("not_configured", None)

@@ -142,14 +142,23 @@ def _take(seen: Found, op: str, scope: Scope, reply: Any, j: int) -> None:
         raw = reply[j]
         if raw is None:
             return
-        withdrawn, granted, expires, event_id, proof = parse_consent_value(raw)
+        withdrawn, consent = consent_facts(raw, scope)
         if withdrawn is not None:
             seen.withdrawn_ms[scope] = max(withdrawn, seen.withdrawn_ms.get(scope, withdrawn))
-        if granted is not None and expires is not None and scope is not Scope.GLOBAL:
-            ends = datetime.fromtimestamp(expires / 1000, UTC)
-            seen.consents.append(ConsentFact(scope, granted, ends, event_id, proof))
+        if consent is not None:
+            seen.consents.append(consent)
     else:  # attempts: member, score pairs
         seen.attempts = [datetime.fromtimestamp(float(s) / 1000, UTC) for s in reply[1::2]]
+
+
+def consent_facts(raw: str | bytes, scope: Scope) -> tuple[int | None, ConsentFact | None]:
+    """A consents hash's value for a list of ``scope``: the append time (ms) of the scope's
+    latest consent withdrawal, and its latest consent (None: none, or a global list's)."""
+    withdrawn, granted, expires, event_id, proof = parse_consent_value(raw)
+    if granted is None or expires is None or scope is Scope.GLOBAL:
+        return withdrawn, None
+    ends = datetime.fromtimestamp(expires / 1000, UTC)
+    return withdrawn, ConsentFact(scope, granted, ends, event_id, proof)
 
 
 def _clock(server_time: Any) -> datetime:

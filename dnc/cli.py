@@ -374,12 +374,24 @@ def demo_traffic(
         float, typer.Option("--checks-per-second", min=0.1, help="what the dialers check")
     ] = 50.0,
     agents: Annotated[int, typer.Option("--agents", min=1, help="simulated agents")] = 40,
+    consents_per_second: Annotated[
+        float,
+        typer.Option("--consents-per-second", min=0.1, help="what the consent web form records"),
+    ] = 2.0,
+    attempts_per_second: Annotated[
+        float,
+        typer.Option(
+            "--attempts-per-second", min=0.1, help="what the consent campaigns' dialers attempt"
+        ),
+    ] = 5.0,
 ) -> None:
     """Simulated agent desktops and dialers against the running pipeline (Ctrl-C stops).
 
     A realistic mix of refusals, objections, consent withdrawals, erasures and admin lifts
     (some campaign-scoped, a few mistyped numbers that end in the dead letters); dialers
-    check before each call. Counted on /metrics (DNC_DEMO_METRICS_PORT).
+    check before each call. For the tenants file's consent campaigns: a web form records
+    consents and their dialers ask for an attempt (checked, reserved under the cap and
+    recorded) before each call. Counted on /metrics (DNC_DEMO_METRICS_PORT).
     """
     import signal
     import threading
@@ -389,7 +401,9 @@ def demo_traffic(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    rates = DemoRates(events_per_second, checks_per_second, agents)
+    rates = DemoRates(
+        events_per_second, checks_per_second, agents, consents_per_second, attempts_per_second
+    )
     run_demo_traffic(Settings(), rates, stop)
 
 
@@ -410,9 +424,9 @@ def status(
     How many dead letters, since when?
 
     Per partition: staleness against the bound, the worker vouching, its lag. Per tenant: safe
-    to dial, suppressed numbers, changes pending for the reference list and the age of the
-    oldest, the sync's lag. Per dead-letter topic: letters held, oldest and newest failure, the
-    newest's reason. Exit 0 healthy, 2 not.
+    to dial, suppressed numbers, consents valid now and those ending within 30 days, changes
+    pending for the reference list and the age of the oldest, the sync's lag. Per dead-letter
+    topic: letters held, oldest and newest failure, the newest's reason. Exit 0 healthy, 2 not.
     """
     from dnc.health import pipeline_status, render_status
 

@@ -5,7 +5,8 @@ dead letters, since when?"""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -15,11 +16,19 @@ from rich.table import Table
 
 from consumers.checker import SuppressionChecker, checker_client
 from consumers.dead_letters import DeadLetterError, extent
+from consumers.dial_rules import ViewFacts, valid_consent
 from consumers.readiness import Readiness
 from consumers.reference_sync import lane_group, status_key
+from consumers.view_reads import consent_facts
+from schemas.events import Scope
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
-from schemas.view import target_pattern
+from schemas.view import consents_pattern, target_pattern
+
+# `dnc status` counts the consents that end within this (time to renew them).
+CONSENTS_EXPIRING_WITHIN = timedelta(days=30)
+# Consents hashes read per round trip (each holds one bucket's numbers).
+_HASHES_PER_READ = 200
 
 
 def view_readiness(settings: Settings, tenants: TenantDirectory) -> Readiness:
@@ -103,6 +112,64 @@ def suppressed_counts(settings: Settings, tenants: list[str]) -> dict[str, int |
     return counts
 
 
+def tally_consents(values: Iterable[str | bytes], now: datetime) -> tuple[int, int]:
+    """Of the values of consents hashes: how many hold a consent valid at ``now`` (the
+    dial decision's rule: granted after the scope's latest withdrawal, not expired), and how
+    many of those end within :data:`CONSENTS_EXPIRING_WITHIN`.
+
+    Each value is judged with its own list's withdrawals only: a campaign's consent that a
+    tenant-wide or global withdrawal ended still counts here (their members differ, the view
+    cannot match them without the number), while a dialer's check refuses it.
+    """
+    valid = expiring = 0
+    soon = now + CONSENTS_EXPIRING_WITHIN
+    for raw in values:
+        withdrawn, consent = consent_facts(raw, Scope.TENANT)
+        if consent is None:
+            continue  # a withdrawal alone
+        ended = {} if withdrawn is None else {Scope.TENANT: withdrawn}
+        if valid_consent(ViewFacts(consents=(consent,), withdrawn_ms=ended), now) is None:
+            continue
+        valid += 1
+        if consent.expires_at <= soon:
+            expiring += 1
+    return valid, expiring
+
+
+def consent_counts(
+    settings: Settings, tenants: list[str], now: datetime | None = None
+) -> dict[str, tuple[int, int] | None]:
+    """Per tenant, its consents (tenant-wide and its campaigns') in the view: valid now, and
+    of those ending within 30 days (:func:`tally_consents`); None if Redis is down.
+
+    ``now``: the local clock by default (a count, not a dial decision)."""
+    at = now or datetime.now(UTC)
+    client = checker_client(
+        settings.redis_url.get_secret_value(), 2, cluster=settings.redis_cluster
+    )
+    counts: dict[str, tuple[int, int] | None] = {}
+    try:
+        sharded = settings.shards > 0
+        for tenant in tenants:
+            keys = [
+                *client.scan_iter(match=consents_pattern(tenant, sharded), count=1000),
+                *client.scan_iter(match=consents_pattern(f"{tenant}/*", sharded), count=1000),
+            ]
+            valid = expiring = 0
+            for start in range(0, len(keys), _HASHES_PER_READ):
+                pipe = client.pipeline(transaction=False)
+                for key in keys[start : start + _HASHES_PER_READ]:
+                    pipe.hvals(key)
+                found = tally_consents((v for values in pipe.execute() for v in values), at)
+                valid, expiring = valid + found[0], expiring + found[1]
+            counts[tenant] = (valid, expiring)
+    except redis.RedisError:
+        counts = dict.fromkeys(tenants)
+    finally:
+        client.close()
+    return counts
+
+
 def sync_reports(settings: Settings, tenants: list[str]) -> dict[str, dict[str, Any] | None]:
     """What each tenant's sync lane last reported (None: no lane running for it)."""
     client = checker_client(
@@ -133,20 +200,25 @@ def dialing_verdict(verdict: Readiness, bound: float) -> tuple[bool, str]:
 def tenant_status(
     settings: Settings, tenants: TenantDirectory, verdict: Readiness, kafka_reachable: bool
 ) -> dict[str, dict[str, Any]]:
-    """Per tenant: safe to dial (and why), suppressed numbers, reference-list pending and age,
-    sync lag, readiness (safe to dial and the reference list kept up to date)."""
+    """Per tenant: safe to dial (and why), suppressed numbers, consents valid and ending
+    within 30 days, reference-list pending and age, sync lag, readiness (safe to dial and
+    the reference list kept up to date)."""
     view_ready = verdict.ready
     safe, why = dialing_verdict(verdict, settings.max_staleness_seconds)
     names = tenants.names
     suppressed = suppressed_counts(settings, names)
+    consents = consent_counts(settings, names)
     reports = sync_reports(settings, names)
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         sink = tenants.get(name).reference_list
+        valid, expiring = consents[name] or (None, None)
         row: dict[str, Any] = {
             "safe_to_dial": safe,
             "why": why,
             "suppressed_numbers": suppressed[name],
+            "consents_valid": valid,
+            "consents_expiring_30d": expiring,
             "reference_list_sink": sink.sink if sink else None,
         }
         report = reports[name]
@@ -316,6 +388,8 @@ def _tenant_table(tenants: dict[str, dict[str, Any]]) -> Table:
         "tenant",
         "safe to dial",
         "suppressed",
+        "consents",
+        "expiring within 30 d",
         "reference list",
         "pending",
         "oldest pending",
@@ -336,6 +410,8 @@ def _tenant_table(tenants: dict[str, dict[str, Any]]) -> Table:
             name,
             "[green]yes[/]" if row["safe_to_dial"] else "[red]no[/]",
             _cell(row["suppressed_numbers"]),
+            _cell(row["consents_valid"]),
+            _cell(row["consents_expiring_30d"]),
             where,
             _cell(row.get("pending")),
             _cell(row.get("oldest_pending_seconds"), " s"),

@@ -1,7 +1,8 @@
 """The live terminal summary of `dnc up --demo`, read from the local Prometheus.
 
 What ops see on the dashboard, in a terminal: events per second, propagation p50/p99 per
-stage, changes pending for each reference list, dead letters, calls placed/blocked/held.
+stage, changes pending for each reference list, dead letters, calls placed/blocked/held,
+and why calls were not allowed (checks' answers by reason code, every checker scraped).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ QUERIES = {
     "oldest": "max by (tenant) (dnc_reference_list_oldest_pending_seconds)",
     "dead_letters": "sum by (reason) (dnc_dead_letters_total)",
     "calls": "sum by (outcome) (dnc_demo_calls_total)",
+    "reasons": "sum by (reason) (dnc_check_reasons_total)",
     "suppressed": "sum by (tenant) (dnc_suppressed_numbers)",
 }
 
@@ -37,6 +39,7 @@ class Snapshot:
     oldest: dict[str, float] = field(default_factory=dict)
     dead_letters: dict[str, float] = field(default_factory=dict)
     calls: dict[str, float] = field(default_factory=dict)
+    reasons: dict[str, float] = field(default_factory=dict)
     suppressed: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
@@ -63,6 +66,7 @@ def read_snapshot(client: httpx.Client) -> Snapshot:
         snap.oldest = _vector(client, QUERIES["oldest"], "tenant")
         snap.dead_letters = _vector(client, QUERIES["dead_letters"], "reason")
         snap.calls = _vector(client, QUERIES["calls"], "outcome")
+        snap.reasons = _vector(client, QUERIES["reasons"], "reason")
         snap.suppressed = _vector(client, QUERIES["suppressed"], "tenant")
     except (httpx.HTTPError, KeyError, ValueError) as exc:
         snap.error = f"Prometheus not answering: {exc}"
@@ -102,6 +106,11 @@ def render(snap: Snapshot, prometheus_url: str) -> Table:
         "calls (dialers)",
         f"placed {calls.get('placed', 0):,.0f}   [red]blocked {calls.get('blocked', 0):,.0f}[/]"
         f"   held {calls.get('held', 0):,.0f}",
+    )
+    by_count = sorted(snap.reasons.items(), key=lambda item: (-item[1], item[0]))
+    table.add_row(
+        "answers by reason",
+        "   ".join(f"{reason} {count:,.0f}" for reason, count in by_count if count) or "-",
     )
     if snap.error:
         table.add_row("[yellow]note[/]", snap.error)

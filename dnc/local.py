@@ -361,7 +361,10 @@ class LocalPipeline:
 
     def start_demo(self) -> None:
         """Simulated agents and dialers, once the pipeline is ready to receive them."""
-        env = self._env_of("gateway")  # it records oppositions and, as an admin would, lifts
+        # The gateway's principal: it records oppositions, lifts (as an admin would) and the
+        # web form's consents (as a consent platform posting to the gateway would). The
+        # desktops' principal could not write the consents topic, nor the admin topic.
+        env = self._env_of("gateway")
         child = Child(
             "demo",
             ["demo-traffic"],

@@ -341,3 +341,10 @@ def target_pattern(target_glob: str, sharded: bool) -> str:
     their consents hashes nor attempts)."""
     sets = f"{target_glob}:*[{''.join(FAMILY_OF_KIND.values())}]"
     return f"{VIEW_PREFIX}:{{s*}}:{sets}" if sharded else f"{VIEW_PREFIX}:{sets}"
+
+
+def consents_pattern(target_glob: str, sharded: bool) -> str:
+    """SCAN pattern of the consents hashes (``...:{bucket}c``) of the targets matching
+    ``target_glob`` (a tenant's attempts keys, ``...:a{member}``, end in a digit)."""
+    hashes = f"{target_glob}:*{CONSENTS_FAMILY}"
+    return f"{VIEW_PREFIX}:{{s*}}:{hashes}" if sharded else f"{VIEW_PREFIX}:{hashes}"

@@ -24,7 +24,7 @@ from infra.postgres_service import start_postgres
 from infra.redis_cluster import RedisCluster
 from infra.services import KAFKA_DEFAULT_VERSION, LocalStack
 from infra.toxiproxy import Toxiproxy, start_toxiproxy
-from tests.harness import Pipeline
+from tests.harness import CONSENT_TENANTS_TOML, TENANTS_TOML, Pipeline
 
 SERVICE_MARKERS = {"kafka", "redis", "pipeline", "postgres"}
 
@@ -122,10 +122,28 @@ def pipeline(
 ) -> Iterator[Pipeline]:
     """A pipeline with its own topics, consumer group and worker process (started on demand)."""
     _require_marker(request, "pipeline")
-    client = redis.Redis.from_url(local_stack.redis_url)
+    yield from _fresh_pipeline(local_stack, tmp_path, TENANTS_TOML)
+
+
+@pytest.fixture
+def consent_pipeline(
+    local_stack: LocalStack, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Pipeline]:
+    """A pipeline whose tenant acme has one consent campaign (``optin-2027``: consent, 4
+    attempts in 30 days, no calling hours), its worker running."""
+    _require_marker(request, "pipeline")
+    for p in _fresh_pipeline(local_stack, tmp_path, CONSENT_TENANTS_TOML):
+        p.start_worker()
+        yield p
+
+
+def _fresh_pipeline(stack: LocalStack, tmp_path: Path, tenants_toml: str) -> Iterator[Pipeline]:
+    """A pipeline on a Redis flushed first (a tenant's view keys are named alike in every
+    test: counts of what a view holds must see this test's alone)."""
+    client = redis.Redis.from_url(stack.redis_url)
     client.flushall()
     client.close()
-    p = Pipeline(local_stack, tmp_path, prefix=f"t{uuid.uuid4().hex[:10]}")
+    p = Pipeline(stack, tmp_path, prefix=f"t{uuid.uuid4().hex[:10]}", tenants_toml=tenants_toml)
     try:
         yield p
     finally:

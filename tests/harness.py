@@ -49,6 +49,20 @@ default_region = "GB"
 default_region = "FR"
 refusal_cooldown = "P30D"
 """
+# acme's one consent campaign, ``optin-2027``, calls only numbers with a valid consent, 4
+# times in 30 days; no calling hours, so that what a test sees does not depend on the day
+# and hour it runs.
+CONSENT_TENANTS_TOML = """
+[tenants.acme]
+default_region = "FR"
+
+[tenants.acme.campaigns.optin-2027]
+legal_basis = "consent"
+max_attempts = 4
+
+[tenants.globex]
+default_region = "GB"
+"""
 
 
 def wait_for(
@@ -103,6 +117,7 @@ def pipeline_env(stack: LocalStack, tenants_file: Path, prefix: str) -> dict[str
         "DNC_TENANTS_FILE": str(tenants_file),
         "DNC_OPPOSITIONS_TOPIC": f"{prefix}.oppositions",
         "DNC_ADMIN_TOPIC": f"{prefix}.admin",
+        "DNC_CONSENTS_TOPIC": f"{prefix}.consents",
         "DNC_SUPPRESSIONS_TOPIC": f"{prefix}.suppressions",
         "DNC_DEAD_LETTER_TOPIC": f"{prefix}.dead-letter",
         "DNC_AUDIT_TOPIC": f"{prefix}.audit",

@@ -118,6 +118,15 @@ def test_dnc_up_demo_through_tee_serves_everything_then_ctrl_c_leaves_nothing_ru
         # The demo's live summary reads the real Prometheus, which scrapes every process.
         wait_for(lambda: "dnc demo (live" in log_path.read_text(), timeout=60,
                  what="the live summary")  # fmt: skip
+        assert "answers by reason" in log_path.read_text()
+
+        # The demo's web form records consents (the consents topic, under the ACLs) and
+        # `dnc status` counts them in the view.
+        def consents_recorded() -> bool:
+            report = json.loads(dnc("status", "--json").stdout)
+            return bool(report["tenants"]["demo"]["consents_valid"])
+
+        wait_for(consents_recorded, timeout=60, interval=2, what="the web form's consents")
 
         def all_scraped() -> bool:
             url = f"http://127.0.0.1:{ports['prometheus']}/api/v1/targets"

@@ -44,6 +44,7 @@ DRAWN = (
     "Events per second",
     "Dead letters per minute",
     "Dialer checks per second",
+    "Calls not allowed per second, by reason",
     'Share of checks answered "unavailable"',
 )
 
@@ -158,6 +159,8 @@ def test_the_ops_page_draws_every_graph_from_the_live_pipeline(
         assert found["error"] is None and found["lines"] >= 1, (title, found)
     now = dumped.stdout.split('id="dnc-now"')[1].split("</table>")[0]
     assert re.search(r"every worker\)</td>\s*<td>yes</td>", now), now  # the server-side table
+    # ... with the answers by reason (the dialer's checks of suppressed numbers: opposed).
+    assert re.search(r"by reason \(last 5 min[^<]*</td>\s*<td>opposed \d+<br>", now), now
 
     shot = Path(os.environ.get("DNC_OPS_SCREENSHOT", tmp_path / "ops-page.png"))
     taken = chromium(f"--screenshot={shot}", page + window)

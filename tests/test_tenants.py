@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from schemas.errors import ConfigError
+from schemas.policy import CallingHours, LegalBasis
 from schemas.tenants import DEFAULT_REFUSAL_COOLDOWN, TenantDirectory
 from tests.harness import TENANTS_TOML
 
@@ -64,3 +65,10 @@ def test_the_default_and_the_shipped_files_load(tmp_path: Path) -> None:
     assert TenantDirectory.load(path).get("umbrella").refusal_cooldown == timedelta(days=30)
     shipped = TenantDirectory.load(Path(__file__).resolve().parent.parent / "infra/tenants.toml")
     assert shipped.get("demo").refusal_cooldown == timedelta(days=60)
+    # The demo's consent campaign (`dnc up --demo`); its other campaigns keep the defaults.
+    optin = shipped.policy("demo", "optin-2027")
+    assert optin.legal_basis is LegalBasis.CONSENT and optin.calling_hours is CallingHours.FR
+    assert optin.max_attempts == 4 and optin.attempt_period == timedelta(days=30)
+    today = shipped.policy("demo")
+    assert today.legal_basis is LegalBasis.LEGITIMATE_INTEREST and today.max_attempts is None
+    assert shipped.policy("demo", "spring-offer") == today

@@ -325,11 +325,13 @@ class OppositionProcessor:
         # Consents and attempts change no suppression: no change record for the reference
         # list (the view and the table record them).
         changes_suppression = event.kind not in (Kind.CONSENT, Kind.ATTEMPT)
-        if application.outcome is Outcome.APPLIED:
+        if application.outcome is Outcome.APPLIED or (
+            application.outcome is Outcome.STALE and state is not before
+        ):  # (a stale event is remembered as seen: stored, no change to emit)
             value = encode_state(state)
             self._table.store(key, value)
             out.states[key] = (message.partition, value)  # its changelog record
-            if changes_suppression:
+            if changes_suppression and application.outcome is Outcome.APPLIED:
                 applied_at.setdefault(key, []).append(event.occurred_at)
                 emitted[key] = state
             _count_suppressed(before, state, now)

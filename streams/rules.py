@@ -10,9 +10,9 @@ event is routed there first), so:
 * among suppressions, the stronger one wins: a later, weaker suppression (a 60-day refusal)
   never shortens a stronger one (an objection until lifted), whatever the arrival order;
   ``occurred_at`` is the legal record and the start of a cooldown;
-* the same event twice is a no-op: by event id (also for suppressions a lift ended, and for
-  every lift applied, not only the latest) and by log position (a replay after a crash
-  re-reads offsets already applied).
+* the same event twice is a no-op, by event id: the suppressions in force and those a lift
+  ended, every lift applied (not only the latest), consents, attempts. Not by log position:
+  offsets may be applied out of order (a skipped offset fetched again after later ones).
 """
 
 from __future__ import annotations
@@ -69,7 +69,9 @@ def _dominated(entry: ActiveSuppression, by: ActiveSuppression) -> bool:
     return entry.expires_at is not None and by.expires_at >= entry.expires_at
 
 
-MAX_ENDED = 64  # event ids of suppressions ended by lifts, remembered as duplicates
+# Event ids of suppressions ended by lifts, or stale when they came (expired, or outlasted
+# by a newer one), remembered as duplicates.
+MAX_ENDED = 64
 # Event ids of lifts applied, remembered as duplicates. A copy of an older lift still ends
 # only what was appended before its signed cutoff (see :mod:`schemas.authority`).
 MAX_LIFTS = 64
@@ -86,14 +88,12 @@ def _already_applied(
         return True
     if state.lift is not None and state.lift.stamp.event_id == event.event_id:
         return True  # a state recorded before the lifts were remembered
-    if any(e.stamp.event_id == event.event_id for e in state.active):
-        return True
-    return (
-        offset is not None
-        and state.position is not None
-        and state.position[0] == partition
-        and offset <= state.position[1]
-    )
+    # By event id only, never by log position: the stream may deliver a partition's offsets
+    # out of order (Faust skips offsets after an assignment, the worker fetches them again
+    # after later ones were applied), and an event at an earlier offset than the last one
+    # applied is then new, not a replay. Ids kept bounded: an event forgotten and seen again
+    # is applied again, which can only suppress more (or end a consent again).
+    return any(e.stamp.event_id == event.event_id for e in state.active)
 
 
 def apply_event(
@@ -148,9 +148,12 @@ def apply_event(
     withdrawn = None
     if event.kind is Kind.CONSENT_WITHDRAWN:
         # It ends every consent of its scope granted before it, whether or not its
-        # suppression adds anything to a stronger one already in force.
+        # suppression adds anything to a stronger one already in force (a replay, read at the
+        # same append time, changes nothing).
         at = appended_ms if appended_ms is not None else int(now.timestamp() * 1000)
-        state = withdrawn = _withdraw(state, event.event_id, at).model_copy(update=moved)
+        ended = _withdraw(state, event.event_id, at)
+        if (ended.consents, ended.withdrawn_ms) != (state.consents, state.withdrawn_ms):
+            state = withdrawn = ended.model_copy(update=moved)
 
     if event.kind is Kind.LIFT:
         lift = LiftRecord(
@@ -197,16 +200,22 @@ def apply_event(
         appended_ms=appended_ms,
     )
     if not entry.in_force(now) or any(_dominated(entry, by=e) for e in state.active):
-        if withdrawn is not None:
-            return Application(Outcome.APPLIED, withdrawn)  # (consents ended, nothing added)
-        return Application(Outcome.STALE, state)
+        if withdrawn is not None:  # (consents ended, nothing suppressed: seen)
+            return Application(Outcome.APPLIED, _seen(withdrawn, event.event_id))
+        # Remembered as seen, so that a copy or a replay of it stays a duplicate (even once
+        # what made it stale is lifted).
+        return Application(Outcome.STALE, _seen(state, event.event_id))
     kept = tuple(e for e in state.active if e.in_force(now) and not _dominated(e, by=entry))
     active = tuple(sorted((*kept, entry), key=lambda e: e.stamp.order))
+    # Those it outlasts (or that expired) leave the state: remembered as seen, so that a
+    # replay of one is a duplicate, even once this one is lifted.
+    dropped = [e.stamp.event_id for e in state.active if e not in kept]
     return Application(
         Outcome.APPLIED,
         state.model_copy(
             update={
                 "active": active,
+                "ended": (*state.ended, *dropped)[-MAX_ENDED:],
                 "tenant": event.tenant,
                 "version": state.version + 1,
                 "partition": partition,
@@ -257,6 +266,13 @@ def _consent(
         Outcome.APPLIED,
         state.model_copy(update={"consents": consents[-MAX_CONSENTS:], **moved}),
     )
+
+
+def _seen(state: SuppressionState, event_id: UUID) -> SuppressionState:
+    """``state`` remembering ``event_id`` (a stale suppression) among the ones it has seen."""
+    if event_id in state.ended:
+        return state
+    return state.model_copy(update={"ended": (*state.ended, event_id)[-MAX_ENDED:]})
 
 
 def _withdraw(state: SuppressionState, event_id: UUID, at_ms: int) -> SuppressionState:

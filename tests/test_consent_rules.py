@@ -114,3 +114,14 @@ def test_erasure_keeps_the_proof_of_consent_and_the_suppression() -> None:
     state, _ = _apply(state, _event(Kind.ERASURE, occurred_at=T0 + timedelta(minutes=1)), 1, 2_000)
     assert state.consents[0].proof_ref == "form-v3#1234"
     assert state.effective(T0 + timedelta(hours=1)) is not None
+
+
+def test_an_earlier_offset_applied_after_a_later_one_is_not_taken_for_a_replay() -> None:
+    """Faust may skip offsets after an assignment; the worker fetches them again after later
+    ones were applied. A withdrawal at offset 120 applied after a consent's copy at 170 is
+    new, not a replay (seen in the fault drills: the withdrawal was lost, the number called)."""
+    state, _ = _apply(None, _event(Kind.CONSENT), 170, 1_000)
+    state, outcome = _apply(state, _event(Kind.CONSENT_WITHDRAWN), 120, 2_000)
+    assert outcome is Outcome.APPLIED
+    assert state.effective(T0 + timedelta(hours=1)) is not None
+    assert not state.consents[0].valid_at(T0)

@@ -49,8 +49,10 @@ lock: $(UV)
 up: setup
 	$(BIN)/dnc up --demo
 
+# Two processes, each with its own services, a test module at a time (the fault drills take
+# most of the time; the rest runs beside them).
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 unit: $(VENV)/.installed
 	$(BIN)/pytest -m "not pipeline and not kafka and not redis and not postgres and not prometheus"

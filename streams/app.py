@@ -27,7 +27,12 @@ from streams.commits import AppliedCommits
 from streams.credentials import faust_credentials
 from streams.delivery import DeliveryHoles
 from streams.expiry import ExpirySchedule
-from streams.faust_bridge import FaustStateTable, apply_in_batches, table_manager
+from streams.faust_bridge import (
+    FaustStateTable,
+    apply_in_batches,
+    forget_partitions,
+    table_manager,
+)
 from streams.fencing import OwnershipLost, give_up
 from streams.freshness import AppliedFrontier
 from streams.kafka_sink import KafkaChangeSink
@@ -513,6 +518,12 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         gone = [tp.partition for tp in revoked if tp.topic == settings.oppositions_topic]
         view.release(gone)
         await ownership.release(gone)
+        # Their states go too: what this worker applied but did not make durable must not
+        # outlive its ownership (a worker paused past the session timeout rejoins as a new
+        # member, same memory). Faust recovers a partition assigned again from its changelog.
+        forgotten = forget_partitions(table.data, gone)
+        if forgotten:
+            log.info("forgot %d states of partitions %s (revoked)", forgotten, sorted(gone))
         maintenance.forget()
         progress.forget()
         holes.forget()

@@ -32,6 +32,7 @@ from schemas.topics import (
     DLQ_REASON,
     DLQ_TOPIC,
 )
+from streams.fencing import OwnershipLost
 from streams.ownership import PartitionProducers, Record
 from streams.processor import Outgoing
 
@@ -154,7 +155,12 @@ class KafkaChangeSink:
                 Record(self._changelog, changelog_value(value), changelog_key(key), partition)
             )
         plain = self._wait(deliveries) if deliveries.pending else asyncio.sleep(0)
-        await asyncio.gather(plain, self._partitions.send_all(owned))
+        outcomes = await asyncio.gather(
+            plain, self._partitions.send_all(owned), return_exceptions=True
+        )
+        for outcome in sorted((o for o in outcomes if isinstance(o, BaseException)),
+                              key=lambda e: not isinstance(e, OwnershipLost)):  # fmt: skip
+            raise outcome  # (a lost ownership first: it must not go unseen)
         return [deliveries.offsets.get(i, -1) for i in range(len(out.forwards))]
 
     async def _wait(self, deliveries: _Deliveries) -> None:

@@ -36,6 +36,7 @@ from schemas.state import SuppressionChange, SuppressionState
 from schemas.view import FAMILY_OF_KIND, META_LAYOUT, META_PARTITIONS, ready_field
 from streams.audit import ViewAudit
 from streams.expiry import ExpirySchedule
+from streams.fencing import OwnershipLost
 from streams.ownership import PartitionProducers
 from streams.processor import ChangeSink, Outgoing, load_state
 from streams.retry import until_done
@@ -235,8 +236,11 @@ class ViewMaintenance:
         try:
             async with self._lock:
                 order = sorted(chosen)  # claimed in parallel: each is a transaction
-                tokens = await asyncio.gather(*(self._ownership.claim(p) for p in order))
-                claims = dict(zip(order, tokens, strict=True))
+                tokens = await asyncio.gather(
+                    *(self._ownership.claim(p) for p in order), return_exceptions=True
+                )
+                _raise_first(tokens)  # (a lost ownership first: it must not go unseen)
+                claims = {p: str(t) for p, t in zip(order, tokens, strict=True)}
                 await self._view.claim(claims)
                 self._refused -= chosen
                 self._unconfirmed -= chosen
@@ -333,3 +337,13 @@ class ViewMaintenance:
             return None
         last_end = max((e.expires_at for e in state.active if e.expires_at), default=None)
         return state if last_end == when else None
+
+
+def _raise_first(outcomes: Iterable[object]) -> None:
+    """Raise an :class:`OwnershipLost` among ``outcomes`` if any, else their first error."""
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    for error in errors:
+        if isinstance(error, OwnershipLost):
+            raise error
+    if errors:
+        raise errors[0]

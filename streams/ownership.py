@@ -170,8 +170,15 @@ class PartitionProducers:
             return await loop.run_in_executor(None, self._transaction, partition, producer, records)
 
     async def send_all(self, by_partition: Mapping[int, Sequence[Record]]) -> None:
-        """:meth:`send` for several partitions at once (their transactions run in parallel)."""
-        await asyncio.gather(*(self.send(p, r) for p, r in by_partition.items() if r))
+        """:meth:`send` for several partitions at once (their transactions run in parallel);
+        an :class:`OwnershipLost` among their errors is the one raised."""
+        outcomes = await asyncio.gather(
+            *(self.send(p, r) for p, r in by_partition.items() if r), return_exceptions=True
+        )
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        lost = [e for e in errors if isinstance(e, OwnershipLost)]
+        if lost or errors:
+            raise (lost or errors)[0]
 
     def _transaction(
         self, partition: int, producer: Producer, records: Sequence[Record]

@@ -338,10 +338,13 @@ class OppositionProcessor:
             expiry = state.next_expiry(now)
             if expiry is not None:
                 self._expiry.schedule(key, expiry)
-        elif application.outcome is Outcome.DUPLICATE and changes_suppression:
-            # A replay after a crash may find the table ahead of the view or the topic:
-            # write both again (idempotent) rather than trust they were done.
-            emitted[key] = state
+        elif application.outcome is Outcome.DUPLICATE:
+            # A replay may find the table ahead of the view, the change records or the
+            # changelog (a batch applied in memory, never made durable): write them again
+            # (idempotent) rather than trust they were done.
+            out.states[key] = (message.partition, encode_state(state))
+            if changes_suppression:
+                emitted[key] = state
         touched[key] = state
         return application.outcome
 

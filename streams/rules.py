@@ -151,9 +151,9 @@ def apply_event(
         # suppression adds anything to a stronger one already in force (a replay, read at the
         # same append time, changes nothing).
         at = appended_ms if appended_ms is not None else int(now.timestamp() * 1000)
-        ended = _withdraw(state, event.event_id, at)
-        if (ended.consents, ended.withdrawn_ms) != (state.consents, state.withdrawn_ms):
-            state = withdrawn = ended.model_copy(update=moved)
+        after = _withdraw(state, event.event_id, at)
+        if (after.consents, after.withdrawn_ms) != (state.consents, state.withdrawn_ms):
+            state = withdrawn = after.model_copy(update=moved)
 
     if event.kind is Kind.LIFT:
         lift = LiftRecord(

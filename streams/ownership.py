@@ -45,6 +45,17 @@ from streams.fencing import OwnershipLost
 log = logging.getLogger("dnc.streams")
 
 
+class PartitionRevoked(PublishError):
+    """A write for a partition the settled group assigned to another worker: no producer
+    is made for it. Work held for it (a batch applied in memory before the rebalance) can
+    never be made durable by this worker; its new owner replays it from the committed
+    offsets."""
+
+    def __init__(self, partition: int) -> None:
+        super().__init__(f"partition {partition} is not owned by this worker any more")
+        self.partition = partition
+
+
 def fence_topic(settings: Settings) -> str:
     """The worker group's fence topic (one partition per partition of the oppositions log)."""
     return f"{settings.worker_group}-fences"
@@ -118,8 +129,10 @@ class PartitionProducers:
         if producer is not None:
             return producer
         owned = self._owned()
-        if owned is None or partition not in owned:
-            raise PublishError(f"partition {partition} is not owned by this worker (now)")
+        if owned is None:
+            raise PublishError(f"partition {partition}: the group is rebalancing (retry)")
+        if partition not in owned:
+            raise PartitionRevoked(partition)
         s = self._settings
         producer = Producer(
             producer_config(

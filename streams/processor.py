@@ -37,6 +37,8 @@ from schemas.state import SuppressionChange, SuppressionState, state_key
 from schemas.tenants import TenantDirectory
 from streams.admin_actions import AUTHORISED_KINDS, AdminActions
 from streams.expiry import ExpirySchedule
+from streams.fencing import OwnershipLost
+from streams.ownership import PartitionRevoked
 from streams.retry import until_done
 from streams.rules import Outcome, apply_event
 from streams.view_writer import SuppressionViewWriter
@@ -383,9 +385,22 @@ class OppositionProcessor:
         ]
         dead = out.dead
         landed: list[int] = []
+
+        async def publish() -> list[int]:
+            try:
+                return await self._sink.publish(out)
+            except PartitionRevoked as exc:
+                # Faust revoked the partition while this batch was applied in memory (a
+                # worker paused past the session timeout): the batch can never be made
+                # durable here, and the memory it changed is not the partition's any more.
+                raise OwnershipLost(
+                    f"{exc}, but this batch holds its events applied in memory and not yet "
+                    "durable: its new owner replays them from the committed offsets"
+                ) from exc
+
         if out:
             landed = await until_done(
-                lambda: self._sink.publish(out),
+                publish,
                 what="publish to Kafka",
                 dependency="kafka",
                 max_backoff=retry_cap,

@@ -36,13 +36,21 @@ from dnc.live_summary import read_snapshot, render
 from dnc.pidfiles import SUPERVISOR, RunDirectory
 from infra.acls import SUPERUSER, apply_acls, client_env, stack_credentials
 from infra.postgres_service import start_postgres
-from infra.prometheus_service import OPS_PAGE, local_prometheus_config, start_prometheus
+from infra.prometheus_service import (
+    OPS_PAGE,
+    local_prometheus_config,
+    run_rules,
+    start_prometheus,
+)
 from infra.services import KafkaSecurity, LocalStack, RunningService
 from schemas.settings import AUTHORITY_KEY_FILE, REDIS_CLUSTER_FILE, VIEW_KEY_FILE, Settings
 from schemas.tenants import TenantDirectory
 
 SECURED_MARKER = "sasl-scram"  # in the Kafka data dir: formatted with the superuser
 RULES_FILE = Path(__file__).resolve().parent.parent / "infra" / "prometheus" / "alerts.yml"
+# Three scrapes (every 5 s): the processes of an earlier run are gone from the ops page's
+# "now" tables 15 s after it stopped, not 5 minutes.
+PROMETHEUS_LOOKBACK = "15s"
 MAX_RESTARTS = 5
 
 
@@ -293,11 +301,17 @@ class LocalPipeline:
         # SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for clients to leave).
         self.run_dir.record("postgres", pg.process.pid, [pg.port], signal.SIGINT)
         self.console.print("starting Prometheus ...")
+        # This run's start, marked on the ops page (the TSDB keeps the earlier runs): taken
+        # before any process of this run exports a metric, so all of them are right of it.
+        this_run = run_rules(data / "prometheus" / "run.rules.yml", time.time())
         config = local_prometheus_config(
-            _scrape_targets(self.settings, self.demo, self.workers), [RULES_FILE]
+            _scrape_targets(self.settings, self.demo, self.workers), [RULES_FILE, this_run]
         )
         self.prometheus = start_prometheus(
-            data / "prometheus", config, port=self.settings.prometheus_port
+            data / "prometheus",
+            config,
+            port=self.settings.prometheus_port,
+            lookback_delta=PROMETHEUS_LOOKBACK,
         )
         self.run_dir.record("prometheus", self.prometheus.process.pid, [self.prometheus.port])
 

@@ -59,13 +59,17 @@ def iter_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 
 def dashboard_exprs(path: str | Path) -> list[str]:
-    """Every panel target's ``expr`` of the dashboard JSON at ``path``, as concrete PromQL."""
+    """Every panel target's and annotation's ``expr`` of the dashboard JSON at ``path``, as
+    concrete PromQL."""
     dashboard = json.loads(Path(path).read_text())
     exprs = []
     for panel in iter_panels(dashboard.get("panels", [])):
         for target in panel.get("targets", []):
             if target.get("expr"):
                 exprs.append(substitute(target["expr"]))
+    for annotation in dashboard.get("annotations", {}).get("list", []):
+        if annotation.get("expr"):
+            exprs.append(substitute(annotation["expr"]))
     return exprs
 
 

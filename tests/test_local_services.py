@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -15,7 +16,13 @@ import pytest
 import yaml
 
 from infra.postgres_service import PostgresService, restart_postgres, start_postgres
-from infra.prometheus_service import local_prometheus_config, start_prometheus
+from infra.prometheus_service import (
+    RUN_STARTED,
+    local_prometheus_config,
+    promtool_path,
+    run_rules,
+    start_prometheus,
+)
 from infra.services import ServiceError, free_port
 
 
@@ -114,6 +121,25 @@ def test_prometheus_config_rejects_malformed_input(
 ) -> None:
     with pytest.raises(ValueError):
         local_prometheus_config(targets, [], scrape_interval=interval)
+
+
+def test_run_rules_record_when_the_run_started_in_a_file_promtool_accepts(tmp_path: Path) -> None:
+    path = run_rules(tmp_path / "run" / "run.rules.yml", 1_796_518_471.1774)
+    (group,) = yaml.safe_load(path.read_text())["groups"]
+    assert group["rules"] == [{"record": RUN_STARTED, "expr": "vector(1796518471.177)"}]
+    checked = subprocess.run([promtool_path(), "check", "rules", str(path)],
+                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for wrong in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="Unix time"):
+            run_rules(tmp_path / "wrong.yml", wrong)
+
+
+def test_prometheus_refuses_a_malformed_lookback_before_starting(tmp_path: Path) -> None:
+    config = local_prometheus_config({"self": ["127.0.0.1:9"]})
+    with pytest.raises(ValueError, match="lookback_delta '15 seconds'"):
+        start_prometheus(tmp_path / "prometheus", config, lookback_delta="15 seconds")
+    assert not (tmp_path / "prometheus" / "prometheus.log").exists()
 
 
 def _query(address: str, promql: str) -> list[dict[str, Any]]:

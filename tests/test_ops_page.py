@@ -2,7 +2,8 @@
 pipeline: every expression it shows answers, and a real headless browser draws its graphs.
 
 A worker, the reference-list sync and a dialer's checks (made here, exported from this
-process as the demo's dialers are) feed a real Prometheus serving the page.
+process as the demo's dialers are) feed a real Prometheus serving the page. Two runs on one
+data directory show that the page opens on the last 15 minutes with this run's start marked.
 """
 
 from __future__ import annotations
@@ -25,9 +26,15 @@ import pytest
 from prometheus_client import start_http_server
 
 from infra.dashboard_queries import console_exprs
-from infra.prometheus_service import OPS_PAGE, local_prometheus_config, start_prometheus
+from infra.prometheus_service import (
+    OPS_PAGE,
+    local_prometheus_config,
+    run_rules,
+    start_prometheus,
+)
 from infra.services import LocalStack
 from schemas.events import Kind
+from schemas.metrics import CHECKS
 from tests.harness import raw_event, wait_for
 from tests.test_observability import RULES, query
 from tests.test_reference_list import RefStack, event
@@ -66,7 +73,7 @@ def ops_page(
             "dnc-sync": [f"127.0.0.1:{ref.sync.metrics_port}"],
             "dnc-demo": [f"127.0.0.1:{dialer.server_port}"],
         },
-        [RULES],
+        [RULES, run_rules(tmp_path / "run.rules.yml", time.time())],  # as `dnc up` does
         scrape_interval="1s",
     )
     prometheus = start_prometheus(tmp_path / "prometheus", config)
@@ -95,13 +102,25 @@ def chromium(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def graphs_in(dom: str) -> dict[str, dict[str, Any]]:
-    """Per graph title of the rendered page: its lines drawn (SVG paths) and error shown."""
+    """Per graph title of the rendered page: its lines drawn (SVG paths), error shown, the
+    window it shows (Unix seconds) and this run's start mark (its x and the graph's width)."""
     out = {}
     for block in re.split(r'<div class="[^"]*\bdnc-graph\b', dom)[1:]:
         title = html.unescape(re.search(r"<h4>(.*?)</h4>", block, re.S).group(1))  # type: ignore[union-attr]
         lines = re.findall(r'<path[^>]*\bd="M[^"]*L[^"]*"', block)
         error = re.search(r'class="prom_graph_error"[^>]*>([^<]*)<', block)
-        out[title] = {"lines": len(lines), "error": error.group(1) if error else None}
+        shown = re.search(r'^[^>]*data-shown-from="(\d+)"[^>]*data-shown-until="(\d+)"', block)
+        mark = re.search(r'class="dnc-run-start"[^>]*left: (\d+)px', block)
+        earlier = re.search(r'class="dnc-earlier-run"[^>]*width: (\d+)px', block)
+        width = re.search(r'<svg[^>]*\bwidth="(\d+)"', block)
+        out[title] = {
+            "lines": len(lines),
+            "error": error.group(1) if error else None,
+            "shown": (int(shown.group(1)), int(shown.group(2))) if shown else None,
+            "mark": int(mark.group(1)) if mark else None,
+            "earlier": int(earlier.group(1)) if earlier else None,
+            "width": int(width.group(1)) if width else None,
+        }
     return out
 
 
@@ -157,6 +176,7 @@ def test_the_ops_page_draws_every_graph_from_the_live_pipeline(
     for title in DRAWN:
         (found,) = [g for t, g in graphs.items() if t.startswith(title)]
         assert found["error"] is None and found["lines"] >= 1, (title, found)
+        assert found["shown"][1] - found["shown"][0] == 60, (title, found)  # the range asked
     now = dumped.stdout.split('id="dnc-now"')[1].split("</table>")[0]
     assert re.search(r"every worker\)</td>\s*<td>yes</td>", now), now  # the server-side table
     # ... with the answers by reason (the dialer's checks of suppressed numbers: opposed).
@@ -168,3 +188,64 @@ def test_the_ops_page_draws_every_graph_from_the_live_pipeline(
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 30_000, "a blank page compresses to a few kilobytes"
     print(f"screenshot: {shot} ({shot.stat().st_size} bytes)")
+
+
+@pytest.mark.timeout(120)
+def test_a_new_run_opens_on_15_minutes_with_its_start_marked_and_the_earlier_run_shaded(
+    tmp_path: Path,
+) -> None:
+    """Two `dnc up` runs on one data directory (one TSDB): the second run's page opens on the
+    last 15 minutes, says when this run started and marks it on the graph, the first run's
+    series left of the mark, shaded; its "now" table no longer counts the first run's process
+    (another port here: another series)."""
+    data = tmp_path / "prometheus"  # what `dnc up` keeps in DATA_DIR/prometheus
+    starts = []
+    for run in range(2):
+        starts.append(time.time())
+        # Each run's dialer (this process's dnc_checks_total) on a port of its own.
+        dialer, _thread = start_http_server(0, addr="127.0.0.1")
+        config = local_prometheus_config(
+            {"dnc-demo": [f"127.0.0.1:{dialer.server_port}"]},
+            [run_rules(tmp_path / "run.rules.yml", starts[-1])],
+            scrape_interval="1s",
+        )
+        # Three scrapes, as `dnc up` (PROMETHEUS_LOOKBACK, scraping every 5 s).
+        prometheus = start_prometheus(data, config, lookback_delta="3s")
+        client = httpx.Client(base_url=f"http://127.0.0.1:{prometheus.port}", timeout=10)
+        try:
+            for _ in range(6):  # a few scrapes of checks (a rate needs two)
+                CHECKS.labels(outcome="callable").inc()
+                time.sleep(1)
+            started = query(client, "max(dnc_run_started_timestamp_seconds)")
+            assert started and abs(float(started[0]["value"][1]) - starts[-1]) < 0.01, started
+            if run == 1:
+                page = f"http://127.0.0.1:{prometheus.port}{OPS_PAGE}"  # no range asked
+                dumped = chromium("--dump-dom", page)
+        finally:
+            client.close()
+            prometheus.stop()
+            dialer.shutdown()
+            dialer.server_close()
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    (tmp_path / "ops-page.html").write_text(dumped.stdout)
+
+    graphs = graphs_in(dumped.stdout)
+    assert graphs and all(g["shown"] is not None for g in graphs.values()), graphs
+    for title, graph in graphs.items():  # every graph: the last 15 minutes
+        assert graph["shown"][1] - graph["shown"][0] == 900, (title, graph)
+    (checks,) = [g for t, g in graphs.items() if t.startswith("Dialer checks per second")]
+    assert checks["lines"] >= 1 and checks["mark"] is not None, checks
+    # The mark is at the second run's start (1 px is about 1.4 s of the 15 minutes), not the
+    # first's; everything left of it, the first run's checks included, is shaded.
+    frm, until = checks["shown"]
+    expected = checks["width"] * (starts[1] - frm) / (until - frm)
+    assert abs(checks["mark"] - expected) <= 2, (checks, starts)
+    assert checks["earlier"] == checks["mark"]
+    assert checks["mark"] - checks["width"] * (starts[0] - frm) / (until - frm) >= 3, checks
+    # A graph with no series draws no mark (nothing to tell apart).
+    empty = [g for g in graphs.values() if g["error"] == "No timeseries returned"]
+    assert empty and all(g["mark"] is None for g in empty)
+    now = dumped.stdout.split('id="dnc-now"')[1].split("</table>")[0]
+    started = re.search(r'id="dnc-run-started">([^<]*)</td>', now)
+    assert started and re.fullmatch(r"\d+(\.\d+)?s ago", started.group(1)), now
+    assert re.search(r"Processes scraped</td>\s*<td>1 / 1 up</td>", now), now

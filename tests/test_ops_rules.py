@@ -78,7 +78,11 @@ DASHBOARD_METRICS = {
     "ALERTS",
 }
 # Metrics used outside the catalogue (schemas/metrics.py), with the file that defines them.
-EXTRA_METRICS = {"dnc_demo_calls_total": ROOT / "dnc" / "demo.py"}
+EXTRA_METRICS = {
+    "dnc_demo_calls_total": ROOT / "dnc" / "demo.py",
+    # Recorded by the rule `dnc up` writes: when the run started (marked on the ops page).
+    "dnc_run_started_timestamp_seconds": ROOT / "infra" / "prometheus_service.py",
+}
 
 
 def promtool() -> str:
@@ -270,6 +274,18 @@ def test_dashboard_panels_query_prometheus() -> None:
     assert variable["name"] == "tenant"
     assert variable["datasource"]["uid"] == "prometheus"
     assert variable["includeAll"] is True
+
+
+def test_dashboard_opens_on_15_minutes_and_marks_each_process_start() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["time"] == {"from": "now-15m", "to": "now"}
+    (started,) = [a for a in dashboard["annotations"]["list"] if a.get("expr")]
+    assert started["enable"] is True
+    assert started["datasource"] == {"type": "prometheus", "uid": "prometheus"}
+    # One mark per start: true for under a minute after it, sampled once a minute.
+    assert started["expr"] == 'time() - process_start_time_seconds{job=~"dnc-.*"} < 60'
+    assert started["step"] == "60s"
+    assert started["expr"] in dashboard_exprs(DASHBOARD)  # sent to a live Prometheus too
 
 
 def test_dashboard_shows_the_pipeline_from_catalogued_metrics() -> None:

@@ -209,12 +209,44 @@ class SuppressionChecker:
             with contextlib.suppress(redis.RedisError):
                 self._redis.nodes_manager.initialize()
 
-    def _unready_reason(self, server_time: Any, meta: Any, node: Any = None) -> str | None:
-        """Why the view cannot be trusted right now, or None."""
-        if trusted(server_time, meta, self._fingerprint, self._max_staleness, node):
+    def _unready_reason(
+        self, server_time: Any, meta: Any, node: Any = None, spent: float = 0.0
+    ) -> str | None:
+        """Why the view cannot be trusted right now, or None.
+
+        ``spent``: seconds since the question was asked; the view must still be within the
+        bound after them (an answer is only as fresh as the moment it reaches the dialer).
+        """
+        bound = self._max_staleness - spent
+        if trusted(server_time, meta, self._fingerprint, bound, node):
             return None
+        if spent and trusted(server_time, meta, self._fingerprint, self._max_staleness, node):
+            return (f"the answer took {spent:.2f}s, so the view it read may be older than the "
+                    f"{self._max_staleness:g}s staleness bound by now (this process or Redis "
+                    "is overloaded?): ask again")  # fmt: skip
         verdict = judge(server_time, meta, self._fingerprint, self._max_staleness, node)
         return verdict.why or "not ready"
+
+    def _fail_late(
+        self,
+        questions: ViewQuestions,
+        replies: Sequence[Any],
+        results: list[CheckResult | None],
+        started: float,
+    ) -> None:
+        """Make "callable" unavailable where the view read is past the bound once the answer
+        is ready: the time the question took counts against the bound (fail closed)."""
+        if not any(r is not None and r.answer is Answer.CALLABLE for r in results):
+            return
+        spent = time.perf_counter() - started
+
+        def late(server_time: Any, meta: Any, node: Any) -> str | None:
+            return self._unready_reason(server_time, meta, node, spent)
+
+        for i, why in questions.untrusted(replies, late).items():
+            r = results[i]
+            if r is not None and r.answer is Answer.CALLABLE:
+                results[i] = CheckResult(r.phone_e164, Answer.UNAVAILABLE, why=why, at=r.at)
 
     def _questions(
         self, tenant: str, campaign: str | None, policy: CampaignPolicy, at: datetime | None
@@ -249,9 +281,11 @@ class SuppressionChecker:
         try:
             [(keys, args)] = questions.reads()
             reply = self._read(keys=keys, args=args)
-            result = self._decide(
-                e164, policy, questions.answers([reply], self._unready_reason)[0], at
-            )
+            results: list[CheckResult | None] = [
+                self._decide(e164, policy, questions.answers([reply], self._unready_reason)[0], at)
+            ]
+            self._fail_late(questions, [reply], results, started)
+            result = results[0] or CheckResult(e164, Answer.UNAVAILABLE, why="no answer")
         except redis.RedisError as exc:
             result = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
         return _recorded(result, started)
@@ -272,9 +306,11 @@ class SuppressionChecker:
         try:
             [(keys, args)] = questions.reads()
             reply = await self._read_async(keys=keys, args=args)
-            result = self._decide(
-                e164, policy, questions.answers([reply], self._unready_reason)[0], at
-            )
+            results: list[CheckResult | None] = [
+                self._decide(e164, policy, questions.answers([reply], self._unready_reason)[0], at)
+            ]
+            self._fail_late(questions, [reply], results, started)
+            result = results[0] or CheckResult(e164, Answer.UNAVAILABLE, why="no answer")
         except (redis.RedisError, OSError, TimeoutError) as exc:
             result = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
         return _recorded(result, started)
@@ -335,6 +371,7 @@ class SuppressionChecker:
             found = questions.answers(replies, self._unready_reason)
             for i, e164 in valid:
                 results[i] = self._decide(e164, policy, found[i], at)
+            self._fail_late(questions, replies, results, started)
         except redis.RedisError as exc:
             self._after_pipeline_error()
             for i, e164 in valid:

@@ -133,6 +133,15 @@ class ViewQuestions:
                     _take(seen, op, scope, reply, j)
         return found
 
+    def untrusted(self, replies: Sequence[Any], judge: Judge) -> dict[int, str]:
+        """The numbers (their indices) answered by a reply ``judge`` does not trust: why."""
+        out: dict[int, str] = {}
+        for call, (server_time, node, flat, *_r) in zip(self._calls, replies, strict=True):
+            why = judge(server_time, meta_hash(flat), node)
+            if why is not None:
+                out.update((i, why) for _key, _op, entries in call for i, _a, _s in entries)
+        return out
+
 
 def _take(seen: Found, op: str, scope: Scope, reply: Any, j: int) -> None:
     """One key's reply about one number into what was found."""

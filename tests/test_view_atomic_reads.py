@@ -269,3 +269,56 @@ def test_a_redis_cluster_needs_a_sharded_view(monkeypatch: pytest.MonkeyPatch) -
     assert Settings(view_shards=16).shards == 16
     monkeypatch.setenv("DNC_REDIS_CLUSTER", "false")
     assert Settings(view_shards=0).shards == 0  # one Redis server: the plain layout
+
+
+@pytest.mark.redis
+def test_an_answer_that_took_longer_than_the_bound_allows_is_not_callable(
+    view: PlainView, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process descheduled after Redis answered (an overloaded dialer host): the view was
+    current when read, but by the time the answer is ready the bound has passed. The time a
+    question took counts against the bound, so "callable" becomes "unavailable"."""
+    bound = 1.0
+    checker = SuppressionChecker(
+        view.client, view.layout, TENANTS, max_staleness_seconds=bound,
+        async_client=view.async_client,
+    )  # fmt: skip
+    view.checker = checker
+    phones = numbers(20, first=900_000)
+    view.make_ready()
+    fresh = view.answers(phones)
+    assert {r.answer for rs in fresh.values() for r in rs} == {Answer.CALLABLE}, fresh
+
+    import consumers.checker as checker_module
+
+    real_read, real_async, real_bulk = checker._read, checker._read_async, checker_module.read_view
+    assert real_async is not None
+
+    def slow_read(**kw: Any) -> Any:
+        reply = real_read(**kw)
+        time.sleep(bound + 0.2)  # Redis answered; this process was not scheduled meanwhile
+        return reply
+
+    async def slow_async(**kw: Any) -> Any:
+        reply = await real_async(**kw)
+        await asyncio.sleep(bound + 0.2)
+        return reply
+
+    def slow_bulk(client: Any, reads: Any, _script: Any = None) -> Any:
+        replies = real_bulk(client, reads, real_read)  # (the script, not the slow single read)
+        time.sleep(bound + 0.2)
+        return replies
+
+    monkeypatch.setattr(checker, "_read", slow_read)
+    monkeypatch.setattr(checker, "_read_async", slow_async)
+    monkeypatch.setattr(checker_module, "read_view", slow_bulk)
+    readers = {
+        "check": lambda: [checker.check(phones[0], "acme")],
+        "check_async": lambda: [view.check_async(phones[0])],
+        "check_many": lambda: checker.check_many(phones[:3], "acme"),
+    }
+    for reader, ask in readers.items():
+        view.make_ready()  # vouched just now: current when the read runs
+        results = ask()
+        assert {r.answer for r in results} == {Answer.UNAVAILABLE}, (reader, results)
+        assert all("the answer took" in (r.why or "") for r in results), (reader, results)

@@ -12,6 +12,7 @@ from typing import Any
 import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from consumers.checker import SuppressionChecker, checker_client
@@ -20,6 +21,7 @@ from consumers.dial_rules import ViewFacts, valid_consent
 from consumers.readiness import Readiness
 from consumers.reference_sync import lane_group, status_key
 from consumers.view_reads import consent_facts
+from dnc.kafka_diagnosis import diagnose_kafka
 from schemas.events import Scope
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
@@ -55,7 +57,9 @@ def consumer_lag(settings: Settings, group: str, topic: str) -> dict[int, dict[s
     try:
         metadata = consumer.list_topics(topic, timeout=5)
         if topic not in metadata.topics or metadata.topics[topic].error is not None:
-            raise KafkaException(f"topic {topic} does not exist")
+            raise KafkaException(
+                f"no topic {topic} yet: the worker creates it as it starts (`dnc up`, `dnc worker`)"
+            )
         partitions = [TopicPartition(topic, p) for p in metadata.topics[topic].partitions]
         committed = consumer.committed(partitions, timeout=5)
         out = {}
@@ -269,7 +273,11 @@ def pipeline_status(
         },
         "kafka": settings.kafka_bootstrap,
     }
+    # Asked first, in a few seconds: the lag's reads would each wait their own timeout.
+    problem = diagnose_kafka(settings)
     try:
+        if problem is not None:
+            raise KafkaException(problem.sentence)
         lag = consumer_lag(settings, settings.worker_group, settings.oppositions_topic)
         report["kafka_reachable"] = True
         report["worker_lag"] = lag
@@ -277,7 +285,11 @@ def pipeline_status(
         report["workers"] = worker_members(settings)
     except KafkaException as exc:
         report["kafka_reachable"] = False
-        report["kafka_error"] = str(exc)
+        # One sentence: what, where, what to do ("refused": credentials, exit 4).
+        report["kafka_error"] = (
+            problem.sentence if problem else f"Kafka at {settings.kafka_bootstrap}: {exc}"
+        )
+        report["kafka_problem"] = problem.trouble.value if problem else "unreachable"
     report["tenants"] = (
         tenant_status(settings, tenants, verdict, report["kafka_reachable"]) if per_tenant else {}
     )
@@ -311,10 +323,10 @@ def render_status(report: dict[str, Any], console: Console) -> None:
     """Human summary of :func:`pipeline_status`."""
     ok = "[green]yes[/]"
     no = "[red]no[/]"
-    console.print(
-        f"Kafka {report['kafka']}: {'reachable' if report['kafka_reachable'] else 'UNREACHABLE'}"
-        + ("" if report["kafka_reachable"] else f" ({report.get('kafka_error')})")
-    )
+    if report["kafka_reachable"]:
+        console.print(f"Kafka {report['kafka']}: reachable", markup=False)
+    else:
+        console.print(f"[bold red]{escape(report['kafka_error'])}[/]")
     console.print(
         f"[bold]safe to dial: {ok if report['safe_to_dial'] else no}[/] "
         f"({report['safe_to_dial_why']})"

@@ -132,6 +132,7 @@ def _env(settings: Settings, postgres_dsn: str) -> dict[str, str]:
     env["DNC_REDIS_URL"] = settings.redis_url.get_secret_value()
     env["DNC_POSTGRES_DSN"] = postgres_dsn
     env["PYTHONUNBUFFERED"] = "1"  # the log must survive a crash
+    env["DNC_VERBOSE"] = "1"  # a process's log file keeps its Kafka clients' own lines
     if settings.replication_factor > 1:
         env["DNC_REPLICATION_FACTOR"] = str(settings.replication_factor)
     if settings.redis_cluster:

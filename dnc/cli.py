@@ -360,6 +360,12 @@ def up(
     Kafka, Redis, PostgreSQL (the reference list), Prometheus (graphs, alert rules), the
     worker, the reference-list sync and the HTTP gateway. Data and logs go to DNC_DATA_DIR.
     --brokers, --workers and --redis-cluster scale each part on its own.
+
+    Every port it will bind is checked first: two settings naming one port, or a port
+    another process holds, is said (naming the settings) before anything starts.
+    Exit 0 once stopped on request (Ctrl-C, SIGTERM); 1 another `dnc up` runs on this data
+    directory; 2 it gave up (a service could not start, or a process kept exiting); 3 two
+    ports clash or one is in use.
     """
     from dnc.local import run_local_stack
     from dnc.resilient_output import ResilientOutput
@@ -373,7 +379,7 @@ def up(
     fallback = settings.data_dir / "up.log"
     console = Console(file=cast(IO[str], ResilientOutput(sys.stdout, fallback)), soft_wrap=True)
     err.file = cast(IO[str], ResilientOutput(sys.stderr, fallback))
-    run_local_stack(
+    code = run_local_stack(
         settings,
         kafka_version or settings.kafka_version,
         console,
@@ -382,6 +388,7 @@ def up(
         workers=workers,
         redis_cluster=redis_cluster,
     )
+    raise typer.Exit(code)
 
 
 @app.command()

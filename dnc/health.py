@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, TopicPartition
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -75,6 +75,12 @@ def consumer_lag(settings: Settings, group: str, topic: str) -> dict[int, dict[s
 def worker_members(settings: Settings) -> dict[str, list[int]]:
     """The workers in the worker group now, each with the oppositions partitions it owns
     (by static membership id, else member id; every `dnc up --workers N` worker has one)."""
+    return worker_group(settings)[1]
+
+
+def worker_group(settings: Settings) -> tuple[ConsumerGroupState, dict[str, list[int]]]:
+    """The worker group's state (stable, rebalancing, ...) and its members' oppositions
+    partitions (see :func:`worker_members`)."""
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient(
@@ -82,7 +88,7 @@ def worker_members(settings: Settings) -> dict[str, list[int]]:
     )
     group = settings.worker_group
     found = admin.describe_consumer_groups([group], request_timeout=5)[group].result(timeout=10)
-    return {
+    members = {
         member.group_instance_id or member.member_id: sorted(
             tp.partition
             for tp in member.assignment.topic_partitions
@@ -90,6 +96,7 @@ def worker_members(settings: Settings) -> dict[str, list[int]]:
         )
         for member in found.members
     }
+    return found.state, members
 
 
 def suppressed_counts(settings: Settings, tenants: list[str]) -> dict[str, int | None]:

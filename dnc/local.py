@@ -33,9 +33,10 @@ from rich.live import Live
 from rich.markup import escape
 
 from dnc.exits import EXIT_ERROR, EXIT_OK, EXIT_UNAVAILABLE
-from dnc.health import sync_reports, view_readiness
+from dnc.health import sync_reports
 from dnc.live_summary import read_snapshot, render
 from dnc.pidfiles import SUPERVISOR, RunDirectory
+from dnc.settled import SETTLED_FOR_SECONDS, group_settled
 from infra.acls import SUPERUSER, apply_acls, client_env, stack_credentials
 from infra.ports import PlannedPort, PortClash, check_ports
 from infra.postgres_service import start_postgres
@@ -47,6 +48,7 @@ from schemas.tenants import TenantDirectory
 SECURED_MARKER = "sasl-scram"  # in the Kafka data dir: formatted with the superuser
 RULES_FILE = Path(__file__).resolve().parent.parent / "infra" / "prometheus" / "alerts.yml"
 MAX_RESTARTS = 5
+READY_TIMEOUT_SECONDS = 180  # then "pipeline started (not ready yet: ...)"
 
 
 @dataclass
@@ -268,6 +270,7 @@ class LocalPipeline:
         self.children: list[Child] = []
         self.postgres_dsn = settings.postgres_dsn.get_secret_value()
         self.run_dir = RunDirectory(settings.data_dir)
+        self.awaited = "the worker"  # what "pipeline ready" still waits for
 
     def clear_leftovers(self) -> None:
         """Stop what a previous `dnc up` on this data directory left running, or refuse.
@@ -472,16 +475,25 @@ class LocalPipeline:
             child.start()
 
     def wait_ready(self, stopping: list[bool]) -> bool:
-        """Until the view is ready and every reference-list lane reports running (2 min)."""
+        """Until the worker group has settled (every worker joined, every partition assigned
+        and vouched for by its assignee, the view current: :mod:`dnc.settled`) for
+        SETTLED_FOR_SECONDS, and every reference-list lane reports running (3 min)."""
         tenants = TenantDirectory.load(self.settings.tenants_file)
         synced = [t for t in tenants.names if tenants.get(t).reference_list is not None]
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        since: float | None = None  # settled since then, without a break
         while not stopping and time.monotonic() < deadline:
             self.supervise()
-            ready = view_readiness(self.settings, tenants).ready
+            verdict = group_settled(self.settings, tenants, self.workers)
             reports = sync_reports(self.settings, synced)
-            if ready and all(r and r.get("running") for r in reports.values()):
-                return True
+            lanes = all(r and r.get("running") for r in reports.values())
+            self.awaited = verdict.why or ("" if lanes else "the reference-list sync")
+            if verdict.settled and lanes:
+                since = since if since is not None else time.monotonic()
+                if time.monotonic() - since >= SETTLED_FOR_SECONDS:
+                    return True
+            else:
+                since = None
             time.sleep(0.5)
         return False
 
@@ -500,7 +512,8 @@ class LocalPipeline:
         workers = ", ".join(f":{p}" for p in worker_metrics_ports(s, self.workers))
         plural = "s" if self.workers > 1 else ""
         return (
-            f"\n[bold green]pipeline {'ready' if ready else 'started (view not ready yet)'}[/]\n"
+            f"\n[bold green]pipeline "
+            f"{'ready' if ready else f'started (not ready yet: {escape(self.awaited)})'}[/]\n"
             f"  Kafka       {kafka}   topics {s.oppositions_topic}, "
             f"{s.suppressions_topic}, {s.dead_letter_topic}\n"
             f"  Redis       {redis}\n"

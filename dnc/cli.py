@@ -17,14 +17,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 
 from dnc.dial_cli import register as register_dial_commands
-from schemas.errors import DncError, InvalidEventError
+from dnc.exits import (
+    EXIT_CODES_HELP,
+    EXIT_ERROR,
+    EXIT_NOT_CALLABLE,
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+)
+from schemas.errors import DncError, InvalidEventError, PublishError
 from schemas.events import Kind, OppositionEvent, Scope, Source, event_json_schema
-from schemas.settings import Settings
+from schemas.settings import KAFKA_LOGGER, Settings
 from schemas.tenants import TenantDirectory
 from schemas.tokens import Role
 
 app = typer.Typer(
-    help="Do-not-call opposition propagation: agent desktop -> Kafka -> Faust -> Redis -> dialers.",
+    help="Do-not-call opposition propagation: agent desktop -> Kafka -> Faust -> Redis -> "
+    f"dialers.\n\n{EXIT_CODES_HELP}",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -33,7 +41,9 @@ app = typer.Typer(
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-EXIT_CALLABLE, EXIT_SUPPRESSED, EXIT_UNAVAILABLE, EXIT_ERROR = 0, 1, 2, 3
+# The Kafka clients' own loggers: librdkafka's (see Settings.kafka_client_config), Faust's
+# aiokafka's. Their lines are for --verbose; a problem they report is said in one sentence.
+CLIENT_LOGGERS = (KAFKA_LOGGER, "aiokafka", "kafka")
 
 TenantOpt = Annotated[
     str, typer.Option("--tenant", "-t", help="tenant (client) as in the tenants file")
@@ -48,6 +58,28 @@ def _setup_logging(level: str) -> None:
         handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)],
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise
+    show_client_logs(False)
+
+
+def show_client_logs(verbose: bool) -> None:
+    """The Kafka clients' own log lines: shown with --verbose, hidden otherwise."""
+    for name in CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.CRITICAL + 1)
+
+
+@app.callback()
+def _global_options(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            envvar="DNC_VERBOSE",
+            help="also show the Kafka clients' own log lines (librdkafka, aiokafka)",
+        ),
+    ] = False,
+) -> None:
+    show_client_logs(verbose)
 
 
 def _settings() -> tuple[Settings, TenantDirectory]:
@@ -223,7 +255,9 @@ def run_import(file: Path, tenant: str, rejects: Path | None, **how: Any) -> Non
                 writer.writerow(["line", "phone", "reason"])
                 writer.writerows((r.line, r.phone, r.reason) for r in problems)
             err.print(f"rejected rows written to {rejects}")
-    raise typer.Exit(0 if report.ok else (EXIT_UNAVAILABLE if report.failed else EXIT_SUPPRESSED))
+    if report.failed:  # not acknowledged: say why once, rather than once per row
+        raise typer.Exit(say_kafka_failure(settings))
+    raise typer.Exit(0 if report.ok else EXIT_NOT_CALLABLE)
 
 
 @app.command()
@@ -326,6 +360,12 @@ def up(
     Kafka, Redis, PostgreSQL (the reference list), Prometheus (graphs, alert rules), the
     worker, the reference-list sync and the HTTP gateway. Data and logs go to DNC_DATA_DIR.
     --brokers, --workers and --redis-cluster scale each part on its own.
+
+    Every port it will bind is checked first: two settings naming one port, or a port
+    another process holds, is said (naming the settings) before anything starts.
+    Exit 0 once stopped on request (Ctrl-C, SIGTERM); 1 another `dnc up` runs on this data
+    directory; 2 it gave up (a service could not start, or a process kept exiting); 3 two
+    ports clash or one is in use.
     """
     from dnc.local import run_local_stack
     from dnc.resilient_output import ResilientOutput
@@ -339,7 +379,7 @@ def up(
     fallback = settings.data_dir / "up.log"
     console = Console(file=cast(IO[str], ResilientOutput(sys.stdout, fallback)), soft_wrap=True)
     err.file = cast(IO[str], ResilientOutput(sys.stderr, fallback))
-    run_local_stack(
+    code = run_local_stack(
         settings,
         kafka_version or settings.kafka_version,
         console,
@@ -348,6 +388,7 @@ def up(
         workers=workers,
         redis_cluster=redis_cluster,
     )
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -426,7 +467,8 @@ def status(
     Per partition: staleness against the bound, the worker vouching, its lag. Per tenant: safe
     to dial, suppressed numbers, consents valid now and those ending within 30 days, changes
     pending for the reference list and the age of the oldest, the sync's lag. Per dead-letter
-    topic: letters held, oldest and newest failure, the newest's reason. Exit 0 healthy, 2 not.
+    topic: letters held, oldest and newest failure, the newest's reason. Exit 0 healthy, 2 not,
+    4 Kafka refused the credentials.
     """
     from dnc.health import pipeline_status, render_status
 
@@ -436,6 +478,8 @@ def status(
         sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
     else:
         render_status(report, out)
+    if report.get("kafka_problem") == "refused":
+        raise typer.Exit(EXIT_REFUSED)
     raise typer.Exit(0 if report["healthy"] else EXIT_UNAVAILABLE)
 
 
@@ -845,6 +889,24 @@ def bench_gateway(
 register_dial_commands(app)
 
 
+def say_kafka_failure(settings: Settings, exc: PublishError | None = None) -> int:
+    """Kafka did not acknowledge: say why in one sentence; return the exit code that says it
+    (2 unreachable or not acknowledged, 4 credentials or permission refused)."""
+    from dnc.kafka_diagnosis import DENIED, denied_sentence, diagnose_kafka
+
+    if exc is not None and exc.kafka_code in DENIED:
+        sentence = denied_sentence(settings, f"write {exc.topic or 'this topic'}")
+        err.print(f"[bold red]not recorded:[/] {escape(sentence)}")
+        return EXIT_REFUSED
+    problem = diagnose_kafka(settings)
+    if problem is not None:
+        err.print(f"[bold red]not recorded:[/] {escape(problem.sentence)}")
+        return problem.exit_code
+    if exc is not None:
+        err.print(f"[bold red]not recorded:[/] {escape(str(exc))}")
+    return EXIT_UNAVAILABLE
+
+
 def main() -> None:
     """Entry point: clear errors instead of tracebacks for what users can fix."""
     from pydantic import ValidationError
@@ -857,6 +919,8 @@ def main() -> None:
     _setup_logging(settings.log_level if "--help" not in sys.argv else "WARNING")
     try:
         app()
+    except PublishError as exc:
+        sys.exit(say_kafka_failure(settings, exc))
     except InvalidEventError as exc:
         err.print(f"[bold red]invalid:[/] {exc.message}")
         sys.exit(EXIT_ERROR)

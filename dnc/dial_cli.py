@@ -21,13 +21,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 
 from consumers.checker import Answer, CheckResult
+from dnc.exits import EXIT_ERROR, EXIT_NOT_CALLABLE, EXIT_OK, EXIT_UNAVAILABLE
 from schemas.events import ConsentSource, Kind, Scope, Source
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-EXIT_CALLABLE, EXIT_NOT_CALLABLE, EXIT_UNAVAILABLE, EXIT_ERROR = 0, 1, 2, 3
+EXIT_CALLABLE = EXIT_OK
 SCRUB_CHUNK = 10_000  # numbers per bulk check of a scrub
 
 TenantOpt = Annotated[

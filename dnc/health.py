@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaException, TopicPartition
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from consumers.checker import SuppressionChecker, checker_client
@@ -20,6 +21,7 @@ from consumers.dial_rules import ViewFacts, valid_consent
 from consumers.readiness import Readiness
 from consumers.reference_sync import lane_group, status_key
 from consumers.view_reads import consent_facts
+from dnc.kafka_diagnosis import diagnose_kafka
 from schemas.events import Scope
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
@@ -55,7 +57,9 @@ def consumer_lag(settings: Settings, group: str, topic: str) -> dict[int, dict[s
     try:
         metadata = consumer.list_topics(topic, timeout=5)
         if topic not in metadata.topics or metadata.topics[topic].error is not None:
-            raise KafkaException(f"topic {topic} does not exist")
+            raise KafkaException(
+                f"no topic {topic} yet: the worker creates it as it starts (`dnc up`, `dnc worker`)"
+            )
         partitions = [TopicPartition(topic, p) for p in metadata.topics[topic].partitions]
         committed = consumer.committed(partitions, timeout=5)
         out = {}
@@ -71,6 +75,12 @@ def consumer_lag(settings: Settings, group: str, topic: str) -> dict[int, dict[s
 def worker_members(settings: Settings) -> dict[str, list[int]]:
     """The workers in the worker group now, each with the oppositions partitions it owns
     (by static membership id, else member id; every `dnc up --workers N` worker has one)."""
+    return worker_group(settings)[1]
+
+
+def worker_group(settings: Settings) -> tuple[ConsumerGroupState, dict[str, list[int]]]:
+    """The worker group's state (stable, rebalancing, ...) and its members' oppositions
+    partitions (see :func:`worker_members`)."""
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient(
@@ -78,7 +88,7 @@ def worker_members(settings: Settings) -> dict[str, list[int]]:
     )
     group = settings.worker_group
     found = admin.describe_consumer_groups([group], request_timeout=5)[group].result(timeout=10)
-    return {
+    members = {
         member.group_instance_id or member.member_id: sorted(
             tp.partition
             for tp in member.assignment.topic_partitions
@@ -86,6 +96,7 @@ def worker_members(settings: Settings) -> dict[str, list[int]]:
         )
         for member in found.members
     }
+    return found.state, members
 
 
 def suppressed_counts(settings: Settings, tenants: list[str]) -> dict[str, int | None]:
@@ -269,7 +280,11 @@ def pipeline_status(
         },
         "kafka": settings.kafka_bootstrap,
     }
+    # Asked first, in a few seconds: the lag's reads would each wait their own timeout.
+    problem = diagnose_kafka(settings)
     try:
+        if problem is not None:
+            raise KafkaException(problem.sentence)
         lag = consumer_lag(settings, settings.worker_group, settings.oppositions_topic)
         report["kafka_reachable"] = True
         report["worker_lag"] = lag
@@ -277,7 +292,11 @@ def pipeline_status(
         report["workers"] = worker_members(settings)
     except KafkaException as exc:
         report["kafka_reachable"] = False
-        report["kafka_error"] = str(exc)
+        # One sentence: what, where, what to do ("refused": credentials, exit 4).
+        report["kafka_error"] = (
+            problem.sentence if problem else f"Kafka at {settings.kafka_bootstrap}: {exc}"
+        )
+        report["kafka_problem"] = problem.trouble.value if problem else "unreachable"
     report["tenants"] = (
         tenant_status(settings, tenants, verdict, report["kafka_reachable"]) if per_tenant else {}
     )
@@ -311,10 +330,10 @@ def render_status(report: dict[str, Any], console: Console) -> None:
     """Human summary of :func:`pipeline_status`."""
     ok = "[green]yes[/]"
     no = "[red]no[/]"
-    console.print(
-        f"Kafka {report['kafka']}: {'reachable' if report['kafka_reachable'] else 'UNREACHABLE'}"
-        + ("" if report["kafka_reachable"] else f" ({report.get('kafka_error')})")
-    )
+    if report["kafka_reachable"]:
+        console.print(f"Kafka {report['kafka']}: reachable", markup=False)
+    else:
+        console.print(f"[bold red]{escape(report['kafka_error'])}[/]")
     console.print(
         f"[bold]safe to dial: {ok if report['safe_to_dial'] else no}[/] "
         f"({report['safe_to_dial_why']})"

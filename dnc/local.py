@@ -30,11 +30,15 @@ import httpx
 from pydantic import SecretStr
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 
-from dnc.health import sync_reports, view_readiness
+from dnc.exits import EXIT_ERROR, EXIT_OK, EXIT_UNAVAILABLE
+from dnc.health import sync_reports
 from dnc.live_summary import read_snapshot, render
 from dnc.pidfiles import SUPERVISOR, RunDirectory
+from dnc.settled import SETTLED_FOR_SECONDS, group_settled
 from infra.acls import SUPERUSER, apply_acls, client_env, stack_credentials
+from infra.ports import PlannedPort, PortClash, check_ports
 from infra.postgres_service import start_postgres
 from infra.prometheus_service import (
     OPS_PAGE,
@@ -42,7 +46,7 @@ from infra.prometheus_service import (
     run_rules,
     start_prometheus,
 )
-from infra.services import KafkaSecurity, LocalStack, RunningService
+from infra.services import KafkaSecurity, LocalStack, RunningService, ServiceError
 from schemas.settings import AUTHORITY_KEY_FILE, REDIS_CLUSTER_FILE, VIEW_KEY_FILE, Settings
 from schemas.tenants import TenantDirectory
 
@@ -52,6 +56,7 @@ RULES_FILE = Path(__file__).resolve().parent.parent / "infra" / "prometheus" / "
 # "now" tables 15 s after it stopped, not 5 minutes.
 PROMETHEUS_LOOKBACK = "15s"
 MAX_RESTARTS = 5
+READY_TIMEOUT_SECONDS = 180  # then "pipeline started (not ready yet: ...)"
 
 
 @dataclass
@@ -140,6 +145,7 @@ def _env(settings: Settings, postgres_dsn: str) -> dict[str, str]:
     env["DNC_REDIS_URL"] = settings.redis_url.get_secret_value()
     env["DNC_POSTGRES_DSN"] = postgres_dsn
     env["PYTHONUNBUFFERED"] = "1"  # the log must survive a crash
+    env["DNC_VERBOSE"] = "1"  # a process's log file keeps its Kafka clients' own lines
     if settings.replication_factor > 1:
         env["DNC_REPLICATION_FACTOR"] = str(settings.replication_factor)
     if settings.redis_cluster:
@@ -170,6 +176,53 @@ def _scrape_targets(settings: Settings, demo: bool, workers: int = 1) -> dict[st
     if demo:
         targets["dnc-demo"] = [f"{host}:{settings.demo_metrics_port}"]
     return targets
+
+
+def stack_ports(settings: Settings, brokers: int, redis_cluster: bool) -> list[PlannedPort]:
+    """The ports Kafka and Redis bind that a setting names (the other brokers' ports and
+    the controllers' are picked free as they start: see ``check_picked_ports``)."""
+    kafka_host, kafka_port = settings.kafka_host_port
+    first = " (the first broker)" if brokers > 1 else ""
+    planned = [
+        PlannedPort(f"DNC_KAFKA_BOOTSTRAP{first}", kafka_port, kafka_host, "DNC_KAFKA_BOOTSTRAP")
+    ]
+    redis_host, redis_port = settings.redis_host_port
+    if not redis_cluster:
+        return [*planned, PlannedPort("DNC_REDIS_URL", redis_port, redis_host)]
+    for i in range(6):  # as infra.redis_cluster runs them: the seed's port and the 5 after it
+        name = "DNC_REDIS_URL" if i == 0 else f"DNC_REDIS_URL's port + {i}"
+        label = f"{name} (Redis Cluster node {i + 1})"
+        planned.append(PlannedPort(label, redis_port + i, redis_host, "DNC_REDIS_URL"))
+    for i in range(6):  # each node's cluster bus: its port + 10000 (Redis's default)
+        if redis_port + i <= 55535:
+            planned.append(
+                PlannedPort(
+                    f"DNC_REDIS_URL's port + {10000 + i} (Redis Cluster node {i + 1}'s bus)",
+                    redis_port + i + 10000,
+                    redis_host,
+                    "DNC_REDIS_URL",
+                )
+            )
+    return planned
+
+
+def process_ports(settings: Settings, workers: int, demo: bool) -> list[PlannedPort]:
+    """The ports bound after Kafka and Redis: PostgreSQL, Prometheus, the gateway and
+    every process's /metrics."""
+    metrics = settings.metrics_host
+    planned = [
+        PlannedPort("DNC_POSTGRES_DSN", _postgres_port(settings)),
+        PlannedPort("DNC_PROMETHEUS_PORT", settings.prometheus_port),
+        PlannedPort("DNC_GATEWAY_PORT", settings.gateway_port, settings.gateway_host),
+    ]
+    for n, port in enumerate(worker_metrics_ports(settings, workers), start=1):
+        name = "DNC_WORKER_METRICS_PORT"
+        label = name if n == 1 else f"{name} + {8 + n} (worker-{n}'s /metrics)"
+        planned.append(PlannedPort(label, port, metrics, name))
+    planned.append(PlannedPort("DNC_SYNC_METRICS_PORT", settings.sync_metrics_port, metrics))
+    if demo:
+        planned.append(PlannedPort("DNC_DEMO_METRICS_PORT", settings.demo_metrics_port, metrics))
+    return planned
 
 
 class LocalStackBusy(RuntimeError):
@@ -225,6 +278,7 @@ class LocalPipeline:
         self.children: list[Child] = []
         self.postgres_dsn = settings.postgres_dsn.get_secret_value()
         self.run_dir = RunDirectory(settings.data_dir)
+        self.awaited = "the worker"  # what "pipeline ready" still waits for
 
     def clear_leftovers(self) -> None:
         """Stop what a previous `dnc up` on this data directory left running, or refuse.
@@ -264,6 +318,28 @@ class LocalPipeline:
         )
         return f"{kafka} and {redis}"
 
+    def planned_ports(self) -> list[PlannedPort]:
+        """Every port `dnc up` will bind that a setting names."""
+        s, cluster = self.settings, self.stack.use_redis_cluster
+        return [*stack_ports(s, self.stack.brokers, cluster),
+                *process_ports(s, self.workers, self.demo)]  # fmt: skip
+
+    def check_picked_ports(self) -> None:
+        """Kafka and Redis started: the ports they picked free (the controllers', the other
+        brokers') must not be one that PostgreSQL, Prometheus or a process will bind."""
+        later = {p.port: p for p in process_ports(self.settings, self.workers, self.demo)}
+        for service in self.stack.services():
+            for what, port in (
+                ("port", service.port),
+                ("controller port", service.controller_port),
+            ):
+                if port and port in later:
+                    raise PortClash(
+                        f"the {service.name}'s {what}, picked free as it started, is {port}, "
+                        f"which {later[port].label} names too: change {later[port].moved_by}, "
+                        "or run `dnc up` again (another free port is picked)"
+                    )
+
     def start_services(self) -> None:
         data = self.settings.data_dir
         self.console.print(f"starting {self._describe_services()} (data in {data}) ...")
@@ -282,6 +358,7 @@ class LocalPipeline:
         finally:  # Kafka may fail after Redis started (LocalStack then stops Redis itself)
             self._record_stack()
         secured.touch()
+        self.check_picked_ports()
         # With a cluster, what every process is given from now on: all the brokers and
         # replicated topics; the Redis Cluster's seed node.
         update: dict[str, object] = {}
@@ -412,16 +489,25 @@ class LocalPipeline:
             child.start()
 
     def wait_ready(self, stopping: list[bool]) -> bool:
-        """Until the view is ready and every reference-list lane reports running (2 min)."""
+        """Until the worker group has settled (every worker joined, every partition assigned
+        and vouched for by its assignee, the view current: :mod:`dnc.settled`) for
+        SETTLED_FOR_SECONDS, and every reference-list lane reports running (3 min)."""
         tenants = TenantDirectory.load(self.settings.tenants_file)
         synced = [t for t in tenants.names if tenants.get(t).reference_list is not None]
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        since: float | None = None  # settled since then, without a break
         while not stopping and time.monotonic() < deadline:
             self.supervise()
-            ready = view_readiness(self.settings, tenants).ready
+            verdict = group_settled(self.settings, tenants, self.workers)
             reports = sync_reports(self.settings, synced)
-            if ready and all(r and r.get("running") for r in reports.values()):
-                return True
+            lanes = all(r and r.get("running") for r in reports.values())
+            self.awaited = verdict.why or ("" if lanes else "the reference-list sync")
+            if verdict.settled and lanes:
+                since = since if since is not None else time.monotonic()
+                if time.monotonic() - since >= SETTLED_FOR_SECONDS:
+                    return True
+            else:
+                since = None
             time.sleep(0.5)
         return False
 
@@ -440,7 +526,8 @@ class LocalPipeline:
         workers = ", ".join(f":{p}" for p in worker_metrics_ports(s, self.workers))
         plural = "s" if self.workers > 1 else ""
         return (
-            f"\n[bold green]pipeline {'ready' if ready else 'started (view not ready yet)'}[/]\n"
+            f"\n[bold green]pipeline "
+            f"{'ready' if ready else f'started (not ready yet: {escape(self.awaited)})'}[/]\n"
             f"  Kafka       {kafka}   topics {s.oppositions_topic}, "
             f"{s.suppressions_topic}, {s.dead_letter_topic}\n"
             f"  Redis       {redis}\n"
@@ -482,8 +569,10 @@ def run_local_stack(
     brokers: int = 1,
     workers: int = 1,
     redis_cluster: bool = False,
-) -> None:
-    """Start everything, say where it listens, block until a stop signal, stop in reverse.
+) -> int:
+    """Start everything, say where it listens, block until a stop signal, stop in reverse;
+    return the exit code: 0 stopped on request, 2 gave up (a service could not start, or a
+    process kept exiting), 3 two ports clash or one is in use (nothing was started).
 
     SIGINT (Ctrl-C), SIGTERM and SIGHUP (the terminal closed) all stop everything. A
     failure of the output (EPIPE when `| tee` died first) never stops the stopping.
@@ -498,11 +587,18 @@ def run_local_stack(
     local = LocalPipeline(settings, kafka_version, demo, console, brokers, workers, redis_cluster)
     try:
         local.clear_leftovers()
+        check_ports(local.planned_ports())  # before anything starts
     except LocalStackBusy as exc:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         raise SystemExit(f"error: {exc}") from None
+    except PortClash as exc:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}; nothing was started")
+        return EXIT_ERROR
     local.run_dir.record(SUPERVISOR, os.getpid())
+    code = EXIT_OK
     try:
         local.start_services()
         local.start_processes()
@@ -515,8 +611,9 @@ def run_local_stack(
         while not stopping:
             local.supervise()
             time.sleep(0.5)
-    except RuntimeError as exc:
-        console.print(f"[red]{exc}[/]")
+    except (RuntimeError, ServiceError, PortClash) as exc:
+        console.print(f"[red]{escape(str(exc))}[/]")
+        code = EXIT_ERROR if isinstance(exc, PortClash) else EXIT_UNAVAILABLE
     finally:
         console.print("stopping ...")
         try:
@@ -525,7 +622,8 @@ def run_local_stack(
             local.run_dir.forget(SUPERVISOR)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        console.print("stopped.")
+        console.print("stopped." if code == EXIT_OK else f"stopped (exit status {code}).")
+    return code
 
 
 def stop_recorded(settings: Settings, console: Console) -> int:

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from infra.kafka_cluster import KafkaCluster
@@ -813,8 +813,11 @@ def _secured_kafka_ready(host: str, port: int, security: KafkaSecurity, expected
     """The SASL listener authenticates the superuser and lists ``expected`` brokers or more."""
     from confluent_kafka.admin import AdminClient
 
+    from schemas.settings import KAFKA_LOGGER
+
     h = f"[{host}]" if ":" in host else host
-    admin = AdminClient({"bootstrap.servers": f"{h}:{port}", **security.client_config()})
+    quiet: dict[str, Any] = {"logger": logging.getLogger(KAFKA_LOGGER)}  # never raw to stderr
+    admin = AdminClient({"bootstrap.servers": f"{h}:{port}", **security.client_config(), **quiet})
     try:
         return len(admin.list_topics(timeout=2).brokers) >= expected
     except Exception:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
@@ -18,7 +19,7 @@ def ensure_topics(
     bootstrap: str,
     specs: list[TopicSpec],
     timeout: float = 30.0,
-    client_config: dict[str, str] | None = None,
+    client_config: dict[str, Any] | None = None,
 ) -> list[str]:
     """Create the missing topics; return the names created. Existing topics are left as they are.
 

@@ -141,7 +141,9 @@ class OppositionPublisher:
                 if err is not None:
                     result = PublishError(
                         f"Kafka did not acknowledge event {event.event_id}: {err.str()} "
-                        "(not recorded: check the broker and retry)"
+                        "(not recorded: check the broker and retry)",
+                        err.code(),
+                        msg.topic(),
                     )
                 else:
                     result = Receipt(str(event.event_id), msg.partition() or 0, msg.offset() or 0)
@@ -187,7 +189,9 @@ class OppositionPublisher:
                 # Local queue full: serve delivery reports to make room.
                 self._producer.poll(0.1)
             except KafkaException as exc:
-                raise PublishError(f"cannot publish to {topic}: {exc}") from exc
+                raise PublishError(
+                    f"cannot publish to {topic}: {exc}", exc.args[0].code(), topic
+                ) from exc
 
     def close(self) -> None:
         """Deliver what is still queued (bounded by the publish timeout)."""

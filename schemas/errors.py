@@ -43,7 +43,17 @@ class UnknownTenant(InvalidEventError):
 
 
 class PublishError(DncError):
-    """Kafka did not acknowledge an event; it was NOT recorded and must be retried."""
+    """Kafka did not acknowledge an event; it was NOT recorded and must be retried.
+
+    ``kafka_code``: librdkafka's error code, when Kafka gave one (an ACL refusal is not
+    worth retrying); ``topic``: where it was to go."""
+
+    def __init__(
+        self, message: str, kafka_code: int | None = None, topic: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.kafka_code = kafka_code
+        self.topic = topic
 
 
 class AuditError(DncError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -16,6 +17,9 @@ AUTHORITY_KEY_FILE = "authority.key"  # `dnc up`'s key for its workers (read by 
 KAFKA_CREDENTIALS_FILE = "kafka-credentials.json"  # `dnc up`'s SASL/SCRAM passwords
 REDIS_CLUSTER_FILE = "redis-cluster.json"  # `dnc up --redis-cluster`: the seed node's address
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
+# librdkafka's own log lines (every client of this project) go to this Python logger, never
+# to stderr in librdkafka's raw format; the CLI shows them only with --verbose.
+KAFKA_LOGGER = "dnc.kafka"
 BUNDLED_TENANTS_FILE = Path(__file__).resolve().parent.parent / "infra" / "tenants.toml"
 
 
@@ -338,9 +342,10 @@ class Settings(BaseSettings):
             )
         return self
 
-    def kafka_client_config(self) -> dict[str, str]:
-        """librdkafka security options for every Kafka client (empty for PLAINTEXT)."""
-        config: dict[str, str] = {}
+    def kafka_client_config(self) -> dict[str, Any]:
+        """librdkafka options for every Kafka client: its log lines into Python logging
+        (:data:`KAFKA_LOGGER`), and the security options (none for PLAINTEXT)."""
+        config: dict[str, Any] = {"logger": logging.getLogger(KAFKA_LOGGER)}
         if self.kafka_security_protocol != "PLAINTEXT":
             config["security.protocol"] = self.kafka_security_protocol.lower()
         if self.kafka_security_protocol.startswith("SASL_"):

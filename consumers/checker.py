@@ -53,7 +53,7 @@ from consumers.view_reads import Found, NumberRead, ViewQuestions
 from schemas.errors import InvalidPhoneNumber
 from schemas.events import Scope
 from schemas.metrics import CHECK_REASONS, CHECK_SECONDS, CHECKS
-from schemas.phone import normalise
+from schemas.phone import normalise, normalise_cached
 from schemas.policy import CampaignPolicy, LegalBasis
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
@@ -275,7 +275,7 @@ class SuppressionChecker:
         """The number in E.164 (raises on invalid input), its plan and its read's keys and
         arguments."""
         plan = self._plan(tenant, campaign)
-        e164 = normalise(phone, plan.region)
+        e164 = normalise_cached(phone, plan.region)
         keys, args = plan.read.call(e164, _attempts_since_ms(plan.policy, at))
         return e164, plan, keys, args
 

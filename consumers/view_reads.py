@@ -226,12 +226,14 @@ class NumberRead:
         trust: tuple[str, float],
     ) -> None:
         self._layout = layout
-        self._targets = list(_targets(tenant, campaign))
+        self._targets = [
+            (scope, layout.locator(target)) for scope, target in _targets(tenant, campaign)
+        ]
         self._head: list[Any] = [with_node, *trust]
         self._consents = consents
         self._attempts = attempts
         self._ops: list[tuple[str, Scope]] = []  # the replies after the metadata, in order
-        for scope, _target in self._targets:
+        for scope, _locate in self._targets:
             self._ops.append(("k", scope))
             if consents:
                 self._ops.append(("c", scope))
@@ -243,8 +245,8 @@ class NumberRead:
         keys = [self._layout.meta_key(e164)]
         args = list(self._head)
         attempts = ""
-        for scope, target in self._targets:
-            base, member = self._layout.locate(target, e164)
+        for scope, locate in self._targets:
+            base, member = locate(e164)
             keys.append(base)
             args += ("k", 1, member)
             if self._consents:

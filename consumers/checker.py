@@ -312,7 +312,7 @@ class SuppressionChecker:
             connection = held.connection if held.pid == os.getpid() else None
             try:
                 if connection is None:
-                    connection = held.connection = self._redis.connection_pool.get_connection()
+                    connection = held.connection = _own_connection(self._redis.connection_pool)
                     held.pid = os.getpid()
                 connection.send_packed_command(connection.pack_command(
                     "EVALSHA", self._read.sha, len(keys), *keys, *args))  # fmt: skip
@@ -481,6 +481,14 @@ end
 return {now, node, redis.call('HGETALL', KEYS[1]), count, reserved}
 """
 )
+
+
+def _own_connection(pool: Any) -> Any:
+    """A connection of ``pool`` for this thread alone (kept, never released to the pool)."""
+    try:
+        return pool.get_connection()
+    except TypeError:  # redis-py before 6 wants the command's name
+        return pool.get_connection("EVALSHA")
 
 
 def _attempts_since_ms(policy: CampaignPolicy, at: datetime | None) -> int | None:

@@ -269,3 +269,20 @@ def test_a_redis_cluster_needs_a_sharded_view(monkeypatch: pytest.MonkeyPatch) -
     assert Settings(view_shards=16).shards == 16
     monkeypatch.setenv("DNC_REDIS_CLUSTER", "false")
     assert Settings(view_shards=0).shards == 0  # one Redis server: the plain layout
+
+
+@pytest.mark.redis
+def test_a_check_answers_after_its_connection_was_killed(view: PlainView) -> None:
+    """A single check keeps its thread's connection from one check to the next: a connection
+    the server closed (a restart, a timeout, CLIENT KILL) is dropped and the check answers on
+    a new one, never on a reply meant for another question."""
+    phones = numbers(20)
+    view.suppress(phones[::2])
+    view.make_ready()
+    expected = [Answer.SUPPRESSED if i % 2 == 0 else Answer.CALLABLE for i in range(20)]
+    assert [view.checker.check(p, "acme").answer for p in phones] == expected
+    for i, phone in enumerate(phones):
+        if i % 3 == 0:  # the checker's connections, killed by the server between two checks
+            killed = view.client.client_kill_filter(_type="normal", skipme=True)
+            assert killed >= 1
+        assert view.checker.check(phone, "acme").answer is expected[i], phone

@@ -13,6 +13,8 @@ the answer is ``unavailable`` (do not call), never ``callable``.
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -27,6 +29,7 @@ from redis.asyncio import BlockingConnectionPool as AsyncBlockingConnectionPool
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
 from consumers.dial_rules import (
     ConsentFact,
@@ -34,6 +37,7 @@ from consumers.dial_rules import (
     ReasonCode,
     decide,
     next_allowed_at,
+    only_oppositions,
     valid_consent,
 )
 from consumers.readiness import (
@@ -45,11 +49,11 @@ from consumers.readiness import (
     read_view,
     trusted,
 )
-from consumers.view_reads import Found, ViewQuestions
+from consumers.view_reads import Found, NumberRead, ViewQuestions
 from schemas.errors import InvalidPhoneNumber
 from schemas.events import Scope
 from schemas.metrics import CHECK_REASONS, CHECK_SECONDS, CHECKS
-from schemas.phone import normalise
+from schemas.phone import normalise, normalise_cached
 from schemas.policy import CampaignPolicy, LegalBasis
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
@@ -119,6 +123,23 @@ _MEMBERS_PER_SCRIPT = 4000
 # Attempts are read from a little further back than the campaign's period (the window is
 # applied on Redis's clock afterwards).
 _ATTEMPTS_MARGIN = timedelta(minutes=5)
+_PLANS_CACHED = 4096  # (tenant, campaign) pairs whose single-check plan is kept
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a single check of one tenant's campaign needs besides the number: built once."""
+
+    region: str
+    policy: CampaignPolicy
+    read: NumberRead
+
+
+class _HeldConnection(threading.local):
+    """This thread's connection for single checks (see :meth:`SuppressionChecker._read_one`)."""
+
+    connection: Any = None
+    pid = 0
 
 
 class SuppressionChecker:
@@ -157,6 +178,10 @@ class SuppressionChecker:
             async_client.register_script(READ_VIEW) if async_client is not None else None
         )
         self._reserve = client.register_script(RESERVE_ATTEMPT)
+        self._plans: dict[tuple[str, str | None], _Plan] = {}
+        # Single checks on one Redis server go on a connection of this thread (a cluster's
+        # client picks the node: it keeps redis-py's path).
+        self._held = None if isinstance(client, RedisCluster) else _HeldConnection()
 
     @classmethod
     def from_settings(
@@ -209,62 +234,50 @@ class SuppressionChecker:
             with contextlib.suppress(redis.RedisError):
                 self._redis.nodes_manager.initialize()
 
-    def _unready_reason(
-        self, server_time: Any, meta: Any, node: Any = None, spent: float = 0.0
-    ) -> str | None:
-        """Why the view cannot be trusted right now, or None.
-
-        ``spent``: seconds since the question was asked; the view must still be within the
-        bound after them (an answer is only as fresh as the moment it reaches the dialer).
-        """
-        bound = self._max_staleness - spent
-        if trusted(server_time, meta, self._fingerprint, bound, node):
+    def _unready_reason(self, server_time: Any, meta: Any, node: Any = None) -> str | None:
+        """Why the view cannot be trusted right now, or None."""
+        if trusted(server_time, meta, self._fingerprint, self._max_staleness, node):
             return None
-        if spent and trusted(server_time, meta, self._fingerprint, self._max_staleness, node):
-            return (f"the answer took {spent:.2f}s, so the view it read may be older than the "
-                    f"{self._max_staleness:g}s staleness bound by now (this process or Redis "
-                    "is overloaded?): ask again")  # fmt: skip
         verdict = judge(server_time, meta, self._fingerprint, self._max_staleness, node)
         return verdict.why or "not ready"
-
-    def _fail_late(
-        self,
-        questions: ViewQuestions,
-        replies: Sequence[Any],
-        results: list[CheckResult | None],
-        started: float,
-    ) -> None:
-        """Make "callable" unavailable where the view read is past the bound once the answer
-        is ready: the time the question took counts against the bound (fail closed)."""
-        if not any(r is not None and r.answer is Answer.CALLABLE for r in results):
-            return
-        spent = time.perf_counter() - started
-
-        def late(server_time: Any, meta: Any, node: Any) -> str | None:
-            return self._unready_reason(server_time, meta, node, spent)
-
-        for i, why in questions.untrusted(replies, late).items():
-            r = results[i]
-            if r is not None and r.answer is Answer.CALLABLE:
-                results[i] = CheckResult(r.phone_e164, Answer.UNAVAILABLE, why=why, at=r.at)
 
     def _questions(
         self, tenant: str, campaign: str | None, policy: CampaignPolicy, at: datetime | None
     ) -> ViewQuestions:
-        since = None
-        if policy.max_attempts is not None:
-            start = (at or datetime.now(UTC)) - policy.attempt_period - _ATTEMPTS_MARGIN
-            since = int(start.timestamp() * 1000)
+        since = _attempts_since_ms(policy, at)
         return ViewQuestions(
             self._layout, tenant, campaign,
             consents=policy.legal_basis is LegalBasis.CONSENT, attempts_since_ms=since,
             with_node=self._with_node, per_script=min(self._chunk, _MEMBERS_PER_SCRIPT),
+            trust=(self._fingerprint, self._max_staleness),
         )  # fmt: skip
 
-    def _ask(self, phone: str, tenant: str, campaign: str | None) -> tuple[str, CampaignPolicy]:
-        """The number in E.164 (raises on invalid input) and the campaign's policy."""
-        region = self._tenants.get(tenant).default_region
-        return normalise(phone, region), self._tenants.policy(tenant, campaign)
+    def _plan(self, tenant: str, campaign: str | None) -> _Plan:
+        """The single-check plan of ``tenant``'s ``campaign`` (raises for an unknown tenant)."""
+        plan = self._plans.get((tenant, campaign))
+        if plan is None:
+            region = self._tenants.get(tenant).default_region
+            policy = self._tenants.policy(tenant, campaign)
+            read = NumberRead(
+                self._layout, tenant, campaign,
+                consents=policy.legal_basis is LegalBasis.CONSENT,
+                attempts=policy.max_attempts is not None,
+                with_node=self._with_node, trust=(self._fingerprint, self._max_staleness),
+            )  # fmt: skip
+            if len(self._plans) >= _PLANS_CACHED:  # campaigns come and go: keep it bounded
+                self._plans.clear()
+            plan = self._plans[(tenant, campaign)] = _Plan(region, policy, read)
+        return plan
+
+    def _single(
+        self, phone: str, tenant: str, campaign: str | None, at: datetime | None
+    ) -> tuple[str, _Plan, Sequence[Any], Sequence[Any]]:
+        """The number in E.164 (raises on invalid input), its plan and its read's keys and
+        arguments."""
+        plan = self._plan(tenant, campaign)
+        e164 = normalise_cached(phone, plan.region)
+        keys, args = plan.read.call(e164, _attempts_since_ms(plan.policy, at))
+        return e164, plan, keys, args
 
     def check(
         self, phone: str, tenant: str, campaign: str | None = None, at: datetime | None = None
@@ -275,20 +288,42 @@ class SuppressionChecker:
         (campaign planning) against the view as it is now; default: now on Redis's clock.
         """
         started = time.perf_counter()
-        e164, policy = self._ask(phone, tenant, campaign)
-        questions = self._questions(tenant, campaign, policy, at)
-        questions.add(0, e164)
+        e164, plan, keys, args = self._single(phone, tenant, campaign, at)
         try:
-            [(keys, args)] = questions.reads()
-            reply = self._read(keys=keys, args=args)
-            results: list[CheckResult | None] = [
-                self._decide(e164, policy, questions.answers([reply], self._unready_reason)[0], at)
-            ]
-            self._fail_late(questions, [reply], results, started)
-            result = results[0] or CheckResult(e164, Answer.UNAVAILABLE, why="no answer")
+            reply = self._read_one(keys, args)
+            found = plan.read.found(reply, self._unready_reason)
+            result = self._in_time(self._decide(e164, plan.policy, found, at), found, started)
         except redis.RedisError as exc:
             result = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
         return _recorded(result, started)
+
+    def _read_one(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """One :data:`READ_VIEW` call, the reply returned.
+
+        On a single Redis server, on this thread's own connection of the client's pool, held
+        from one check to the next: redis-py's command path (a checkout that polls the socket,
+        the retry wrapper, its instrumentation) cost more than the rest of a check. Any
+        failure on it drops the connection (a reply left half-read must never answer the
+        next question) and the call is made again the ordinary way, with its retries.
+        """
+        held = self._held
+        if held is not None:
+            connection = held.connection if held.pid == os.getpid() else None
+            try:
+                if connection is None:
+                    connection = held.connection = _own_connection(self._redis.connection_pool)
+                    held.pid = os.getpid()
+                connection.send_packed_command(connection.pack_command(
+                    "EVALSHA", self._read.sha, len(keys), *keys, *args))  # fmt: skip
+                return connection.read_response()
+            except ResponseError:  # the reply was read (e.g. the script not loaded yet)
+                pass
+            except BaseException as exc:
+                if connection is not None:
+                    connection.disconnect()
+                if not isinstance(exc, redis.RedisError):
+                    raise
+        return self._read(keys=keys, args=args)
 
     async def check_async(
         self, phone: str, tenant: str, campaign: str | None = None, at: datetime | None = None
@@ -300,17 +335,11 @@ class SuppressionChecker:
         if self._read_async is None:
             raise RuntimeError("this checker has no asyncio Redis client (async_client=...)")
         started = time.perf_counter()
-        e164, policy = self._ask(phone, tenant, campaign)
-        questions = self._questions(tenant, campaign, policy, at)
-        questions.add(0, e164)
+        e164, plan, keys, args = self._single(phone, tenant, campaign, at)
         try:
-            [(keys, args)] = questions.reads()
             reply = await self._read_async(keys=keys, args=args)
-            results: list[CheckResult | None] = [
-                self._decide(e164, policy, questions.answers([reply], self._unready_reason)[0], at)
-            ]
-            self._fail_late(questions, [reply], results, started)
-            result = results[0] or CheckResult(e164, Answer.UNAVAILABLE, why="no answer")
+            found = plan.read.found(reply, self._unready_reason)
+            result = self._in_time(self._decide(e164, plan.policy, found, at), found, started)
         except (redis.RedisError, OSError, TimeoutError) as exc:
             result = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
         return _recorded(result, started)
@@ -319,6 +348,22 @@ class SuppressionChecker:
         """Release the asyncio client's connections (the synchronous client needs nothing)."""
         if self._async_redis is not None:
             await self._async_redis.aclose()
+
+    def _in_time(self, result: CheckResult, found: Found, started: float) -> CheckResult:
+        """``result``, unless it says "callable" and the view it was read from is past the
+        staleness bound by the time the answer is ready: the time the question took counts
+        against the bound (a process descheduled after Redis answered, an overloaded host),
+        for an answer is only as fresh as the moment it reaches the dialer."""
+        if result.answer is not Answer.CALLABLE or found.now is None or found.oldest_ms is None:
+            return result
+        spent = time.perf_counter() - started
+        age = found.now.timestamp() - found.oldest_ms / 1000
+        if age + spent <= self._max_staleness:
+            return result
+        why = (f"the answer took {spent:.2f}s, so the view it read ({age:.2f}s behind then) may "
+               f"be older than the {self._max_staleness:g}s staleness bound by now (this "
+               "process or Redis overloaded?): ask again")  # fmt: skip
+        return CheckResult(result.phone_e164, Answer.UNAVAILABLE, why=why, at=result.at)
 
     def _decide(
         self, e164: str, policy: CampaignPolicy, found: Found, at: datetime | None
@@ -360,18 +405,35 @@ class SuppressionChecker:
         valid: list[tuple[int, str]] = []
         for i, phone in enumerate(phones):
             try:
-                e164 = normalise(phone, region)
+                valid.append((i, normalise(phone, region)))
             except InvalidPhoneNumber as exc:
                 results[i] = CheckResult(None, Answer.UNAVAILABLE, why=exc.message)
-                continue
-            valid.append((i, e164))
-            questions.add(i, e164)
+        questions.add_many(valid)
         try:
             replies = read_view(self._redis, questions.reads(), self._read) if valid else []
             found = questions.answers(replies, self._unready_reason)
-            for i, e164 in valid:
-                results[i] = self._decide(e164, policy, found[i], at)
-            self._fail_late(questions, replies, results, started)
+            # Under a policy of oppositions alone, numbers opposed alike get the same verdict:
+            # decided once per combination of kinds and lists (the same code decides it).
+            alike: dict[tuple[int, ...], CheckResult] | None = (
+                {} if only_oppositions(policy) else None
+            )
+            for slot, (i, e164) in enumerate(valid):
+                if alike is None or found.why[slot] is not None:
+                    results[i] = self._decide(e164, policy, found.found(slot), at)
+                    continue
+                masks = tuple(row[slot] for row in found.masks)
+                verdict = alike.get(masks)
+                if verdict is None:
+                    verdict = alike[masks] = self._decide(e164, policy, found.found(slot), at)
+                results[i] = CheckResult(
+                    e164, verdict.answer, verdict.scope, verdict.why, verdict.reasons,
+                    verdict.next_allowed_at, verdict.consent,
+                    at or found.now[slot] or datetime.now(UTC),
+                )  # fmt: skip
+            for slot, (i, _e164) in enumerate(valid):
+                answer = results[i]
+                if answer is not None and answer.answer is Answer.CALLABLE:
+                    results[i] = self._in_time(answer, found.found_time(slot), started)
         except redis.RedisError as exc:
             self._after_pipeline_error()
             for i, e164 in valid:
@@ -439,6 +501,22 @@ return {now, node, redis.call('HGETALL', KEYS[1]), count, reserved}
 )
 
 
+def _own_connection(pool: Any) -> Any:
+    """A connection of ``pool`` for this thread alone (kept, never released to the pool)."""
+    try:
+        return pool.get_connection()
+    except TypeError:  # redis-py before 6 wants the command's name
+        return pool.get_connection("EVALSHA")
+
+
+def _attempts_since_ms(policy: CampaignPolicy, at: datetime | None) -> int | None:
+    """From when (ms) a check reads the tenant's attempts; None: the campaign caps none."""
+    if policy.max_attempts is None:
+        return None
+    start = (at or datetime.now(UTC)) - policy.attempt_period - _ATTEMPTS_MARGIN
+    return int(start.timestamp() * 1000)
+
+
 def _recorded(result: CheckResult, started: float) -> CheckResult:
     _count([result])
     CHECK_SECONDS.observe(time.perf_counter() - started)
@@ -447,11 +525,36 @@ def _recorded(result: CheckResult, started: float) -> CheckResult:
 
 def _count(results: Sequence[CheckResult]) -> None:
     """``dnc_checks_total`` by answer, ``dnc_check_reasons_total`` by reason."""
+    if len(results) == 1:  # a single check: no tallies to build
+        [result] = results
+        _outcome_counter(result.answer).inc()
+        for reason in result.reasons:
+            _reason_counter(reason.code).inc()
+        return
     for answer, count in Counter(r.answer for r in results).items():
-        CHECKS.labels(outcome=answer).inc(count)
+        _outcome_counter(answer).inc(count)
     reasons = Counter(reason.code for r in results for reason in r.reasons)
     for code, count in reasons.items():
-        CHECK_REASONS.labels(reason=code.value).inc(count)
+        _reason_counter(code).inc(count)
+
+
+# The labelled counters, looked up once each (``labels()`` takes a lock and builds a key).
+_OUTCOME_COUNTERS: dict[Answer, Any] = {}
+_REASON_COUNTERS: dict[ReasonCode, Any] = {}
+
+
+def _outcome_counter(answer: Answer) -> Any:
+    counter = _OUTCOME_COUNTERS.get(answer)
+    if counter is None:
+        counter = _OUTCOME_COUNTERS[answer] = CHECKS.labels(outcome=answer)
+    return counter
+
+
+def _reason_counter(code: ReasonCode) -> Any:
+    counter = _REASON_COUNTERS.get(code)
+    if counter is None:
+        counter = _REASON_COUNTERS[code] = CHECK_REASONS.labels(reason=code.value)
+    return counter
 
 
 def async_checker_client(

@@ -32,12 +32,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import phonenumbers
-from holidays import country_holidays
-from phonenumbers import timezone as phone_zones
-from phonenumbers.tzdata import TIMEZONE_DATA
+if TYPE_CHECKING:
+    import phonenumbers
+
+# phonenumbers' time zone data and the holidays package are imported when a calendar is
+# first needed: a check under a campaign without calling hours (`dnc check` most often)
+# never pays for them.
 
 # Subdivisions of ``holidays.France`` (None: the national calendar). "57" is Moselle and
 # "6AE" Alsace (Bas-Rhin and Haut-Rhin): Good Friday and 26 December.
@@ -74,6 +77,8 @@ class NumberCalendar:
 @lru_cache(maxsize=4096)
 def holidays_of(subdivisions: tuple[str | None, ...], year: int) -> Mapping[int, str]:
     """Holidays of ``year`` in any of the French calendars named: date ordinal -> name."""
+    from holidays import country_holidays
+
     found: dict[int, str] = {}
     for subdivision in subdivisions:
         for day, name in country_holidays("FR", subdiv=subdivision, years=year).items():
@@ -84,6 +89,8 @@ def holidays_of(subdivisions: tuple[str | None, ...], year: int) -> Mapping[int,
 @lru_cache(maxsize=_NUMBERS_CACHED)
 def number_calendar(e164: str) -> NumberCalendar:
     """The calendar of an E.164 number (see the module's docstring for the safe sides)."""
+    import phonenumbers
+
     try:
         number = phonenumbers.parse(e164, None)
     except phonenumbers.NumberParseException:
@@ -92,6 +99,9 @@ def number_calendar(e164: str) -> NumberCalendar:
 
 
 def _zone_names(number: phonenumbers.PhoneNumber) -> tuple[str, ...]:
+    from phonenumbers import timezone as phone_zones
+    from phonenumbers.tzdata import TIMEZONE_DATA
+
     names = tuple(phone_zones.time_zones_for_number(number))
     if not names or phone_zones.UNKNOWN_TIMEZONE in names:
         names = TIMEZONE_DATA.get(str(number.country_code), ())  # the calling code's zones
@@ -99,6 +109,8 @@ def _zone_names(number: phonenumbers.PhoneNumber) -> tuple[str, ...]:
 
 
 def _subdivisions(number: phonenumbers.PhoneNumber) -> tuple[str | None, ...]:
+    import phonenumbers
+
     regions = phonenumbers.region_codes_for_country_code(number.country_code or 0)
     if phonenumbers.is_number_geographical(number):
         valid = [r for r in regions if phonenumbers.is_valid_number_for_region(number, r)]

@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -48,6 +49,8 @@ OPENS, BREAK_STARTS, BREAK_ENDS, CLOSES = 10 * 3600, 13 * 3600, 14 * 3600, 20 * 
 _WEEKEND = 5  # date.weekday() of Saturday
 _DAYS_SEARCHED = 40  # a run of closed days longer than this: no opening is given
 _ROUNDS = 64  # bounded searches: past this, no time is shown to help
+_HOURS_CACHED = 4096  # (calendar, second) verdicts of the calling hours kept
+_EPOCH, _SECOND = datetime(1970, 1, 1, tzinfo=UTC), timedelta(seconds=1)
 # The scopes whose consent withdrawals end a consent checked for a campaign (or a tenant).
 _COVERING = (Scope.GLOBAL, Scope.TENANT, Scope.CAMPAIGN)
 
@@ -135,6 +138,19 @@ def decide(policy: CampaignPolicy, e164: str, facts: ViewFacts, at: datetime) ->
         if capped is not None:
             reasons.append(capped)
     return reasons
+
+
+def only_oppositions(policy: CampaignPolicy) -> bool:
+    """True when, under ``policy``, :func:`decide` names nothing but the number's oppositions
+    (no sector ban, consent, calling hours or cap): its verdict is then the same for every
+    number with the same oppositions, at any instant, and no time helps."""
+    banned = policy.sector_banned and policy.legal_basis is not LegalBasis.CONTRACT
+    return not (
+        banned
+        or policy.legal_basis is LegalBasis.CONSENT
+        or policy.calling_hours is CallingHours.FR
+        or policy.max_attempts is not None
+    )
 
 
 def next_allowed_at(
@@ -241,6 +257,20 @@ def attempt_cap_reason(
 def hours_reason(calendar: NumberCalendar, at: datetime) -> Reason | None:
     """None when ``at`` is inside D223-9's calling hours in every zone of the number;
     else ``public_holiday`` (a holiday in any zone) or ``outside_calling_hours``."""
+    return _hours_reason_at(calendar, (at - _EPOCH) // _SECOND)
+
+
+@lru_cache(maxsize=_HOURS_CACHED)
+def _hours_reason_at(calendar: NumberCalendar, second: int) -> Reason | None:
+    """:func:`hours_reason` at the whole second ``second`` (Unix time): the same for every
+    instant of that second, as the hours open and close on whole minutes, the reason's detail
+    names the minute and the opening is one of those boundaries. Cached: the numbers of a
+    bulk check, and checks within a second, share a handful of calendars."""
+    return hours_verdict(calendar, datetime.fromtimestamp(second, UTC))
+
+
+def hours_verdict(calendar: NumberCalendar, at: datetime) -> Reason | None:
+    """:func:`hours_reason` computed at ``at`` itself (uncached)."""
     if not calendar.zones:
         return Reason(ReasonCode.OUTSIDE_CALLING_HOURS, detail="no known time zone for this number")
     code: ReasonCode | None = None

@@ -54,35 +54,87 @@ _PARTITIONS_BYTES, _LAYOUT_BYTES = META_PARTITIONS.encode(), META_LAYOUT.encode(
 # The one read of the view: Redis's clock, the node's identity (sharded view only: it costs an
 # INFO outside a cluster), the metadata hash and what is asked of the keys after it,
 # atomically. KEYS: the metadata hash (the number's shard's copy on a sharded view), then the
-# keys asked. ARGV: 1 to read the node's identity (else 0), then per key an operation, a count
-# n and n arguments:
-#   's' a bucket (schemas.view): is each member in its suppression set of each kind? (a list
-#       per kind, in FAMILY_OF_KIND's order);
+# keys asked. ARGV: 1 to read the node's identity (else 0); the reader's layout fingerprint
+# and staleness bound (seconds), or '' and 0 to be given the metadata whatever it says; then
+# per key an operation, a count n and n arguments:
+#   'k' a bucket (schemas.view): for each member, the kinds whose suppression set holds it,
+#       as a bit mask (bit i: the i-th kind of FAMILY_OF_KIND);
 #   'c' a bucket: each member's field of its consents hash (None when absent);
 #   'a' a tenant's attempts on a number: the times (ms) of those since the argument;
 #   'm' a set: SMISMEMBER of the members.
 # Replies: TIME, the node id (None when not asked; '' if unknown, which no copy was vouched
-# for on), HGETALL (flat), then one reply per key. A script holds Redis while it runs:
+# for on), the metadata, then one reply per key. The metadata is an integer when the reader
+# gave its fingerprint and the script found the view trusted by :func:`trusted`'s rules
+# (HMGET of the fields they read: no metadata to send back and parse on every check): the
+# oldest applied-through time (ms) of the partitions, so that the reader can tell how much
+# of the bound is left once its answer is ready (:func:`oldest_applied_ms`); otherwise HGETALL
+# (flat), which the reader judges itself (:func:`judge` says why). The script is stricter than
+# :func:`trusted` where Lua reads numbers differently (only plain integers of at most 15
+# digits, exact in its doubles): a view it does not vouch for gets the reader's own verdict,
+# so every answer is the one :func:`trusted` gives. A script holds Redis while it runs:
 # callers bound the members per script.
 READ_VIEW = (
     "local function node_id()\n"
     + LUA_NODE_ID
     + """  return node
 end
+local function int(value)
+  if value and #value <= 15 and string.match(value, '^%-?%d+$') then return tonumber(value) end
+  return nil
+end
 local node = false
 if ARGV[1] == '1' then node = node_id() or '' end
-local out = {redis.call('TIME'), node, redis.call('HGETALL', KEYS[1])}
+local now = redis.call('TIME')
+local function trusted()
+  local bound = tonumber(ARGV[3])
+  if ARGV[2] == '' or not bound then return false end
+  local head = redis.call('HMGET', KEYS[1], '"""
+    + META_PARTITIONS
+    + """', '"""
+    + META_LAYOUT
+    + """')
+  local total = int(head[1])
+  if not total or head[2] ~= ARGV[2] then return false end
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local per = node and 3 or 2
+  local oldest = now_ms
+  for first = 0, total - 1, 1000 do
+    local fields = {}
+    for p = first, math.min(total, first + 1000) - 1 do
+      fields[#fields + 1] = 'ready:' .. p
+      fields[#fields + 1] = 'applied:' .. p
+      if node then fields[#fields + 1] = 'node:' .. p end
+    end
+    local got = redis.call('HMGET', KEYS[1], unpack(fields))
+    for i = 1, #fields, per do
+      local at = int(got[i + 1])
+      if not got[i] or not at or (now_ms - at) / 1000 > bound then return false end
+      if node and got[i + 2] ~= node then return false end
+      if at < oldest then oldest = at end
+    end
+  end
+  return oldest
+end
+local meta = trusted()
+if not meta then meta = redis.call('HGETALL', KEYS[1]) end
+local out = {now, node, meta}
 local kinds = {"""
     + ", ".join(f"'{letter}'" for letter in FAMILY_OF_KIND.values())
     + """}
-local a = 2
+local a = 4
 for i = 2, #KEYS do
   local key, op, n = KEYS[i], ARGV[a], tonumber(ARGV[a + 1])
   local first, last = a + 2, a + 1 + n
-  if op == 's' then
+  if op == 'k' then
     local found = {}
+    for j = 1, n do found[j] = 0 end
+    local bit = 1
     for k = 1, #kinds do
-      found[k] = redis.call('SMISMEMBER', key .. kinds[k], unpack(ARGV, first, last))
+      local hits = redis.call('SMISMEMBER', key .. kinds[k], unpack(ARGV, first, last))
+      for j = 1, n do
+        if hits[j] == 1 then found[j] = found[j] + bit end
+      end
+      bit = bit * 2
     end
     out[i + 2] = found
   elseif op == 'c' then
@@ -245,6 +297,17 @@ def _partition_fields(total: int, as_bytes: bool) -> tuple[tuple[Any, Any, Any],
     return tuple((r.encode(), a.encode(), n.encode()) for r, a, n in names)
 
 
+def oldest_applied_ms(meta: Any) -> int | None:
+    """The oldest applied-through time (ms) of a view's partitions: the script's integer
+    verdict, or read from the metadata hash (None: none recorded)."""
+    if isinstance(meta, int):
+        return meta
+    fields = {_text(k): v for k, v in meta.items()}
+    total = int(fields.get(META_PARTITIONS) or 0)
+    times = [int(fields[applied_field(p)]) for p in range(total) if applied_field(p) in fields]
+    return min(times) if times else None
+
+
 def trusted(
     server_time: tuple[int, int] | list[int],
     meta: Mapping[Any, Any],
@@ -281,7 +344,7 @@ def read_readiness(
     with no members, or on a sharded view one per shard (pipelined: one round trip per node)."""
     sharded = layout is not None and bool(layout.shards)
     keys = layout.meta_keys() if layout is not None else [META_KEY]
-    replies = read_view(client, [([key], [int(sharded)]) for key in keys])
+    replies = read_view(client, [([key], [int(sharded), "", 0]) for key in keys])
     verdicts = [
         judge(server_time, meta_hash(flat), fingerprint, max_staleness, node)
         for server_time, node, flat in replies

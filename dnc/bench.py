@@ -226,6 +226,31 @@ def bench_bulk(b: Bench, batches: int = 10, size: int = 10_000, chunk: int = 100
     return {"bulk_numbers_per_s": ours, "smismember_numbers_per_s": base, "bulk_ratio": ours / base}
 
 
+def bench_cli(b: Bench, runs: int = 11) -> Figures:
+    """Wall time of `dnc check` from a shell (a new process: start-up, imports, settings, one
+    check) vs `redis-cli PING` against the same Redis, run in turn; medians (and the ratio of
+    the medians). The first run of each is a warm-up (the OS's file cache)."""
+    cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+    host, port = b.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    commands = {
+        "cli_check": [sys.executable, "-m", "dnc", "check", mobile(SINGLE), "--tenant", TENANT],
+        "cli_ping": [cli, "-h", host, "-p", port, "PING"],
+    }
+    times: dict[str, list[float]] = {kind: [] for kind in commands}
+    for n in range(runs + 1):
+        for kind, command in commands.items():
+            t = perf()
+            done = subprocess.run(command, env=b.env, cwd=REPO, capture_output=True, timeout=60)
+            if n:
+                times[kind].append(perf() - t)
+            if kind == "cli_check" and done.returncode not in (0, 1):  # callable or suppressed
+                raise DncError(f"dnc check failed: {done.stdout.decode()}{done.stderr.decode()}")
+        b.status.update(f"[cli] `dnc check` from a shell: run {n}/{runs}")
+    f = {f"{kind}_ms": percentile(values, 0.5) * 1e3 for kind, values in times.items()}
+    f |= {f"{kind}_min_ms": min(values) * 1e3 for kind, values in times.items()}
+    return f | {"cli_ratio": f["cli_check_ms"] / f["cli_ping_ms"], "cli_runs": float(runs)}
+
+
 def _worker_histogram(port: int) -> dict[float, float]:
     """Cumulative bucket counts of the worker's suppression_view propagation histogram."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
@@ -631,7 +656,9 @@ def bench_memory(b: Bench, numbers: int) -> Figures:
             "memory_ratio": plain_bytes / layout_bytes}  # fmt: skip
 
 
-STAGES = ("single", "bulk", "propagation", "throughput", "import", "restart", "memory", "scale")
+STAGES = (
+    "single", "bulk", "cli", "propagation", "throughput", "import", "restart", "memory", "scale"
+)  # fmt: skip
 
 
 def _report(f: Figures, console: Console) -> None:
@@ -656,6 +683,13 @@ def _report(f: Figures, console: Console) -> None:
                       f"{f['bulk_ratio']:.2f}x")  # fmt: skip
         notes.append("bulk: the baseline times only the Redis round trips (slots precomputed, "
                      "grouped by key, pipelined)")  # fmt: skip
+    if "cli_check_ms" in f:
+        ping, ratio = f"{f['cli_ping_ms']:.0f} ms (redis-cli PING)", f"{f['cli_ratio']:.1f}x"
+        table.add_row("`dnc check` from a shell (median)", f"{f['cli_check_ms']:.0f} ms", ping,
+                      ratio)  # fmt: skip
+        notes.append(f"cli: {f['cli_runs']:.0f} runs of each in turn, wall time of the whole "
+                     f"process; fastest {f['cli_check_min_ms']:.0f} ms vs "
+                     f"{f['cli_ping_min_ms']:.0f} ms")  # fmt: skip
     if "propagation_p50_ms" in f:
         for k in ("p50", "p99"):
             ours, floor = f[f"propagation_{k}_ms"], f[f"floor_{k}_ms"]
@@ -817,6 +851,8 @@ def run_bench(
                 figures |= bench_single(b)
             if "bulk" in only:
                 figures |= bench_bulk(b)
+            if "cli" in only:
+                figures |= bench_cli(b)
             if "propagation" in only:
                 figures |= bench_floor(b, rate, seconds)
                 figures |= bench_propagation(b, rate, seconds)

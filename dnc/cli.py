@@ -731,8 +731,8 @@ def bench(
         list[str] | None,
         typer.Option(
             "--only",
-            help="only this measurement (repeatable): single, bulk, propagation, throughput, "
-            "import, restart, memory, scale (needs --workers 2 or more); default: all",
+            help="only this measurement (repeatable): single, bulk, cli, propagation, "
+            "throughput, import, restart, memory, scale (needs --workers 2 or more); default: all",
         ),
     ] = None,
     import_rows: Annotated[

@@ -19,7 +19,9 @@ from consumers.dial_rules import (
     ViewFacts,
     decide,
     hours_reason,
+    hours_verdict,
     next_allowed_at,
+    only_oppositions,
 )
 from schemas.events import Kind, Scope
 from schemas.policy import CallingHours, CampaignPolicy, LegalBasis
@@ -595,3 +597,45 @@ def test_the_cap_lifts_no_sooner_and_no_later_than_said(
     assert lifts is not None and lifts > at
     assert decide(policy, MOBILE, facts, lifts) == [] or any(h > 0 for h in hours_ago)
     assert decide(policy, MOBILE, facts, lifts - timedelta(microseconds=1)) != []
+
+
+POLICIES = st.builds(
+    CampaignPolicy,
+    legal_basis=st.sampled_from(list(LegalBasis)),
+    calling_hours=st.sampled_from(list(CallingHours)),
+    max_attempts=st.sampled_from([None, 1, 4]),
+    sector=st.sampled_from([None, "telecom", "energy_renovation"]),
+)
+OPPOSED = st.lists(st.tuples(st.sampled_from(list(Scope)), st.sampled_from(list(Kind))), max_size=4)
+
+
+@given(
+    policy=POLICIES,
+    opposed=OPPOSED,
+    phone=st.sampled_from([MOBILE, REUNION, REUNION_MOBILE]),  # 25 December: a holiday there
+    hour=st.integers(0, 23),
+)
+def test_a_policy_of_oppositions_alone_decides_by_the_oppositions_alone(
+    policy: CampaignPolicy, opposed: list[tuple[Scope, Kind]], phone: str, hour: int
+) -> None:
+    """What lets a bulk check decide once for every number opposed alike: under such a policy
+    the verdict does not depend on the number, the instant or anything but its oppositions."""
+    at = paris(2026, 12, 25, hour)  # a holiday: the hours rule would speak if it applied
+    facts = ViewFacts(opposed, attempts=[at] * 5)  # a cap would be reached
+    reasons = decide(policy, phone, facts, at)
+    alone = [Reason(ReasonCode.OPPOSED, scope, kind) for scope, kind in opposed]
+    if only_oppositions(policy):
+        assert reasons == alone
+        assert next_allowed_at(policy, phone, facts, at, reasons) == (None if alone else at)
+    else:
+        assert reasons != alone
+
+
+@given(second=st.integers(1_767_225_600, 1_830_297_600), micros=st.integers(0, 999_999))
+def test_the_hours_verdict_is_that_of_its_whole_second(second: int, micros: int) -> None:
+    """hours_reason is cached per whole second: any instant of the second gets the verdict
+    computed afresh for that instant."""
+    at = datetime.fromtimestamp(second, UTC) + timedelta(microseconds=micros)
+    for phone in (MOBILE, REUNION_MOBILE, ANTILLES_MOBILE, WASHINGTON):
+        calendar = number_calendar(phone)
+        assert hours_reason(calendar, at) == hours_verdict(calendar, at)

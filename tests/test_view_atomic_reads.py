@@ -291,11 +291,12 @@ def test_an_answer_that_took_longer_than_the_bound_allows_is_not_callable(
 
     import consumers.checker as checker_module
 
-    real_read, real_async, real_bulk = checker._read, checker._read_async, checker_module.read_view
+    real_one, real_async = checker._read_one, checker._read_async
+    real_read, real_bulk = checker._read, checker_module.read_view
     assert real_async is not None
 
-    def slow_read(**kw: Any) -> Any:
-        reply = real_read(**kw)
+    def slow_read(*a: Any) -> Any:
+        reply = real_one(*a)
         time.sleep(bound + 0.2)  # Redis answered; this process was not scheduled meanwhile
         return reply
 
@@ -309,7 +310,7 @@ def test_an_answer_that_took_longer_than_the_bound_allows_is_not_callable(
         time.sleep(bound + 0.2)
         return replies
 
-    monkeypatch.setattr(checker, "_read", slow_read)
+    monkeypatch.setattr(checker, "_read_one", slow_read)
     monkeypatch.setattr(checker, "_read_async", slow_async)
     monkeypatch.setattr(checker_module, "read_view", slow_bulk)
     readers = {
@@ -322,3 +323,20 @@ def test_an_answer_that_took_longer_than_the_bound_allows_is_not_callable(
         results = ask()
         assert {r.answer for r in results} == {Answer.UNAVAILABLE}, (reader, results)
         assert all("the answer took" in (r.why or "") for r in results), (reader, results)
+
+
+@pytest.mark.redis
+def test_a_check_answers_after_its_connection_was_killed(view: PlainView) -> None:
+    """A single check keeps its thread's connection from one check to the next: a connection
+    the server closed (a restart, a timeout, CLIENT KILL) is dropped and the check answers on
+    a new one, never on a reply meant for another question."""
+    phones = numbers(20)
+    view.suppress(phones[::2])
+    view.make_ready()
+    expected = [Answer.SUPPRESSED if i % 2 == 0 else Answer.CALLABLE for i in range(20)]
+    assert [view.checker.check(p, "acme").answer for p in phones] == expected
+    for i, phone in enumerate(phones):
+        if i % 3 == 0:  # the checker's connections, killed by the server between two checks
+            killed = view.client.client_kill_filter(_type="normal", skipme=True)
+            assert killed >= 1
+        assert view.checker.check(phone, "acme").answer is expected[i], phone

@@ -57,3 +57,12 @@ def test_slots_are_the_deployed_layout() -> None:
     for target, phone, key, member in KNOWN_SLOTS:
         slot = layout.slot(target, phone)
         assert (slot.key, slot.member) == (key, member), (target, phone)
+
+
+@given(phones=st.lists(st.from_regex(r"\+33[67][0-9]{8}", fullmatch=True), max_size=20))
+def test_a_locator_locates_as_locate_does(phones: list[str]) -> None:
+    sharded = ViewLayout(b"secret", 64, {"acme": 8}, shards=16)
+    for layout in (LAYOUT, sharded):
+        for target in ("_global", "acme", "acme/spring"):
+            locate = layout.locator(target)
+            assert [locate(p) for p in phones] == [layout.locate(target, p) for p in phones]

@@ -296,7 +296,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         if owned is None:
             return
         try:
-            await maintenance.tick(owned, busy=progress.in_flight())
+            await maintenance.tick(owned, busy=progress.busy())
         except OwnershipLost as exc:
             give_up(exc)
         except Exception as exc:  # Redis down: checks fail closed by themselves; try again

@@ -48,7 +48,7 @@ class BatchTopic(faust.Topic):
     """
 
 
-def stale(app: Any, events: Sequence[EventT]) -> bool:
+def stale(app: Any, events: Sequence[EventT[Any]]) -> bool:
     """True if ``events`` were fetched before the current rebalance: Faust's stream skips
     such an event (its partitions are sought back to the committed offsets)."""
     return bool(events) and (
@@ -81,7 +81,7 @@ class BatchingConductor(Conductor):
                         await channel.put(event)
 
     async def _put_batch(self, tp: TP, channel: Any, messages: Sequence[Message]) -> None:
-        events: list[EventT] = []
+        events: list[EventT[Any]] = []
         for message in messages:
             event = await self._decode(channel, message)
             if event is not None:
@@ -98,11 +98,11 @@ class BatchingConductor(Conductor):
             queue.put_nowait(events)
 
     @staticmethod
-    async def _decode(channel: Any, message: Message) -> EventT | None:
+    async def _decode(channel: Any, message: Message) -> EventT[Any] | None:
         """The event of ``message`` for ``channel``; None (acked, reported to the channel
         as Faust's conductor does) if its key or value cannot be decoded."""
         try:
-            return cast(EventT, await channel.decode(message, propagate=True))
+            return cast(EventT[Any], await channel.decode(message, propagate=True))
         except KeyDecodeError as exc:
             message.ack(channel.app.consumer)
             await channel.on_key_decode_error(exc, message)
@@ -134,7 +134,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         # In the consumer's thread, between two steps of its fetcher: Faust seeks from the
         # caller's thread, which crashes aiokafka's fetcher when it is reading the
         # partition's records at that moment (KeyError in ``fetched_records``).
-        await self._thread.call_thread(self._thread.seek, partition, offset)
+        await self._thread.call_thread(cast(Any, self._thread.seek), partition, offset)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover (Faust's loop)
         """Faust's ``Consumer._drain_messages`` with one hand-off per partition per fetch."""
@@ -188,7 +188,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         partitions in turn (Faust's scheduler takes them in turn too, a record at a time)."""
         generation = self.app.consumer_generation_id
         acks_enabled_for = self.app.topics.acks_enabled_for
-        lists: dict[TP, list[Message]] = {}
+        lists: dict[TP, Sequence[Message]] = {}
         for fetched_tp, fetched in records.items():
             tp = TP(fetched_tp.topic, fetched_tp.partition)  # (aiokafka's own type, else)
             if active is not None and tp not in active and tp not in self._buffered_partitions:

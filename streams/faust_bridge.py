@@ -119,6 +119,7 @@ async def apply_in_batches(
             continue
         while pending:
             batch, pending = pending[:max_events], pending[max_events:]
+            progress.backlogged = bool(pending) or not queue.empty()
             await _apply(stream, batch, processor, progress, frontiers, log_topic)
 
 

@@ -112,6 +112,21 @@ class BatchingConductor(Conductor):
         return None
 
 
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's aiokafka consumer thread, refusing a commit a rebalance emptied."""
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        # Faust drops the partitions no longer assigned when the commit runs in this
+        # thread; a rebalance between the caller's check and now leaves nothing, and
+        # aiokafka's ValueError on an empty commit crashed the thread and the worker
+        # (seen with two workers joining: a membership check's commit during the second
+        # rebalance). Nothing to commit is not a commit.
+        assigned = self.assignment()
+        if not any(tp in assigned for tp in offsets):
+            return False
+        return await super()._commit(offsets)
+
+
 class BatchingConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, draining each fetch a partition at a time."""
 
@@ -119,7 +134,10 @@ class BatchingConsumer(faust_aiokafka.Consumer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._seeks: Counter[TP] = Counter()  # seeks per partition, to drop what came before
+        self._seeks: Counter[TP] = Counter()  # seeks per partition (see _hand_on)
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def seek(self, partition: TP, offset: int) -> None:
         """Faust's seek (its read offset set to ``offset``), counted before and after."""

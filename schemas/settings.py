@@ -126,7 +126,7 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(9310, ge=0, le=65535, description="0 picks a free port")
     metrics_host: str = Field("127.0.0.1", description="address the /metrics endpoints bind")
     batch_max_events: int = Field(
-        500, ge=1, description="most events applied in one batch (a batch is what was fetched)"
+        2000, ge=1, description="most events applied in one batch (a batch is what was fetched)"
     )
     commit_interval_seconds: float = Field(1.0, gt=0)
     session_timeout_seconds: float = Field(

@@ -23,6 +23,7 @@ from schemas.tenants import TenantDirectory
 from schemas.topics import TopicSpec
 from schemas.view import view_layout
 from streams.audit import ViewAudit
+from streams.batch_transport import SCHEME, BatchTopic
 from streams.commits import AppliedCommits
 from streams.credentials import faust_credentials
 from streams.delivery import DeliveryHoles
@@ -56,6 +57,10 @@ REFETCH_AFTER_SECONDS = 2.0  # a gap below applied offsets this old is fetched a
 # offset (later ones applied, or Faust's read offset past it), or a stream delivering
 # nothing at all, is fetched again after REFETCH_AFTER_SECONDS.
 BEHIND_REFETCH_AFTER_SECONDS = 15.0
+# What waits for the agent: at most FETCHES_BUFFERED lists (a partition's records of one
+# fetch each, 250 at most), about as many events as Faust's default buffer holds; when
+# they are there, the consumer waits before it fetches more.
+FETCHES_BUFFERED = 16
 
 
 class _RateLimitedWarning:
@@ -127,7 +132,9 @@ def _declare_worker_topics(settings: Settings, changelog: str, timeout: float = 
 
 def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -> WorkerApp:
     """Create the Faust app with its agent and timers (nothing runs until the worker starts)."""
-    brokers = [f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",") if b.strip()]
+    # Faust's aiokafka transport, handing the agent a partition's fetch at a time
+    # (streams/batch_transport.py, registered as a faust.transports entry point).
+    brokers = [f"{SCHEME}://{b.strip()}" for b in settings.kafka_bootstrap.split(",") if b.strip()]
     datadir = settings.data_dir / "faust" / settings.worker_group
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -159,15 +166,15 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     )
     # The oppositions log, the admin topic (lifts) and the consents topic (grants): lifts and
     # grants are forwarded, signed, to the log partition of their number (streams/processor.py).
-    source = app.topic(
-        settings.oppositions_topic,
-        settings.admin_topic,
-        settings.consents_topic,
+    source = BatchTopic(
+        app,
+        topics=[settings.oppositions_topic, settings.admin_topic, settings.consents_topic],
         key_serializer="raw",
         value_serializer="raw",
         partitions=settings.partitions,
         # Faust never commits these: the worker commits what it applied (streams/commits.py).
         acks=False,
+        maxsize=FETCHES_BUFFERED,
     )
     table = app.Table(
         TABLE_NAME,
@@ -236,7 +243,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
                 progress,
                 holes,
                 frontiers,
-                app.consumer,
+                app,
                 settings.oppositions_topic,
             )
         except OwnershipLost as exc:
@@ -289,7 +296,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         if owned is None:
             return
         try:
-            await maintenance.tick(owned)
+            await maintenance.tick(owned, busy=progress.busy())
         except OwnershipLost as exc:
             give_up(exc)
         except Exception as exc:  # Redis down: checks fail closed by themselves; try again

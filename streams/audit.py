@@ -12,7 +12,9 @@ closed meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from collections import Counter as Tally
 from collections.abc import Iterable
 from datetime import datetime
@@ -21,15 +23,29 @@ from typing import Any
 from schemas.metrics import VERIFY_AUDITED, VERIFY_MISSING
 from schemas.view import FAMILY_OF_KIND, ViewLayout, suppression_keys
 
+# The state's JSON lists its fields in order: ``"active":[...]`` then ``"version":N,
+# "partition":P``. The pattern cannot match inside a JSON string (its quotes would be
+# escaped), so it finds the real end of the active list and the state's partition.
+_ACTIVE_END = re.compile(rb'\],"version":\d+,"partition":(\d+)')
+_ACTIVE = b'"active":['
+_FOR_EVER = b'"expires_at":null'
+YIELD_EVERY = 500  # states read between two returns to the event loop
+
 
 def in_force_partition(raw: Any, now: datetime) -> int | None:
     """The partition of a table value (a state's JSON) holding a suppression in force at
     ``now``; None if it holds none.
 
     Reads the JSON without building the state: the audit reads every state, all the time.
+    A suppression without an end (an opposition, a withdrawal) is found without decoding.
     """
-    if isinstance(raw, bytes | bytearray) and b'"active":[]' in raw:
-        return None
+    if isinstance(raw, bytes | bytearray):
+        if b'"active":[]' in raw:
+            return None
+        start = raw.find(_ACTIVE)
+        end = _ACTIVE_END.search(raw, start) if start >= 0 else None
+        if end is not None and raw.find(_FOR_EVER, start, end.start()) >= 0:
+            return int(end.group(1))
     state = json.loads(raw) if isinstance(raw, bytes | bytearray | str) else raw
     for entry in state.get("active", ()):
         expires = entry.get("expires_at")
@@ -61,12 +77,16 @@ class ViewAudit:
             self._keys = list(self._table.keys())
             self._position = 0
         chosen: list[tuple[str, Any]] = []
+        read = 0
         while self._position < len(self._keys) and len(chosen) < budget:
             key = self._keys[self._position]
             self._position += 1
             raw = self._table.get(key)
             if raw is not None and in_force_partition(raw, now) in owned:
                 chosen.append((key, raw))
+            read += 1
+            if read % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # a slice of thousands: let the agent's batches run
         VERIFY_AUDITED.inc(len(chosen))
         for key, raw in await self._missing(chosen):
             self._suspects[key] = raw

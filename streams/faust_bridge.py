@@ -15,6 +15,7 @@ from faust.tables.recovery import Recovery
 from faust.types import TP
 
 from schemas.metrics import BATCH_EVENTS
+from streams.batch_transport import stale
 from streams.delivery import DeliveryHoles
 from streams.freshness import AppliedFrontier
 from streams.processor import OppositionProcessor, SourceMessage
@@ -82,10 +83,11 @@ async def apply_in_batches(
     progress: ProgressWatch,
     holes: DeliveryHoles,
     frontiers: Mapping[str, AppliedFrontier],
-    consumer: Any,
+    app: Any,
     log_topic: str,
 ) -> None:
-    """Consume ``stream`` (created with ``noack()``) in adaptive batches, acking by hand.
+    """Consume ``stream`` (of a :class:`~streams.batch_transport.BatchTopic`, created with
+    ``noack()``: lists of events, a partition's fetch each) in batches, acking by hand.
 
     A batch is whatever has already been fetched, up to ``max_events``: it is applied as
     soon as the stream's queue runs dry, so latency stays low when traffic is light and
@@ -94,43 +96,60 @@ async def apply_in_batches(
     that leaves them unacked, so they are replayed (every effect is idempotent). The
     applied offsets move each topic's frontier, which is what gets committed
     (:mod:`streams.commits`); Faust's acks only let a rebalance wait for the batch.
-
-    Faust's ``take_events`` is not used: its buffer hand-off can drop an event from a
-    batch under load (the event is neither applied nor acked, and commits stall).
+    A list fetched before a rebalance is skipped, as Faust's stream skips such an event.
     """
-    batch: list[Any] = []
+    pending: list[Any] = []
     queue = stream.channel.queue
-    async for event in stream.events():
-        message = event.message
-        if message.topic == log_topic:  # the admin topic is only forwarded from
-            progress.received(message.partition, message.offset)
-        rewind = holes.seek_needed(message.tp, message.offset)
-        if rewind is not None:
-            await consumer.seek(message.tp, rewind)
-        batch.append(event)
-        if len(batch) < max_events and not queue.empty():
+    consumer = app.consumer
+    async for fetched in stream:
+        if stale(app, fetched):
+            for event in fetched:
+                await stream.ack(event)
             continue
-        result = await processor.process([source_message(e) for e in batch])
-        BATCH_EVENTS.observe(len(batch))
-        progress.applied()
-        forwarded = {(f.partition, f.offset): f for f in result.forwards}
-        applied: dict[tuple[str, int], list[int]] = {}
-        for done in batch:
-            message = done.message
-            copy = forwarded.get((message.partition, message.offset))
-            if copy is not None and message.topic == log_topic:
-                frontiers[log_topic].forwarded(
-                    copy.partition, copy.offset, copy.canonical, copy.landed
-                )
-                continue
-            applied.setdefault((message.topic, message.partition), []).append(message.offset)
-        for (topic, partition), offsets in applied.items():
-            # Durable: the view may be vouched for and the offsets committed now. Before
-            # the acks, so that a rebalance waiting for them sees the frontier moved.
-            frontiers[topic].applied(partition, offsets)
-        for done in batch:
-            await stream.ack(done)
-        batch.clear()
+        last = fetched[-1].message
+        if last.topic == log_topic:  # the admin topic is only forwarded from
+            progress.received(last.partition, last.offset)
+        for event in fetched:
+            message = event.message
+            rewind = holes.seek_needed(message.tp, message.offset)
+            if rewind is not None:
+                await consumer.seek(message.tp, rewind)
+        pending += fetched
+        if len(pending) < max_events and not queue.empty():
+            continue
+        while pending:
+            batch, pending = pending[:max_events], pending[max_events:]
+            progress.backlogged = bool(pending) or not queue.empty()
+            await _apply(stream, batch, processor, progress, frontiers, log_topic)
+
+
+async def _apply(
+    stream: Any,
+    batch: list[Any],
+    processor: OppositionProcessor,
+    progress: ProgressWatch,
+    frontiers: Mapping[str, AppliedFrontier],
+    log_topic: str,
+) -> None:
+    """Apply ``batch``, move the frontiers, then ack its events."""
+    result = await processor.process([source_message(e) for e in batch])
+    BATCH_EVENTS.observe(len(batch))
+    progress.applied()
+    forwarded = {(f.partition, f.offset): f for f in result.forwards}
+    applied: dict[tuple[str, int], list[int]] = {}
+    for done in batch:
+        message = done.message
+        copy = forwarded.get((message.partition, message.offset))
+        if copy is not None and message.topic == log_topic:
+            frontiers[log_topic].forwarded(copy.partition, copy.offset, copy.canonical, copy.landed)
+            continue
+        applied.setdefault((message.topic, message.partition), []).append(message.offset)
+    for (topic, partition), offsets in applied.items():
+        # Durable: the view may be vouched for and the offsets committed now. Before
+        # the acks, so that a rebalance waiting for them sees the frontier moved.
+        frontiers[topic].applied(partition, offsets)
+    for done in batch:
+        await stream.ack(done)
 
 
 # --------------------------------------------------------------------------- recovery

@@ -51,6 +51,7 @@ from streams.view_writer import (
 
 log = logging.getLogger("dnc.streams")
 
+BUSY_AUDIT_SHARE = 10  # the audit's slice shrinks this much while a backlog is applied
 LOSS_CHECK_EVERY = 2  # ticks between checks that every filled key still exists
 
 
@@ -104,8 +105,9 @@ class ViewMaintenance:
         self._materialised = None
         VIEW_READY.set(0)
 
-    async def tick(self, owned: Iterable[int]) -> None:
-        """One round: refuse an evicting Redis, rebuild what needs it, audit a slice."""
+    async def tick(self, owned: Iterable[int], busy: bool = False) -> None:
+        """One round: refuse an evicting Redis, rebuild what needs it, audit a slice (a
+        tenth of it while ``busy``: a backlog is being applied, the audit can wait)."""
         partitions = frozenset(owned)
         self._ticks += 1
         policy = await self._view.eviction_policy()
@@ -128,7 +130,8 @@ class ViewMaintenance:
         elif self._ticks % LOSS_CHECK_EVERY == 0 and await self._keys_lost(partitions):
             trigger = "keys_lost"
         elif self._audit is not None and self._audit_budget:
-            found = await self._audit.step(partitions, self._clock(), self._audit_budget)
+            budget = max(1, self._audit_budget // BUSY_AUDIT_SHARE) if busy else self._audit_budget
+            found = await self._audit.step(partitions, self._clock(), budget)
             if found:
                 log.error("the view lacks members in force of partitions %s (the continuous "
                           "reconciliation found them): rebuilding them", sorted(found))  # fmt: skip

@@ -24,6 +24,8 @@ class ProgressWatch:
         self._in_flight_since: dict[int, float] = {}  # oldest delivered, not yet applied
         self._commit_seen: dict[int, tuple[int, float]] = {}  # committed offset, seen since
         self._last_received = float("-inf")  # the stream's last delivery, any partition
+        # More was waiting when the last batch was taken (a backlog is being applied).
+        self.backlogged = False
 
     def received(self, partition: int, offset: int) -> None:
         """The stream delivered ``offset`` to the agent."""
@@ -41,6 +43,10 @@ class ProgressWatch:
     def in_flight(self) -> bool:
         """A delivered batch is still being applied (its effects are not durable yet)."""
         return bool(self._in_flight_since)
+
+    def busy(self) -> bool:
+        """A batch is being applied or a backlog waits: background work can wait."""
+        return self.backlogged or bool(self._in_flight_since)
 
     def in_flight_for(self) -> float:
         """Seconds the oldest delivered, not yet applied event has waited (0: none)."""

@@ -119,6 +119,7 @@ def apply_event(
     """
     assert event.phone_e164 is not None, "apply_event needs a normalised event"
     stamp = Stamp(occurred_at=event.occurred_at, event_id=event.event_id)
+    fresh = state is None  # (nothing applied to it yet: no duplicate to look for)
     if state is None:
         state = SuppressionState(
             target=event.target,
@@ -129,7 +130,7 @@ def apply_event(
             partition=partition,
             updated_at=now,
         )
-    if _already_applied(state, event, partition, offset):
+    if not fresh and _already_applied(state, event, partition, offset):
         return Application(Outcome.DUPLICATE, state)
     position = (partition, offset) if offset is not None else state.position
     moved = {"tenant": event.tenant, "version": state.version + 1, "partition": partition,

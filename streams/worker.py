@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -30,6 +31,10 @@ class BoundedShutdownWorker(faust.Worker):
 
     shutdown_timeout: float = 30.0
 
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        freeze_startup_objects()
+
     def _on_sigint(self) -> None:
         self._arm_watchdog()
         super()._on_sigint()
@@ -51,6 +56,21 @@ class BoundedShutdownWorker(faust.Worker):
         timer = threading.Timer(self.shutdown_timeout, force_exit)
         timer.daemon = True
         timer.start()
+
+
+def freeze_startup_objects() -> None:
+    """Keep the garbage collector's full passes off what start-up built (once ready).
+
+    A full collection walks every tracked object of the process: Faust's services,
+    aiokafka, the pydantic schemas, the modules, hundreds of thousands of objects that live
+    as long as the worker. At 500 events/s one ran every 3-5 s and stopped the event loop
+    for 40-80 ms (up to 500 ms on a loaded machine): the periodic stall of propagation's
+    p99. Collected once, then frozen (``gc.freeze``), they are no longer walked; what is
+    created later is collected as before.
+    """
+    gc.collect()
+    gc.freeze()
+    log.info("start-up objects frozen out of the collector's passes: %d", gc.get_freeze_count())
 
 
 def run_worker(settings: Settings, worker_id: str | None = None) -> None:

@@ -77,3 +77,15 @@ def test_in_force_reads_the_states_json() -> None:
     assert in_force_partition(encode_state(expired), NOW) is None
     assert in_force_partition(encode_state(expired), NOW - timedelta(seconds=1)) == 0
     assert in_force_partition(encode_state(state.model_copy(update={"active": ()})), NOW) is None
+
+
+def test_in_force_without_decoding_finds_the_partition_not_a_look_alike_string() -> None:
+    """The fast path (a suppression without end) reads the partition after the active list,
+    never text inside a string that imitates it."""
+    state = _state("acme", "+33612345678")
+    tricky = state.active[0].model_copy(update={"reason_code": '],"version":1,"partition":7'})
+    raw = encode_state(state.model_copy(update={"partition": 2, "active": (tricky,)}))
+    assert in_force_partition(raw, NOW) == 2
+    ending = tricky.model_copy(update={"expires_at": NOW})
+    lapsed = encode_state(state.model_copy(update={"partition": 2, "active": (ending,)}))
+    assert in_force_partition(lapsed, NOW) is None

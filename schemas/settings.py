@@ -119,6 +119,20 @@ class Settings(BaseSettings):
         "timeout. Give each worker its own stable id (e.g. a StatefulSet pod name); unset: "
         "dynamic membership",
     )
+    table_dir: Path | None = Field(
+        None,
+        description="where the worker keeps its table (RocksDB, one database per partition: "
+        "a restart replays only the changelog after what it holds). Default: DATA_DIR/tables/"
+        "<group>/<instance id or worker id>. Keep it on a persistent volume of its own per "
+        "worker (a StatefulSet's volume claim); losing it only makes the next start replay "
+        "the whole changelog",
+    )
+    table_standby_replicas: int = Field(
+        1,
+        ge=0,
+        description="other workers keeping a standby copy of each partition's table, fed "
+        "from its changelog, so that a failover replays only a short tail",
+    )
     worker_metrics_port: int = Field(9310, ge=0, le=65535, description="0 picks a free port")
     metrics_host: str = Field("127.0.0.1", description="address the /metrics endpoints bind")
     batch_max_events: int = Field(

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -27,21 +28,17 @@ from streams.commits import AppliedCommits
 from streams.credentials import faust_credentials
 from streams.delivery import DeliveryHoles
 from streams.expiry import ExpirySchedule
-from streams.faust_bridge import (
-    FaustStateTable,
-    apply_in_batches,
-    forget_partitions,
-    table_manager,
-)
+from streams.faust_bridge import FaustStateTable, apply_in_batches, table_manager
 from streams.fencing import OwnershipLost, give_up
 from streams.freshness import AppliedFrontier
 from streams.kafka_sink import KafkaChangeSink
 from streams.log_end import LogEndReader
 from streams.maintenance import ViewMaintenance
 from streams.ownership import PartitionProducers, fence_topic
-from streams.processor import OppositionProcessor
+from streams.processor import OppositionProcessor, StateStoreBroken
 from streams.progress import ProgressWatch
 from streams.server_clock import ServerClock
+from streams.table_store import STORE_SCHEME, abandon
 from streams.view_writer import SuppressionViewWriter, writer_client
 
 log = logging.getLogger("dnc.streams")
@@ -125,6 +122,18 @@ def _declare_worker_topics(settings: Settings, changelog: str, timeout: float = 
             time.sleep(0.2)
 
 
+def table_dir(settings: Settings, worker_id: str) -> Path:
+    """This worker's table directory: its own, kept across restarts under the same id."""
+    if settings.table_dir is not None:
+        return settings.table_dir
+    return (
+        settings.data_dir
+        / "tables"
+        / settings.worker_group
+        / (settings.worker_instance_id or worker_id)
+    )
+
+
 def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -> WorkerApp:
     """Create the Faust app with its agent and timers (nothing runs until the worker starts)."""
     brokers = [f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",") if b.strip()]
@@ -133,7 +142,10 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     app = faust.App(
         settings.worker_group,
         broker=brokers,
-        store="memory://",
+        # RocksDB, on disk: a restart replays only the changelog's tail (streams/table_store.py).
+        store=f"{STORE_SCHEME}://",
+        tabledir=str(table_dir(settings, worker_id)),
+        table_standby_replicas=settings.table_standby_replicas,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         topic_disable_leader=True,
@@ -241,6 +253,8 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             )
         except OwnershipLost as exc:
             give_up(exc)
+        except StateStoreBroken as exc:
+            abandon(exc)
 
     async def confirm_membership(partition: int) -> bool:
         """True if the group coordinator still counts this worker as a member of its current
@@ -518,12 +532,9 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         gone = [tp.partition for tp in revoked if tp.topic == settings.oppositions_topic]
         view.release(gone)
         await ownership.release(gone)
-        # Their states go too: what this worker applied but did not make durable must not
-        # outlive its ownership (a worker paused past the session timeout rejoins as a new
-        # member, same memory). Faust recovers a partition assigned again from its changelog.
-        forgotten = forget_partitions(table.data, gone)
-        if forgotten:
-            log.info("forgot %d states of partitions %s (revoked)", forgotten, sorted(gone))
+        # Their states stay on disk: the store holds only states Kafka acknowledged, with
+        # the changelog offset they reflect (streams/table_store.py), so a partition
+        # assigned again is brought up to date by replaying its changelog after that offset.
         maintenance.forget()
         progress.forget()
         holes.forget()

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -19,6 +18,7 @@ from streams.delivery import DeliveryHoles
 from streams.freshness import AppliedFrontier
 from streams.processor import OppositionProcessor, SourceMessage
 from streams.progress import ProgressWatch
+from streams.table_store import DurableRocksDBStore
 
 
 def source_message(event: Any) -> SourceMessage:
@@ -42,37 +42,19 @@ def source_message(event: Any) -> SourceMessage:
 
 
 class FaustStateTable:
-    """The Faust table as the processor uses it: reads, and in-memory writes whose
-    changelog records the batch produces itself (:class:`streams.kafka_sink.KafkaChangeSink`).
+    """The Faust table as the processor uses it: reads from a partition's database, and
+    writes of states whose changelog records Kafka acknowledged (the batch produces them
+    itself: :class:`streams.kafka_sink.KafkaChangeSink`), see :mod:`streams.table_store`.
     """
 
     def __init__(self, table: Any) -> None:
-        self._table = table
+        self._store: DurableRocksDBStore = table.data
 
-    def get(self, key: str) -> Any:
-        return self._table.data.get(key)
+    def get(self, key: str, partition: int) -> bytes | None:
+        return self._store.read(key, partition)
 
-    def store(self, key: str, value: Any) -> None:
-        self._table.data[key] = value
-
-
-_PARTITION = re.compile(rb'"partition":(\d+)')
-
-
-def forget_partitions(data: Any, partitions: Iterable[int]) -> int:
-    """Delete the states of ``partitions`` from the table's store (Faust's memory store keeps
-    them across rebalances); how many went. The state's JSON names its partition."""
-    gone = set(partitions)
-    if not gone:
-        return 0
-    doomed = []
-    for key, raw in list(data.items()):
-        found = _PARTITION.search(raw) if isinstance(raw, bytes | bytearray) else None
-        if found is not None and int(found.group(1)) in gone:
-            doomed.append(key)
-    for key in doomed:
-        del data[key]
-    return len(doomed)
+    def persist(self, states: Mapping[str, tuple[int, bytes]], offsets: Mapping[int, int]) -> None:
+        self._store.persist(states, offsets)
 
 
 async def apply_in_batches(

@@ -23,8 +23,8 @@ from streams.table_store import STORE_SCHEME, DurableRocksDBStore
 def _table(tabledir: Path) -> Any:
     app = faust.App("store-test", store=f"{STORE_SCHEME}://", tabledir=str(tabledir),
                     broker="kafka://127.0.0.1:1")  # fmt: skip
-    return app.Table("states", default=None, partitions=3, value_type=bytes,
-                     schema=faust.Schema(key_serializer="json", value_serializer="raw"))  # fmt: skip
+    schema = faust.Schema(key_serializer="json", value_serializer="raw")
+    return app.Table("states", default=None, partitions=3, value_type=bytes, schema=schema)
 
 
 def _close(table: Any) -> None:
@@ -35,9 +35,10 @@ def _close(table: Any) -> None:
 
 
 def _state(phone: str, partition: int) -> bytes:
-    return encode_state(SuppressionState(target="acme", tenant="acme", scope=Scope.TENANT,
-                                         campaign_id=None, phone_e164=phone, partition=partition,
-                                         position=(partition, 12), updated_at=datetime.now(UTC)))  # fmt: skip
+    state = SuppressionState(target="acme", tenant="acme", scope=Scope.TENANT, campaign_id=None,
+                             phone_e164=phone, partition=partition, position=(partition, 12),
+                             updated_at=datetime.now(UTC))  # fmt: skip
+    return encode_state(state)
 
 
 def test_states_are_kept_by_partition_with_their_changelog_offset(tmp_path: Path) -> None:

@@ -352,6 +352,14 @@ class Settings(BaseSettings):
             )
         return self
 
+    def worker_table_dir(self, worker_id: str) -> Path:
+        """The worker's table directory (DNC_TABLE_DIR, else one per worker under the data
+        directory, named by its static membership id, else by ``worker_id``)."""
+        if self.table_dir is not None:
+            return self.table_dir
+        instance = self.worker_instance_id or worker_id
+        return self.data_dir / "tables" / self.worker_group / instance
+
     def kafka_client_config(self) -> dict[str, str]:
         """librdkafka security options for every Kafka client (empty for PLAINTEXT)."""
         config: dict[str, str] = {}

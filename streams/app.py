@@ -7,7 +7,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -122,18 +121,6 @@ def _declare_worker_topics(settings: Settings, changelog: str, timeout: float = 
             time.sleep(0.2)
 
 
-def table_dir(settings: Settings, worker_id: str) -> Path:
-    """This worker's table directory: its own, kept across restarts under the same id."""
-    if settings.table_dir is not None:
-        return settings.table_dir
-    return (
-        settings.data_dir
-        / "tables"
-        / settings.worker_group
-        / (settings.worker_instance_id or worker_id)
-    )
-
-
 def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -> WorkerApp:
     """Create the Faust app with its agent and timers (nothing runs until the worker starts)."""
     brokers = [f"kafka://{b.strip()}" for b in settings.kafka_bootstrap.split(",") if b.strip()]
@@ -144,7 +131,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         broker=brokers,
         # RocksDB, on disk: a restart replays only the changelog's tail (streams/table_store.py).
         store=f"{STORE_SCHEME}://",
-        tabledir=str(table_dir(settings, worker_id)),
+        tabledir=str(settings.worker_table_dir(worker_id)),
         table_standby_replicas=settings.table_standby_replicas,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,

@@ -201,8 +201,9 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     frontier = frontiers[settings.oppositions_topic]  # the one vouched for
     commits = AppliedCommits(app.consumer, frontiers)
     log_end = LogEndReader(settings)
+    states = FaustStateTable(table)
     processor = OppositionProcessor(
-        table=FaustStateTable(table),
+        table=states,
         view=view,
         sink=sink,
         tenants=tenants,
@@ -212,7 +213,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         clock=clock.now,
     )
     maintenance = ViewMaintenance(
-        table=table,
+        table=states,
         view=view,
         sink=sink,
         ownership=ownership,
@@ -220,7 +221,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         view_lock=lock,
         total_partitions=settings.partitions,
         retry_backoff_max=settings.retry_backoff_max_seconds,
-        audit=ViewAudit(table.data, redis, view.layout),
+        audit=ViewAudit(states, redis, view.layout),
         audit_budget=int(settings.audit_states_per_second * settings.heartbeat_interval_seconds),
         clock=clock.now,
     )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, cast
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from faust.tables import TableManager
@@ -42,19 +42,46 @@ def source_message(event: Any) -> SourceMessage:
 
 
 class FaustStateTable:
-    """The Faust table as the processor uses it: reads from a partition's database, and
-    writes of states whose changelog records Kafka acknowledged (the batch produces them
-    itself: :class:`streams.kafka_sink.KafkaChangeSink`), see :mod:`streams.table_store`.
+    """The Faust table as the worker uses it: states read by partition, and written only
+    once their changelog records are acknowledged (the batch produces them itself:
+    :class:`streams.kafka_sink.KafkaChangeSink`), see :mod:`streams.table_store`.
+
+    Between the view write and that acknowledgement a batch's states are *staged*: the view
+    already shows them, so whatever rebuilds or audits the view from the table meanwhile
+    (``items``, ``keys``, ``get`` without a partition) must see them too, or a rebuild
+    would write a state older than the view's and mark it ready.
     """
 
     def __init__(self, table: Any) -> None:
         self._store: DurableRocksDBStore = table.data
+        self._staged: dict[str, tuple[int, bytes]] = {}
 
-    def get(self, key: str, partition: int) -> bytes | None:
+    def get(self, key: str, partition: int | None = None) -> bytes | None:
+        staged = self._staged.get(key)
+        if staged is not None:
+            return staged[1]
+        if partition is None:  # (maintenance: any active partition's database)
+            return cast(bytes | None, self._store.get(key))
         return self._store.read(key, partition)
+
+    def stage(self, states: Mapping[str, tuple[int, bytes]]) -> None:
+        self._staged.update(states)
 
     def persist(self, states: Mapping[str, tuple[int, bytes]], offsets: Mapping[int, int]) -> None:
         self._store.persist(states, offsets)
+        for key in states:
+            self._staged.pop(key, None)
+
+    def keys(self) -> list[str]:
+        return [key for key, _value in self.items()]
+
+    def items(self) -> Iterator[tuple[str, bytes]]:
+        """Every state of the active partitions, staged ones as staged."""
+        staged = dict(self._staged)
+        for key, value in self._store.items():
+            yield key, staged.pop(key, (0, value))[1]
+        for key, (_partition, value) in staged.items():
+            yield key, value
 
 
 async def apply_in_batches(

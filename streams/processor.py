@@ -103,6 +103,11 @@ class StateTable(Protocol):
 
     def get(self, key: str, partition: int) -> bytes | None: ...
 
+    def stage(self, states: Mapping[str, tuple[int, bytes]]) -> None:
+        """``states`` are about to reach the view: whoever reads the table for the view
+        (a rebuild) sees them until they are persisted."""
+        ...
+
     def persist(
         self, states: Mapping[str, tuple[int, bytes]], offsets: Mapping[int, int]
     ) -> None: ...
@@ -235,6 +240,7 @@ class OppositionProcessor:
                 result.forwarded += 1
             else:
                 result.rejected += 1
+        self._table.stage(out.states)  # (before the view write: see StateTable.stage)
         landed = await self._propagate(touched, emitted, applied_at, out, now)
         if out.states:  # durable in Kafka: the store may hold them now
             self._table.persist(out.states, out.changelog_offsets)

@@ -85,3 +85,22 @@ def test_a_database_that_cannot_be_opened_is_replaced_by_an_empty_one(
     assert fresh.data.persisted_offset(TP(topic, 0)) is None  # recovery replays it all
     assert FaustStateTable(fresh).get("acme|+33612345670", 0) is None
     assert "cannot be opened" in caplog.text
+
+
+def test_staged_states_are_what_a_rebuild_reads_until_persisted(tmp_path: Path) -> None:
+    """Between the view write and the changelog's acknowledgement, a rebuild reading the
+    table must see the states the view already shows, never the older ones on disk."""
+    table = _table(tmp_path)
+    states = FaustStateTable(table)
+    key = "acme|+33612345670"
+    old = _state("+33612345670", 0)
+    states.persist({key: (0, old)}, {0: 3})
+    new = old.replace(b'"position":[0,12]', b'"position":[0,13]')
+    assert new != old
+    states.stage({key: (0, new), "acme|+33612345679": (0, new)})
+    assert states.get(key) == new and states.get(key, 0) == new
+    assert dict(states.items()) == {key: new, "acme|+33612345679": new}
+    assert sorted(states.keys()) == [key, "acme|+33612345679"]
+    states.persist({key: (0, new)}, {0: 4})
+    assert states.get(key, 0) == new
+    assert states.get("acme|+33612345679") == new  # (still staged: not acknowledged yet)

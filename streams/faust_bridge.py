@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from typing import Any, cast
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from faust.tables import TableManager
@@ -60,8 +60,8 @@ class FaustStateTable:
         staged = self._staged.get(key)
         if staged is not None:
             return staged[1]
-        if partition is None:  # (maintenance: any active partition's database)
-            return cast(bytes | None, self._store.get(key))
+        if partition is None:  # (maintenance and the audit: whichever database holds it)
+            return self._store.find(key)
         return self._store.read(key, partition)
 
     def stage(self, states: Mapping[str, tuple[int, bytes]]) -> None:
@@ -73,7 +73,10 @@ class FaustStateTable:
             self._staged.pop(key, None)
 
     def keys(self) -> list[str]:
-        return [key for key, _value in self.items()]
+        """Every key of the active partitions, staged ones included."""
+        keys = list(self._store.keys())
+        known = set(keys)
+        return keys + [key for key in self._staged if key not in known]
 
     def items(self) -> Iterator[tuple[str, bytes]]:
         """Every state of the active partitions, staged ones as staged."""

@@ -777,6 +777,7 @@ def run_bench(
                    "DNC_DEAD_LETTER_TOPIC": "bench.dead-letter", "DNC_WORKER_GROUP": "bench",
                    "DNC_VIEW_KEY": "bench-key", "DNC_WORKER_METRICS_PORT": str(port),
                    "DNC_AUTHORITY_KEY": "bench-authority-key",
+                   "DNC_DATA_DIR": str(tmp / "data"),  # the worker's table, with the stack
                    "DNC_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
                    "DNC_REDIS_CLUSTER": "true" if redis_cluster else "false"}  # fmt: skip
             settings = Settings.model_validate({k[4:].lower(): v for k, v in dnc.items()})

@@ -37,7 +37,7 @@ from streams.ownership import PartitionProducers, fence_topic
 from streams.processor import OppositionProcessor, StateStoreBroken
 from streams.progress import ProgressWatch
 from streams.server_clock import ServerClock
-from streams.table_store import STORE_SCHEME, abandon
+from streams.table_store import STORE_SCHEME, DurableRocksDBStore, abandon
 from streams.view_writer import SuppressionViewWriter, writer_client
 
 log = logging.getLogger("dnc.streams")
@@ -79,10 +79,12 @@ class WorkerApp:
     redis: Redis | RedisCluster
 
 
-def _declare_worker_topics(settings: Settings, changelog: str, timeout: float = 30.0) -> str:
+def _declare_worker_topics(
+    settings: Settings, changelog: str, timeout: float = 30.0
+) -> tuple[str, str]:
     """Create the table's changelog topic and the group's fence topic before Faust starts,
     wait until they are visible; returns the fence topic's id (the era of the claims it
-    orders, see streams/ownership.py).
+    orders, see streams/ownership.py) and the changelog's (streams/table_store.py).
 
     Faust creates it itself at start-up, right before joining the group; on a 3-broker
     cluster the group leader's metadata may not list it yet, and Faust's assignor then
@@ -110,11 +112,15 @@ def _declare_worker_topics(settings: Settings, changelog: str, timeout: float = 
         time.sleep(0.2)
     else:
         log.warning("topics %s are still not in Kafka's metadata after %.0fs", names, timeout)
-    fences = TopicCollection([fence_topic(settings)])
+    wanted = TopicCollection([fence_topic(settings), changelog])
     while True:  # a broker of a cluster may not know the new topic yet (UNKNOWN_TOPIC_OR_PART)
-        described = admin.describe_topics(fences, request_timeout=timeout)
+        described = admin.describe_topics(wanted, request_timeout=timeout)
         try:
-            return str(next(iter(described.values())).result(timeout=timeout).topic_id)
+            fence_id, changelog_id = (
+                str(described[name].result(timeout=timeout).topic_id)
+                for name in (fence_topic(settings), changelog)
+            )
+            return fence_id, changelog_id
         except KafkaException:
             if time.monotonic() >= deadline:
                 raise
@@ -179,7 +185,8 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         schema=faust.Schema(key_serializer="json", value_serializer="raw"),
     )
     changelog = table.changelog_topic.get_topic_name()
-    era = _declare_worker_topics(settings, changelog)
+    era, changelog_id = _declare_worker_topics(settings, changelog)
+    cast(DurableRocksDBStore, table.data).changelog_id = changelog_id  # (see its docstring)
 
     redis = writer_client(settings)
     view = SuppressionViewWriter(redis, view_layout(settings, tenants), worker_id)

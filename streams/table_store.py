@@ -47,20 +47,40 @@ def _locked(exc: BaseException) -> bool:
 
 
 class DurableRocksDBStore(rocksdb.Store):
-    """Faust's RocksDB store; see the module for what it adds."""
+    """Faust's RocksDB store; see the module for what it adds.
+
+    ``changelog_id``: the changelog topic's id (set before the worker starts). Each database
+    is marked with it (a file beside it); one marked with another id, or not at all, was
+    filled from another topic (a Kafka cluster or topic created anew under a kept volume):
+    its offsets mean nothing here, so it is deleted and replayed.
+    """
+
+    changelog_id: str | None = None
 
     def _open_for_partition(self, partition: int) -> Any:
+        path = self.partition_path(partition)
+        mark = path.with_name(path.name + ".changelog-id")
+        if self.changelog_id is not None and path.exists():
+            found = mark.read_text().strip() if mark.exists() else None
+            if found != self.changelog_id:
+                log.error("the table's database of partition %d (%s) was filled from another "
+                          "changelog (topic id %s, now %s): deleted; its states are recovered "
+                          "from the whole changelog", partition, path, found,
+                          self.changelog_id)  # fmt: skip
+                shutil.rmtree(path, ignore_errors=True)
         try:
-            return super()._open_for_partition(partition)
+            db = super()._open_for_partition(partition)
         except Exception as exc:
             if _locked(exc):
                 raise  # (Faust retries a locked database for a while)
-            path = self.partition_path(partition)
             log.error("the table's database of partition %d (%s) cannot be opened (%r): "
                       "deleted; its states are recovered from the whole changelog and the "
                       "partition is not vouched for until then", partition, path, exc)  # fmt: skip
             shutil.rmtree(path, ignore_errors=True)
-            return super()._open_for_partition(partition)
+            db = super()._open_for_partition(partition)
+        if self.changelog_id is not None:
+            mark.write_text(self.changelog_id)
+        return db
 
     def read(self, key: str, partition: int) -> bytes | None:
         """The value of ``key`` in ``partition``'s database (None: no state)."""

@@ -104,3 +104,25 @@ def test_staged_states_are_what_a_rebuild_reads_until_persisted(tmp_path: Path) 
     states.persist({key: (0, new)}, {0: 4})
     assert states.get(key, 0) == new
     assert states.get("acme|+33612345679") == new  # (still staged: not acknowledged yet)
+
+
+def test_a_database_filled_from_another_changelog_is_replayed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A volume kept while Kafka (or the changelog topic) was created anew: the database's
+    offsets are another topic's, so it is deleted; one of the same topic is kept."""
+    table = _table(tmp_path)
+    table.data.changelog_id = "topic-id-1"
+    FaustStateTable(table).persist({"acme|+33612345670": (0, _state("+33612345670", 0))}, {0: 9})
+    _close(table)
+    topic = table.changelog_topic.get_topic_name()
+    same = _table(tmp_path)
+    same.data.changelog_id = "topic-id-1"
+    assert same.data.persisted_offset(TP(topic, 0)) == 9
+    _close(same)
+    caplog.set_level(logging.ERROR, "dnc.streams")
+    other = _table(tmp_path)
+    other.data.changelog_id = "topic-id-2"
+    assert other.data.persisted_offset(TP(topic, 0)) is None
+    assert FaustStateTable(other).get("acme|+33612345670", 0) is None
+    assert "filled from another changelog" in caplog.text

@@ -67,10 +67,13 @@ class FaustStateTable:
     def stage(self, states: Mapping[str, tuple[int, bytes]]) -> None:
         self._staged.update(states)
 
+    def unstage(self, states: Mapping[str, tuple[int, bytes]]) -> None:
+        for key, staged in states.items():
+            if self._staged.get(key) == staged:
+                del self._staged[key]
+
     def persist(self, states: Mapping[str, tuple[int, bytes]], offsets: Mapping[int, int]) -> None:
         self._store.persist(states, offsets)
-        for key in states:
-            self._staged.pop(key, None)
 
     def keys(self) -> list[str]:
         """Every key of the active partitions, staged ones included."""

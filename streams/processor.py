@@ -108,6 +108,10 @@ class StateTable(Protocol):
         (a rebuild) sees them until they are persisted."""
         ...
 
+    def unstage(self, states: Mapping[str, tuple[int, bytes]]) -> None:
+        """``states`` are persisted, or their batch failed: no longer staged."""
+        ...
+
     def persist(
         self, states: Mapping[str, tuple[int, bytes]], offsets: Mapping[int, int]
     ) -> None: ...
@@ -241,9 +245,12 @@ class OppositionProcessor:
             else:
                 result.rejected += 1
         self._table.stage(out.states)  # (before the view write: see StateTable.stage)
-        landed = await self._propagate(touched, emitted, applied_at, out, now)
-        if out.states:  # durable in Kafka: the store may hold them now
-            self._table.persist(out.states, out.changelog_offsets)
+        try:
+            landed = await self._propagate(touched, emitted, applied_at, out, now)
+            if out.states:  # durable in Kafka: the store may hold them now
+                self._table.persist(out.states, out.changelog_offsets)
+        finally:  # persisted, or never made durable (not acked: the events replay)
+            self._table.unstage(out.states)
         result.changed_keys = list(emitted)
         result.forwards = [
             ForwardedEvent(f.message.partition, f.message.offset, f.partition, at)

@@ -102,8 +102,11 @@ def test_staged_states_are_what_a_rebuild_reads_until_persisted(tmp_path: Path) 
     assert dict(states.items()) == {key: new, "acme|+33612345679": new}
     assert sorted(states.keys()) == [key, "acme|+33612345679"]
     states.persist({key: (0, new)}, {0: 4})
+    states.unstage({key: (0, new)})
     assert states.get(key, 0) == new
     assert states.get("acme|+33612345679") == new  # (still staged: not acknowledged yet)
+    states.unstage({"acme|+33612345679": (0, new)})  # (its batch failed: it replays)
+    assert states.get("acme|+33612345679") is None
 
 
 def test_a_database_filled_from_another_changelog_is_replayed(

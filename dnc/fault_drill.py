@@ -744,8 +744,16 @@ def _kill_during_recovery(d: FaultDrill) -> None:
     _with_worker_stopped(d, lambda _table: None)
 
 
+def _replayed(d: FaultDrill) -> None:
+    """Until the new worker has replayed its changelog and rebuilt the view (the whole
+    changelog of the preloaded states: minutes on a loaded machine; the drill's dialer
+    checks all along that nothing acknowledged is answered "callable" meanwhile)."""
+    _await_log(d, "view ready", timeout=900)
+
+
 def _corrupted_was_replaced(d: FaultDrill) -> None:
     _await_log(d, "cannot be opened", timeout=60)
+    _replayed(d)
 
 
 class StaleOwner:
@@ -883,12 +891,12 @@ FAULTS: dict[str, Fault] = {
               "refusals and lifts in flight on a frozen worker; objections applied by the "
               "other; it resumes; the other SIGKILLed; it restarts",
               prepare=_STALE_OWNER.prepare, timeout=600),
-        Fault("worker SIGKILL during recovery from RocksDB", _kill_during_recovery, _nothing,
+        Fault("worker SIGKILL during recovery from RocksDB", _kill_during_recovery, _replayed,
               0.0, f"{PRELOAD:,} states: the worker's table directory deleted, the worker "
               "restarted, and SIGKILLed again while it replays the changelog",
               prepare=_preload, timeout=1800),
         Fault("RocksDB directory deleted", lambda d: _with_worker_stopped(d, _delete),
-              _nothing, 0.0, f"{PRELOAD:,} states: the worker SIGKILLed, its table "
+              _replayed, 0.0, f"{PRELOAD:,} states: the worker SIGKILLed, its table "
               "directory deleted, the worker restarted", prepare=_preload, timeout=1800),
         Fault("RocksDB directory corrupted", lambda d: _with_worker_stopped(d, _corrupt),
               _corrupted_was_replaced, 0.0, f"{PRELOAD:,} states: the worker SIGKILLed, every "

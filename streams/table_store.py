@@ -61,7 +61,8 @@ class DurableRocksDBStore(rocksdb.Store):
         path = self.partition_path(partition)
         mark = path.with_name(path.name + ".changelog-id")
         if self.changelog_id is not None and path.exists():
-            found = mark.read_text().strip() if mark.exists() else None
+            # (unreadable or garbled like the rest of a corrupted volume: another id)
+            found = mark.read_bytes().decode(errors="replace").strip() if mark.exists() else None
             if found != self.changelog_id:
                 log.error("the table's database of partition %d (%s) was filled from another "
                           "changelog (topic id %s, now %s): deleted; its states are recovered "

@@ -69,22 +69,27 @@ def test_a_batch_without_an_acknowledged_offset_is_refused(tmp_path: Path) -> No
     assert states.get("acme|+33612345670", 2) is None
 
 
+@pytest.mark.parametrize("mark_too", [False, True])
 def test_a_database_that_cannot_be_opened_is_replaced_by_an_empty_one(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mark_too: bool
 ) -> None:
     table = _table(tmp_path)
+    table.data.changelog_id = "topic-id-1"
     FaustStateTable(table).persist({"acme|+33612345670": (0, _state("+33612345670", 0))}, {0: 5})
     path = table.data.partition_path(0)
     _close(table)
-    for file in path.iterdir():  # every file overwritten: MANIFEST, CURRENT, tables, log
+    # Every file overwritten (MANIFEST, CURRENT, tables, log, the changelog id beside them).
+    mark = path.with_name(path.name + ".changelog-id")
+    for file in [*path.iterdir(), *([mark] if mark_too else [])]:
         if file.is_file() and file.name != "LOCK":
-            file.write_bytes(b"\x00garbage" * 64)
+            file.write_bytes(b"\x00garbage\xff" * 64)
     caplog.set_level(logging.ERROR, "dnc.streams")
     fresh = _table(tmp_path)
+    fresh.data.changelog_id = "topic-id-1"
     topic = fresh.changelog_topic.get_topic_name()
     assert fresh.data.persisted_offset(TP(topic, 0)) is None  # recovery replays it all
     assert FaustStateTable(fresh).get("acme|+33612345670", 0) is None
-    assert "cannot be opened" in caplog.text
+    assert ("another changelog" if mark_too else "cannot be opened") in caplog.text
 
 
 def test_staged_states_are_what_a_rebuild_reads_until_persisted(tmp_path: Path) -> None:

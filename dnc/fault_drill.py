@@ -752,7 +752,7 @@ def _replayed(d: FaultDrill) -> None:
 
 
 def _corrupted_was_replaced(d: FaultDrill) -> None:
-    _await_log(d, "cannot be opened", timeout=60)
+    _await_log(d, "its states are recovered from the whole changelog", timeout=60)
     _replayed(d)
 
 

@@ -154,7 +154,12 @@ class OppositionPublisher:
             return delivered
 
         for index, (event, payload) in enumerate(prepared):
-            self._produce(event, payload, callback_for(index, event))
+            try:
+                self._produce(event, payload, callback_for(index, event))
+            except PublishError as exc:  # refused before sending (e.g. known unauthorised)
+                results[index] = exc
+                if on_done is not None:
+                    on_done(event, exc)
         deadline = time.monotonic() + self._timeout + 5
         while any(r is None for r in results):
             if time.monotonic() > deadline:

@@ -34,7 +34,7 @@ from streams.faust_bridge import (
     forget_partitions,
     table_manager,
 )
-from streams.fencing import OwnershipLost, give_up
+from streams.fencing import OwnershipLost, Revocations, give_up
 from streams.freshness import AppliedFrontier
 from streams.kafka_sink import KafkaChangeSink
 from streams.log_end import LogEndReader
@@ -202,6 +202,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     clock = ServerClock()
     expiry = ExpirySchedule()
     lock = asyncio.Lock()
+    revocations = Revocations()
     progress = ProgressWatch(settings.stall_after_seconds)
     holes = DeliveryHoles()
     source_topics = (settings.oppositions_topic, settings.admin_topic, settings.consents_topic)
@@ -218,6 +219,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         expiry=expiry,
         view_lock=lock,
         clock=clock.now,
+        revocations=revocations,
     )
     maintenance = ViewMaintenance(
         table=table,
@@ -518,6 +520,9 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+        # First, before any wait: a batch still in flight for these partitions (a worker
+        # paused past the session timeout) must write nothing, even if they come back.
+        revocations.revoked(tp.partition for tp in revoked if tp.topic in source_topics)
         # Faust waited for the batch in flight: commit what is applied before letting go.
         await commits.commit(TP(tp.topic, tp.partition) for tp in revoked
                              if tp.topic in source_topics)  # fmt: skip

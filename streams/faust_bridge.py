@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 import uuid
@@ -17,9 +18,12 @@ from faust.types import TP
 from schemas.metrics import BATCH_EVENTS
 from streams.batch_transport import stale
 from streams.delivery import DeliveryHoles
+from streams.fencing import BatchAbandoned
 from streams.freshness import AppliedFrontier
 from streams.processor import OppositionProcessor, SourceMessage
 from streams.progress import ProgressWatch
+
+log = logging.getLogger("dnc.streams")
 
 
 def source_message(event: Any) -> SourceMessage:
@@ -132,7 +136,15 @@ async def _apply(
     log_topic: str,
 ) -> None:
     """Apply ``batch``, move the frontiers, then ack its events."""
-    result = await processor.process([source_message(e) for e in batch])
+    try:
+        result = await processor.process([source_message(e) for e in batch])
+    except BatchAbandoned as exc:
+        # Acked only so that Faust stops waiting for them: the frontiers did not move, so
+        # nothing past the committed offsets is committed, and the events come again.
+        log.warning("%s (%d events)", exc, len(batch))
+        for done in batch:
+            await stream.ack(done)
+        return
     BATCH_EVENTS.observe(len(batch))
     progress.applied()
     forwarded = {(f.partition, f.offset): f for f in result.forwards}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -37,7 +37,7 @@ from schemas.state import SuppressionChange, SuppressionState, state_key
 from schemas.tenants import TenantDirectory
 from streams.admin_actions import AUTHORISED_KINDS, AdminActions
 from streams.expiry import ExpirySchedule
-from streams.fencing import OwnershipLost
+from streams.fencing import OwnershipLost, Revocations
 from streams.ownership import PartitionRevoked
 from streams.retry import until_done
 from streams.rules import Outcome, apply_event
@@ -188,7 +188,9 @@ class OppositionProcessor:
         expiry: ExpirySchedule,
         view_lock: asyncio.Lock,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        revocations: Revocations | None = None,
     ) -> None:
+        self._revocations = revocations or Revocations()
         self._table = table
         self._view = view
         self._sink = sink
@@ -203,6 +205,7 @@ class OppositionProcessor:
     async def process(self, batch: Sequence[SourceMessage]) -> BatchResult:
         """Apply a batch of messages; never raises on bad input."""
         now = self._clock()
+        seen = self._revocations.snapshot()
         result = BatchResult()
         touched: dict[str, SuppressionState] = {}
         emitted: dict[str, SuppressionState] = {}
@@ -220,7 +223,7 @@ class OppositionProcessor:
                 result.forwarded += 1
             else:
                 result.rejected += 1
-        landed = await self._propagate(touched, emitted, applied_at, out, now)
+        landed = await self._propagate(touched, emitted, applied_at, out, now, seen)
         result.changed_keys = list(emitted)
         result.forwards = [
             ForwardedEvent(f.message.partition, f.message.offset, f.partition, at)
@@ -357,12 +360,19 @@ class OppositionProcessor:
         applied_at: dict[str, list[datetime]],
         out: Outgoing,
         now: datetime,
+        seen: Mapping[int, int],
     ) -> list[int]:
-        """Write the view, then produce everything; the offsets the forwards landed at."""
+        """Write the view, then produce everything; the offsets the forwards landed at.
+
+        Nothing is written for a batch whose partitions were revoked since it started
+        (``seen``: :meth:`streams.fencing.Revocations.snapshot` then): see Revocations.
+        """
         retry_cap = self._settings.retry_backoff_max_seconds
+        partitions = {s.partition for s in touched.values()}
 
         async def write_view() -> None:
             async with self._view_lock:
+                self._revocations.check(seen, partitions)
                 await self._view.write(touched.values(), now)
 
         if touched:
@@ -387,6 +397,10 @@ class OppositionProcessor:
         landed: list[int] = []
 
         async def publish() -> list[int]:
+            self._revocations.check(
+                seen,
+                partitions | {p for p, _c in out.changes} | {p for p, _v in out.states.values()},
+            )
             try:
                 return await self._sink.publish(out)
             except PartitionRevoked as exc:

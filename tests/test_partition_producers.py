@@ -11,6 +11,7 @@ import pytest
 
 from schemas.errors import PublishError
 from schemas.settings import Settings
+from streams.fencing import BatchAbandoned, OwnershipLost, Revocations
 from streams.ownership import PartitionProducers, PartitionRevoked, Record
 
 
@@ -44,3 +45,17 @@ def test_while_the_group_rebalances_a_write_is_only_retried_later() -> None:
 def test_a_lost_partition_among_several_is_the_error_raised() -> None:
     with pytest.raises(PartitionRevoked):
         asyncio.run(_producers({0}).send_all({2: RECORDS}))
+
+
+def test_a_batch_writes_nothing_for_a_partition_revoked_since_it_started_even_if_back() -> None:
+    revocations = Revocations()
+    seen = revocations.snapshot()
+    revocations.check(seen, [0, 1, 2])  # nothing revoked: the batch writes
+    revocations.revoked([1])  # A -> B ...
+    with pytest.raises(BatchAbandoned, match=r"partitions \[1\] were revoked"):
+        revocations.check(seen, [1])  # ... -> A again: still refused, fetched again
+    with pytest.raises(OwnershipLost) as caught:  # only some of its partitions: exit
+        revocations.check(seen, [0, 1])
+    assert not isinstance(caught.value, BatchAbandoned)
+    revocations.check(seen, [0, 2])  # other partitions' batches are untouched
+    revocations.check(revocations.snapshot(), [1])  # a batch started after the revocation

@@ -360,9 +360,9 @@ class SuppressionChecker:
         age = found.now.timestamp() - found.oldest_ms / 1000
         if age + spent <= self._max_staleness:
             return result
-        why = (f"the answer took {spent:.2f}s, so the view it read ({age:.2f}s behind then) may "
-               f"be older than the {self._max_staleness:g}s staleness bound by now (this "
-               "process or Redis overloaded?): ask again")  # fmt: skip
+        why = (f"view not current: {age:.2f}s behind when read, plus {spent:.2f}s to answer, "
+               f"past the {self._max_staleness:g}s staleness bound (this process or Redis "
+               "overloaded?): ask again")  # fmt: skip
         return CheckResult(result.phone_e164, Answer.UNAVAILABLE, why=why, at=result.at)
 
     def _decide(

@@ -32,7 +32,9 @@ from rich.table import Table
 
 from consumers.checker import Answer, SuppressionChecker, checker_client
 from dnc.bench import percentile
-from infra.services import KAFKA_DEFAULT_VERSION, LocalStack, free_port
+from infra.launch.kafka_jars import KAFKA_DEFAULT_VERSION
+from infra.launch.process import free_port
+from infra.launch.stack import LocalStack
 from infra.topics import ensure_pipeline_topics
 from schemas.errors import DncError
 from schemas.settings import Settings

@@ -18,7 +18,7 @@ from confluent_kafka import Producer
 
 from consumers.checker import Answer
 from dnc.bench import BURST, REPO, TENANT, Bench, Figures, _stop_worker, mobile, perf
-from infra.services import free_port
+from infra.launch.process import free_port
 from infra.topics import ensure_pipeline_topics
 from producers.publisher import OppositionPublisher, producer_config
 from schemas.errors import PublishError

@@ -33,8 +33,10 @@ from rich.table import Table
 
 from consumers.sinks.webhook import SIGNATURE_HEADER, verify
 from dnc.bench import mobile, percentile
+from infra.launch.kafka_jars import KAFKA_DEFAULT_VERSION
+from infra.launch.process import free_port
+from infra.launch.stack import LocalStack
 from infra.postgres_service import start_postgres
-from infra.services import KAFKA_DEFAULT_VERSION, LocalStack, free_port
 from infra.topics import ensure_pipeline_topics
 from producers.publisher import OppositionPublisher
 from schemas.errors import DncError

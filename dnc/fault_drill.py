@@ -40,8 +40,9 @@ from rich.table import Table
 
 from consumers.checker import Answer, SuppressionChecker
 from consumers.verify import Reconciliation, reconcile
+from infra.launch.process import free_port
+from infra.launch.stack import LocalStack
 from infra.postgres_service import PostgresService, start_postgres
-from infra.services import LocalStack, free_port
 from infra.topics import ensure_pipeline_topics
 from infra.toxiproxy import Proxy, Toxiproxy, start_toxiproxy
 from producers.publisher import OppositionPublisher

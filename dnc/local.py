@@ -38,6 +38,9 @@ from dnc.live_summary import read_snapshot, render
 from dnc.pidfiles import SUPERVISOR, RunDirectory
 from dnc.settled import SETTLED_FOR_SECONDS, group_settled
 from infra.acls import SUPERUSER, apply_acls, client_env, stack_credentials
+from infra.launch.kafka_config import KafkaSecurity
+from infra.launch.process import RunningService, ServiceError
+from infra.launch.stack import LocalStack
 from infra.ports import PlannedPort, PortClash, check_ports
 from infra.postgres_service import start_postgres
 from infra.prometheus_service import (
@@ -46,7 +49,6 @@ from infra.prometheus_service import (
     run_rules,
     start_prometheus,
 )
-from infra.services import KafkaSecurity, LocalStack, RunningService, ServiceError
 from schemas.settings import AUTHORITY_KEY_FILE, REDIS_CLUSTER_FILE, VIEW_KEY_FILE, Settings
 from schemas.tenants import TenantDirectory
 
@@ -189,7 +191,7 @@ def stack_ports(settings: Settings, brokers: int, redis_cluster: bool) -> list[P
     redis_host, redis_port = settings.redis_host_port
     if not redis_cluster:
         return [*planned, PlannedPort("DNC_REDIS_URL", redis_port, redis_host)]
-    for i in range(6):  # as infra.redis_cluster runs them: the seed's port and the 5 after it
+    for i in range(6):  # as launch.redis_cluster runs them: the seed's port and the 5 after it
         name = "DNC_REDIS_URL" if i == 0 else f"DNC_REDIS_URL's port + {i}"
         label = f"{name} (Redis Cluster node {i + 1})"
         planned.append(PlannedPort(label, redis_port + i, redis_host, "DNC_REDIS_URL"))

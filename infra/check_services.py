@@ -27,12 +27,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `infra` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from infra.services import (
-    KAFKA_DEFAULT_VERSION,
-    LocalStack,
-    ensure_kafka_jars,
-    kafka_cache_dir,
-)
+from infra.launch.kafka_jars import KAFKA_DEFAULT_VERSION, ensure_kafka_jars, kafka_cache_dir
+from infra.launch.stack import LocalStack
 
 
 def _redis_command(host: str, port: int, *args: str) -> bytes:

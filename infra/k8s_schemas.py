@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from infra.services import cache_root
+from infra.cache import cache_root
 
 KUBECONFORM_VERSION = "0.8.0"
 """The kubeconform release infra/setup.sh installs (its ``KUBECONFORM_VERSION`` is the same)."""

@@ -1,6 +1,6 @@
 """Run a real PostgreSQL (Debian's ``postgresql`` package) as a local child process.
 
-Like :mod:`infra.services` for Kafka and Redis, this needs no Docker and no systemd: the
+Like :mod:`infra.launch` for Kafka and Redis, this needs no Docker and no systemd: the
 ``postgres`` binary runs in the foreground as a child of the Python process, bound to
 ``127.0.0.1`` on a free (or given) port.  Typical use::
 
@@ -73,15 +73,15 @@ from typing import NamedTuple, TypedDict
 
 import psycopg
 
-from infra.services import (
+from infra.launch.process import (
     RunningService,
     ServiceError,
-    _error,
-    _file_size,
-    _register,
-    _unregister,
     bind_error_or_raise,
+    file_size,
+    register,
+    service_error,
     start_with_port_retries,
+    unregister,
 )
 
 __all__ = [
@@ -157,7 +157,7 @@ def postgres_bindir() -> Path:
     initdb = shutil.which("initdb")
     if initdb is not None and _has_server(Path(initdb).resolve().parent):
         return Path(initdb).resolve().parent
-    raise _error(
+    raise service_error(
         f"no PostgreSQL server binaries found (looked in {_DEBIAN_ROOT}/*/bin and on PATH).",
         _SETUP_HINT,
     )
@@ -174,7 +174,7 @@ def _server_major(bindir: Path) -> str:
     ).stdout
     match = re.search(r"\(PostgreSQL\)\s+(\d+)", out)
     if match is None:
-        raise _error(
+        raise service_error(
             f"could not read the version of {bindir / 'postgres'} (it printed {out.strip()!r}).",
             "reinstall PostgreSQL: " + _SETUP_HINT,
         )
@@ -191,7 +191,7 @@ def _postgres_account() -> _Account | None:
     try:
         entry = pwd.getpwnam(SYSTEM_USER)
     except KeyError:
-        raise _error(
+        raise service_error(
             f"running as root, but there is no `{SYSTEM_USER}` system user to run "
             "PostgreSQL as (PostgreSQL refuses to run as root).",
             _SETUP_HINT + " Its postgresql-common package creates that user.",
@@ -266,7 +266,7 @@ def _shadow_root() -> Path:
     SHADOW_ROOT.mkdir(mode=0o711, parents=True, exist_ok=True)
     st = SHADOW_ROOT.lstat()
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
-        raise _error(
+        raise service_error(
             f"{SHADOW_ROOT} exists but is not a directory owned by root and writable only by "
             "root; refusing to put database files there.",
             f"inspect and remove {SHADOW_ROOT}, then retry.",
@@ -355,7 +355,7 @@ def _cluster_dir(data_dir: Path, account: _Account | None, disposable: bool) -> 
             _chown(data_dir, account)
         return data_dir
     if data_dir.is_dir() and any(data_dir.iterdir()):
-        raise _error(
+        raise service_error(
             f"{data_dir} is not empty, and the `{SYSTEM_USER}` user PostgreSQL runs as cannot "
             f"reach it (a parent directory lacks search permission for that user).",
             f"delete {data_dir} to start a new cluster, move it below a directory the "
@@ -375,7 +375,7 @@ def _check_existing_cluster(cluster: Path, major: str) -> bool:
     if version_file.is_file():
         found = version_file.read_text(encoding="utf-8").strip()
         if found != major:
-            raise _error(
+            raise service_error(
                 f"{cluster} holds a PostgreSQL {found} cluster, but the installed server is "
                 f"PostgreSQL {major}.",
                 f"delete {cluster} (its data is lost) to start afresh, or upgrade it with "
@@ -383,7 +383,7 @@ def _check_existing_cluster(cluster: Path, major: str) -> bool:
             )
         return True
     if any(cluster.iterdir()):
-        raise _error(
+        raise service_error(
             f"{cluster} is not empty but holds no PostgreSQL cluster (no PG_VERSION file).",
             f"delete {cluster} or pass another data directory.",
         )
@@ -405,7 +405,7 @@ def _initdb(
     ]
     if fast:
         cmd.append("--no-sync")
-    offset = _file_size(log_path)
+    offset = file_size(log_path)
     log.info("initialising a PostgreSQL cluster in %s", cluster)
     with log_path.open("ab") as out:
         try:
@@ -421,14 +421,14 @@ def _initdb(
                 **_as_account(account),
             )
         except subprocess.TimeoutExpired:
-            raise _error(
+            raise service_error(
                 f"initdb did not finish within {_INITDB_TIMEOUT:.0f} s for {cluster}.",
                 "the disk may be very slow or full; check it, delete the directory and retry.",
                 log_path,
                 offset,
             ) from None
     if result.returncode != 0:
-        raise _error(
+        raise service_error(
             f"initdb failed with exit code {result.returncode} for {cluster}.",
             "read the log below; delete the directory (initdb needs an empty one) and retry.",
             log_path,
@@ -506,7 +506,7 @@ def _start_server_once(
     fast: bool,
 ) -> subprocess.Popen[bytes] | str:
     """Start the server on ``port``; return the bind error line if the port was taken."""
-    offset = _file_size(log_path)
+    offset = file_size(log_path)
     proc = _spawn_server(_server_command(bindir, cluster, port, fast), cluster, account, log_path)
     deadline = time.monotonic() + _START_TIMEOUT
     while time.monotonic() < deadline:
@@ -519,7 +519,7 @@ def _start_server_once(
             return proc
         time.sleep(0.1)
     _kill_group(proc)
-    raise _error(
+    raise service_error(
         f"PostgreSQL did not accept connections on {HOST}:{port} within {_START_TIMEOUT:.0f} s.",
         "read the log below; crash recovery of a large cluster or an overloaded machine "
         "can be slow.",
@@ -634,7 +634,7 @@ class PostgresService(RunningService):
             self.kill()
         finally:
             if self.process.poll() is not None:
-                _unregister(self)
+                unregister(self)
 
     def kill(self) -> None:
         """SIGKILL the postmaster and all its backends at once (a crash) and reap it.
@@ -646,7 +646,7 @@ class PostgresService(RunningService):
         if self.process.poll() is None:
             log.info("killing postgres (pid %d) with SIGKILL", self.process.pid)
         _kill_group(self.process)
-        _unregister(self)
+        unregister(self)
 
     def restart(self, timeout: float = 20) -> None:
         """Stop (if running) and start again on the same port and data, in place.
@@ -656,7 +656,7 @@ class PostgresService(RunningService):
         """
         self.stop(timeout=timeout)
         if not self.cluster_dir.is_dir():
-            raise _error(
+            raise service_error(
                 f"the cluster directory {self.cluster_dir} is gone (destroy() was called?).",
                 "start a new server with start_postgres().",
             )
@@ -664,7 +664,7 @@ class PostgresService(RunningService):
             self.bindir, self.cluster_dir, self.account, self.log_path, self.port, self.fast
         )
         self.process = proc
-        _register(self)
+        register(self)
         try:
             _ensure_role_and_database(self.port)
         except BaseException:
@@ -727,7 +727,7 @@ def start_postgres(
         account=account,
         fast=fast,
     )
-    _register(service)
+    register(service)
     try:
         _ensure_role_and_database(chosen)
     except BaseException:

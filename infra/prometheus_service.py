@@ -1,6 +1,6 @@
 """Run a real Prometheus (Debian's ``prometheus`` package) as a local child process.
 
-Like :mod:`infra.services`, no Docker and no systemd: ``/usr/bin/prometheus`` runs in the
+Like :mod:`infra.launch`, no Docker and no systemd: ``/usr/bin/prometheus`` runs in the
 foreground as a child of the Python process, bound to ``127.0.0.1`` on a free (or given)
 port, with its configuration, TSDB and log in one directory.  Typical use::
 
@@ -40,16 +40,16 @@ from pathlib import Path
 
 import yaml
 
-from infra.services import (
+from infra.launch.process import (
     RunningService,
     ServiceError,
-    _error,
-    _file_size,
-    _register,
-    _spawn,
-    _terminate_quietly,
     bind_error_or_raise,
+    file_size,
+    register,
+    service_error,
+    spawn,
     start_with_port_retries,
+    terminate_quietly,
 )
 
 __all__ = [
@@ -96,7 +96,7 @@ def _find_tool(name: str) -> str:
     candidate = f"/usr/bin/{name}"
     if os.access(candidate, os.X_OK):
         return candidate
-    raise _error(f"{name} was not found on PATH or at {candidate}.", _SETUP_HINT)
+    raise service_error(f"{name} was not found on PATH or at {candidate}.", _SETUP_HINT)
 
 
 def prometheus_path() -> str:
@@ -194,7 +194,7 @@ def check_config(path: Path) -> None:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        raise _error(
+        raise service_error(
             f"`promtool check config {path}` did not finish within {_PROMTOOL_TIMEOUT:.0f} s.",
             "the machine may be overloaded; retry.",
         ) from None
@@ -259,8 +259,8 @@ def _start_once(
 ) -> RunningService | str:
     """Start Prometheus on ``port``; return the bind error line if the port was taken."""
     log_path = data_dir / "prometheus.log"
-    offset = _file_size(log_path)
-    proc = _spawn(_prometheus_command(data_dir, config_path, port, flags), log_path, data_dir)
+    offset = file_size(log_path)
+    proc = spawn(_prometheus_command(data_dir, config_path, port, flags), log_path, data_dir)
     deadline = time.monotonic() + _START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -271,11 +271,11 @@ def _start_once(
             )  # fmt: skip
         if _ready(port, _tsdb_path(data_dir)) and proc.poll() is None:
             service = RunningService("prometheus", HOST, port, proc, log_path, data_dir=data_dir)
-            _register(service)
+            register(service)
             return service
         time.sleep(0.1)
-    _terminate_quietly(proc)
-    raise _error(
+    terminate_quietly(proc)
+    raise service_error(
         f"Prometheus was not ready (GET /-/ready) on {HOST}:{port} within {_START_TIMEOUT:.0f} s.",
         "read the log below; replaying a large write-ahead log or an overloaded machine can "
         "be slow.",

@@ -18,7 +18,7 @@
 #    left alone with a note: stop it (`systemctl disable --now prometheus postgresql`) or
 #    move `dnc up` to other ports (DNC_PROMETHEUS_PORT, DNC_POSTGRES_DSN).
 # 2. The Kafka broker jars for ${DNC_KAFKA_VERSION:-3.9.1}, fetched from Maven Central
-#    into ~/.cache/dnc/kafka/<version>/libs (see infra/services.py; honours
+#    into ~/.cache/dnc/kafka/<version>/libs (see infra/launch/kafka_jars.py; honours
 #    DNC_CACHE_DIR and XDG_CACHE_HOME).  Skipped quickly when already cached.
 # 3. The Toxiproxy server (fault injection in the tests, see infra/toxiproxy.py), the
 #    release pinned in TOXIPROXY_VERSION below, built from source with `go install` (Go
@@ -143,7 +143,8 @@ command -v "$PYTHON" >/dev/null 2>&1 || die "'$PYTHON' not found; install python
 say "ensuring Kafka ${KAFKA_VERSION} broker jars (Maven Central, cached after the first run)"
 libs="$(cd "$REPO_ROOT" && "$PYTHON" -c '
 import sys
-from infra.services import ServiceError, ensure_kafka_jars
+from infra.launch.kafka_jars import ensure_kafka_jars
+from infra.launch.process import ServiceError
 try:
     print(ensure_kafka_jars(sys.argv[1]))
 except ServiceError as exc:

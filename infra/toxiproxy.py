@@ -1,6 +1,6 @@
 """Run Toxiproxy (Shopify's TCP fault-injection proxy) as a local child process.
 
-Like :mod:`infra.services`: no Docker, the server binary runs in the foreground as a
+Like :mod:`infra.launch`: no Docker, the server binary runs in the foreground as a
 child of the Python process, bound to ``127.0.0.1`` on a free (or given) port, with its
 log in a directory of the caller's.  The binary is built once by ``make setup``
 (infra/setup.sh, ``go install``) into ``~/.cache/dnc/toxiproxy/<version>/server`` (same
@@ -23,7 +23,7 @@ instead of the server, and faults are injected there::
 
 Kafka clients connect to the address the broker *advertises*, not to the bootstrap
 address only; a broker whose clients can be cut needs the extra ``PROXIED`` listener
-advertising the proxy (:func:`infra.services.start_kafka`)::
+advertising the proxy (:func:`infra.launch.kafka_broker.start_kafka`)::
 
     proxy = toxiproxy.proxy("kafka", "127.0.0.1:9")   # upstream set once Kafka has a port
     kafka = start_kafka(data_dir, advertised_proxy_port=proxy.port)
@@ -47,19 +47,19 @@ from typing import Any
 
 import httpx
 
-from infra.services import (
+from infra.cache import cache_root
+from infra.launch.process import (
     RunningService,
     ServiceError,
-    _error,
-    _file_size,
-    _first_line_with,
-    _read_from,
-    _register,
-    _spawn,
-    _terminate_quietly,
     bind_error_or_raise,
-    cache_root,
+    file_size,
+    first_line_with,
+    read_from,
+    register,
+    service_error,
+    spawn,
     start_with_port_retries,
+    terminate_quietly,
 )
 
 __all__ = [
@@ -88,7 +88,7 @@ def toxiproxy_path() -> Path:
     """Path of the Toxiproxy server binary; :class:`ServiceError` if not installed."""
     path = cache_root() / "toxiproxy" / TOXIPROXY_VERSION / "server"
     if not os.access(path, os.X_OK):
-        raise _error(
+        raise service_error(
             f"the Toxiproxy {TOXIPROXY_VERSION} server is not installed (expected {path}).",
             _SETUP_HINT,
         )
@@ -123,7 +123,7 @@ class Toxiproxy:
             response = self._http.request(method, path, json=body)
         except httpx.HTTPError as exc:
             running = "running" if self.service.running else "not running"
-            raise _error(
+            raise service_error(
                 f"the Toxiproxy API at {self.address} did not answer {method} {path}: {exc} "
                 f"(the server is {running}).",
                 "read the log below.",
@@ -271,7 +271,7 @@ def _answers(http: httpx.Client, path: str) -> bool:
 def _start_once(binary: Path, data_dir: Path, port: int) -> Toxiproxy | str:
     """Start the server on ``port``; if the port is taken, return the server's error line."""
     log_path = data_dir / "toxiproxy.log"
-    offset = _file_size(log_path)
+    offset = file_size(log_path)
     # A disabled proxy with a unique name, created from the config file at start: finding
     # it through the API proves the server answering on the port is this one.
     marker = f"dnc-start-{uuid.uuid4().hex[:12]}"
@@ -279,7 +279,7 @@ def _start_once(binary: Path, data_dir: Path, port: int) -> Toxiproxy | str:
     marker_proxy = {"name": marker, "listen": f"{HOST}:0", "upstream": f"{HOST}:9"}
     config.write_text(json.dumps([{**marker_proxy, "enabled": False}]))
     cmd = [str(binary), "-host", HOST, "-port", str(port), "-config", str(config)]
-    proc = _spawn(cmd, log_path, data_dir, env={**os.environ, "LOG_LEVEL": "info"})
+    proc = spawn(cmd, log_path, data_dir, env={**os.environ, "LOG_LEVEL": "info"})
     deadline = time.monotonic() + _START_TIMEOUT
     with httpx.Client(base_url=f"http://{HOST}:{port}", timeout=1.0, trust_env=False) as http:
         while time.monotonic() < deadline:
@@ -288,19 +288,19 @@ def _start_once(binary: Path, data_dir: Path, port: int) -> Toxiproxy | str:
                     proc, log_path, offset, _BIND_ERRORS, f"toxiproxy on {HOST}:{port}",
                     "read the log below; check that the binary runs (`make setup`).",
                 )  # fmt: skip
-            bind_error = _first_line_with(_read_from(log_path, offset), *_BIND_ERRORS)
+            bind_error = first_line_with(read_from(log_path, offset), *_BIND_ERRORS)
             if bind_error:
-                _terminate_quietly(proc)
+                terminate_quietly(proc)
                 return bind_error
             if _answers(http, "/version") and _answers(http, f"/proxies/{marker}"):
                 service = RunningService("toxiproxy", HOST, port, proc, log_path, data_dir)
-                _register(service)
+                register(service)
                 toxiproxy = Toxiproxy(service)
                 toxiproxy.request("DELETE", f"/proxies/{marker}")
                 return toxiproxy
             time.sleep(0.05)
-    _terminate_quietly(proc)
-    raise _error(
+    terminate_quietly(proc)
+    raise service_error(
         f"toxiproxy did not answer on {HOST}:{port} within {_START_TIMEOUT:.0f} s.",
         "read the log below; the machine may be overloaded.",
         log_path,

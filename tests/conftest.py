@@ -20,9 +20,10 @@ import pytest
 import redis
 from hypothesis import HealthCheck, settings
 
+from infra.launch.kafka_jars import KAFKA_DEFAULT_VERSION
+from infra.launch.redis_cluster import RedisCluster
+from infra.launch.stack import LocalStack
 from infra.postgres_service import start_postgres
-from infra.redis_cluster import RedisCluster
-from infra.services import KAFKA_DEFAULT_VERSION, LocalStack
 from infra.toxiproxy import Toxiproxy, start_toxiproxy
 from tests.harness import CONSENT_TENANTS_TOML, TENANTS_TOML, Pipeline
 

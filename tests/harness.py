@@ -15,7 +15,8 @@ from typing import Any
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from consumers.checker import CheckResult, SuppressionChecker, checker_client
-from infra.services import LocalStack, free_port
+from infra.launch.process import free_port
+from infra.launch.stack import LocalStack
 from infra.topics import ensure_pipeline_topics
 from producers.publisher import OppositionPublisher
 from schemas.settings import Settings

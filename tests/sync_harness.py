@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.sinks.base import Delivery
 from consumers.sinks.webhook import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify
-from infra.services import free_port
+from infra.launch.process import free_port
 from schemas.events import Kind, Scope
 from schemas.state import SuppressionChange
 from tests.harness import REPO, Pipeline, stop_process

@@ -22,7 +22,8 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from pydantic import SecretStr
 
 from infra.acls import apply_acls, client_env, load_or_create_credentials, principal
-from infra.services import KafkaSecurity, LocalStack
+from infra.launch.kafka_config import KafkaSecurity
+from infra.launch.stack import LocalStack
 from producers.publisher import OppositionPublisher
 from schemas.authority import APPENDED_AT_HEADER, AUTHORITY_HEADER
 from schemas.events import ConsentSource, Kind, OppositionEvent, Scope, Source

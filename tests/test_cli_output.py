@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.services import KafkaSecurity, LocalStack
+from infra.launch.kafka_config import KafkaSecurity
+from infra.launch.stack import LocalStack
 from tests.conftest import private_stack
 from tests.harness import REPO, TENANTS_TOML
 

@@ -16,7 +16,9 @@ import redis
 import yaml
 
 from infra.acls import ROLES
-from infra.services import KAFKA_DEFAULT_VERSION, cache_root, free_port
+from infra.cache import cache_root
+from infra.launch.kafka_jars import KAFKA_DEFAULT_VERSION
+from infra.launch.process import free_port
 from schemas.settings import Settings
 
 COMPOSE = yaml.safe_load(

@@ -10,7 +10,7 @@ import time
 import pytest
 from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
-from infra.services import free_port
+from infra.launch.process import free_port
 from tests.gateway_harness import Gateway, issue_tokens
 from tests.harness import Pipeline, wait_for
 

@@ -24,8 +24,8 @@ from pydantic import SecretStr
 from rich.console import Console
 
 from dnc.local import LocalPipeline, _scrape_targets
-from infra.redis_cluster import SLOTS, RedisCluster
-from infra.services import LocalStack
+from infra.launch.redis_cluster import SLOTS, RedisCluster
+from infra.launch.stack import LocalStack
 from producers.publisher import OppositionPublisher
 from schemas.errors import PublishError
 from schemas.events import Kind, OppositionEvent

@@ -15,8 +15,8 @@ from rich.console import Console
 
 import dnc.local as local_module
 from dnc.local import Child, LocalPipeline, run_local_stack
+from infra.launch.process import free_port
 from infra.ports import PlannedPort, PortClash, check_ports
-from infra.services import free_port
 from schemas.settings import Settings
 from tests.harness import REPO
 from tests.test_local_stack import stack_env as free_ports_env

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 import yaml
 
+from infra.launch.process import ServiceError, free_port
 from infra.postgres_service import PostgresService, restart_postgres, start_postgres
 from infra.prometheus_service import (
     RUN_STARTED,
@@ -23,7 +24,6 @@ from infra.prometheus_service import (
     run_rules,
     start_prometheus,
 )
-from infra.services import ServiceError, free_port
 
 
 @pytest.fixture

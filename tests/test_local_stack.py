@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from dnc.pidfiles import SUPERVISOR, RunDirectory
-from infra.services import free_port
+from infra.launch.process import free_port
 from tests.harness import REPO, wait_for
 
 pytestmark = [

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from infra.dashboard_queries import dashboard_exprs, rule_exprs
+from infra.launch.stack import LocalStack
 from infra.prometheus_service import local_prometheus_config, start_prometheus
-from infra.services import LocalStack
 from schemas.events import Kind
 from tests.harness import raw_event, wait_for
 from tests.test_reference_list import RefStack, event

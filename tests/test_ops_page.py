@@ -26,13 +26,13 @@ import pytest
 from prometheus_client import start_http_server
 
 from infra.dashboard_queries import console_exprs
+from infra.launch.stack import LocalStack
 from infra.prometheus_service import (
     OPS_PAGE,
     local_prometheus_config,
     run_rules,
     start_prometheus,
 )
-from infra.services import LocalStack
 from schemas.events import Kind
 from schemas.metrics import CHECKS
 from tests.harness import raw_event, wait_for

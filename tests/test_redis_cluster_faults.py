@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from dnc.fault_drill import TENANT, Traffic
-from infra.services import LocalStack
+from infra.launch.stack import LocalStack
 from tests.harness import Pipeline
 from tests.test_scale_faults import RATE, TENANTS_TOML, _assert_promise, _finish
 

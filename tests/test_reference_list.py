@@ -13,9 +13,9 @@ import pytest
 
 from consumers.sinks.base import Delivery, Verdict
 from consumers.sinks.postgres import PostgresSink
+from infra.launch.stack import LocalStack
 from infra.migrations import apply_migrations
 from infra.postgres_service import restart_postgres
-from infra.services import LocalStack
 from schemas.events import Kind, OppositionEvent, Scope, Source
 from tests.harness import TENANTS_TOML, Pipeline, wait_for
 from tests.sync_harness import SyncProcess, delivery

@@ -25,7 +25,7 @@ from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
 from consumers.checker import Answer
 from dnc.fault_drill import TENANT, FaultResult, Traffic, wait_all_suppressed
-from infra.services import LocalStack
+from infra.launch.stack import LocalStack
 from schemas.events import Kind, OppositionEvent
 from tests.harness import Pipeline, stop_process, wait_for
 

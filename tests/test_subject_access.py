@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from confluent_kafka import Producer
 
-from infra.services import LocalStack
+from infra.launch.stack import LocalStack
 from infra.toxiproxy import Toxiproxy
 from schemas.partitioning import key_partition
 from schemas.tokens import Role

@@ -17,7 +17,10 @@ from confluent_kafka import Consumer, KafkaError, Producer
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from infra.services import KAFKA_DEFAULT_VERSION, LocalStack, ServiceError, _kafka_properties
+from infra.launch.kafka_config import server_properties
+from infra.launch.kafka_jars import KAFKA_DEFAULT_VERSION
+from infra.launch.process import ServiceError
+from infra.launch.stack import LocalStack
 from infra.topics import ensure_topics
 from infra.toxiproxy import TOXIPROXY_VERSION, Proxy, Toxiproxy
 from schemas.topics import TopicSpec
@@ -63,12 +66,12 @@ def _props(text: str) -> dict[str, str]:
 
 
 def test_kafka_gets_the_proxied_listener_only_when_asked() -> None:
-    plain = _props(_kafka_properties(Path("/d"), "127.0.0.1", 9000, 9001, 3, 3))
+    plain = _props(server_properties(Path("/d"), "127.0.0.1", 9000, 9001, 3, 3))
     assert plain["listeners"] == "CLIENT://127.0.0.1:9000,CONTROLLER://127.0.0.1:9001"
     assert plain["advertised.listeners"] == "CLIENT://127.0.0.1:9000"
     assert "PROXIED" not in plain["listener.security.protocol.map"]
 
-    proxied = _props(_kafka_properties(Path("/d"), "127.0.0.1", 9000, 9001, 3, 3, 9002, 9003))
+    proxied = _props(server_properties(Path("/d"), "127.0.0.1", 9000, 9001, 3, 3, 9002, 9003))
     assert proxied["listeners"] == (
         "CLIENT://127.0.0.1:9000,CONTROLLER://127.0.0.1:9001,PROXIED://127.0.0.1:9002"
     )

@@ -23,7 +23,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from consumers.checker import Answer, CheckResult, SuppressionChecker
 from consumers.readiness import READ_VIEW
-from infra.services import LocalStack
+from infra.launch.stack import LocalStack
 from schemas.events import GLOBAL_TARGET, Scope, scope_target
 from schemas.settings import BUNDLED_TENANTS_FILE, Settings
 from schemas.tenants import TenantDirectory

@@ -10,7 +10,7 @@ import redis
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis as AsyncRedis
 
-from infra.services import LocalStack
+from infra.launch.stack import LocalStack
 from streams.audit import ViewAudit, in_force_partition
 from streams.processor import encode_state
 from tests.test_view_sharded import NOW, PARTITIONS, ShardedView, _state, phones

@@ -17,7 +17,7 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from consumers.checker import Answer
-from infra.services import LocalStack
+from infra.launch.stack import LocalStack
 from schemas.view import META_PARTITIONS, claim_token, instance_field
 from streams.fencing import OwnershipLost
 from streams.view_writer import SuppressionViewWriter, ViewLost, ViewMoved

@@ -20,8 +20,8 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from consumers.checker import Answer, SuppressionChecker, checker_client
-from infra.redis_cluster import RedisCluster as RedisClusterService
-from infra.services import LocalStack
+from infra.launch.redis_cluster import RedisCluster as RedisClusterService
+from infra.launch.stack import LocalStack
 from schemas.events import GLOBAL_TARGET, Kind, Scope, Source
 from schemas.settings import BUNDLED_TENANTS_FILE
 from schemas.state import ActiveSuppression, Stamp, SuppressionState

@@ -15,7 +15,7 @@ import pytest
 
 from consumers.sinks.base import Delivery, Verdict
 from consumers.sinks.webhook import WebhookSink, classify, sign, verify
-from infra.services import LocalStack
+from infra.launch.stack import LocalStack
 from schemas.errors import ConfigError
 from schemas.events import Kind, OppositionEvent
 from schemas.tenants import TenantDirectory

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The compose stack's broker, configured like `dnc up`'s (infra/services.py): SASL/SCRAM on the
+# The compose stack's broker, configured like `dnc up`'s (infra/launch/kafka_config.py): SASL/SCRAM on the
 # client listeners, the KRaft StandardAuthorizer (what no ACL allows is denied), and the
 # superuser created when the storage is formatted (SCRAM credentials live in the metadata
 # log). The controller listener stays PLAINTEXT inside the compose network (KRaft does not

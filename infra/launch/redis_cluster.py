@@ -2,7 +2,7 @@
 
 Each node is ``redis-server --cluster-enabled yes`` in its own directory (its
 ``nodes.conf`` there), without persistence like the plain Redis of
-:func:`infra.services.start_redis`, with ``maxmemory-policy noeviction`` (the view must
+:func:`infra.launch.redis_server.start_redis`, with ``maxmemory-policy noeviction`` (the view must
 never lose a key to eviction) and a 2 s node timeout so that a failover takes seconds.
 ``redis-cli --cluster create`` assigns the slots and pairs replicas with masters.
 
@@ -31,7 +31,8 @@ from typing import Any
 
 import redis
 
-from infra.services import RunningService, ServiceError, _error, free_port, start_redis
+from infra.launch.process import RunningService, ServiceError, free_port, service_error
+from infra.launch.redis_server import start_redis
 
 __all__ = ["ClusterNode", "RedisCluster"]
 
@@ -120,7 +121,7 @@ class RedisCluster:
         replica has synced with its master."""
         redis_cli = shutil.which("redis-cli")
         if redis_cli is None:
-            raise _error(
+            raise service_error(
                 "redis-cli was not found on PATH; it creates the Redis Cluster.",
                 "install it with `make setup` (infra/setup.sh) or `apt-get install redis-tools`.",
             )
@@ -199,7 +200,7 @@ class RedisCluster:
                 timeout=_CREATE_TIMEOUT, check=False,
             )  # fmt: skip
         if result.returncode != 0:
-            raise _error(
+            raise service_error(
                 f"`redis-cli --cluster create` failed (exit code {result.returncode}).",
                 "read its output below; if the node directories hold another cluster's "
                 "nodes.conf, delete them and retry.",
@@ -217,7 +218,7 @@ class RedisCluster:
             if not last:
                 return
             time.sleep(0.2)
-        raise _error(
+        raise service_error(
             f"the Redis Cluster at {self.url} was not ready within {timeout:.0f} s: {last}.",
             "read the nodes' logs in " + str(self.base_dir),
         )

@@ -1,6 +1,6 @@
 """A KRaft Kafka cluster of several broker+controller nodes on loopback.
 
-The same Maven jars as the single broker (:func:`infra.services.start_kafka`); every node
+The same Maven jars as the single broker (:func:`infra.launch.kafka_broker.start_kafka`); every node
 is a combined broker and controller (``process.roles=broker,controller``), all of them in
 ``controller.quorum.voters``, all formatted with one cluster id. Topics default to
 replication factor 3 with ``min.insync.replicas=2`` (the internal ones too), so the
@@ -16,7 +16,7 @@ Typical use::
     cluster.stop()
 
 Node directories are ``base_dir/node-<id>``. Every node is registered for termination at
-interpreter exit, like the other services of :mod:`infra.services`.
+interpreter exit, like the other services of :mod:`infra.launch`.
 """
 
 from __future__ import annotations
@@ -27,24 +27,24 @@ import subprocess
 import time
 from pathlib import Path
 
-from infra.services import (
-    KAFKA_DEFAULT_VERSION,
-    KafkaNodeSpec,
-    KafkaSecurity,
+from infra.launch.kafka_broker import (
+    StartingKafka,
+    find_java,
+    not_ready_error,
+    poll_node,
+    random_cluster_id,
+    spawn_node,
+)
+from infra.launch.kafka_config import KafkaNodeSpec, KafkaSecurity
+from infra.launch.kafka_jars import KAFKA_DEFAULT_VERSION, ensure_kafka_jars, kafka_major
+from infra.launch.process import (
+    PORT_RETRIES,
     RunningService,
     ServiceError,
-    _error,
-    _find_java,
-    _kafka_major,
-    _not_ready_error,
-    _pick_port,
-    _poll_kafka,
-    _random_cluster_id,
-    _spawn_kafka,
-    _StartingKafka,
-    _terminate_quietly,
-    _unregister,
-    ensure_kafka_jars,
+    pick_port,
+    service_error,
+    terminate_quietly,
+    unregister,
 )
 
 __all__ = ["KafkaCluster"]
@@ -52,7 +52,6 @@ __all__ = ["KafkaCluster"]
 log = logging.getLogger("dnc.infra")
 
 _CLUSTER_START_TIMEOUT = 150.0  # three JVMs starting at once on two cores
-_PORT_RETRIES = 3
 _NODE_HEAP = "384m"
 
 
@@ -126,12 +125,12 @@ class KafkaCluster:
         Ports picked free are picked again if one was taken meanwhile.
         """
         libs = ensure_kafka_jars(self.version)
-        java = _find_java()
-        major = _kafka_major(self.version)
+        java = find_java()
+        major = kafka_major(self.version)
         cluster_id = self._cluster_id()
         auto = any(p is None for p in self._ports)
         bind_error = ""
-        for _ in range(_PORT_RETRIES if auto else 1):
+        for _ in range(PORT_RETRIES if auto else 1):
             self.specs = self._specs(major, cluster_id)
             started = time.monotonic()
             result = self._start_all(java, libs, list(self.specs.values()))
@@ -146,7 +145,7 @@ class KafkaCluster:
                 return
             bind_error = result
             log.info("a Kafka cluster node could not bind its ports (%s)", bind_error)
-        raise _error(
+        raise service_error(
             f"the Kafka cluster could not bind its ports on {self.host}: address already in "
             f"use.\n  Broker said: {bind_error}",
             "stop whatever listens on those ports, or leave the ports to be picked free.",
@@ -159,12 +158,12 @@ class KafkaCluster:
                 for line in meta.read_text().splitlines():
                     if line.startswith("cluster.id="):
                         return line.split("=", 1)[1].strip()
-        return _random_cluster_id()
+        return random_cluster_id()
 
     def _specs(self, major: int, cluster_id: str) -> dict[int, KafkaNodeSpec]:
         taken = {p for p in self._ports if p is not None}
-        clients = {n: _pick_port(self.host, self._ports[n - 1], taken) for n in self.node_ids}
-        controllers = {n: _pick_port(self.host, None, taken) for n in self.node_ids}
+        clients = {n: pick_port(self.host, self._ports[n - 1], taken) for n in self.node_ids}
+        controllers = {n: pick_port(self.host, None, taken) for n in self.node_ids}
         h = f"[{self.host}]" if ":" in self.host else self.host
         voters = ",".join(f"{n}@{h}:{controllers[n]}" for n in self.node_ids)
         specs = {}
@@ -189,13 +188,13 @@ class KafkaCluster:
 
     def _start_all(self, java: str, libs: Path, specs: list[KafkaNodeSpec]) -> str | None:
         """Spawn ``specs`` at once, wait until each is ready; the bind error line if any."""
-        starting = [_spawn_kafka(java, libs, spec) for spec in specs]
+        starting = [spawn_node(java, libs, spec) for spec in specs]
         pending = {s.spec.node_id: s for s in starting}
         deadline = time.monotonic() + _CLUSTER_START_TIMEOUT
         try:
             while pending and time.monotonic() < deadline:
                 for node_id, node in list(pending.items()):
-                    result = _poll_kafka(node, expected_brokers=self.brokers)
+                    result = poll_node(node, expected_brokers=self.brokers)
                     if isinstance(result, str):
                         self._abort(starting)
                         return result
@@ -210,15 +209,15 @@ class KafkaCluster:
         if pending:
             first = next(iter(pending.values()))
             self._abort(starting)
-            raise _not_ready_error(first, _CLUSTER_START_TIMEOUT)
+            raise not_ready_error(first, _CLUSTER_START_TIMEOUT)
         return None
 
-    def _abort(self, starting: list[_StartingKafka]) -> None:
+    def _abort(self, starting: list[StartingKafka]) -> None:
         for node in starting:
-            _terminate_quietly(node.process)
+            terminate_quietly(node.process)
             service = self.nodes.pop(node.spec.node_id, None)
             if service is not None:
-                _unregister(service)
+                unregister(service)
 
     def kill(self, node_id: int) -> None:
         """SIGKILL node ``node_id`` (a crash: no controlled shutdown, nothing flushed)."""
@@ -234,9 +233,9 @@ class KafkaCluster:
         if old is not None:
             old.stop()
         libs = ensure_kafka_jars(self.version)
-        result = self._start_all(_find_java(), libs, [spec])
+        result = self._start_all(find_java(), libs, [spec])
         if result is not None:
-            raise _error(
+            raise service_error(
                 f"Kafka node {node_id} could not bind its ports again: {result}",
                 "something else took them while it was down; stop it and retry.",
             )

@@ -76,12 +76,13 @@ import psycopg
 from infra.launch.process import (
     RunningService,
     ServiceError,
-    bind_error_or_raise,
     file_size,
     register,
     service_error,
+    spawn,
     start_with_port_retries,
     unregister,
+    wait_until_ready,
 )
 
 __all__ = [
@@ -479,24 +480,6 @@ def _accepts_connections(port: int, cluster: Path) -> bool:
     return row is not None and row[0] == str(cluster)
 
 
-def _spawn_server(
-    cmd: list[str], cluster: Path, account: _Account | None, log_path: Path
-) -> subprocess.Popen[bytes]:
-    """Start the postmaster in its own session (so its whole process group can be signalled)."""
-    with log_path.open("ab") as out:
-        return subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=str(cluster),
-            env=_child_env(account),
-            close_fds=True,
-            start_new_session=True,
-            **_as_account(account),
-        )
-
-
 def _start_server_once(
     bindir: Path,
     cluster: Path,
@@ -507,25 +490,23 @@ def _start_server_once(
 ) -> subprocess.Popen[bytes] | str:
     """Start the server on ``port``; return the bind error line if the port was taken."""
     offset = file_size(log_path)
-    proc = _spawn_server(_server_command(bindir, cluster, port, fast), cluster, account, log_path)
-    deadline = time.monotonic() + _START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return bind_error_or_raise(
-                proc, log_path, offset, _BIND_ERRORS, f"PostgreSQL on {HOST}:{port}",
-                "read the log below; if another server uses this data directory, stop it first.",
-            )  # fmt: skip
-        if _accepts_connections(port, cluster) and proc.poll() is None:
-            return proc
-        time.sleep(0.1)
-    _kill_group(proc)
-    raise service_error(
-        f"PostgreSQL did not accept connections on {HOST}:{port} within {_START_TIMEOUT:.0f} s.",
-        "read the log below; crash recovery of a large cluster or an overloaded machine "
-        "can be slow.",
-        log_path,
-        offset,
+    cmd = _server_command(bindir, cluster, port, fast)
+    proc = spawn(cmd, log_path, cluster, _child_env(account), **_as_account(account))
+    bind_error = wait_until_ready(
+        proc,
+        lambda: _accepts_connections(port, cluster),
+        what=f"PostgreSQL on {HOST}:{port}",
+        log_path=log_path,
+        offset=offset,
+        timeout=_START_TIMEOUT,
+        bind_errors=_BIND_ERRORS,
+        exit_hint="read the log below; if another server uses this data directory, stop it first.",
+        not_ready="did not accept connections",
+        slow_hint="read the log below; crash recovery of a large cluster or an overloaded "
+        "machine can be slow.",
+        kill=_kill_group,
     )
+    return proc if bind_error is None else bind_error
 
 
 def _start_server(

@@ -43,13 +43,12 @@ import yaml
 from infra.launch.process import (
     RunningService,
     ServiceError,
-    bind_error_or_raise,
     file_size,
     register,
     service_error,
     spawn,
     start_with_port_retries,
-    terminate_quietly,
+    wait_until_ready,
 )
 
 __all__ = [
@@ -261,27 +260,25 @@ def _start_once(
     log_path = data_dir / "prometheus.log"
     offset = file_size(log_path)
     proc = spawn(_prometheus_command(data_dir, config_path, port, flags), log_path, data_dir)
-    deadline = time.monotonic() + _START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return bind_error_or_raise(
-                proc, log_path, offset, _BIND_ERRORS, f"Prometheus on {HOST}:{port}",
-                "read the log below; if another Prometheus uses this data directory (TSDB "
-                "lock), stop it first.",
-            )  # fmt: skip
-        if _ready(port, _tsdb_path(data_dir)) and proc.poll() is None:
-            service = RunningService("prometheus", HOST, port, proc, log_path, data_dir=data_dir)
-            register(service)
-            return service
-        time.sleep(0.1)
-    terminate_quietly(proc)
-    raise service_error(
-        f"Prometheus was not ready (GET /-/ready) on {HOST}:{port} within {_START_TIMEOUT:.0f} s.",
-        "read the log below; replaying a large write-ahead log or an overloaded machine can "
-        "be slow.",
-        log_path,
-        offset,
+    bind_error = wait_until_ready(
+        proc,
+        lambda: _ready(port, _tsdb_path(data_dir)),
+        what=f"Prometheus on {HOST}:{port}",
+        log_path=log_path,
+        offset=offset,
+        timeout=_START_TIMEOUT,
+        bind_errors=_BIND_ERRORS,
+        exit_hint="read the log below; if another Prometheus uses this data directory (TSDB "
+        "lock), stop it first.",
+        not_ready="was not ready (GET /-/ready)",
+        slow_hint="read the log below; replaying a large write-ahead log or an overloaded "
+        "machine can be slow.",
     )
+    if bind_error is not None:
+        return bind_error
+    service = RunningService("prometheus", HOST, port, proc, log_path, data_dir=data_dir)
+    register(service)
+    return service
 
 
 def start_prometheus(

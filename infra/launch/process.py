@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "start_with_port_retries",
     "terminate_quietly",
     "unregister",
+    "wait_until_ready",
 ]
 
 log = logging.getLogger("dnc.infra")
@@ -149,6 +151,40 @@ def bind_error_or_raise(
     raise service_error(
         f"{what} exited with code {proc.returncode} while starting.", hint, log_path, offset
     )
+
+
+def wait_until_ready(
+    proc: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    *,
+    what: str,
+    log_path: Path,
+    offset: int,
+    timeout: float,
+    bind_errors: tuple[str, ...],
+    exit_hint: str,
+    not_ready: str,
+    slow_hint: str,
+    interval: float = 0.1,
+    kill: Callable[[subprocess.Popen[bytes]], None] | None = None,
+) -> str | None:
+    """Wait for a server just spawned to be ``ready()``: None once it is; the bind error
+    line if it exited because its port was taken (the caller retries on another); a
+    :class:`ServiceError` with the log since ``offset`` if it exited otherwise, or was not
+    ready within ``timeout`` (then ``kill`` ends it: SIGKILL and reap by default).
+
+    ``what`` names it ("redis-server on 127.0.0.1:6379"), ``not_ready`` says what it did
+    not do in time ("did not answer PING"), the hints what to do about either failure.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return bind_error_or_raise(proc, log_path, offset, bind_errors, what, exit_hint)
+        if ready() and proc.poll() is None:
+            return None
+        time.sleep(interval)
+    (kill or terminate_quietly)(proc)
+    raise service_error(f"{what} {not_ready} within {timeout:.0f} s.", slow_hint, log_path, offset)
 
 
 def start_with_port_retries(
@@ -290,9 +326,16 @@ class RunningService:
 
 
 def spawn(
-    cmd: list[str], log_path: Path, cwd: Path, env: dict[str, str] | None = None
+    cmd: list[str],
+    log_path: Path,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    user: int | None = None,
+    group: int | None = None,
+    extra_groups: list[int] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``cmd`` with stdout+stderr appended to ``log_path``."""
+    """Start ``cmd`` with stdout+stderr appended to ``log_path``, in a session of its own
+    (so its whole process group can be signalled), as ``user`` if given."""
     with log_path.open("ab") as out:
         return subprocess.Popen(
             cmd,
@@ -305,6 +348,9 @@ def spawn(
             # Own session: a Ctrl-C in the terminal reaches `dnc up` only, which then
             # stops the worker before Kafka and Redis, in that order.
             start_new_session=True,
+            user=user,
+            group=group,
+            extra_groups=extra_groups,
         )
 
 

@@ -14,13 +14,12 @@ from pathlib import Path
 
 from infra.launch.process import (
     RunningService,
-    bind_error_or_raise,
     file_size,
     register,
     service_error,
     spawn,
     start_with_port_retries,
-    terminate_quietly,
+    wait_until_ready,
 )
 
 __all__ = ["start_redis"]
@@ -92,25 +91,24 @@ def _start_redis_once(
         cmd += ["--save", "", "--appendonly", "no"]
     cmd += extra_args
     proc = spawn(cmd, log_path, data_dir)
-    deadline = time.monotonic() + _REDIS_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return bind_error_or_raise(
-                proc, log_path, offset, _BIND_ERRORS, f"redis-server on {host}:{port}",
-                "read the log below; check that the directory is writable.",
-            )  # fmt: skip
-        if _redis_ping(host, port):
-            service = RunningService(name, host, port, proc, log_path, data_dir=data_dir)
-            register(service)
-            return service
-        time.sleep(0.05)
-    terminate_quietly(proc)
-    raise service_error(
-        f"redis-server did not answer PING on {host}:{port} within {_REDIS_START_TIMEOUT:.0f} s.",
-        "read the log below; the machine may be overloaded.",
-        log_path,
-        offset,
+    bind_error = wait_until_ready(
+        proc,
+        lambda: _redis_ping(host, port),
+        what=f"redis-server on {host}:{port}",
+        log_path=log_path,
+        offset=offset,
+        timeout=_REDIS_START_TIMEOUT,
+        bind_errors=_BIND_ERRORS,
+        exit_hint="read the log below; check that the directory is writable.",
+        not_ready="did not answer PING",
+        slow_hint="read the log below; the machine may be overloaded.",
+        interval=0.05,
     )
+    if bind_error is not None:
+        return bind_error
+    service = RunningService(name, host, port, proc, log_path, data_dir=data_dir)
+    register(service)
+    return service
 
 
 def start_redis(

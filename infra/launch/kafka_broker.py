@@ -229,6 +229,7 @@ def broker_listed(
     try:
         brokers = admin.list_topics(timeout=_PROBE_TIMEOUT).brokers
     except KafkaException:
+        admin.poll(0)  # serves the queued log lines (to _ProbeLog)
         return False
     return node_id in brokers and len(brokers) >= expected
 

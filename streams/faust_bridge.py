@@ -124,7 +124,32 @@ async def apply_in_batches(
         while pending:
             batch, pending = pending[:max_events], pending[max_events:]
             progress.backlogged = bool(pending) or not queue.empty()
-            await _apply(stream, batch, processor, progress, frontiers, log_topic)
+            batch = await _drop_stale(stream, batch, app)
+            if batch:  # (no await before the processor notes the revocations it starts from)
+                await _apply(stream, batch, processor, progress, frontiers, log_topic)
+
+
+async def _drop_stale(stream: Any, batch: list[Any], app: Any) -> list[Any]:
+    """``batch`` without the events fetched before the current rebalance, acked unapplied.
+
+    A batch applied before them may have waited through a rebalance (a worker paused past
+    the session timeout): the events still pending behind it were fetched by the old
+    assignment, and their partitions' states were forgotten on revocation (or moved on under
+    another owner). Applied now, even to a partition that came back, their states would be
+    computed from nothing and overwrite newer ones. Their partitions were sought back to the
+    committed offsets, so they come again, as Faust's own stream skips such events.
+    Returns after its last check without waiting, so that no rebalance comes in between."""
+    while True:
+        kept = [event for event in batch if not stale(app, (event,))]
+        if len(kept) == len(batch):
+            return batch
+        log.info("%d events fetched before a rebalance were not applied (fetched again from "
+                 "the committed offsets)", len(batch) - len(kept))  # fmt: skip
+        keep = {id(event) for event in kept}
+        for event in batch:
+            if id(event) not in keep:
+                await stream.ack(event)
+        batch = kept
 
 
 async def _apply(

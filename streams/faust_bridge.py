@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -59,25 +58,6 @@ class FaustStateTable:
 
     def store(self, key: str, value: Any) -> None:
         self._table.data[key] = value
-
-
-_PARTITION = re.compile(rb'"partition":(\d+)')
-
-
-def forget_partitions(data: Any, partitions: Iterable[int]) -> int:
-    """Delete the states of ``partitions`` from the table's store (Faust's memory store keeps
-    them across rebalances); how many went. The state's JSON names its partition."""
-    gone = set(partitions)
-    if not gone:
-        return 0
-    doomed = []
-    for key, raw in list(data.items()):
-        found = _PARTITION.search(raw) if isinstance(raw, bytes | bytearray) else None
-        if found is not None and int(found.group(1)) in gone:
-            doomed.append(key)
-    for key in doomed:
-        del data[key]
-    return len(doomed)
 
 
 async def apply_in_batches(

@@ -13,6 +13,7 @@ command does; a check is read-only, so answering it there again changes nothing.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -78,7 +79,11 @@ def main() -> None:
     code = lean_check(sys.argv[1:])
     if code is not None:
         sys.stdout.flush()
-        sys.exit(code)
+        sys.stderr.flush()
+        # Answered and written: end here. The interpreter's own teardown (freeing every
+        # module of pydantic, redis-py...) would cost about a third of the process's time
+        # again, and nothing is left to do (no log handler, no file, no thread).
+        os._exit(code)
     from dnc.cli import main as full_main
 
     full_main()

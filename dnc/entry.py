@@ -81,7 +81,7 @@ def main() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         # Answered and written: end here. The interpreter's own teardown (freeing every
-        # module of pydantic, redis-py...) would cost about a third of the process's time
+        # module of pydantic, redis-py...) would cost about a quarter of the process's time
         # again, and nothing is left to do (no log handler, no file, no thread).
         os._exit(code)
     from dnc.cli import main as full_main

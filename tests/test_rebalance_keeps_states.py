@@ -75,7 +75,7 @@ def test_states_survive_a_rebalance_of_a_worker_that_recovered_them(pipeline: Pi
         [
             OppositionEvent.record(tenant=TENANT, phone=n, kind=Kind.REFUSAL, expires_at=until)
             for n in NUMBERS
-        ]  # fmt: skip
+        ]
     )
     assert not [o for o in outcomes if isinstance(o, Exception)], outcomes[:3]
     topic = pipeline.settings.oppositions_topic

@@ -51,13 +51,13 @@ from consumers.readiness import (
 )
 from consumers.view_reads import Found, NumberRead, ViewQuestions
 from schemas.errors import InvalidPhoneNumber
-from schemas.events import Scope
 from schemas.metrics import CHECK_REASONS, CHECK_SECONDS, CHECKS
 from schemas.phone import normalise, normalise_cached
 from schemas.policy import CampaignPolicy, LegalBasis
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
 from schemas.view import LUA_NODE_ID, ViewLayout, view_layout
+from schemas.vocabulary import Scope
 
 
 class Answer(StrEnum):

@@ -41,8 +41,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from consumers.dial_calendar import NumberCalendar, number_calendar
-from schemas.events import Kind, Scope
 from schemas.policy import CallingHours, CampaignPolicy, LegalBasis
+from schemas.vocabulary import Kind, Scope
 
 # D223-9's windows, in seconds of the local day: [10:00, 13:00) and [14:00, 20:00).
 OPENS, BREAK_STARTS, BREAK_ENDS, CLOSES = 10 * 3600, 13 * 3600, 14 * 3600, 20 * 3600

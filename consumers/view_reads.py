@@ -18,8 +18,8 @@ from typing import Any
 
 from consumers.dial_rules import ConsentFact, ViewFacts
 from consumers.readiness import ViewRead, meta_hash, oldest_applied_ms
-from schemas.events import Kind, Scope, scope_target
 from schemas.view import FAMILY_OF_KIND, ViewLayout, parse_consent_value
+from schemas.vocabulary import Kind, Scope, scope_target
 
 KINDS = [Kind(name) for name in FAMILY_OF_KIND]  # READ_VIEW's 'k' bits, in this order
 # A 'k' reply's bit mask -> the kinds it names (masks are small: every one precomputed).

@@ -1,5 +1,5 @@
 """`python -m dnc` is the `dnc` command."""
 
-from dnc.cli import main
+from dnc.entry import main
 
 main()

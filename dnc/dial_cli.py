@@ -20,8 +20,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from consumers.checker import Answer, CheckResult
-from dnc.exits import EXIT_ERROR, EXIT_NOT_CALLABLE, EXIT_OK, EXIT_UNAVAILABLE
+from dnc.check_answers import (
+    BadInstant,
+    check_numbers,
+    describe,
+    exit_code,
+    parse_instant,
+    write_answers,
+)
+from dnc.exits import EXIT_ERROR, EXIT_OK, EXIT_UNAVAILABLE
 from schemas.events import ConsentSource, Kind, Scope, Source
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
@@ -61,45 +68,10 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _instant(at: str | None) -> datetime | None:
-    if at is None:
-        return None
     try:
-        moment = datetime.fromisoformat(at)
-    except ValueError:
-        raise _fail(f"--at {at!r} is not an ISO 8601 date and time") from None
-    if moment.tzinfo is None:
-        raise _fail(f"--at {at!r} has no time zone: add one (e.g. +01:00 or Z)")
-    return moment
-
-
-def _exit_code(results: list[CheckResult]) -> int:
-    answers = {r.answer for r in results}
-    if Answer.UNAVAILABLE in answers:
-        return EXIT_UNAVAILABLE
-    if Answer.SUPPRESSED in answers:
-        return EXIT_NOT_CALLABLE
-    return EXIT_CALLABLE
-
-
-def describe(result: CheckResult) -> str:
-    """One line a person reads: the answer, then every reason, and when it may change."""
-    if result.answer is Answer.UNAVAILABLE:
-        return f"unavailable: {result.why} (do NOT call)"
-    if result.answer is Answer.CALLABLE:
-        consent = result.consent
-        return "callable" + (f" (consent {consent.proof_ref})" if consent else "")
-    parts = []
-    for reason in result.reasons:
-        text = reason.code.value
-        details = [x for x in (reason.scope and reason.scope.value,
-                               reason.kind and reason.kind.value) if x]  # fmt: skip
-        if details:
-            text += f" ({', '.join(details)})"
-        parts.append(text)
-    line = "suppressed: " + "; ".join(parts)  # (the answer first: exit 1, do not call)
-    if result.next_allowed_at is not None:
-        line += f"; next allowed at {result.next_allowed_at.isoformat()}"
-    return line
+        return parse_instant(at)
+    except BadInstant as exc:
+        raise _fail(str(exc)) from None
 
 
 def check(
@@ -112,22 +84,11 @@ def check(
     """May I call now? Every rule of the campaign (oppositions, consent, hours, holidays,
     attempts, sector): exits 0 callable, 1 do not call (with every reason), 2 unavailable
     (do NOT call), 3 bad input. With several numbers the exit code is the worst answer."""
-    from consumers.checker import SuppressionChecker
-
-    settings, tenants = _settings()
-    instant = _instant(at)
-    checker = SuppressionChecker.from_settings(settings, tenants)
-    if len(phones) == 1:
-        results = [checker.check(phones[0], tenant, campaign, instant)]
-    else:
-        results = checker.check_many(phones, tenant, campaign, instant)
-    for given, result in zip(phones, results, strict=True):
-        if as_json:
-            sys.stdout.write(json.dumps({"phone": given, **result.as_json()}) + "\n")
-        else:
-            prefix = f"{given}\t" if len(phones) > 1 else ""
-            sys.stdout.write(prefix + describe(result) + "\n")
-    raise typer.Exit(_exit_code(results))
+    try:
+        results = check_numbers(phones, tenant, campaign, at)
+    except BadInstant as exc:
+        raise _fail(str(exc)) from None
+    raise typer.Exit(write_answers(phones, results, as_json))
 
 
 def attempt(
@@ -159,7 +120,7 @@ def attempt(
         sys.stdout.write(f"go: attempt {outcome.attempt_id} recorded\n")
     else:
         sys.stdout.write(describe(result) + "\n")
-    raise typer.Exit(EXIT_CALLABLE if outcome.go else _exit_code([result]) or EXIT_UNAVAILABLE)
+    raise typer.Exit(EXIT_CALLABLE if outcome.go else exit_code([result]) or EXIT_UNAVAILABLE)
 
 
 def scrub(

@@ -1,4 +1,4 @@
-"""Smoke check of infra.services: start Kafka + Redis, use them, stop them, print timings.
+"""Smoke check of infra.launch: start Kafka + Redis, use them, stop them, print timings.
 
 Not a test; a quick manual proof that the local stack works on this machine::
 

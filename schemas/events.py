@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import (
@@ -23,67 +22,15 @@ from schemas.phone import E164_PATTERN, MAX_PHONE_INPUT, normalise
 from schemas.policy import CAMPAIGN_PATTERN as CAMPAIGN_PATTERN  # re-exported for its readers
 from schemas.tenants import TENANT_PATTERN, TenantDirectory
 from schemas.text import single_line
+from schemas.vocabulary import GLOBAL_TARGET as GLOBAL_TARGET
+from schemas.vocabulary import SUPPRESSING_KINDS as SUPPRESSING_KINDS
+from schemas.vocabulary import ConsentSource as ConsentSource
+from schemas.vocabulary import Kind as Kind
+from schemas.vocabulary import Scope as Scope
+from schemas.vocabulary import Source as Source
+from schemas.vocabulary import scope_target as scope_target
 
 SCHEMA_VERSION = 1
-GLOBAL_TARGET = "_global"
-
-
-class Kind(StrEnum):
-    """What the person asked for; decides how long the number stays suppressed."""
-
-    REFUSAL = "refusal"  # refused during a call: suppressed for the tenant's cooldown
-    OPPOSITION = "opposition"  # GDPR Art. 21 objection to prospecting: until lifted
-    CONSENT_WITHDRAWN = "consent_withdrawn"  # until lifted
-    ERASURE = "erasure"  # until lifted, and the reference list erases the contact's data
-    LIFT = "lift"  # admin only, with a justification: ends a suppression of that scope
-    # Not suppressions: a consent to prospecting calls (consent recorders only, with its
-    # proof reference), and a call attempt reserved at dial time (counted against the cap).
-    CONSENT = "consent"
-    ATTEMPT = "attempt"
-
-
-# The kinds that suppress (the rest: lift, consent, attempt).
-SUPPRESSING_KINDS = frozenset({"refusal", "opposition", "consent_withdrawn", "erasure"})
-
-
-class ConsentSource(StrEnum):
-    """How a consent was captured (the proof reference says where its proof is archived)."""
-
-    WEB_FORM = "web_form"
-    INBOUND_CALL = "inbound_call"
-    OUTBOUND_CALL = "outbound_call"
-    PAPER = "paper"
-    EMAIL = "email"
-    SMS = "sms"
-    IMPORT = "import"
-    OTHER = "other"
-
-
-class Scope(StrEnum):
-    """Who the suppression protects the person from."""
-
-    GLOBAL = "global"  # the operator's whole platform, every tenant
-    TENANT = "tenant"  # one client (default)
-    CAMPAIGN = "campaign"  # one campaign of one client
-
-
-class Source(StrEnum):
-    """What emitted the event."""
-
-    AGENT_DESKTOP = "agent_desktop"
-    HTTP_GATEWAY = "http_gateway"
-    CLI = "cli"
-    BULK_IMPORT = "bulk_import"
-    ADMIN = "admin"
-
-
-def scope_target(scope: Scope, tenant: str, campaign_id: str | None) -> str:
-    """The name of the suppression list a scope writes to: ``_global``, ``T`` or ``T/C``."""
-    if scope is Scope.GLOBAL:
-        return GLOBAL_TARGET
-    if scope is Scope.CAMPAIGN:
-        return f"{tenant}/{campaign_id}"
-    return tenant
 
 
 class OppositionEvent(BaseModel):

@@ -44,6 +44,19 @@ def normalise(raw: str, default_region: str) -> str:
     return fast if fast is not None else reference_e164(text, default_region)
 
 
+def known_region(region: str) -> bool:
+    """Does ``phonenumbers`` (the reference) know the region ``region`` (upper case)?
+
+    The Rust port's regions are among the reference's (``tests/test_phone_differential.py``
+    holds it): a region it knows is answered without importing the reference.
+    """
+    if region in rphonenumbers.SUPPORTED_REGIONS:
+        return True
+    import phonenumbers
+
+    return region in phonenumbers.SUPPORTED_REGIONS
+
+
 @lru_cache(maxsize=1 << 16)
 def normalise_cached(raw: str, default_region: str) -> str:
     """:func:`normalise`, remembering the last 65,536 inputs it accepted: a dialer checks the

@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
-import phonenumbers
 from pydantic import ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from schemas.errors import ConfigError, UnknownTenant
+from schemas.phone import known_region
 from schemas.policy import (
     CAMPAIGN_PATTERN,
     DEFAULT_POLICY,
@@ -79,7 +79,7 @@ class TenantConfig(PolicyKeys):
     @classmethod
     def _known_region(cls, value: str) -> str:
         region = value.upper()
-        if region not in phonenumbers.SUPPORTED_REGIONS:
+        if not known_region(region):
             raise ValueError(f"{value!r} is not a region phonenumbers knows (e.g. FR, GB, US)")
         return region
 

@@ -68,7 +68,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from schemas.events import GLOBAL_TARGET
+from schemas.vocabulary import GLOBAL_TARGET
 
 if TYPE_CHECKING:
     from schemas.settings import Settings

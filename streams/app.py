@@ -31,7 +31,6 @@ from streams.expiry import ExpirySchedule
 from streams.faust_bridge import (
     FaustStateTable,
     apply_in_batches,
-    forget_partitions,
     table_manager,
 )
 from streams.fencing import OwnershipLost, Revocations, give_up
@@ -530,12 +529,11 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         gone = [tp.partition for tp in revoked if tp.topic == settings.oppositions_topic]
         view.release(gone)
         await ownership.release(gone)
-        # Their states go too: what this worker applied but did not make durable must not
-        # outlive its ownership (a worker paused past the session timeout rejoins as a new
-        # member, same memory). Faust recovers a partition assigned again from its changelog.
-        forgotten = forget_partitions(table.data, gone)
-        if forgotten:
-            log.info("forgot %d states of partitions %s (revoked)", forgotten, sorted(gone))
+        # Their states stay: the table holds only durable states (a batch stores its states
+        # once Kafka has them), and Faust's recovery resumes a partition that comes back where
+        # its last recovery stopped, before anything this worker or another owner wrote since
+        # (one that goes elsewhere is read again from the start if it comes back). Dropping
+        # them here lost every older state of the partitions a worker kept.
         maintenance.forget()
         progress.forget()
         holes.forget()

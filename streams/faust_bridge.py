@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -61,25 +60,6 @@ class FaustStateTable:
         self._table.data[key] = value
 
 
-_PARTITION = re.compile(rb'"partition":(\d+)')
-
-
-def forget_partitions(data: Any, partitions: Iterable[int]) -> int:
-    """Delete the states of ``partitions`` from the table's store (Faust's memory store keeps
-    them across rebalances); how many went. The state's JSON names its partition."""
-    gone = set(partitions)
-    if not gone:
-        return 0
-    doomed = []
-    for key, raw in list(data.items()):
-        found = _PARTITION.search(raw) if isinstance(raw, bytes | bytearray) else None
-        if found is not None and int(found.group(1)) in gone:
-            doomed.append(key)
-    for key in doomed:
-        del data[key]
-    return len(doomed)
-
-
 async def apply_in_batches(
     stream: Any,
     processor: OppositionProcessor,
@@ -124,7 +104,32 @@ async def apply_in_batches(
         while pending:
             batch, pending = pending[:max_events], pending[max_events:]
             progress.backlogged = bool(pending) or not queue.empty()
-            await _apply(stream, batch, processor, progress, frontiers, log_topic)
+            batch = await _drop_stale(stream, batch, app)
+            if batch:  # (no await before the processor notes the revocations it starts from)
+                await _apply(stream, batch, processor, progress, frontiers, log_topic)
+
+
+async def _drop_stale(stream: Any, batch: list[Any], app: Any) -> list[Any]:
+    """``batch`` without the events fetched before the current rebalance, acked unapplied.
+
+    A batch applied before them may have waited through a rebalance (a worker paused past
+    the session timeout): the events still pending behind it were fetched by the old
+    assignment, and their partitions' states were forgotten on revocation (or moved on under
+    another owner). Applied now, even to a partition that came back, their states would be
+    computed from nothing and overwrite newer ones. Their partitions were sought back to the
+    committed offsets, so they come again, as Faust's own stream skips such events.
+    Returns after its last check without waiting, so that no rebalance comes in between."""
+    while True:
+        kept = [event for event in batch if not stale(app, (event,))]
+        if len(kept) == len(batch):
+            return batch
+        log.info("%d events fetched before a rebalance were not applied (fetched again from "
+                 "the committed offsets)", len(batch) - len(kept))  # fmt: skip
+        keep = {id(event) for event in kept}
+        for event in batch:
+            if id(event) not in keep:
+                await stream.ack(event)
+        batch = kept
 
 
 async def _apply(

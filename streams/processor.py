@@ -12,6 +12,7 @@ Order of durability (the offsets move only after :meth:`process` returns):
 1. the Redis view is written (dialers see the change),
 2. the forwarded events, change records, dead letters and the table's changelog records
    are produced together and acknowledged by Kafka (one wait per batch),
+3. the table stores the batch's states (in memory: never ahead of its changelog),
 then the events are acked and their offsets may be committed. A crash anywhere before
 that replays the batch; every effect is idempotent, so a replay changes nothing.
 """
@@ -86,9 +87,9 @@ class StateTable(Protocol):
     Values are the states' JSON bytes, the very bytes of their changelog records: what Faust
     recovers from the changelog as is (no decoding per record) and the cyclic garbage
     collector never scans (a table of millions of models made every full collection walk
-    all of them). ``store`` sets the value in memory only: its changelog record goes out
-    with the batch's other records (:attr:`Outgoing.states`), acknowledged before the
-    offsets move.
+    all of them). ``store`` sets the value in memory only, once its changelog record (sent
+    with the batch's other records, :attr:`Outgoing.states`) is acknowledged: the table
+    never holds a state Kafka does not have.
     """
 
     def get(self, key: str) -> Any: ...
@@ -333,9 +334,8 @@ class OppositionProcessor:
         if application.outcome is Outcome.APPLIED or (
             application.outcome is Outcome.STALE and state is not before
         ):  # (a stale event is remembered as seen: stored, no change to emit)
-            value = encode_state(state)
-            self._table.store(key, value)
-            out.states[key] = (message.partition, value)  # its changelog record
+            # Its changelog record; the table stores it once Kafka has it (see _propagate).
+            out.states[key] = (message.partition, encode_state(state))
             if changes_suppression and application.outcome is Outcome.APPLIED:
                 applied_at.setdefault(key, []).append(event.occurred_at)
                 emitted[key] = state
@@ -419,6 +419,11 @@ class OppositionProcessor:
                 dependency="kafka",
                 max_backoff=retry_cap,
             )
+        # Durable now: the table may hold the states. Never before: a batch that fails or is
+        # abandoned leaves the table as the changelog has it, for the events' replay (here or
+        # by another owner) and for a recovery that resumes where it stopped.
+        for key, (_partition, value) in out.states.items():
+            self._table.store(key, value)
         for letter in dead:
             DEAD_LETTERS.labels(reason=letter.reason).inc()
             # The detail may quote the number: it goes to the dead-letter headers and DEBUG only.

@@ -26,6 +26,7 @@ from infra.launch.stack import LocalStack
 from infra.postgres_service import start_postgres
 from infra.toxiproxy import Toxiproxy, start_toxiproxy
 from tests.harness import CONSENT_TENANTS_TOML, TENANTS_TOML, Pipeline
+from tests.plain_view import PlainView
 
 SERVICE_MARKERS = {"kafka", "redis", "pipeline", "postgres"}
 
@@ -108,6 +109,16 @@ def redis_client(local_stack: LocalStack, request: pytest.FixtureRequest) -> Ite
     client.flushall()
     yield client
     client.close()
+
+
+@pytest.fixture
+def view(local_stack: LocalStack, redis_client: redis.Redis) -> Iterator[PlainView]:
+    """A ready, current view (tests/plain_view.py) on the real Redis, flushed afterwards."""
+    plain = PlainView(local_stack.redis_url)
+    yield plain
+    plain.close()
+    redis_client.flushall()
+    redis_client.script_flush()
 
 
 @pytest.fixture

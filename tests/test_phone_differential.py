@@ -12,11 +12,12 @@ import random
 
 import phonenumbers
 import pytest
+import rphonenumbers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.errors import InvalidPhoneNumber
-from schemas.phone import fast_e164, normalise, reference_e164
+from schemas.phone import fast_e164, known_region, normalise, reference_e164
 
 REGIONS = sorted(phonenumbers.SUPPORTED_REGIONS)
 TYPES = (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE)
@@ -49,6 +50,14 @@ def variants(rng: random.Random, region: str) -> list[str]:
     )
     return [f"+{cc}{n}", f"+{cc} {n[:3]} {n[3:]}", national, f"00{cc}{n}", f"+{cc}0{n}",
             f"({n[:3]}) {n[3:6]}-{n[6:]}", f"tel:+{cc}{n};ext=12", f"{n}"]  # fmt: skip
+
+
+def test_a_tenant_region_is_known_exactly_when_the_reference_knows_it() -> None:
+    """Tenants' regions are checked on the Rust port's list first (no import of the
+    reference): it must hold no region the reference does not know."""
+    assert set(rphonenumbers.SUPPORTED_REGIONS) <= set(phonenumbers.SUPPORTED_REGIONS)
+    assert all(known_region(r) for r in phonenumbers.SUPPORTED_REGIONS)
+    assert not known_region("ZZ") and not known_region("fr")
 
 
 def test_both_libraries_give_the_same_e164_for_every_region_and_written_form() -> None:

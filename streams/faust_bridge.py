@@ -114,11 +114,13 @@ async def _drop_stale(stream: Any, batch: list[Any], app: Any) -> list[Any]:
 
     A batch applied before them may have waited through a rebalance (a worker paused past
     the session timeout): the events still pending behind it were fetched by the old
-    assignment, and their partitions' states were forgotten on revocation (or moved on under
-    another owner). Applied now, even to a partition that came back, their states would be
-    computed from nothing and overwrite newer ones. Their partitions were sought back to the
-    committed offsets, so they come again, as Faust's own stream skips such events.
-    Returns after its last check without waiting, so that no rebalance comes in between."""
+    assignment, and their partitions may have moved on under another owner meanwhile, even
+    if they came back. Applied now, their states would be computed from what this worker
+    held before and overwrite newer ones. Their partitions were sought back to the committed
+    offsets, so they come again, as Faust's own stream skips such events. Returns after its
+    last check without waiting, so that no rebalance comes in between."""
+    if not stale(app, batch[:1]):  # (the oldest is current: so is every later fetch)
+        return batch
     while True:
         kept = [event for event in batch if not stale(app, (event,))]
         if len(kept) == len(batch):

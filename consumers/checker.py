@@ -50,6 +50,7 @@ from consumers.readiness import (
     trusted,
 )
 from consumers.view_reads import Found, NumberRead, ViewQuestions
+from infra.redis_packing import pack_with_hiredis
 from schemas.errors import InvalidPhoneNumber
 from schemas.metrics import CHECK_REASONS, CHECK_SECONDS, CHECKS
 from schemas.phone import normalise, normalise_cached
@@ -563,11 +564,13 @@ def async_checker_client(
     """The asyncio twin of :func:`checker_client`: a bounded pool, waited for at most the
     check timeout (then the check fails closed), short socket timeouts."""
     if cluster:
-        return AsyncRedisCluster.from_url(
-            url,
-            max_connections=max_connections,
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
+        return pack_with_hiredis(
+            AsyncRedisCluster.from_url(
+                url,
+                max_connections=max_connections,
+                socket_timeout=timeout_seconds,
+                socket_connect_timeout=timeout_seconds,
+            )
         )
     pool = AsyncBlockingConnectionPool.from_url(
         url,
@@ -577,7 +580,7 @@ def async_checker_client(
         socket_connect_timeout=timeout_seconds,
         health_check_interval=30,
     )
-    return AsyncRedis(connection_pool=pool)
+    return pack_with_hiredis(AsyncRedis(connection_pool=pool))
 
 
 def checker_client(url: str, timeout_seconds: float, *, cluster: bool = False) -> Redis:

@@ -209,8 +209,9 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     frontier = frontiers[settings.oppositions_topic]  # the one vouched for
     commits = AppliedCommits(app.consumer, frontiers)
     log_end = LogEndReader(settings)
+    states = FaustStateTable(table)  # (with the states of the batch in flight: see there)
     processor = OppositionProcessor(
-        table=FaustStateTable(table),
+        table=states,
         view=view,
         sink=sink,
         tenants=tenants,
@@ -221,7 +222,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         revocations=revocations,
     )
     maintenance = ViewMaintenance(
-        table=table,
+        table=states,
         view=view,
         sink=sink,
         ownership=ownership,
@@ -229,7 +230,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         view_lock=lock,
         total_partitions=settings.partitions,
         retry_backoff_max=settings.retry_backoff_max_seconds,
-        audit=ViewAudit(table.data, redis, view.layout),
+        audit=ViewAudit(states, redis, view.layout),
         audit_budget=int(settings.audit_states_per_second * settings.heartbeat_interval_seconds),
         clock=clock.now,
     )
@@ -522,6 +523,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         # First, before any wait: a batch still in flight for these partitions (a worker
         # paused past the session timeout) must write nothing, even if they come back.
         revocations.revoked(tp.partition for tp in revoked if tp.topic in source_topics)
+        states.unstage_partitions(tp.partition for tp in revoked if tp.topic in source_topics)
         # Faust waited for the batch in flight: commit what is applied before letting go.
         await commits.commit(TP(tp.topic, tp.partition) for tp in revoked
                              if tp.topic in source_topics)  # fmt: skip

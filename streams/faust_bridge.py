@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -46,18 +46,58 @@ def source_message(event: Any) -> SourceMessage:
 
 
 class FaustStateTable:
-    """The Faust table as the processor uses it: reads, and in-memory writes whose
-    changelog records the batch produces itself (:class:`streams.kafka_sink.KafkaChangeSink`).
+    """The Faust table as the worker uses it: reads, and in-memory writes whose changelog
+    records the batch produces itself (:class:`streams.kafka_sink.KafkaChangeSink`), made
+    only once Kafka acknowledged them.
+
+    Between a batch's view write and that acknowledgement its states are *staged*: the view
+    already shows them, so whatever rebuilds, audits or expires the view from the table
+    meanwhile (the maintenance tick runs while the batch waits for Kafka) reads them too,
+    or a rebuild would write an older state over the view's and mark it ready (an
+    opposition gone from a view vouched for). A batch that fails or is abandoned unstages
+    them (its events are applied again); a revoked partition's staged states go at once
+    (a rebuild after it comes back must not read a stale batch's states).
     """
 
     def __init__(self, table: Any) -> None:
-        self._table = table
+        self._data = table.data
+        self._staged: dict[str, tuple[int, Any]] = {}  # key -> (partition, value)
 
     def get(self, key: str) -> Any:
-        return self._table.data.get(key)
+        staged = self._staged.get(key)
+        return self._data.get(key) if staged is None else staged[1]
+
+    def stage(self, states: Mapping[str, tuple[int, Any]]) -> None:
+        self._staged.update(states)
+
+    def unstage(self, states: Mapping[str, tuple[int, Any]]) -> None:
+        staged = self._staged
+        for key, entry in states.items():
+            if staged.get(key) is entry:  # (not staged again by a later batch)
+                del staged[key]
+
+    def unstage_partitions(self, partitions: Iterable[int]) -> None:
+        gone = set(partitions)
+        for key in [k for k, (partition, _v) in self._staged.items() if partition in gone]:
+            del self._staged[key]
 
     def store(self, key: str, value: Any) -> None:
-        self._table.data[key] = value
+        self._data[key] = value
+        entry = self._staged.get(key)
+        if entry is not None and entry[1] is value:  # (not staged again by a later batch)
+            del self._staged[key]
+
+    def keys(self) -> list[str]:
+        data = self._data
+        return [*data.keys(), *(key for key in self._staged if key not in data)]
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        """Every state, staged ones as staged."""
+        staged = dict(self._staged)
+        for key, value in list(self._data.items()):
+            yield key, staged.pop(key, (0, value))[1]
+        for key, (_partition, value) in staged.items():
+            yield key, value
 
 
 async def apply_in_batches(

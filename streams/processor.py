@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from schemas.authority import FORWARDED_FROM_HEADER
 from schemas.errors import InvalidEventError
@@ -94,7 +94,20 @@ class StateTable(Protocol):
 
     def get(self, key: str) -> Any: ...
 
-    def store(self, key: str, value: Any) -> None: ...
+    def stage(self, states: Mapping[str, tuple[int, Any]]) -> None:
+        """``states`` (key -> (partition, value)) reach the view before Kafka acknowledges
+        them: whoever reads the table for the view meanwhile must see them."""
+        ...
+
+    def unstage(self, states: Mapping[str, tuple[int, Any]]) -> None:
+        """The batch that staged ``states`` failed or was abandoned (its events replay);
+        a key staged again since (by a later batch) stays."""
+        ...
+
+    def store(self, key: str, value: Any) -> None:
+        """``value`` is durable in the changelog (its staging ends, unless a later batch
+        staged the key again)."""
+        ...
 
 
 @dataclass
@@ -224,7 +237,12 @@ class OppositionProcessor:
                 result.forwarded += 1
             else:
                 result.rejected += 1
-        landed = await self._propagate(touched, emitted, applied_at, out, now, seen)
+        self._table.stage(out.states)  # (before the view write: see StateTable.stage)
+        try:
+            landed = await self._propagate(touched, emitted, applied_at, out, now, seen)
+        except BaseException:
+            self._table.unstage(out.states)  # (the batch's events are applied again)
+            raise
         result.changed_keys = list(emitted)
         result.forwards = [
             ForwardedEvent(f.message.partition, f.message.offset, f.partition, at)
@@ -362,28 +380,19 @@ class OppositionProcessor:
         now: datetime,
         seen: Mapping[int, int],
     ) -> list[int]:
-        """Write the view, then produce everything; the offsets the forwards landed at.
+        """Write the view and produce everything, at once; the offsets the forwards landed at.
+
+        The two are independent: the batch's offsets are committed only once both are done,
+        so a crash between them replays the batch (a duplicate writes both again), and a
+        write refused for a newer owner is refused by both fences (its claim on the view
+        came after its transactional producer fenced this worker's). Running them together
+        hides the Redis round trip behind Kafka's.
 
         Nothing is written for a batch whose partitions were revoked since it started
         (``seen``: :meth:`streams.fencing.Revocations.snapshot` then): see Revocations.
         """
         retry_cap = self._settings.retry_backoff_max_seconds
         partitions = {s.partition for s in touched.values()}
-
-        async def write_view() -> None:
-            async with self._view_lock:
-                self._revocations.check(seen, partitions)
-                await self._view.write(touched.values(), now)
-
-        if touched:
-            await until_done(
-                write_view, what="view write", dependency="redis", max_backoff=retry_cap
-            )
-            visible_at = datetime.now(UTC)
-            for stamps in applied_at.values():
-                for occurred_at in stamps:
-                    observe_propagation("suppression_view", occurred_at, visible_at)
-
         out.changes = [
             (
                 s.partition,
@@ -394,7 +403,20 @@ class OppositionProcessor:
             for key, s in emitted.items()
         ]
         dead = out.dead
-        landed: list[int] = []
+
+        async def write_view() -> None:
+            async with self._view_lock:
+                self._revocations.check(seen, partitions)
+                await self._view.write(touched.values(), now)
+
+        async def view_step() -> None:
+            await until_done(
+                write_view, what="view write", dependency="redis", max_backoff=retry_cap
+            )
+            visible_at = datetime.now(UTC)
+            for stamps in applied_at.values():
+                for occurred_at in stamps:
+                    observe_propagation("suppression_view", occurred_at, visible_at)
 
         async def publish() -> list[int]:
             self._revocations.check(
@@ -412,13 +434,21 @@ class OppositionProcessor:
                     "durable: its new owner replays them from the committed offsets"
                 ) from exc
 
-        if out:
-            landed = await until_done(
-                publish,
-                what="publish to Kafka",
-                dependency="kafka",
-                max_backoff=retry_cap,
+        async def publish_step() -> list[int]:
+            if not out:
+                return []
+            return await until_done(
+                publish, what="publish to Kafka", dependency="kafka", max_backoff=retry_cap
             )
+
+        steps = [publish_step(), *([view_step()] if touched else [])]
+        # Both run to their end (a step is never cancelled halfway: a transaction runs on a
+        # thread that cancelling would not stop); a lost ownership is raised first.
+        outcomes = await asyncio.gather(*steps, return_exceptions=True)
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if errors:
+            raise next((e for e in errors if isinstance(e, OwnershipLost)), errors[0])
+        landed = cast(list[int], outcomes[0])
         # Durable now: the table may hold the states. Never before: a batch that fails or is
         # abandoned leaves the table as the changelog has it, for the events' replay (here or
         # by another owner) and for a recovery that resumes where it stopped.

@@ -11,6 +11,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from infra.redis_packing import pack_with_hiredis
 from schemas.settings import Settings
 from schemas.state import SuppressionState
 from schemas.view import (
@@ -187,8 +188,12 @@ def writer_client(settings: Settings) -> Redis | RedisCluster:
     """The worker's asyncio client: Redis, or a Redis Cluster (``DNC_REDIS_CLUSTER``)."""
     url = settings.redis_url.get_secret_value()
     if settings.redis_cluster:
-        return RedisCluster.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-    return Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=10)
+        return pack_with_hiredis(
+            RedisCluster.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        )
+    return pack_with_hiredis(
+        Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=10)
+    )
 
 
 Operations = dict[tuple[str, str], list[Any]]  # (key, operation) -> its arguments

@@ -557,7 +557,7 @@ def bench_restart(b: Bench) -> Figures:
     b.start_worker(b.worker_log.parent / "worker-restarted.log")
     b.wait_vouched(sec * 1000 + usec // 1000, "the restart", timeout=600)
     vouched = perf()
-    rebuilds = re.findall(r"view ready: (\d+) states in ([\d.]+)s", b.worker_log.read_text())
+    rebuilds = re.findall(r"view ready: (\d+) states written in ([\d.]+)s", b.worker_log.read_text())
     return {"restart_stop_s": stopped - begin, "restart_vouched_s": vouched - begin,
             "staleness_bound_s": b.settings.max_staleness_seconds,
             "rebuild_states": float(sum(int(n) for n, _s in rebuilds)),
@@ -674,7 +674,8 @@ CLI_GOAL_MS = 200  # `dnc check` from a shell: a dialer script's answer (issue #
 TYPER_CHECK = "import sys; sys.argv[0] = 'dnc'; from dnc.cli import main; main()"
 
 STAGES = (
-    "single", "bulk", "cli", "propagation", "throughput", "import", "restart", "memory", "scale"
+    "single", "bulk", "cli", "propagation", "throughput", "import", "restart", "memory", "scale",
+    "failover",
 )  # fmt: skip
 
 
@@ -789,6 +790,11 @@ def _report(f: Figures, console: Console) -> None:
             "numbers not suppressed. On one machine the workers share its cores with the "
             "broker, Redis and the publisher: see the load average below"
         )
+    if "failover_vouched_s" in f:
+        from dnc.bench_failover import report_note, report_row
+
+        table.add_row(*report_row(f))
+        notes.append(report_note(f))
     if f.get("redis_cluster"):
         notes.append(
             "Redis: a Redis Cluster of 3 masters with a replica each on this machine; a check "
@@ -824,6 +830,7 @@ def run_bench(
     logs: Path | None = None,
     workers: int = 1,
     redis_cluster: bool = False,
+    failover_states: int = 100_000,
 ) -> Figures:
     """Start a private stack and worker, run the measurements in ``only``, print them.
 
@@ -893,6 +900,10 @@ def run_bench(
                 from dnc.bench_scale import bench_scale
 
                 figures |= bench_scale(b, burst, workers, tmp)
+            if "failover" in only:
+                from dnc.bench_failover import bench_failover
+
+                figures |= bench_failover(b, failover_states, tmp)
         figures["load_average"] = os.getloadavg()[0]
         figures["redis_cluster"] = float(redis_cluster)
         _report(figures, console)

@@ -26,32 +26,36 @@ from schemas.events import Kind, OppositionEvent
 from schemas.settings import Settings
 
 
-def _scaled(b: Bench, n: int, log_dir: Path) -> tuple[Bench, list[subprocess.Popen[bytes]]]:
+def scaled(
+    b: Bench, n: int, log_dir: Path, name: str = ""
+) -> tuple[Bench, list[subprocess.Popen[bytes]]]:
     """A bench of its own for ``n`` workers (topics, group, view), and the workers."""
+    name = name or f"scale{n}"
     env = b.env | {
-        "DNC_OPPOSITIONS_TOPIC": f"bench.scale{n}.oppositions",
-        "DNC_SUPPRESSIONS_TOPIC": f"bench.scale{n}.suppressions",
-        "DNC_DEAD_LETTER_TOPIC": f"bench.scale{n}.dead-letter",
-        "DNC_WORKER_GROUP": f"bench-scale{n}",
+        "DNC_OPPOSITIONS_TOPIC": f"bench.{name}.oppositions",
+        "DNC_SUPPRESSIONS_TOPIC": f"bench.{name}.suppressions",
+        "DNC_DEAD_LETTER_TOPIC": f"bench.{name}.dead-letter",
+        "DNC_WORKER_GROUP": f"bench-{name}",
     }
     settings = Settings.model_validate(
         {k[4:].lower(): v for k, v in env.items() if k.startswith("DNC_")}
     )
     ensure_pipeline_topics(settings)
-    scaled = Bench(settings, b.tenants, b.layout, b.url, b.metrics_port, b.status,
+    own = Bench(settings, b.tenants, b.layout, b.url, b.metrics_port, b.status,
                    b.interrupted, env=env)  # fmt: skip
     workers = []
     for i in range(n):
-        log = log_dir / f"scale{n}-worker{i}.log"
+        log = log_dir / f"{name}-worker{i}.log"
         worker_env = env | {"DNC_WORKER_METRICS_PORT": str(free_port())}
         with log.open("wb") as out:
             workers.append(subprocess.Popen(
-                [sys.executable, "-m", "dnc", "worker", "--id", f"bench-{n}-{i}"], env=worker_env,
-                stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+                [sys.executable, "-m", "dnc", "worker", "--id", f"bench-{name}-{i}"],
+                env=worker_env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                start_new_session=True,
             ))  # fmt: skip
-        scaled.worker_log = log
-    scaled.worker = workers[0]
-    return scaled, workers
+        own.worker_log = log
+    own.worker = workers[0]
+    return own, workers
 
 
 def bench_scale(b: Bench, count: int, max_workers: int, log_dir: Path) -> Figures:
@@ -59,11 +63,11 @@ def bench_scale(b: Bench, count: int, max_workers: int, log_dir: Path) -> Figure
     figures: Figures = {"scale_events": float(count), "scale_max_workers": float(max_workers)}
     for n in range(1, max_workers + 1):
         b.flush()  # each count builds its own view from nothing
-        scaled, workers = _scaled(b, n, log_dir)
+        group, workers = scaled(b, n, log_dir)
         try:
             b.status.update(f"[scale] {n} worker(s): waiting for the view to be ready")
-            scaled.wait_serving()
-            per_s, after_ack, missing = _burst(scaled, n, count, workers)
+            group.wait_serving()
+            per_s, after_ack, missing = burst(group, n, count, workers)
         finally:
             for worker in workers:
                 _stop_worker(worker, timeout=30)
@@ -73,7 +77,7 @@ def bench_scale(b: Bench, count: int, max_workers: int, log_dir: Path) -> Figure
     return figures
 
 
-def _burst(
+def burst(
     b: Bench, n: int, count: int, workers: list[subprocess.Popen[bytes]]
 ) -> tuple[float, float, float]:
     """Publish ``count`` distinct oppositions at once; (events/s until all vouched for,

@@ -732,7 +732,8 @@ def bench(
         typer.Option(
             "--only",
             help="only this measurement (repeatable): single, bulk, cli, propagation, "
-            "throughput, import, restart, memory, scale (needs --workers 2 or more); default: all",
+            "throughput, import, restart, memory, scale (needs --workers 2 or more), "
+            "failover; default: all",
         ),
     ] = None,
     import_rows: Annotated[
@@ -759,10 +760,18 @@ def bench(
             "checks then read the sharded view; no memory measurement",
         ),
     ] = False,
+    failover_states: Annotated[
+        int,
+        typer.Option(
+            min=1000,
+            help="failover: oppositions applied before one of the two workers is killed "
+            "(the states its partitions' new owner recovers)",
+        ),
+    ] = 100_000,
 ) -> None:
     """Benchmark on a private local stack: check latency, bulk throughput, propagation,
-    worker throughput, a large import, a worker restart, memory; each next to its floor
-    measured in the same run."""
+    worker throughput, a large import, a worker restart, memory, a failover; each next to
+    its floor measured in the same run."""
     from dnc.bench import STAGES, run_bench
 
     unknown = [s for s in only or [] if s not in STAGES]
@@ -770,7 +779,8 @@ def bench(
         raise _fail(f"unknown measurement {unknown[0]!r}: choose from {', '.join(STAGES)}")
     run_bench(numbers=numbers, rate=rate, seconds=seconds, console=out, burst=burst,
               only=only or STAGES, import_rows=import_rows, logs=logs,
-              workers=workers, redis_cluster=redis_cluster)  # fmt: skip
+              workers=workers, redis_cluster=redis_cluster,
+              failover_states=failover_states)  # fmt: skip
 
 
 # --- HTTP gateway: `dnc gateway`, `dnc token create`, `dnc bench-gateway` ----------------------

@@ -60,6 +60,9 @@ BEHIND_REFETCH_AFTER_SECONDS = 15.0
 # fetch each, 250 at most), about as many events as Faust's default buffer holds; when
 # they are there, the consumer waits before it fetches more.
 FETCHES_BUFFERED = 16
+# After a rebalance, how often and how long the worker looks for its recovery's end (then
+# the maintenance timer's next turn does what is left).
+RECOVERY_POLL_SECONDS, RECOVERY_POLLS = 0.05, 100
 
 
 class _RateLimitedWarning:
@@ -292,17 +295,43 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             return None
         return {tp.partition for tp in owned if tp.topic == settings.oppositions_topic}
 
+    ticking = asyncio.Lock()  # one maintenance tick at a time (the timer's or a recovery's)
+
+    async def maintain() -> None:
+        owned = owned_partitions()
+        if owned is None or ticking.locked():
+            return
+        async with ticking:
+            try:
+                await maintenance.tick(owned, busy=progress.busy())
+            except OwnershipLost as exc:
+                give_up(exc)
+            except Exception as exc:  # Redis down: checks fail closed by themselves; retry
+                log.warning("view maintenance failed (%s); retrying next tick", exc)
+
     @app.timer(settings.heartbeat_interval_seconds, name="view-maintenance")
     async def keep_view() -> None:
-        owned = owned_partitions()
-        if owned is None:
-            return
-        try:
-            await maintenance.tick(owned, busy=progress.busy())
-        except OwnershipLost as exc:
-            give_up(exc)
-        except Exception as exc:  # Redis down: checks fail closed by themselves; try again
-            log.warning("view maintenance failed (%s); retrying next tick", exc)
+        await maintain()
+
+    rebalanced = asyncio.Event()  # Faust is resuming the streams after a rebalance
+
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
+    async def on_rebalance_complete(app: Any, **kwargs: Any) -> None:
+        rebalanced.set()
+
+    @app.task
+    async def tick_once_recovered() -> None:
+        """A tick as soon as the worker is ready after a rebalance, not at the timer's next
+        turn: a restarted worker or a failover's survivor rebuilds the view up to a second
+        sooner."""
+        while not app.should_stop:
+            await rebalanced.wait()
+            rebalanced.clear()
+            for _ in range(RECOVERY_POLLS):  # (Faust seeks and resumes the flow first)
+                if owned_partitions() is not None:
+                    await maintain()
+                    break
+                await asyncio.sleep(RECOVERY_POLL_SECONDS)
 
     cut_off = _RateLimitedWarning(log, every_seconds=10)
     behind = _RateLimitedWarning(log, every_seconds=10)

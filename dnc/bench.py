@@ -394,8 +394,8 @@ def bench_floor(b: Bench, rate: int, seconds: float) -> Figures:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
     log = logging.getLogger("dnc.bench.kafka")
-    producer = Producer(producer_config(s.kafka_bootstrap, s.publish_timeout_seconds, logger=log,
-                                        **s.kafka_client_config()))  # fmt: skip
+    producer = Producer(producer_config(s.kafka_bootstrap, s.publish_timeout_seconds,
+                                        **s.kafka_client_config() | {"logger": log}))  # fmt: skip
     consumer = _kafka_consumer(s, f"dnc-bench-floor-{time.monotonic_ns()}")
     ends = _end_offsets(s, FLOOR_TOPIC)
     consumer.assign([TopicPartition(FLOOR_TOPIC, p, o) for p, o in ends.items()])
@@ -557,7 +557,8 @@ def bench_restart(b: Bench) -> Figures:
     b.start_worker(b.worker_log.parent / "worker-restarted.log")
     b.wait_vouched(sec * 1000 + usec // 1000, "the restart", timeout=600)
     vouched = perf()
-    rebuilds = re.findall(r"view ready: (\d+) states written in ([\d.]+)s", b.worker_log.read_text())
+    log = b.worker_log.read_text()
+    rebuilds = re.findall(r"view ready: (\d+) states written in ([\d.]+)s", log)
     return {"restart_stop_s": stopped - begin, "restart_vouched_s": vouched - begin,
             "staleness_bound_s": b.settings.max_staleness_seconds,
             "rebuild_states": float(sum(int(n) for n, _s in rebuilds)),

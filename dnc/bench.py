@@ -571,11 +571,30 @@ def _kafka_consumer(s: Settings, group: str) -> Consumer:
                      **s.kafka_client_config()})  # fmt: skip
 
 
+_NO_LEADER_YET = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._UNKNOWN_PARTITION,
+)
+
+
 def _end_offsets(s: Settings, topic: str) -> dict[int, int]:
-    consumer = _kafka_consumer(s, "dnc-bench-offsets")
+    """Each partition's end offset; retried while a topic created a moment ago has no
+    leader yet (the broker answers 'not leader for partition' for a while)."""
+    consumer, deadline = _kafka_consumer(s, "dnc-bench-offsets"), time.monotonic() + 30
     try:
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in range(s.partitions)}  # fmt: skip
+        while True:
+            try:
+                return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                        for p in range(s.partitions)}  # fmt: skip
+            except KafkaException as exc:
+                err = exc.args[0]
+                if time.monotonic() > deadline or not (
+                    err.retriable() or err.code() in _NO_LEADER_YET
+                ):
+                    raise
+                time.sleep(0.2)
     finally:
         consumer.close()
 

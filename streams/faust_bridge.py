@@ -19,7 +19,7 @@ from streams.batch_transport import stale
 from streams.delivery import DeliveryHoles
 from streams.fencing import BatchAbandoned
 from streams.freshness import AppliedFrontier
-from streams.processor import BatchResult, OppositionProcessor, PreparedBatch, SourceMessage
+from streams.processor import OppositionProcessor, SourceMessage
 from streams.progress import ProgressWatch
 
 log = logging.getLogger("dnc.streams")
@@ -43,9 +43,6 @@ def source_message(event: Any) -> SourceMessage:
         if message.timestamp is not None and message.timestamp_type == 1
         else None,
     )
-
-
-SHOWN_AHEAD = 4  # batches shown in the view and waiting to be made durable in Kafka, at most
 
 
 class FaustStateTable:
@@ -124,76 +121,32 @@ async def apply_in_batches(
     applied offsets move each topic's frontier, which is what gets committed
     (:mod:`streams.commits`); Faust's acks only let a rebalance wait for the batch.
     A list fetched before a rebalance is skipped, as Faust's stream skips such an event.
-
-    A batch is *shown* (applied in memory, written to the view: checks see it) as soon as it
-    is taken, then *made durable* (its Kafka transactions, the frontiers, the acks) by a
-    task of its own, in the order shown, while the next batches are shown: a view write
-    never waits for an earlier batch's Kafka transaction (which set the pace of a steady
-    stream: a 15-20 ms transaction per batch). At most :data:`SHOWN_AHEAD` batches wait to
-    be made durable; a batch shown on top of one that is then abandoned is abandoned too
-    (its revocation snapshot predates the revocation), and a crash replays every batch not
-    yet durable (its offsets are not committed; the view was written ahead of Kafka, as
-    within a batch, and a replayed duplicate writes again).
     """
     pending: list[Any] = []
     queue = stream.channel.queue
     consumer = app.consumer
-    shown: asyncio.Queue[tuple[list[Any], PreparedBatch] | None] = asyncio.Queue(SHOWN_AHEAD)
-
-    async def make_durable() -> None:
-        ended = False
-        while not ended and (item := await shown.get()) is not None:
-            group = [item]  # with every batch shown meanwhile: one Kafka round for all
-            while not shown.empty():
-                more = shown.get_nowait()
-                if more is None:
-                    ended = True
-                    break
-                group.append(more)
-            await _finish(stream, group, processor, progress, frontiers, log_topic)
-
-    durable = asyncio.ensure_future(make_durable())
-
-    async def hand_on(item: tuple[list[Any], PreparedBatch] | None) -> None:
-        put = asyncio.ensure_future(shown.put(item))
-        await asyncio.wait([put, durable], return_when=asyncio.FIRST_COMPLETED)
-        if not put.done():  # the task making batches durable ended: a lost ownership
-            put.cancel()
-            durable.result()  # (raises it)
-            raise RuntimeError("the task making batches durable ended")  # (not reached)
-
-    try:
-        async for fetched in stream:
-            if stale(app, fetched):
-                for event in fetched:
-                    await stream.ack(event)
-                continue
-            last = fetched[-1].message
-            if last.topic == log_topic:  # the admin topic is only forwarded from
-                progress.received(last.partition, last.offset)
+    async for fetched in stream:
+        if stale(app, fetched):
             for event in fetched:
-                message = event.message
-                rewind = holes.seek_needed(message.tp, message.offset)
-                if rewind is not None:
-                    await consumer.seek(message.tp, rewind)
-            pending += fetched
-            if len(pending) < max_events and not queue.empty():
-                continue
-            while pending:
-                batch, pending = pending[:max_events], pending[max_events:]
-                progress.backlogged = bool(pending) or not queue.empty()
-                batch = await _drop_stale(stream, batch, app)
-                if not batch:
-                    continue
-                # (no wait between the drop's last check and the revocations it notes)
-                ready = await _show(stream, batch, processor)
-                if ready is not None:
-                    await hand_on((batch, ready))
-        await hand_on(None)  # (the stream ended: a worker stopping)
-        await durable
-    finally:
-        if not durable.done():
-            durable.cancel()
+                await stream.ack(event)
+            continue
+        last = fetched[-1].message
+        if last.topic == log_topic:  # the admin topic is only forwarded from
+            progress.received(last.partition, last.offset)
+        for event in fetched:
+            message = event.message
+            rewind = holes.seek_needed(message.tp, message.offset)
+            if rewind is not None:
+                await consumer.seek(message.tp, rewind)
+        pending += fetched
+        if len(pending) < max_events and not queue.empty():
+            continue
+        while pending:
+            batch, pending = pending[:max_events], pending[max_events:]
+            progress.backlogged = bool(pending) or not queue.empty()
+            batch = await _drop_stale(stream, batch, app)
+            if batch:  # (no await before the processor notes the revocations it starts from)
+                await _apply(stream, batch, processor, progress, frontiers, log_topic)
 
 
 async def _drop_stale(stream: Any, batch: list[Any], app: Any) -> list[Any]:
@@ -221,57 +174,24 @@ async def _drop_stale(stream: Any, batch: list[Any], app: Any) -> list[Any]:
         batch = kept
 
 
-async def _show(
-    stream: Any, batch: list[Any], processor: OppositionProcessor
-) -> PreparedBatch | None:
-    """Show ``batch`` (in memory and in the view); None if it was abandoned (acked)."""
-    try:
-        return await processor.show([source_message(e) for e in batch])
-    except BatchAbandoned as exc:
-        await _abandoned(stream, batch, exc)
-        return None
-
-
-async def _abandoned(stream: Any, batch: list[Any], exc: BatchAbandoned) -> None:
-    # Acked only so that Faust stops waiting for them: the frontiers did not move, so
-    # nothing past the committed offsets is committed, and the events come again.
-    log.warning("%s (%d events)", exc, len(batch))
-    for done in batch:
-        await stream.ack(done)
-
-
-async def _finish(
+async def _apply(
     stream: Any,
-    group: list[tuple[list[Any], PreparedBatch]],
+    batch: list[Any],
     processor: OppositionProcessor,
     progress: ProgressWatch,
     frontiers: Mapping[str, AppliedFrontier],
     log_topic: str,
 ) -> None:
-    """Make the shown batches of ``group`` durable, then move the frontiers and ack the
-    events of each, in order."""
+    """Apply ``batch``, move the frontiers, then ack its events."""
     try:
-        outcomes = await processor.make_durable_together([ready for _batch, ready in group])
+        result = await processor.process([source_message(e) for e in batch])
     except BatchAbandoned as exc:
-        for batch, _ready in group:
-            await _abandoned(stream, batch, exc)
+        # Acked only so that Faust stops waiting for them: the frontiers did not move, so
+        # nothing past the committed offsets is committed, and the events come again.
+        log.warning("%s (%d events)", exc, len(batch))
+        for done in batch:
+            await stream.ack(done)
         return
-    for (batch, _ready), outcome in zip(group, outcomes, strict=True):
-        if isinstance(outcome, BatchAbandoned):
-            await _abandoned(stream, batch, outcome)
-        else:
-            await _applied(stream, batch, outcome, progress, frontiers, log_topic)
-
-
-async def _applied(
-    stream: Any,
-    batch: list[Any],
-    result: BatchResult,
-    progress: ProgressWatch,
-    frontiers: Mapping[str, AppliedFrontier],
-    log_topic: str,
-) -> None:
-    """A durable batch: move the frontiers, then ack its events."""
     BATCH_EVENTS.observe(len(batch))
     progress.applied()
     forwarded = {(f.partition, f.offset): f for f in result.forwards}

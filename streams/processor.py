@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from schemas.authority import FORWARDED_FROM_HEADER
 from schemas.errors import InvalidEventError
@@ -38,7 +38,7 @@ from schemas.state import SuppressionChange, SuppressionState, state_key
 from schemas.tenants import TenantDirectory
 from streams.admin_actions import AUTHORISED_KINDS, AdminActions
 from streams.expiry import ExpirySchedule
-from streams.fencing import BatchAbandoned, OwnershipLost, Revocations
+from streams.fencing import OwnershipLost, Revocations
 from streams.ownership import PartitionRevoked
 from streams.retry import until_done
 from streams.rules import Outcome, apply_event
@@ -156,20 +156,6 @@ class BatchResult:
     forwards: list[ForwardedEvent] = field(default_factory=list)
 
 
-@dataclass
-class PreparedBatch:
-    """A batch applied in memory and shown in the view (:meth:`OppositionProcessor.show`),
-    not yet durable in Kafka."""
-
-    now: datetime
-    seen: dict[int, int]  # the revocation counts it started from (Revocations.snapshot)
-    result: BatchResult = field(default_factory=BatchResult)
-    touched: dict[str, SuppressionState] = field(default_factory=dict)
-    emitted: dict[str, SuppressionState] = field(default_factory=dict)
-    applied_at: dict[str, list[datetime]] = field(default_factory=dict)  # key -> occurred_at
-    out: Outgoing = field(default_factory=Outgoing)
-
-
 def load_state(raw: Any) -> SuppressionState | None:
     """Table value to state: the state's JSON bytes (or that JSON decoded, as a dict)."""
     if raw is None:
@@ -232,24 +218,13 @@ class OppositionProcessor:
 
     async def process(self, batch: Sequence[SourceMessage]) -> BatchResult:
         """Apply a batch of messages; never raises on bad input."""
-        return await self.make_durable(await self.show(batch))
-
-    async def show(self, batch: Sequence[SourceMessage]) -> PreparedBatch:
-        """Apply ``batch`` in memory, stage its states and write them to the view (checks
-        see them from then on); :meth:`make_durable` produces its records to Kafka.
-
-        The revocations it starts from are noted before its first wait. The next batch may
-        be shown while this one is made durable (the worker's agent does: a batch's view
-        write does not wait for the previous batch's Kafka transaction); it reads this
-        one's states from the stage. Make batches durable in the order shown: one shown on
-        top of a batch that is then abandoned is abandoned too (the revocation that
-        abandons the first came after the second noted its revocations), and a crash
-        before both are durable replays both (the view was written ahead of Kafka, as
-        within a batch: its offsets are not committed, a replayed duplicate writes again).
-        """
-        ready = PreparedBatch(now=self._clock(), seen=self._revocations.snapshot())
-        result, touched, emitted = ready.result, ready.touched, ready.emitted
-        applied_at, out, now = ready.applied_at, ready.out, ready.now
+        now = self._clock()
+        seen = self._revocations.snapshot()
+        result = BatchResult()
+        touched: dict[str, SuppressionState] = {}
+        emitted: dict[str, SuppressionState] = {}
+        applied_at: dict[str, list[datetime]] = {}  # state key -> occurred_at applied
+        out = Outgoing()
         for message in batch:
             outcome = self._apply_one(message, now, touched, emitted, applied_at, out)
             if outcome is Outcome.APPLIED:
@@ -264,75 +239,17 @@ class OppositionProcessor:
                 result.rejected += 1
         self._table.stage(out.states)  # (before the view write: see StateTable.stage)
         try:
-            await self._write_view(ready)
+            landed = await self._propagate(touched, emitted, applied_at, out, now, seen)
         except BaseException:
             self._table.unstage(out.states)  # (the batch's events are applied again)
             raise
-        return ready
-
-    async def make_durable(self, ready: PreparedBatch) -> BatchResult:
-        """Produce a shown batch's records (one transaction per partition) and wait for
-        Kafka; then the table stores its states. Raises what the publish raises (the states
-        are unstaged then: the batch's events are applied again)."""
-        [outcome] = await self.make_durable_together([ready])
-        if isinstance(outcome, BatchAbandoned):
-            raise outcome
-        return outcome
-
-    async def make_durable_together(
-        self, readies: Sequence[PreparedBatch]
-    ) -> list[BatchResult | BatchAbandoned]:
-        """Make shown batches durable (in the order shown) with one transaction per
-        partition for all of them: the batches shown while the previous ones waited for
-        Kafka share its round trips. Each batch's outcome, in order: its result, or
-        :class:`BatchAbandoned` when all its partitions were revoked since it was shown (its
-        states unstaged, its events fetched again). Raises :class:`OwnershipLost`, and
-        :class:`BatchAbandoned` when every batch still kept was revoked while Kafka had them.
-        """
-        outcomes: list[BatchResult | BatchAbandoned] = []
-        kept: list[PreparedBatch] = []
-        try:
-            for ready in readies:
-                try:
-                    self._revocations.check(ready.seen, _partitions(ready))
-                except BatchAbandoned as exc:
-                    self._table.unstage(ready.out.states)
-                    outcomes.append(exc)
-                    continue
-                kept.append(ready)
-                outcomes.append(ready.result)
-            landed = await self._publish(kept)
-        except BaseException:
-            for ready in kept:
-                self._table.unstage(ready.out.states)
-            raise
-        # Durable now: the table may hold the states. Never before: a batch that fails or is
-        # abandoned leaves the table as the changelog has it, for the events' replay (here or
-        # by another owner) and for a recovery that resumes where it stopped.
-        for ready in kept:
-            out = ready.out
-            for key, (_partition, value) in out.states.items():
-                self._table.store(key, value)
-            for letter in out.dead:
-                DEAD_LETTERS.labels(reason=letter.reason).inc()
-                # The detail may quote the number: to the dead-letter headers and DEBUG only.
-                log.warning(
-                    "dead-lettered %s[%d]@%d: %s",
-                    letter.message.topic,
-                    letter.message.partition,
-                    letter.message.offset,
-                    letter.reason,
-                )
-                log.debug("dead-letter detail, offset %d: %s", letter.message.offset, letter.detail)
-            result = ready.result
-            result.changed_keys = list(ready.emitted)
-            mine, landed = landed[: len(out.forwards)], landed[len(out.forwards) :]
-            result.forwards = [
-                ForwardedEvent(f.message.partition, f.message.offset, f.partition, at)
-                for f, at in zip(out.forwards, mine, strict=True)
-                if f.message.topic == self._settings.oppositions_topic
-            ]
-        return outcomes
+        result.changed_keys = list(emitted)
+        result.forwards = [
+            ForwardedEvent(f.message.partition, f.message.offset, f.partition, at)
+            for f, at in zip(out.forwards, landed, strict=True)
+            if f.message.topic == self._settings.oppositions_topic
+        ]
+        return result
 
     def _apply_one(
         self,
@@ -454,71 +371,60 @@ class OppositionProcessor:
         touched[key] = state
         return application.outcome
 
-    async def _write_view(self, ready: PreparedBatch) -> None:
-        """Make the view show the batch's states (checks see them from now on).
+    async def _propagate(
+        self,
+        touched: dict[str, SuppressionState],
+        emitted: dict[str, SuppressionState],
+        applied_at: dict[str, list[datetime]],
+        out: Outgoing,
+        now: datetime,
+        seen: Mapping[int, int],
+    ) -> list[int]:
+        """Write the view and produce everything, at once; the offsets the forwards landed at.
+
+        The two are independent: the batch's offsets are committed only once both are done,
+        so a crash between them replays the batch (a duplicate writes both again), and a
+        write refused for a newer owner is refused by both fences (its claim on the view
+        came after its transactional producer fenced this worker's). Running them together
+        hides the Redis round trip behind Kafka's.
 
         Nothing is written for a batch whose partitions were revoked since it started
         (``seen``: :meth:`streams.fencing.Revocations.snapshot` then): see Revocations.
         """
-        touched, seen, now = ready.touched, ready.seen, ready.now
-        if not touched:
-            return
+        retry_cap = self._settings.retry_backoff_max_seconds
         partitions = {s.partition for s in touched.values()}
+        out.changes = [
+            (
+                s.partition,
+                SuppressionChange.of(
+                    s, now, cause="event", event_occurred_at=applied_at.get(key, [None])[-1]
+                ),
+            )
+            for key, s in emitted.items()
+        ]
+        dead = out.dead
 
         async def write_view() -> None:
             async with self._view_lock:
                 self._revocations.check(seen, partitions)
                 await self._view.write(touched.values(), now)
 
-        await until_done(
-            write_view,
-            what="view write",
-            dependency="redis",
-            max_backoff=self._settings.retry_backoff_max_seconds,
-        )
-        visible_at = datetime.now(UTC)
-        for stamps in ready.applied_at.values():
-            for occurred_at in stamps:
-                observe_propagation("suppression_view", occurred_at, visible_at)
-
-    async def _publish(self, readies: Sequence[PreparedBatch]) -> list[int]:
-        """Produce everything ``readies`` send to Kafka, in one :class:`Outgoing`; the
-        offsets their forwards landed at, in order. Nothing is produced once one of their
-        partitions was revoked since its batch was shown (see :meth:`make_durable_together`).
-        """
-        merged = Outgoing()
-        for ready in readies:
-            out, now, applied_at = ready.out, ready.now, ready.applied_at
-            out.changes = [
-                (
-                    s.partition,
-                    SuppressionChange.of(
-                        s, now, cause="event", event_occurred_at=applied_at.get(key, [None])[-1]
-                    ),
-                )
-                for key, s in ready.emitted.items()
-            ]
-            merged.forwards += out.forwards
-            merged.changes += out.changes
-            merged.dead += out.dead
-            merged.states.update(out.states)  # (a later batch's state of a key is the latest)
-        if not merged:
-            return []
+        async def view_step() -> None:
+            await until_done(
+                write_view, what="view write", dependency="redis", max_backoff=retry_cap
+            )
+            visible_at = datetime.now(UTC)
+            for stamps in applied_at.values():
+                for occurred_at in stamps:
+                    observe_propagation("suppression_view", occurred_at, visible_at)
 
         async def publish() -> list[int]:
-            revoked: list[BatchAbandoned] = []
-            for ready in readies:
-                try:
-                    self._revocations.check(ready.seen, _partitions(ready))
-                except BatchAbandoned as exc:
-                    revoked.append(exc)
-            if revoked and len(revoked) == len(readies):
-                raise revoked[0]
-            if revoked:
-                raise OwnershipLost(f"{revoked[0]}; other batches made durable with it were "
-                                    "not revoked: none is written")  # fmt: skip
+            self._revocations.check(
+                seen,
+                partitions | {p for p, _c in out.changes} | {p for p, _v in out.states.values()},
+            )
             try:
-                return await self._sink.publish(merged)
+                return await self._sink.publish(out)
             except PartitionRevoked as exc:
                 # Faust revoked the partition while this batch was applied in memory (a
                 # worker paused past the session timeout): the batch can never be made
@@ -528,19 +434,38 @@ class OppositionProcessor:
                     "durable: its new owner replays them from the committed offsets"
                 ) from exc
 
-        return await until_done(
-            publish,
-            what="publish to Kafka",
-            dependency="kafka",
-            max_backoff=self._settings.retry_backoff_max_seconds,
-        )
+        async def publish_step() -> list[int]:
+            if not out:
+                return []
+            return await until_done(
+                publish, what="publish to Kafka", dependency="kafka", max_backoff=retry_cap
+            )
 
-
-def _partitions(ready: PreparedBatch) -> set[int]:
-    """The partitions a shown batch writes (its states, hence its change records)."""
-    return {s.partition for s in ready.touched.values()} | {
-        p for p, _v in ready.out.states.values()
-    }
+        steps = [publish_step(), *([view_step()] if touched else [])]
+        # Both run to their end (a step is never cancelled halfway: a transaction runs on a
+        # thread that cancelling would not stop); a lost ownership is raised first.
+        outcomes = await asyncio.gather(*steps, return_exceptions=True)
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if errors:
+            raise next((e for e in errors if isinstance(e, OwnershipLost)), errors[0])
+        landed = cast(list[int], outcomes[0])
+        # Durable now: the table may hold the states. Never before: a batch that fails or is
+        # abandoned leaves the table as the changelog has it, for the events' replay (here or
+        # by another owner) and for a recovery that resumes where it stopped.
+        for key, (_partition, value) in out.states.items():
+            self._table.store(key, value)
+        for letter in dead:
+            DEAD_LETTERS.labels(reason=letter.reason).inc()
+            # The detail may quote the number: it goes to the dead-letter headers and DEBUG only.
+            log.warning(
+                "dead-lettered %s[%d]@%d: %s",
+                letter.message.topic,
+                letter.message.partition,
+                letter.message.offset,
+                letter.reason,
+            )
+            log.debug("dead-letter detail for offset %d: %s", letter.message.offset, letter.detail)
+        return landed
 
 
 def _count_suppressed(

@@ -92,9 +92,10 @@ class FaustStateTable:
         return [*data.keys(), *(key for key in self._staged if key not in data)]
 
     def items(self) -> Iterator[tuple[str, Any]]:
-        """Every state, staged ones as staged."""
+        """Every state, staged ones as staged. Lazy over the table (a million states are
+        not copied twice): take a list before any wait, as the maintenance does."""
         staged = dict(self._staged)
-        for key, value in list(self._data.items()):
+        for key, value in self._data.items():
             yield key, staged.pop(key, (0, value))[1]
         for key, (_partition, value) in staged.items():
             yield key, value

@@ -759,6 +759,14 @@ def bench(
             "checks then read the sharded view; no memory measurement",
         ),
     ] = False,
+    restart_states: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--restart-states",
+            help="suppressed numbers the table is filled to before each restart measurement "
+            "(repeatable); default 100,000 and 1,000,000",
+        ),
+    ] = None,
 ) -> None:
     """Benchmark on a private local stack: check latency, bulk throughput, propagation,
     worker throughput, a large import, a worker restart, memory; each next to its floor
@@ -770,7 +778,8 @@ def bench(
         raise _fail(f"unknown measurement {unknown[0]!r}: choose from {', '.join(STAGES)}")
     run_bench(numbers=numbers, rate=rate, seconds=seconds, console=out, burst=burst,
               only=only or STAGES, import_rows=import_rows, logs=logs,
-              workers=workers, redis_cluster=redis_cluster)  # fmt: skip
+              workers=workers, redis_cluster=redis_cluster,
+              restart_states=restart_states or (100_000, 1_000_000))  # fmt: skip
 
 
 # --- HTTP gateway: `dnc gateway`, `dnc token create`, `dnc bench-gateway` ----------------------

@@ -28,21 +28,17 @@ from streams.commits import AppliedCommits
 from streams.credentials import faust_credentials
 from streams.delivery import DeliveryHoles
 from streams.expiry import ExpirySchedule
-from streams.faust_bridge import (
-    FaustStateTable,
-    apply_in_batches,
-    forget_partitions,
-    table_manager,
-)
+from streams.faust_bridge import FaustStateTable, apply_in_batches, table_manager
 from streams.fencing import OwnershipLost, Revocations, give_up
 from streams.freshness import AppliedFrontier
 from streams.kafka_sink import KafkaChangeSink
 from streams.log_end import LogEndReader
 from streams.maintenance import ViewMaintenance
 from streams.ownership import PartitionProducers, fence_topic
-from streams.processor import OppositionProcessor
+from streams.processor import OppositionProcessor, StateStoreBroken
 from streams.progress import ProgressWatch
 from streams.server_clock import ServerClock
+from streams.table_store import STORE_SCHEME, DurableRocksDBStore, abandon
 from streams.view_writer import SuppressionViewWriter, writer_client
 
 log = logging.getLogger("dnc.streams")
@@ -88,10 +84,12 @@ class WorkerApp:
     redis: Redis | RedisCluster
 
 
-def _declare_worker_topics(settings: Settings, changelog: str, timeout: float = 30.0) -> str:
+def _declare_worker_topics(
+    settings: Settings, changelog: str, timeout: float = 30.0
+) -> tuple[str, str]:
     """Create the table's changelog topic and the group's fence topic before Faust starts,
     wait until they are visible; returns the fence topic's id (the era of the claims it
-    orders, see streams/ownership.py).
+    orders, see streams/ownership.py) and the changelog's (streams/table_store.py).
 
     Faust creates it itself at start-up, right before joining the group; on a 3-broker
     cluster the group leader's metadata may not list it yet, and Faust's assignor then
@@ -119,11 +117,15 @@ def _declare_worker_topics(settings: Settings, changelog: str, timeout: float = 
         time.sleep(0.2)
     else:
         log.warning("topics %s are still not in Kafka's metadata after %.0fs", names, timeout)
-    fences = TopicCollection([fence_topic(settings)])
+    wanted = TopicCollection([fence_topic(settings), changelog])
     while True:  # a broker of a cluster may not know the new topic yet (UNKNOWN_TOPIC_OR_PART)
-        described = admin.describe_topics(fences, request_timeout=timeout)
+        described = admin.describe_topics(wanted, request_timeout=timeout)
         try:
-            return str(next(iter(described.values())).result(timeout=timeout).topic_id)
+            fence_id, changelog_id = (
+                str(described[name].result(timeout=timeout).topic_id)
+                for name in (fence_topic(settings), changelog)
+            )
+            return fence_id, changelog_id
         except KafkaException:
             if time.monotonic() >= deadline:
                 raise
@@ -140,7 +142,10 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     app = faust.App(
         settings.worker_group,
         broker=brokers,
-        store="memory://",
+        # RocksDB, on disk: a restart replays only the changelog's tail (streams/table_store.py).
+        store=f"{STORE_SCHEME}://",
+        tabledir=str(settings.worker_table_dir(worker_id)),
+        table_standby_replicas=settings.table_standby_replicas,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         topic_disable_leader=True,
@@ -187,7 +192,8 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         schema=faust.Schema(key_serializer="json", value_serializer="raw"),
     )
     changelog = table.changelog_topic.get_topic_name()
-    era = _declare_worker_topics(settings, changelog)
+    era, changelog_id = _declare_worker_topics(settings, changelog)
+    cast(DurableRocksDBStore, table.data).changelog_id = changelog_id  # (see its docstring)
 
     redis = writer_client(settings)
     view = SuppressionViewWriter(redis, view_layout(settings, tenants), worker_id)
@@ -210,8 +216,9 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     frontier = frontiers[settings.oppositions_topic]  # the one vouched for
     commits = AppliedCommits(app.consumer, frontiers)
     log_end = LogEndReader(settings)
+    states = FaustStateTable(table)
     processor = OppositionProcessor(
-        table=FaustStateTable(table),
+        table=states,
         view=view,
         sink=sink,
         tenants=tenants,
@@ -222,7 +229,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         revocations=revocations,
     )
     maintenance = ViewMaintenance(
-        table=table,
+        table=states,
         view=view,
         sink=sink,
         ownership=ownership,
@@ -230,7 +237,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         view_lock=lock,
         total_partitions=settings.partitions,
         retry_backoff_max=settings.retry_backoff_max_seconds,
-        audit=ViewAudit(table.data, redis, view.layout),
+        audit=ViewAudit(states, redis, view.layout),
         audit_budget=int(settings.audit_states_per_second * settings.heartbeat_interval_seconds),
         clock=clock.now,
     )
@@ -250,6 +257,8 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             )
         except OwnershipLost as exc:
             give_up(exc)
+        except StateStoreBroken as exc:
+            abandon(exc)
 
     async def confirm_membership(partition: int) -> bool:
         """True if the group coordinator still counts this worker as a member of its current
@@ -529,13 +538,13 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         commits.forget()
         gone = [tp.partition for tp in revoked if tp.topic == settings.oppositions_topic]
         view.release(gone)
+        dropped = states.drop_staged(gone)
+        if dropped:
+            log.info("dropped %d staged states of partitions %s (revoked)", dropped, sorted(gone))
         await ownership.release(gone)
-        # Their states go too: what this worker applied but did not make durable must not
-        # outlive its ownership (a worker paused past the session timeout rejoins as a new
-        # member, same memory). Faust recovers a partition assigned again from its changelog.
-        forgotten = forget_partitions(table.data, gone)
-        if forgotten:
-            log.info("forgot %d states of partitions %s (revoked)", forgotten, sorted(gone))
+        # Their states stay on disk: the store holds only states Kafka acknowledged, with
+        # the changelog offset they reflect (streams/table_store.py), so a partition
+        # assigned again is brought up to date by replaying its changelog after that offset.
         maintenance.forget()
         progress.forget()
         holes.forget()

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -22,6 +21,7 @@ from streams.fencing import BatchAbandoned
 from streams.freshness import AppliedFrontier
 from streams.processor import OppositionProcessor, SourceMessage
 from streams.progress import ProgressWatch
+from streams.table_store import DurableRocksDBStore
 
 log = logging.getLogger("dnc.streams")
 
@@ -47,37 +47,62 @@ def source_message(event: Any) -> SourceMessage:
 
 
 class FaustStateTable:
-    """The Faust table as the processor uses it: reads, and in-memory writes whose
-    changelog records the batch produces itself (:class:`streams.kafka_sink.KafkaChangeSink`).
+    """The Faust table as the worker uses it: states read by partition, and written only
+    once their changelog records are acknowledged (the batch produces them itself:
+    :class:`streams.kafka_sink.KafkaChangeSink`), see :mod:`streams.table_store`.
+
+    Between the view write and that acknowledgement a batch's states are *staged*: the view
+    already shows them, so whatever rebuilds or audits the view from the table meanwhile
+    (``items``, ``keys``, ``get`` without a partition) must see them too, or a rebuild
+    would write a state older than the view's and mark it ready.
     """
 
     def __init__(self, table: Any) -> None:
-        self._table = table
+        self._store: DurableRocksDBStore = table.data
+        self._staged: dict[str, tuple[int, bytes]] = {}
 
-    def get(self, key: str) -> Any:
-        return self._table.data.get(key)
+    def get(self, key: str, partition: int | None = None) -> bytes | None:
+        staged = self._staged.get(key)
+        if staged is not None:
+            return staged[1]
+        if partition is None:  # (maintenance and the audit: whichever database holds it)
+            return self._store.find(key)
+        return self._store.read(key, partition)
 
-    def store(self, key: str, value: Any) -> None:
-        self._table.data[key] = value
+    def stage(self, states: Mapping[str, tuple[int, bytes]]) -> None:
+        self._staged.update(states)
 
+    def unstage(self, states: Mapping[str, tuple[int, bytes]]) -> None:
+        for key, staged in states.items():
+            if self._staged.get(key) == staged:
+                del self._staged[key]
 
-_PARTITION = re.compile(rb'"partition":(\d+)')
+    def drop_staged(self, partitions: Iterable[int]) -> int:
+        """Forget the staged states of ``partitions`` (revoked: the batch that staged them
+        writes nothing any more, see :class:`streams.fencing.Revocations`, and a rebuild
+        after they come back must not read them); how many."""
+        gone = set(partitions)
+        keys = [key for key, (partition, _v) in self._staged.items() if partition in gone]
+        for key in keys:
+            del self._staged[key]
+        return len(keys)
 
+    def persist(self, states: Mapping[str, tuple[int, bytes]], offsets: Mapping[int, int]) -> None:
+        self._store.persist(states, offsets)
 
-def forget_partitions(data: Any, partitions: Iterable[int]) -> int:
-    """Delete the states of ``partitions`` from the table's store (Faust's memory store keeps
-    them across rebalances); how many went. The state's JSON names its partition."""
-    gone = set(partitions)
-    if not gone:
-        return 0
-    doomed = []
-    for key, raw in list(data.items()):
-        found = _PARTITION.search(raw) if isinstance(raw, bytes | bytearray) else None
-        if found is not None and int(found.group(1)) in gone:
-            doomed.append(key)
-    for key in doomed:
-        del data[key]
-    return len(doomed)
+    def keys(self) -> list[str]:
+        """Every key of the active partitions, staged ones included."""
+        keys = list(self._store.keys())
+        known = set(keys)
+        return keys + [key for key in self._staged if key not in known]
+
+    def items(self) -> Iterator[tuple[str, bytes]]:
+        """Every state of the active partitions, staged ones as staged."""
+        staged = dict(self._staged)
+        for key, value in self._store.items():
+            yield key, staged.pop(key, (0, value))[1]
+        for key, (_partition, value) in staged.items():
+            yield key, value
 
 
 async def apply_in_batches(

@@ -161,6 +161,13 @@ class KafkaChangeSink:
         for outcome in sorted((o for o in outcomes if isinstance(o, BaseException)),
                               key=lambda e: not isinstance(e, OwnershipLost)):  # fmt: skip
             raise outcome  # (a lost ownership first: it must not go unseen)
+        offsets: Any = outcomes[1]
+        out.changelog_offsets = {
+            partition: max(at for record, at in zip(owned[partition], sent, strict=True)
+                           if record.topic == self._changelog)
+            for partition, sent in offsets.items()
+            if any(record.topic == self._changelog for record in owned[partition])
+        }  # fmt: skip
         return [deliveries.offsets.get(i, -1) for i in range(len(out.forwards))]
 
     async def _wait(self, deliveries: _Deliveries) -> None:

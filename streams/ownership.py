@@ -182,16 +182,19 @@ class PartitionProducers:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(None, self._transaction, partition, producer, records)
 
-    async def send_all(self, by_partition: Mapping[int, Sequence[Record]]) -> None:
-        """:meth:`send` for several partitions at once (their transactions run in parallel);
-        an :class:`OwnershipLost` among their errors is the one raised."""
-        outcomes = await asyncio.gather(
-            *(self.send(p, r) for p, r in by_partition.items() if r), return_exceptions=True
-        )
+    async def send_all(self, by_partition: Mapping[int, Sequence[Record]]) -> dict[int, list[int]]:
+        """:meth:`send` for several partitions at once (their transactions run in parallel):
+        each partition's records' offsets; an :class:`OwnershipLost` among their errors is
+        the one raised."""
+        sent = [(p, r) for p, r in by_partition.items() if r]
+        outcomes = await asyncio.gather(*(self.send(p, r) for p, r in sent),
+                                        return_exceptions=True)  # fmt: skip
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         lost = [e for e in errors if isinstance(e, OwnershipLost)]
         if lost or errors:
             raise (lost or errors)[0]
+        return {p: list(o) for (p, _r), o in zip(sent, outcomes, strict=True)
+                if not isinstance(o, BaseException)}  # fmt: skip
 
     def _transaction(
         self, partition: int, producer: Producer, records: Sequence[Record]

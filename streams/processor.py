@@ -80,20 +80,43 @@ class Forward:
     headers: tuple[tuple[str, bytes], ...]
 
 
+class StateStoreBroken(Exception):
+    """A :class:`StateTable`'s storage failed a read or a write: its content cannot be
+    trusted. Never taken for bad input: it ends the batch (see streams/table_store.py)."""
+
+    def __init__(self, partition: int, path: str, cause: BaseException) -> None:
+        super().__init__(f"the table's database of partition {partition} ({path}) failed: "
+                         f"{cause!r}")  # fmt: skip
+        self.partition = partition
+        self.path = path
+
+
 class StateTable(Protocol):
     """The slice of the Faust table the processor uses.
 
     Values are the states' JSON bytes, the very bytes of their changelog records: what Faust
     recovers from the changelog as is (no decoding per record) and the cyclic garbage
     collector never scans (a table of millions of models made every full collection walk
-    all of them). ``store`` sets the value in memory only: its changelog record goes out
-    with the batch's other records (:attr:`Outgoing.states`), acknowledged before the
-    offsets move.
+    all of them). A batch reads states by key and partition, and writes them with
+    ``persist`` only once their changelog records (:attr:`Outgoing.states`) are
+    acknowledged, with the offset of each partition's last record: the store never holds a
+    state its changelog does not (:mod:`streams.table_store`).
     """
 
-    def get(self, key: str) -> Any: ...
+    def get(self, key: str, partition: int) -> bytes | None: ...
 
-    def store(self, key: str, value: Any) -> None: ...
+    def stage(self, states: Mapping[str, tuple[int, bytes]]) -> None:
+        """``states`` are about to reach the view: whoever reads the table for the view
+        (a rebuild) sees them until they are persisted."""
+        ...
+
+    def unstage(self, states: Mapping[str, tuple[int, bytes]]) -> None:
+        """``states`` are persisted, or their batch failed: no longer staged."""
+        ...
+
+    def persist(
+        self, states: Mapping[str, tuple[int, bytes]], offsets: Mapping[int, int]
+    ) -> None: ...
 
 
 @dataclass
@@ -104,6 +127,9 @@ class Outgoing:
     changes: list[tuple[int, SuppressionChange]] = field(default_factory=list)  # (partition, ...)
     dead: list[DeadLetter] = field(default_factory=list)
     states: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # (partition, state JSON)
+    # Filled by the sink once acknowledged: per partition, the offset of its last changelog
+    # record (what the table's store records with the states, see StateTable).
+    changelog_offsets: dict[int, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.forwards or self.changes or self.dead or self.states)
@@ -223,7 +249,13 @@ class OppositionProcessor:
                 result.forwarded += 1
             else:
                 result.rejected += 1
-        landed = await self._propagate(touched, emitted, applied_at, out, now, seen)
+        self._table.stage(out.states)  # (before the view write: see StateTable.stage)
+        try:
+            landed = await self._propagate(touched, emitted, applied_at, out, now, seen)
+            if out.states:  # durable in Kafka: the store may hold them now
+                self._table.persist(out.states, out.changelog_offsets)
+        finally:  # persisted, or never made durable (not acked: the events replay)
+            self._table.unstage(out.states)
         result.changed_keys = list(emitted)
         result.forwards = [
             ForwardedEvent(f.message.partition, f.message.offset, f.partition, at)
@@ -264,6 +296,8 @@ class OppositionProcessor:
                 forwards.append(route)
                 return Outcome.FORWARDED
             return self._apply_valid(event, message, now, touched, emitted, applied_at, out)
+        except StateStoreBroken:
+            raise  # (the event is fine: the worker's storage is not)
         except Exception as exc:
             log.exception("unexpected error applying event %s", event.event_id)
             _events_counter(event.kind, Outcome.REJECTED).inc()
@@ -312,7 +346,7 @@ class OppositionProcessor:
     ) -> Outcome:
         assert event.phone_e164 is not None
         key = state_key(event.target, event.phone_e164)
-        before = touched.get(key) or load_state(self._table.get(key))
+        before = touched.get(key) or load_state(self._table.get(key, message.partition))
         cooldown = self._tenants.get(event.tenant).refusal_cooldown
         application = apply_event(
             before,
@@ -333,9 +367,9 @@ class OppositionProcessor:
         if application.outcome is Outcome.APPLIED or (
             application.outcome is Outcome.STALE and state is not before
         ):  # (a stale event is remembered as seen: stored, no change to emit)
-            value = encode_state(state)
-            self._table.store(key, value)
-            out.states[key] = (message.partition, value)  # its changelog record
+            # Its changelog record; stored in the table once acknowledged (``touched``
+            # holds it for the rest of the batch).
+            out.states[key] = (message.partition, encode_state(state))
             if changes_suppression and application.outcome is Outcome.APPLIED:
                 applied_at.setdefault(key, []).append(event.occurred_at)
                 emitted[key] = state

@@ -147,19 +147,3 @@ def test_changelog_records_carry_fausts_own_key_bytes() -> None:
     assert codecs.loads("json", record) == state.model_dump(mode="json")
     assert load_state(record) == state  # what the table holds after recovery (raw values)
     assert load_state(codecs.loads("json", record)) == state
-
-
-def test_a_revoked_partitions_states_are_forgotten() -> None:
-    """What a worker applied in memory must not outlive its ownership of the partition."""
-    from streams.faust_bridge import forget_partitions
-
-    def state(phone: str, partition: int) -> bytes:
-        return encode_state(SuppressionState(target="acme", tenant="acme", scope=Scope.TENANT,
-                                             campaign_id=None, phone_e164=phone,
-                                             partition=partition, position=(partition, 12),
-                                             updated_at=datetime.now(UTC)))  # fmt: skip
-
-    data = {f"acme|+3361234567{i}": state(f"+3361234567{i}", i % 3) for i in range(9)}
-    assert forget_partitions(data, [1, 2]) == 6
-    assert {load_state(raw).partition for raw in data.values()} == {0}  # type: ignore[union-attr]
-    assert forget_partitions(data, []) == 0 and len(data) == 3

@@ -16,7 +16,10 @@ COPY consumers consumers
 COPY infra infra
 COPY dnc dnc
 RUN uv pip install --python /app/.venv/bin/python --no-deps --no-build-isolation --no-cache . \
-    && useradd --system --uid 10001 dnc
+    && useradd --system --uid 10001 dnc \
+    && mkdir -p /var/lib/dnc && chown dnc /var/lib/dnc
+# The worker's table (RocksDB) and Faust's files: mount a volume here (DNC_DATA_DIR).
+ENV DNC_DATA_DIR=/var/lib/dnc
 USER dnc
 ENTRYPOINT ["dnc"]
 CMD ["worker"]

@@ -6,7 +6,8 @@
 4. worker throughput: a burst of distinct oppositions until all applied, vs a bare consumer
    and a bare Faust agent (the framework's own per-message cost);
 5. `dnc import` of a large CSV, until every number is visible, vs publishing alone;
-6. worker restart: recovery from the changelog and view rebuild, until checks are answered;
+6. worker restart (SIGTERM, SIGKILL) until vouched for again, at growing numbers of states
+   (dnc/bench_restart.py);
 7. Redis bytes per suppressed number: bucketed intsets vs a plain set of E.164 strings.
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -113,9 +113,12 @@ class Bench:
 
     def start_worker(self, log: Path) -> None:
         """Start a worker (as `dnc worker` would run) writing to ``log``."""
+        # Static membership, as a StatefulSet's pods: a restart gets the same partitions
+        # and the same table directory back.
+        env = self.env | {"DNC_WORKER_INSTANCE_ID": "bench"}
         with log.open("wb") as out:
             self.worker = subprocess.Popen(
-                [sys.executable, "-m", "dnc", "worker", "--id", "bench"], env=self.env,
+                [sys.executable, "-m", "dnc", "worker", "--id", "bench"], env=env,
                 stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
             )  # fmt: skip
         self.worker_log = log
@@ -538,33 +541,6 @@ def bench_import(b: Bench, rows: int) -> Figures:
             "import_sample_missing": float(missing)}  # fmt: skip
 
 
-def bench_restart(b: Bench) -> Figures:
-    """Stop the worker (SIGTERM), start a new one: seconds until it vouches for the view again.
-
-    The new worker recovers its table from the changelog, rebuilds the view of its
-    partitions and vouches for them. Meanwhile checks are answered from the last vouch
-    until it is older than the staleness bound, then "unavailable". Its log says how many
-    states the rebuild wrote and how long that took.
-    """
-    assert b.worker_log is not None
-    clock = b.client(5.0)
-    b.status.update("[6/7] restart: stopping the worker")
-    sec, usec = clock.time()
-    begin = perf()
-    _stop_worker(b.worker)
-    stopped = perf()
-    b.status.update("[6/7] restart: a new worker recovers, rebuilds and vouches")
-    b.start_worker(b.worker_log.parent / "worker-restarted.log")
-    b.wait_vouched(sec * 1000 + usec // 1000, "the restart", timeout=600)
-    vouched = perf()
-    log = b.worker_log.read_text()
-    rebuilds = re.findall(r"view ready: (\d+) states written in ([\d.]+)s", log)
-    return {"restart_stop_s": stopped - begin, "restart_vouched_s": vouched - begin,
-            "staleness_bound_s": b.settings.max_staleness_seconds,
-            "rebuild_states": float(sum(int(n) for n, _s in rebuilds)),
-            "rebuild_s": max((float(t) for _n, t in rebuilds), default=float("nan"))}  # fmt: skip
-
-
 def _kafka_consumer(s: Settings, group: str) -> Consumer:
     return Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": group,
                      "enable.auto.commit": False, "fetch.max.bytes": 64 * 2**20,
@@ -774,18 +750,17 @@ def _report(f: Figures, console: Console) -> None:
                       f"{f['import_visible_s'] / f['import_publish_s']:.2f}x")  # fmt: skip
         notes.append(f"import: {f['import_sample_missing']:.0f}/{f['import_sample']:.0f} sampled "
                      "numbers not suppressed")  # fmt: skip
-    if "restart_vouched_s" in f:
-        table.add_row("worker restart, SIGTERM to vouched for again",
-                      f"{f['restart_vouched_s']:.1f} s",
-                      f"{f['restart_stop_s']:.1f} s (graceful stop alone)")  # fmt: skip
-        table.add_row(
-            f"view rebuild ({f['rebuild_states']:,.0f} states)", f"{f['rebuild_s']:.1f} s"
-        )
+    if "restart_sizes" in f:
+        from dnc.bench_restart import report_rows
+
+        for row in report_rows(f):
+            table.add_row(*row)
         notes.append(
-            "restart: a new worker recovers its table from the changelog, rebuilds the view and "
-            "vouches; checks are answered from the last vouch until it is older than the "
-            f"staleness bound ({f['staleness_bound_s']:g} s), then unavailable until the new "
-            "worker vouches"
+            "restart: the same worker id and table directory (static membership, RocksDB on "
+            "disk): the new worker replays its changelog's tail, rebuilds the view and vouches; "
+            "checks are answered from the last vouch until it is older than the staleness bound "
+            f"({f['staleness_bound_s']:g} s), then unavailable until the new worker vouches; "
+            "the baseline column is the longest view rebuild in the new worker's log"
         )
     if "layout_bytes_per_number" in f:
         table.add_row("Redis bytes per number", f"{f['layout_bytes_per_number']:.1f} B (intsets)",
@@ -851,6 +826,7 @@ def run_bench(
     workers: int = 1,
     redis_cluster: bool = False,
     failover_states: int = 100_000,
+    restart_states: Sequence[int] = (100_000, 1_000_000),
 ) -> Figures:
     """Start a private stack and worker, run the measurements in ``only``, print them.
 
@@ -884,6 +860,7 @@ def run_bench(
                    "DNC_DEAD_LETTER_TOPIC": "bench.dead-letter", "DNC_WORKER_GROUP": "bench",
                    "DNC_VIEW_KEY": "bench-key", "DNC_WORKER_METRICS_PORT": str(port),
                    "DNC_AUTHORITY_KEY": "bench-authority-key",
+                   "DNC_DATA_DIR": str(tmp / "data"),  # the worker's table, with the stack
                    "DNC_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
                    "DNC_REDIS_CLUSTER": "true" if redis_cluster else "false"}  # fmt: skip
             settings = Settings.model_validate({k[4:].lower(): v for k, v in dnc.items()})
@@ -911,7 +888,9 @@ def run_bench(
             if "import" in only:
                 figures |= bench_import(b, import_rows)
             if "restart" in only:
-                figures |= bench_restart(b)
+                from dnc.bench_restart import bench_restart
+
+                figures |= bench_restart(b, list(restart_states))
             status.update("stopping the worker")
             _stop_worker(b.worker)
             if "memory" in only and not redis_cluster:  # (INFO used_memory of one server)

@@ -768,6 +768,14 @@ def bench(
             "(the states its partitions' new owner recovers)",
         ),
     ] = 100_000,
+    restart_states: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--restart-states",
+            help="suppressed numbers the table is filled to before each restart measurement "
+            "(repeatable); default 100,000 and 1,000,000",
+        ),
+    ] = None,
 ) -> None:
     """Benchmark on a private local stack: check latency, bulk throughput, propagation,
     worker throughput, a large import, a worker restart, memory, a failover; each next to
@@ -780,7 +788,8 @@ def bench(
     run_bench(numbers=numbers, rate=rate, seconds=seconds, console=out, burst=burst,
               only=only or STAGES, import_rows=import_rows, logs=logs,
               workers=workers, redis_cluster=redis_cluster,
-              failover_states=failover_states)  # fmt: skip
+              failover_states=failover_states,
+              restart_states=restart_states or (100_000, 1_000_000))  # fmt: skip
 
 
 # --- HTTP gateway: `dnc gateway`, `dnc token create`, `dnc bench-gateway` ----------------------

@@ -123,6 +123,20 @@ class Settings(BaseSettings):
         "timeout. Give each worker its own stable id (e.g. a StatefulSet pod name); unset: "
         "dynamic membership",
     )
+    table_dir: Path | None = Field(
+        None,
+        description="where the worker keeps its table (RocksDB, one database per partition: "
+        "a restart replays only the changelog after what it holds). Default: DATA_DIR/tables/"
+        "<group>/<instance id or worker id>. Keep it on a persistent volume of its own per "
+        "worker (a StatefulSet's volume claim); losing it only makes the next start replay "
+        "the whole changelog",
+    )
+    table_standby_replicas: int = Field(
+        1,
+        ge=0,
+        description="other workers keeping a standby copy of each partition's table, fed "
+        "from its changelog, so that a failover replays only a short tail",
+    )
     worker_metrics_port: int = Field(9310, ge=0, le=65535, description="0 picks a free port")
     metrics_host: str = Field("127.0.0.1", description="address the /metrics endpoints bind")
     batch_max_events: int = Field(
@@ -341,6 +355,14 @@ class Settings(BaseSettings):
                 "set it above 0, or set DNC_REDIS_CLUSTER=false for one Redis server"
             )
         return self
+
+    def worker_table_dir(self, worker_id: str) -> Path:
+        """The worker's table directory (DNC_TABLE_DIR, else one per worker under the data
+        directory, named by its static membership id, else by ``worker_id``)."""
+        if self.table_dir is not None:
+            return self.table_dir
+        instance = self.worker_instance_id or worker_id
+        return self.data_dir / "tables" / self.worker_group / instance
 
     def kafka_client_config(self) -> dict[str, Any]:
         """librdkafka options for every Kafka client: its log lines into Python logging

@@ -28,20 +28,17 @@ from streams.commits import AppliedCommits
 from streams.credentials import faust_credentials
 from streams.delivery import DeliveryHoles
 from streams.expiry import ExpirySchedule
-from streams.faust_bridge import (
-    FaustStateTable,
-    apply_in_batches,
-    table_manager,
-)
+from streams.faust_bridge import FaustStateTable, apply_in_batches, table_manager
 from streams.fencing import OwnershipLost, Revocations, give_up
 from streams.freshness import AppliedFrontier
 from streams.kafka_sink import KafkaChangeSink
 from streams.log_end import LogEndReader
 from streams.maintenance import ViewMaintenance
 from streams.ownership import PartitionProducers, fence_topic
-from streams.processor import OppositionProcessor
+from streams.processor import OppositionProcessor, StateStoreBroken
 from streams.progress import ProgressWatch
 from streams.server_clock import ServerClock
+from streams.table_store import STORE_SCHEME, DurableRocksDBStore, abandon
 from streams.view_writer import SuppressionViewWriter, writer_client
 
 log = logging.getLogger("dnc.streams")
@@ -90,10 +87,12 @@ class WorkerApp:
     redis: Redis | RedisCluster
 
 
-def _declare_worker_topics(settings: Settings, changelog: str, timeout: float = 30.0) -> str:
+def _declare_worker_topics(
+    settings: Settings, changelog: str, timeout: float = 30.0
+) -> tuple[str, str]:
     """Create the table's changelog topic and the group's fence topic before Faust starts,
     wait until they are visible; returns the fence topic's id (the era of the claims it
-    orders, see streams/ownership.py).
+    orders, see streams/ownership.py) and the changelog's (streams/table_store.py).
 
     Faust creates it itself at start-up, right before joining the group; on a 3-broker
     cluster the group leader's metadata may not list it yet, and Faust's assignor then
@@ -121,11 +120,15 @@ def _declare_worker_topics(settings: Settings, changelog: str, timeout: float = 
         time.sleep(0.2)
     else:
         log.warning("topics %s are still not in Kafka's metadata after %.0fs", names, timeout)
-    fences = TopicCollection([fence_topic(settings)])
+    wanted = TopicCollection([fence_topic(settings), changelog])
     while True:  # a broker of a cluster may not know the new topic yet (UNKNOWN_TOPIC_OR_PART)
-        described = admin.describe_topics(fences, request_timeout=timeout)
+        described = admin.describe_topics(wanted, request_timeout=timeout)
         try:
-            return str(next(iter(described.values())).result(timeout=timeout).topic_id)
+            fence_id, changelog_id = (
+                str(described[name].result(timeout=timeout).topic_id)
+                for name in (fence_topic(settings), changelog)
+            )
+            return fence_id, changelog_id
         except KafkaException:
             if time.monotonic() >= deadline:
                 raise
@@ -142,7 +145,10 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     app = faust.App(
         settings.worker_group,
         broker=brokers,
-        store="memory://",
+        # RocksDB, on disk: a restart replays only the changelog's tail (streams/table_store.py).
+        store=f"{STORE_SCHEME}://",
+        tabledir=str(settings.worker_table_dir(worker_id)),
+        table_standby_replicas=settings.table_standby_replicas,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         topic_disable_leader=True,
@@ -189,7 +195,8 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         schema=faust.Schema(key_serializer="json", value_serializer="raw"),
     )
     changelog = table.changelog_topic.get_topic_name()
-    era = _declare_worker_topics(settings, changelog)
+    era, changelog_id = _declare_worker_topics(settings, changelog)
+    cast(DurableRocksDBStore, table.data).changelog_id = changelog_id  # (see its docstring)
 
     redis = writer_client(settings)
     view = SuppressionViewWriter(redis, view_layout(settings, tenants), worker_id)
@@ -212,7 +219,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     frontier = frontiers[settings.oppositions_topic]  # the one vouched for
     commits = AppliedCommits(app.consumer, frontiers)
     log_end = LogEndReader(settings)
-    states = FaustStateTable(table)  # (with the states of the batch in flight: see there)
+    states = FaustStateTable(table)
     processor = OppositionProcessor(
         table=states,
         view=view,
@@ -253,6 +260,8 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             )
         except OwnershipLost as exc:
             give_up(exc)
+        except StateStoreBroken as exc:
+            abandon(exc)
 
     async def confirm_membership(partition: int) -> bool:
         """True if the group coordinator still counts this worker as a member of its current
@@ -552,7 +561,11 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         # First, before any wait: a batch still in flight for these partitions (a worker
         # paused past the session timeout) must write nothing, even if they come back.
         revocations.revoked(tp.partition for tp in revoked if tp.topic in source_topics)
-        states.unstage_partitions(tp.partition for tp in revoked if tp.topic in source_topics)
+        dropped = states.unstage_partitions(
+            tp.partition for tp in revoked if tp.topic in source_topics
+        )
+        if dropped:
+            log.info("dropped %d staged states of revoked partitions", dropped)
         # Faust waited for the batch in flight: commit what is applied before letting go.
         await commits.commit(TP(tp.topic, tp.partition) for tp in revoked
                              if tp.topic in source_topics)  # fmt: skip
@@ -560,11 +573,9 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         gone = [tp.partition for tp in revoked if tp.topic == settings.oppositions_topic]
         view.release(gone)
         await ownership.release(gone)
-        # Their states stay: the table holds only durable states (a batch stores its states
-        # once Kafka has them), and Faust's recovery resumes a partition that comes back where
-        # its last recovery stopped, before anything this worker or another owner wrote since
-        # (one that goes elsewhere is read again from the start if it comes back). Dropping
-        # them here lost every older state of the partitions a worker kept.
+        # Their states stay on disk: the store holds only states Kafka acknowledged, with
+        # the changelog offset they reflect (streams/table_store.py), so a partition
+        # assigned again is brought up to date by replaying its changelog after that offset.
         maintenance.forget()
         progress.forget()
         holes.forget()

@@ -21,6 +21,7 @@ from streams.fencing import BatchAbandoned
 from streams.freshness import AppliedFrontier
 from streams.processor import OppositionProcessor, SourceMessage
 from streams.progress import ProgressWatch
+from streams.table_store import DurableRocksDBStore
 
 log = logging.getLogger("dnc.streams")
 
@@ -46,56 +47,65 @@ def source_message(event: Any) -> SourceMessage:
 
 
 class FaustStateTable:
-    """The Faust table as the worker uses it: reads, and in-memory writes whose changelog
-    records the batch produces itself (:class:`streams.kafka_sink.KafkaChangeSink`), made
-    only once Kafka acknowledged them.
+    """The Faust table as the worker uses it: states read by partition, and written only
+    once their changelog records are acknowledged (the batch produces them itself:
+    :class:`streams.kafka_sink.KafkaChangeSink`), see :mod:`streams.table_store`.
 
     Between a batch's view write and that acknowledgement its states are *staged*: the view
     already shows them, so whatever rebuilds, audits or expires the view from the table
-    meanwhile (the maintenance tick runs while the batch waits for Kafka) reads them too,
-    or a rebuild would write an older state over the view's and mark it ready (an
-    opposition gone from a view vouched for). A batch that fails or is abandoned unstages
-    them (its events are applied again); a revoked partition's staged states go at once
-    (a rebuild after it comes back must not read a stale batch's states).
+    meanwhile (the maintenance tick runs while the batch waits for Kafka: ``items``,
+    ``keys``, ``get`` without a partition) reads them too, or a rebuild would write an older
+    state over the view's and mark it ready (an opposition gone from a view vouched for).
+    A batch that fails or is abandoned unstages them (its events are applied again); a
+    revoked partition's staged states go at once (a rebuild after it comes back must not
+    read a stale batch's states).
     """
 
     def __init__(self, table: Any) -> None:
-        self._data = table.data
-        self._staged: dict[str, tuple[int, Any]] = {}  # key -> (partition, value)
+        self._store: DurableRocksDBStore = table.data
+        self._staged: dict[str, tuple[int, bytes]] = {}  # key -> (partition, value)
 
-    def get(self, key: str) -> Any:
+    def get(self, key: str, partition: int | None = None) -> bytes | None:
         staged = self._staged.get(key)
-        return self._data.get(key) if staged is None else staged[1]
+        if staged is not None:
+            return staged[1]
+        if partition is None:  # (maintenance and the audit: whichever database holds it)
+            return self._store.find(key)
+        return self._store.read(key, partition)
 
-    def stage(self, states: Mapping[str, tuple[int, Any]]) -> None:
+    def stage(self, states: Mapping[str, tuple[int, bytes]]) -> None:
         self._staged.update(states)
 
-    def unstage(self, states: Mapping[str, tuple[int, Any]]) -> None:
+    def unstage(self, states: Mapping[str, tuple[int, bytes]]) -> None:
         staged = self._staged
         for key, entry in states.items():
             if staged.get(key) is entry:  # (not staged again by a later batch)
                 del staged[key]
 
-    def unstage_partitions(self, partitions: Iterable[int]) -> None:
+    def unstage_partitions(self, partitions: Iterable[int]) -> int:
+        """Forget the staged states of ``partitions`` (revoked: the batch that staged them
+        writes nothing any more, see :class:`streams.fencing.Revocations`); how many."""
         gone = set(partitions)
-        for key in [k for k, (partition, _v) in self._staged.items() if partition in gone]:
+        keys = [key for key, (partition, _v) in self._staged.items() if partition in gone]
+        for key in keys:
             del self._staged[key]
+        return len(keys)
 
-    def store(self, key: str, value: Any) -> None:
-        self._data[key] = value
-        entry = self._staged.get(key)
-        if entry is not None and entry[1] is value:  # (not staged again by a later batch)
-            del self._staged[key]
+    def persist(self, states: Mapping[str, tuple[int, bytes]], offsets: Mapping[int, int]) -> None:
+        self._store.persist(states, offsets)
 
     def keys(self) -> list[str]:
-        data = self._data
-        return [*data.keys(), *(key for key in self._staged if key not in data)]
+        """Every key of the active partitions, staged ones included."""
+        keys = list(self._store.keys())
+        known = set(keys)
+        return keys + [key for key in self._staged if key not in known]
 
-    def items(self) -> Iterator[tuple[str, Any]]:
-        """Every state, staged ones as staged. Lazy over the table (a million states are
-        not copied twice): take a list before any wait, as the maintenance does."""
+    def items(self) -> Iterator[tuple[str, bytes]]:
+        """Every state of the active partitions, staged ones as staged. Lazy over the
+        store (a million states are not copied twice): take a list before any wait, as the
+        maintenance does."""
         staged = dict(self._staged)
-        for key, value in self._data.items():
+        for key, value in self._store.items():
             yield key, staged.pop(key, (0, value))[1]
         for key, (_partition, value) in staged.items():
             yield key, value

@@ -161,6 +161,12 @@ class KafkaChangeSink:
         for outcome in sorted((o for o in outcomes if isinstance(o, BaseException)),
                               key=lambda e: not isinstance(e, OwnershipLost)):  # fmt: skip
             raise outcome  # (a lost ownership first: it must not go unseen)
+        last: Any = outcomes[1]  # partition -> topic -> offset of its last record
+        out.changelog_offsets = {
+            partition: topics[self._changelog]
+            for partition, topics in last.items()
+            if self._changelog in topics
+        }
         return [deliveries.offsets.get(i, -1) for i in range(len(out.forwards))]
 
     async def _wait(self, deliveries: _Deliveries) -> None:

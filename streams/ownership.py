@@ -80,11 +80,14 @@ class _Transaction:
 
     def __init__(self) -> None:
         self.offsets: list[int] = []  # in the order Kafka acknowledged them
+        self.last: dict[str, int] = {}  # topic -> offset of its last record (acks are in order)
         self.errors: list[str] = []
 
     def delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
-            self.offsets.append(msg.offset() or 0)
+            offset = msg.offset() or 0
+            self.offsets.append(offset)
+            self.last[msg.topic()] = offset  # type: ignore[index]
         else:
             self.errors.append(f"{msg.topic()}: {err.str()}")
 
@@ -174,25 +177,33 @@ class PartitionProducers:
         :class:`PublishError` for what a retry may fix."""
         if not records:
             return []
+        return (await self._send(partition, records)).offsets
+
+    async def _send(self, partition: int, records: Sequence[Record]) -> _Transaction:
         async with self._lock(partition):
             producer = await self._producer(partition)
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(None, self._transaction, partition, producer, records)
 
-    async def send_all(self, by_partition: Mapping[int, Sequence[Record]]) -> None:
-        """:meth:`send` for several partitions at once (their transactions run in parallel);
-        an :class:`OwnershipLost` among their errors is the one raised."""
-        outcomes = await asyncio.gather(
-            *(self.send(p, r) for p, r in by_partition.items() if r), return_exceptions=True
-        )
+    async def send_all(
+        self, by_partition: Mapping[int, Sequence[Record]]
+    ) -> dict[int, dict[str, int]]:
+        """:meth:`send` for several partitions at once (their transactions run in parallel):
+        per partition, the offset of each topic's last record; an :class:`OwnershipLost`
+        among their errors is the one raised."""
+        sent = [(p, r) for p, r in by_partition.items() if r]
+        outcomes = await asyncio.gather(*(self._send(p, r) for p, r in sent),
+                                        return_exceptions=True)  # fmt: skip
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         lost = [e for e in errors if isinstance(e, OwnershipLost)]
         if lost or errors:
             raise (lost or errors)[0]
+        return {p: o.last for (p, _r), o in zip(sent, outcomes, strict=True)
+                if isinstance(o, _Transaction)}  # fmt: skip
 
     def _transaction(
         self, partition: int, producer: Producer, records: Sequence[Record]
-    ) -> list[int]:
+    ) -> _Transaction:
         outcome = _Transaction()
         delivered, produce = outcome.delivered, producer.produce
         try:
@@ -216,7 +227,7 @@ class PartitionProducers:
             raise PublishError(
                 f"Kafka refused {len(outcome.errors)} record(s): {outcome.errors[0]}"
             )
-        return outcome.offsets
+        return outcome
 
     def _failed(self, partition: int, producer: Producer, err: KafkaError) -> None:
         """Abort what a retry may fix; a fatal error (fenced) ends this worker's writes."""

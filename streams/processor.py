@@ -9,10 +9,11 @@ order, and only admins end suppressions, only those appended before they acted. 
 of an admin action records its cutoff, signed, for its replay.
 
 Order of durability (the offsets move only after :meth:`process` returns):
-1. the Redis view is written (dialers see the change),
-2. the forwarded events, change records, dead letters and the table's changelog records
-   are produced together and acknowledged by Kafka (one wait per batch),
-3. the table stores the batch's states (in memory: never ahead of its changelog),
+1. the Redis view is written (dialers see the change) and, at the same time, the forwarded
+   events, change records, dead letters and the table's changelog records are produced
+   together and acknowledged by Kafka (one wait per batch),
+2. the table's store persists the batch's states with their changelog offsets (on disk:
+   never ahead of its changelog, :mod:`streams.table_store`),
 then the events are acked and their offsets may be committed. A crash anywhere before
 that replays the batch; every effect is idempotent, so a replay changes nothing.
 """
@@ -81,32 +82,46 @@ class Forward:
     headers: tuple[tuple[str, bytes], ...]
 
 
+class StateStoreBroken(Exception):
+    """A :class:`StateTable`'s storage failed a read or a write: its content cannot be
+    trusted. Never taken for bad input: it ends the batch (see streams/table_store.py)."""
+
+    def __init__(self, partition: int, path: str, cause: BaseException) -> None:
+        super().__init__(f"the table's database of partition {partition} ({path}) failed: "
+                         f"{cause!r}")  # fmt: skip
+        self.partition = partition
+        self.path = path
+
+
 class StateTable(Protocol):
     """The slice of the Faust table the processor uses.
 
     Values are the states' JSON bytes, the very bytes of their changelog records: what Faust
     recovers from the changelog as is (no decoding per record) and the cyclic garbage
     collector never scans (a table of millions of models made every full collection walk
-    all of them). ``store`` sets the value in memory only, once its changelog record (sent
-    with the batch's other records, :attr:`Outgoing.states`) is acknowledged: the table
-    never holds a state Kafka does not have.
+    all of them). A batch reads states by key and partition, and writes them with
+    ``persist`` only once their changelog records (:attr:`Outgoing.states`) are
+    acknowledged, with the offset of each partition's last record: the store never holds a
+    state its changelog does not (:mod:`streams.table_store`).
     """
 
-    def get(self, key: str) -> Any: ...
+    def get(self, key: str, partition: int) -> bytes | None: ...
 
-    def stage(self, states: Mapping[str, tuple[int, Any]]) -> None:
+    def stage(self, states: Mapping[str, tuple[int, bytes]]) -> None:
         """``states`` (key -> (partition, value)) reach the view before Kafka acknowledges
-        them: whoever reads the table for the view meanwhile must see them."""
+        them: whoever reads the table for the view meanwhile (a rebuild) sees them."""
         ...
 
-    def unstage(self, states: Mapping[str, tuple[int, Any]]) -> None:
-        """The batch that staged ``states`` failed or was abandoned (its events replay);
-        a key staged again since (by a later batch) stays."""
+    def unstage(self, states: Mapping[str, tuple[int, bytes]]) -> None:
+        """The batch that staged ``states`` persisted them, failed or was abandoned (its
+        events replay); a key staged again since (by a later batch) stays."""
         ...
 
-    def store(self, key: str, value: Any) -> None:
-        """``value`` is durable in the changelog (its staging ends, unless a later batch
-        staged the key again)."""
+    def persist(
+        self, states: Mapping[str, tuple[int, bytes]], offsets: Mapping[int, int]
+    ) -> None:
+        """``states`` are durable in the changelog, each partition's last record at
+        ``offsets``: the store may hold them."""
         ...
 
 
@@ -118,6 +133,9 @@ class Outgoing:
     changes: list[tuple[int, SuppressionChange]] = field(default_factory=list)  # (partition, ...)
     dead: list[DeadLetter] = field(default_factory=list)
     states: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # (partition, state JSON)
+    # Filled by the sink once acknowledged: per partition, the offset of its last changelog
+    # record (what the table's store records with the states, see StateTable).
+    changelog_offsets: dict[int, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.forwards or self.changes or self.dead or self.states)
@@ -240,9 +258,10 @@ class OppositionProcessor:
         self._table.stage(out.states)  # (before the view write: see StateTable.stage)
         try:
             landed = await self._propagate(touched, emitted, applied_at, out, now, seen)
-        except BaseException:
-            self._table.unstage(out.states)  # (the batch's events are applied again)
-            raise
+            if out.states:  # durable in Kafka: the store may hold them now
+                self._table.persist(out.states, out.changelog_offsets)
+        finally:  # persisted, or never made durable (not acked: the events replay)
+            self._table.unstage(out.states)
         result.changed_keys = list(emitted)
         result.forwards = [
             ForwardedEvent(f.message.partition, f.message.offset, f.partition, at)
@@ -283,6 +302,8 @@ class OppositionProcessor:
                 forwards.append(route)
                 return Outcome.FORWARDED
             return self._apply_valid(event, message, now, touched, emitted, applied_at, out)
+        except StateStoreBroken:
+            raise  # (the event is fine: the worker's storage is not)
         except Exception as exc:
             log.exception("unexpected error applying event %s", event.event_id)
             _events_counter(event.kind, Outcome.REJECTED).inc()
@@ -331,7 +352,7 @@ class OppositionProcessor:
     ) -> Outcome:
         assert event.phone_e164 is not None
         key = state_key(event.target, event.phone_e164)
-        before = touched.get(key) or load_state(self._table.get(key))
+        before = touched.get(key) or load_state(self._table.get(key, message.partition))
         cooldown = self._tenants.get(event.tenant).refusal_cooldown
         application = apply_event(
             before,
@@ -352,7 +373,8 @@ class OppositionProcessor:
         if application.outcome is Outcome.APPLIED or (
             application.outcome is Outcome.STALE and state is not before
         ):  # (a stale event is remembered as seen: stored, no change to emit)
-            # Its changelog record; the table stores it once Kafka has it (see _propagate).
+            # Its changelog record; stored in the table once acknowledged (``touched``
+            # holds it for the rest of the batch).
             out.states[key] = (message.partition, encode_state(state))
             if changes_suppression and application.outcome is Outcome.APPLIED:
                 applied_at.setdefault(key, []).append(event.occurred_at)
@@ -449,11 +471,6 @@ class OppositionProcessor:
         if errors:
             raise next((e for e in errors if isinstance(e, OwnershipLost)), errors[0])
         landed = cast(list[int], outcomes[0])
-        # Durable now: the table may hold the states. Never before: a batch that fails or is
-        # abandoned leaves the table as the changelog has it, for the events' replay (here or
-        # by another owner) and for a recovery that resumes where it stopped.
-        for key, (_partition, value) in out.states.items():
-            self._table.store(key, value)
         for letter in dead:
             DEAD_LETTERS.labels(reason=letter.reason).inc()
             # The detail may quote the number: it goes to the dead-letter headers and DEBUG only.

@@ -381,7 +381,12 @@ def test_default_profile_is_the_single_node_stack(
 ) -> None:
     assert set(default_config["services"]) == PROMISED - {"demo"}
     assert set(default_config["networks"]) == {"default"}
-    assert set(default_config["volumes"]) == {"kafka-data", "postgres-data", "prometheus-data"}
+    assert set(default_config["volumes"]) == {
+        "kafka-data",
+        "postgres-data",
+        "prometheus-data",
+        "worker-data",
+    }  # (the worker's table: RocksDB on its own volume)
     demo = compose_config(compose_env, "demo")
     assert set(demo["services"]) == PROMISED
     for name, service in default_config["services"].items():

@@ -117,9 +117,7 @@ class StateTable(Protocol):
         events replay); a key staged again since (by a later batch) stays."""
         ...
 
-    def persist(
-        self, states: Mapping[str, tuple[int, bytes]], offsets: Mapping[int, int]
-    ) -> None:
+    def persist(self, states: Mapping[str, tuple[int, bytes]], offsets: Mapping[int, int]) -> None:
         """``states`` are durable in the changelog, each partition's last record at
         ``offsets``: the store may hold them."""
         ...

@@ -92,26 +92,74 @@ def test_a_database_that_cannot_be_opened_is_replaced_by_an_empty_one(
     assert ("another changelog" if mark_too else "cannot be opened") in caplog.text
 
 
-def test_staged_states_are_what_a_rebuild_reads_until_persisted(tmp_path: Path) -> None:
-    """Between the view write and the changelog's acknowledgement, a rebuild reading the
-    table must see the states the view already shows, never the older ones on disk."""
-    table = _table(tmp_path)
-    states = FaustStateTable(table)
-    key = "acme|+33612345670"
-    old = _state("+33612345670", 0)
-    states.persist({key: (0, old)}, {0: 3})
-    new = old.replace(b'"position":[0,12]', b'"position":[0,13]')
-    assert new != old
-    states.stage({key: (0, new), "acme|+33612345679": (0, new)})
-    assert states.get(key) == new and states.get(key, 0) == new
-    assert dict(states.items()) == {key: new, "acme|+33612345679": new}
-    assert sorted(states.keys()) == [key, "acme|+33612345679"]
-    states.persist({key: (0, new)}, {0: 4})
-    states.unstage({key: (0, new)})
-    assert states.get(key, 0) == new
-    assert states.get("acme|+33612345679") == new  # (still staged: not acknowledged yet)
-    states.unstage({"acme|+33612345679": (0, new)})  # (its batch failed: it replays)
-    assert states.get("acme|+33612345679") is None
+# A batch's states are staged from its view write until Kafka acknowledges them. The
+# maintenance tick (a rebuild, the audit, the expiry) runs while a batch waits for Kafka;
+# the store persists a batch's states only once their changelog records are acknowledged,
+# and the view has them already. A rebuild reading the table in between must see them, or
+# it writes an older state over the view's and marks the partition ready: an opposition gone
+# from a view vouched for.
+
+OLD, NEW, LATER = b'{"v":1}', b'{"v":2}', b'{"v":3}'
+A, B, C = "acme|+33612345670", "acme|+33612345671", "acme|+33699999999"
+
+
+def _persisted(tmp_path: Path) -> FaustStateTable:
+    states = FaustStateTable(_table(tmp_path))
+    states.persist({A: (0, OLD), B: (1, OLD)}, {0: 3, 1: 3})
+    return states
+
+
+def test_what_a_rebuild_reads_while_a_batch_waits_for_kafka_is_the_batch_s_states(
+    tmp_path: Path,
+) -> None:
+    states = _persisted(tmp_path)
+    batch = {A: (0, NEW), C: (1, NEW)}
+    states.stage(batch)
+    assert states.get(A) == states.get(A, 0) == NEW  # (the store itself still has OLD)
+    assert states.get(B) == OLD
+    # (no partition is assigned here, so the store lists none of its own: only the staged)
+    assert dict(states.items()) == {A: NEW, C: NEW}
+    assert sorted(states.keys()) == [A, C]
+
+    states.persist(batch, {0: 4, 1: 4})  # acknowledged: persisted, then unstaged
+    states.unstage(batch)
+    assert states._staged == {}
+    assert states.get(A, 0) == states.get(C, 1) == NEW
+
+
+def test_a_failed_batch_is_unstaged_and_the_table_read_as_it_is(tmp_path: Path) -> None:
+    states = _persisted(tmp_path)
+    batch = {A: (0, NEW), C: (1, NEW)}
+    states.stage(batch)
+    states.unstage(batch)  # (its events replay)
+    assert states.get(A) == OLD
+    assert states.get(C) is None
+
+
+def test_a_revoked_partition_s_staged_states_go_at_once(tmp_path: Path) -> None:
+    """A rebuild after the partition comes back must not read a stale batch's states."""
+    states = _persisted(tmp_path)
+    states.stage({A: (0, NEW), B: (1, NEW)})
+    assert states.unstage_partitions([0]) == 1
+    assert states.get(A) == OLD
+    assert states.get(B) == NEW
+
+
+def test_a_key_staged_again_by_a_later_batch_stays_staged(tmp_path: Path) -> None:
+    """Only the entry a batch staged ends with it: not a later batch's for the same key,
+    even with the same bytes."""
+    states = _persisted(tmp_path)
+    first, later, same = {A: (0, NEW)}, {A: (0, LATER)}, {A: (0, NEW)}
+    states.stage(first)
+    states.stage(later)
+    states.persist(first, {0: 4})
+    states.unstage(first)
+    assert states.get(A, 0) == LATER
+    states.unstage(later)  # (failed: the store has the first batch's)
+    assert states.get(A) == NEW
+    states.stage(same)
+    states.unstage({A: (0, NEW)})  # (an equal entry of another batch: not this one)
+    assert states.get(A) == NEW and states._staged[A] is same[A]
 
 
 def test_a_database_filled_from_another_changelog_is_replayed(

@@ -172,6 +172,13 @@ def writes_field(partition: int) -> str:
     return f"writes:{partition}"
 
 
+def covered_field(partition: int) -> str:
+    """Field of the metadata: the offset of the last record of ``partition``'s table
+    changelog whose state the view held at the owner's last vouch (a restarted owner adopts
+    the view instead of rebuilding it when its table holds nothing past it)."""
+    return f"covered:{partition}"
+
+
 def frontier_field(partition: int) -> str:
     """Field of the metadata: the first offset of ``partition`` not applied at the last vouch."""
     return f"next:{partition}"

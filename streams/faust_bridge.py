@@ -94,6 +94,14 @@ class FaustStateTable:
     def persist(self, states: Mapping[str, tuple[int, bytes]], offsets: Mapping[int, int]) -> None:
         self._store.persist(states, offsets)
 
+    def changelog_offset(self, partition: int) -> int | None:
+        """The last changelog record of ``partition`` the store holds (see the store)."""
+        return self._store.changelog_offset(partition)
+
+    def staged_partitions(self) -> set[int]:
+        """Partitions with a batch's states staged (in flight between the view and Kafka)."""
+        return {partition for partition, _v in self._staged.values()}
+
     def keys(self) -> list[str]:
         """Every key of the active partitions, staged ones included."""
         keys = list(self._store.keys())

@@ -53,6 +53,9 @@ log = logging.getLogger("dnc.streams")
 
 BUSY_AUDIT_SHARE = 10  # the audit's slice shrinks this much while a backlog is applied
 LOSS_CHECK_EVERY = 2  # ticks between checks that every filled key still exists
+# Triggers on which a view this worker left intact is adopted rather than rebuilt: a start,
+# a rebalance. Every other one means the view may lack something.
+ADOPTING_TRIGGERS = frozenset({"startup", "rebalance"})
 
 
 class ViewMaintenance:
@@ -94,6 +97,7 @@ class ViewMaintenance:
         self._ticks = 0
         self._refused: set[int] = set()  # partitions whose last vouch was refused
         self._unconfirmed: set[int] = set()  # partitions the audit found a member missing in
+        self._indexing: asyncio.Future[None] | None = None  # (see _index)
 
     @property
     def materialised(self) -> frozenset[int]:
@@ -102,6 +106,7 @@ class ViewMaintenance:
 
     def forget(self) -> None:
         """Called on rebalance: the next tick rebuilds what is then owned."""
+        self._stop_indexing()
         self._materialised = None
         VIEW_READY.set(0)
 
@@ -202,7 +207,9 @@ class ViewMaintenance:
             mine = {p: v for p, v in applied.items() if p in self.materialised}
             if not mine:
                 return
-            refused = await self._view.vouch(mine)
+            # (read under the lock: every state the table stored by now is in the view)
+            covered = {p: self._table.changelog_offset(p) for p in mine}
+            refused = await self._view.vouch(mine, covered)
         if refused:
             log.error(
                 "the view of partitions %s is not the one this worker wrote (Redis flushed, "
@@ -225,6 +232,13 @@ class ViewMaintenance:
         """Claim ``targets`` (default: every owned partition), re-materialise them from the
         table under that claim, then mark them ready; True once done.
 
+        On start or after a rebalance, a partition whose view is exactly as this worker
+        left it at its last vouch is *adopted* instead (:meth:`SuppressionViewWriter.adopt`:
+        no other owner since, the same Redis instance, and the table holding no state past
+        the changelog offset that vouch covered): claimed, marked ready, nothing rewritten.
+        Its expiry schedule and loss bookkeeping are then read from the table in the
+        background (until then a cooldown ends late: the number stays blocked longer).
+
         False when the claim or the Redis instance changed meanwhile (a flush, a restart,
         a failover): nothing is marked ready and the next tick rebuilds again. States are
         decoded one at a time and let go once their member is gathered: a million decoded
@@ -233,9 +247,11 @@ class ViewMaintenance:
         """
         chosen = owned if targets is None else targets & owned
         VIEW_READY.set(0)
+        self._stop_indexing()
         log.info("rebuilding the Redis view for partitions %s (%s)", sorted(chosen), trigger)
         started = asyncio.get_running_loop().time()
         counts: Tally[str] = Tally()
+        adopted: set[int] = set()
         try:
             async with self._lock:
                 order = sorted(chosen)  # claimed in parallel: each is a transaction
@@ -244,7 +260,14 @@ class ViewMaintenance:
                 )
                 _raise_first(tokens)  # (a lost ownership first: it must not go unseen)
                 claims = {p: str(t) for p, t in zip(order, tokens, strict=True)}
-                await self._view.claim(claims)
+                if trigger in ADOPTING_TRIGGERS:
+                    # (a batch in flight may have skipped the view: those are rebuilt)
+                    staged = self._table.staged_partitions()
+                    candidates = {p: t for p, t in claims.items() if p not in staged}
+                    covered = {p: self._table.changelog_offset(p) for p in candidates}
+                    adopted = await self._view.adopt(candidates, covered)
+                written = chosen - adopted
+                await self._view.claim({p: t for p, t in claims.items() if p in written})
                 self._refused -= chosen
                 self._unconfirmed -= chosen
                 now = self._clock()
@@ -252,41 +275,99 @@ class ViewMaintenance:
                     self._view.filled_keys.clear()
                     self._expiry.clear()
                 batch = ViewBatch(self._view.layout, now)
-                for key, raw in list(self._table.items()):
-                    state = load_state(raw)
-                    if state is None or state.partition not in owned:
-                        continue
-                    if state.partition not in chosen:
-                        if state.effective(now) is not None:
-                            counts[state.target.split("/", 1)[0]] += 1
-                        continue
-                    if not batch.put(state):
-                        continue
-                    counts[state.target.split("/", 1)[0]] += 1
-                    expiry = state.next_expiry(now)
-                    if expiry is not None:
-                        self._expiry.schedule(key, expiry)
-                    if batch.pending >= WRITE_CHUNK:
-                        await self._view.apply(batch)
-                await self._view.apply(batch)
+                if written:
+                    await self._materialise(owned, written, frozenset(adopted), batch, counts)
                 await self._view.mark_ready(chosen, self._total)
         except (ViewLost, ViewMoved) as exc:
             log.error("rebuild of partitions %s not marked ready: %s", sorted(chosen), exc)
             self._unconfirmed |= chosen
             return False
         self._materialised = owned
+        VIEW_REBUILDS.labels(trigger=trigger).inc()
+        VIEW_READY.set(1)
+        took = asyncio.get_running_loop().time() - started
+        log.info("view ready: %d states written in %.2fs for partitions %s%s", batch.written,
+                 took, sorted(chosen), f" (adopted as left at the last vouch, nothing "
+                 f"rewritten: {sorted(adopted)})" if adopted else "")  # fmt: skip
+        if written:
+            SUPPRESSED_NUMBERS.clear()
+            for tenant, count in counts.items():
+                SUPPRESSED_NUMBERS.labels(tenant=tenant).set(count)
+        else:  # (the expiries, filled keys and counts of what was adopted: in the background)
+            self._indexing = asyncio.ensure_future(self._index(owned, frozenset(adopted)))
+        return True
+
+    async def _materialise(
+        self,
+        owned: frozenset[int],
+        written: frozenset[int],
+        adopted: frozenset[int],
+        batch: ViewBatch,
+        counts: Tally[str],
+    ) -> None:
+        """Write ``written``'s states from the table into the view; schedule their expiries,
+        and index ``adopted``'s (see :meth:`_index`); count every owned suppression."""
+        now = batch.now
+        shadow = ViewBatch(self._view.layout, now)  # (adopted: the keys, not written)
+        for key, raw in list(self._table.items()):
+            state = load_state(raw)
+            if state is None or state.partition not in owned:
+                continue
+            if state.partition in adopted:
+                self._index_one(key, state, shadow, counts)
+                continue
+            if state.partition not in written:
+                if state.effective(now) is not None:
+                    counts[state.target.split("/", 1)[0]] += 1
+                continue
+            if not batch.put(state):
+                continue
+            counts[state.target.split("/", 1)[0]] += 1
+            expiry = state.next_expiry(now)
+            if expiry is not None:
+                self._expiry.schedule(key, expiry)
+            if batch.pending >= WRITE_CHUNK:
+                await self._view.apply(batch)
+        await self._view.apply(batch)
+
+    def _index_one(
+        self, key: str, state: SuppressionState, shadow: ViewBatch, counts: Tally[str]
+    ) -> None:
+        """An adopted state's bookkeeping: its expiry, the view keys it fills, its count."""
+        if not shadow.put(state):
+            return
+        counts[state.target.split("/", 1)[0]] += 1
+        expiry = state.next_expiry(shadow.now)
+        if expiry is not None:
+            self._expiry.schedule(key, expiry)
+        for groups in shadow.ops.values():
+            for ops in groups.values():
+                self._view.filled_keys.update(k for k, op in ops if op == "+")
+        shadow.clear()
+
+    async def _index(self, owned: frozenset[int], adopted: frozenset[int]) -> None:
+        """After an adoption: read the table for the adopted partitions' expiries and filled
+        keys, and every owned suppression's count, a slice at a time between the agent's
+        batches (it does not hold the view lock: the view is already served)."""
+        started = asyncio.get_running_loop().time()
+        counts: Tally[str] = Tally()
+        shadow = ViewBatch(self._view.layout, self._clock())
+        for i, (key, raw) in enumerate(list(self._table.items())):
+            if i % 2_000 == 1_999:
+                await asyncio.sleep(0)
+            state = load_state(raw)
+            if state is not None and state.partition in owned:
+                self._index_one(key, state, shadow, counts)
         SUPPRESSED_NUMBERS.clear()
         for tenant, count in counts.items():
             SUPPRESSED_NUMBERS.labels(tenant=tenant).set(count)
-        VIEW_REBUILDS.labels(trigger=trigger).inc()
-        VIEW_READY.set(1)
-        log.info(
-            "view ready: %d states written in %.2fs for partitions %s",
-            batch.written,
-            asyncio.get_running_loop().time() - started,
-            sorted(chosen),
-        )
-        return True
+        log.info("adopted view indexed: %d suppressions, expiries scheduled, in %.2fs",
+                 sum(counts.values()), asyncio.get_running_loop().time() - started)  # fmt: skip
+
+    def _stop_indexing(self) -> None:
+        if self._indexing is not None:
+            self._indexing.cancel()
+            self._indexing = None
 
     async def expire_due(self) -> int:
         """Remove suppressions whose cooldown ended from the view; emit their change."""

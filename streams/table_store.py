@@ -105,6 +105,15 @@ class DurableRocksDBStore(rocksdb.Store):
                 return bytes(value)
         return None
 
+    def changelog_offset(self, partition: int) -> int | None:
+        """The offset of the last changelog record ``partition``'s database reflects (its
+        persisted offset: Faust's recovery and :meth:`persist` set it); None: none yet."""
+        try:
+            raw = self._db_for_partition(partition).get(self.offset_key)
+        except Exception as exc:
+            raise StateStoreBroken(partition, str(self.partition_path(partition)), exc) from exc
+        return None if raw is None else int(raw)
+
     def persist(self, states: Mapping[str, tuple[int, bytes]], offsets: Mapping[int, int]) -> None:
         """Write ``states`` (key -> partition, value) whose changelog records Kafka
         acknowledged, each partition's with the offset of its last record, atomically."""

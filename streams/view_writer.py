@@ -23,6 +23,7 @@ from schemas.view import (
     ViewLayout,
     applied_field,
     consent_value,
+    covered_field,
     epoch_field,
     fence_field,
     frontier_field,
@@ -152,24 +153,58 @@ return {'ok'}
 # still ours (flushed, or claimed by a newer owner: no), every write made is there (the
 # write counter) and it is on the instance it was rebuilt on (a restart or a promotion
 # since: no). Returns the refused epoch fields.
+# With it, the changelog offset the view covers (every state of the table up to that record
+# is in it: see SuppressionViewWriter.adopt).
 # ARGV: owner, then per partition: epoch field, expected, next, applied field, time,
 # owner field, fence field, our token, instance field, frontier field, frontier, writes
-# field, writes made.
+# field, writes made, covered field, covered offset.
 _VOUCH = (
     LUA_RUN_ID
     + """
 local refused = {}
-for i = 2, #ARGV, 13 do
+for i = 2, #ARGV, 15 do
   local held = redis.call('HMGET', KEYS[1], ARGV[i], ARGV[i + 6], ARGV[i + 8], ARGV[i + 11])
   if held[1] == ARGV[i + 1] and held[2] == ARGV[i + 7] and held[3] == run_id
      and held[4] == ARGV[i + 12] then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4],
-               ARGV[i + 5], ARGV[1], ARGV[i + 9], ARGV[i + 10])
+               ARGV[i + 5], ARGV[1], ARGV[i + 9], ARGV[i + 10], ARGV[i + 13], ARGV[i + 14])
   else
     table.insert(refused, ARGV[i])
   end
 end
 return refused
+"""
+)
+
+
+# Adopt partitions on one copy of the metadata instead of rebuilding them (a restarted
+# owner, or one that keeps them through a rebalance): each partition's claim is replaced by
+# ours and its write counter reset, its readiness and last vouch kept (the view is the one
+# vouched for), only if the view is exactly as this owner left it: the claim held is of our
+# era, by this worker and older than ours (no other owner claimed it since), the partition
+# is ready on this very instance (no flush, restart, restore or failover since), and the
+# changelog offset its last vouch covered is the one the table holds now (no state was
+# stored after that vouch: ``covered`` is written only by a vouch, which checks the claim,
+# the instance and the write counter). Returns the run id and the adopted fence fields.
+# ARGV: our token, this worker, then per partition: fence field, ready field, instance
+# field, covered field, the table's changelog offset, writes field.
+_ADOPT = (
+    LUA_RUN_ID
+    + _LUA_CLAIM_PARTS
+    + """
+local era, seq = claim_parts(ARGV[1])
+local out = {run_id}
+for i = 3, #ARGV, 6 do
+  local held = redis.call('HMGET', KEYS[1], ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+  local held_era, held_seq = claim_parts(held[1])
+  local by = string.match(held[1] or '', '^[^:]*:%d+:(.*)$')
+  if held_seq ~= nil and held_era == era and held_seq < seq and by == ARGV[2]
+     and held[2] and held[3] == run_id and held[4] == ARGV[i + 4] then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[1], ARGV[i + 5], 0)
+    table.insert(out, ARGV[i])
+  end
+end
+return out
 """
 )
 
@@ -220,6 +255,11 @@ class ViewBatch:
         self.ops: dict[str, dict[int, Operations]] = {}
         self.pending = 0  # states gathered since the last clear
         self.written = 0  # states gathered in all
+
+    @property
+    def now(self) -> datetime:
+        """The moment the states are written as of."""
+        return self._now
 
     def put(self, state: SuppressionState) -> bool:
         """Gather ``state``'s writes at ``now``; True if suppressed."""
@@ -424,6 +464,42 @@ class SuppressionViewWriter:
             )
         self._tokens.update(tokens)
 
+    async def adopt(self, tokens: Mapping[int, str], covered: Mapping[int, int | None]) -> set[int]:
+        """Take ``tokens`` as the claims of the partitions whose view is exactly as this
+        worker left it at its last vouch (see ``_ADOPT``: same era, same worker, no claim
+        since, ready on this instance, ``covered`` the table's changelog offset now), on
+        every copy of the metadata; returns those adopted everywhere (mark them ready to
+        serve them: nothing to rewrite). The others are left for :meth:`claim` and a
+        rebuild (a copy that took the claim is claimed again, with a newer token)."""
+        if not tokens:
+            return set()
+        keys = self._layout.meta_keys()
+        pipe = self._redis.pipeline(transaction=False)
+        order: list[tuple[str, list[int]]] = []
+        by_token: dict[str, list[int]] = {}
+        for partition, token in tokens.items():
+            by_token.setdefault(token, []).append(partition)
+        for token, partitions in by_token.items():
+            fields: list[Any] = []
+            for p in partitions:
+                fields += [fence_field(p), ready_field(p), instance_field(p), covered_field(p),
+                           _offset_text(covered.get(p)), writes_field(p)]  # fmt: skip
+            for key in keys:
+                pipe.execute_command("EVAL", _ADOPT, 1, key, token, self._worker_id, *fields)
+                order.append((key, partitions))
+        adopted = set(tokens)
+        for (key, partitions), (run_id, *fences) in zip(order, await pipe.execute(), strict=True):
+            self._instances[key] = _text(run_id)
+            taken = {_text(f) for f in fences}
+            adopted -= {p for p in partitions if fence_field(p) not in taken}
+        for partition in adopted:
+            self.lost.discard(partition)
+            self._tokens[partition] = tokens[partition]
+            self._epochs.pop(partition, None)
+            for key in keys:
+                self._writes[(key, partition)] = 0
+        return adopted
+
     def release(self, partitions: Iterable[int]) -> None:
         """Forget this worker's claims on ``partitions`` (revoked: another owner takes them)."""
         for partition in partitions:
@@ -467,9 +543,13 @@ class SuppressionViewWriter:
                                "(Redis flushed or restarted): rebuilding again")  # fmt: skip
         self._epochs.update(epochs)
 
-    async def vouch(self, applied: Mapping[int, tuple[int, int]]) -> set[int]:
+    async def vouch(
+        self, applied: Mapping[int, tuple[int, int]], covered: Mapping[int, int | None]
+    ) -> set[int]:
         """Record each partition's applied-through time (ms, Redis clock), its applied
-        frontier (the first offset not applied) and this worker.
+        frontier (the first offset not applied), this worker, and the last changelog record
+        whose state the view holds (``covered``: the table's changelog offset, read under
+        the view lock; for :meth:`adopt`).
 
         Returns the partitions refused because their epoch is not the one this worker
         wrote last (the view was flushed, restarted or restored), their claim is no longer
@@ -486,13 +566,14 @@ class SuppressionViewWriter:
             vouched.append((p, [epoch_field(p), expected, nexts[p], applied_field(p), ms,
                                 owner_field(p), fence_field(p), token, instance_field(p),
                                 frontier_field(p), frontier, writes_field(p)]))  # fmt: skip
+        offsets = {p: _offset_text(covered.get(p)) for p, _fields in vouched}
         if not vouched:
             return set()
         pipe = self._redis.pipeline(transaction=False)
         for key in self._layout.meta_keys():
             args: list[Any] = [self._worker_id]
             for p, fields in vouched:
-                args += [*fields, self._writes.get((key, p), 0)]
+                args += [*fields, self._writes.get((key, p), 0), covered_field(p), offsets[p]]
             pipe.execute_command("EVAL", _VOUCH, 1, key, *args)
         refused_fields = {_text(f) for reply in await pipe.execute() for f in reply}
         refused = {int(f.split(":", 1)[1]) for f in refused_fields}
@@ -644,3 +725,8 @@ def _decoded(raw: Mapping[Any, Any]) -> dict[str, str]:
         )
         for k, v in raw.items()
     }
+
+
+def _offset_text(offset: int | None) -> str:
+    """A changelog offset as the metadata holds it (-1: no record yet)."""
+    return "-1" if offset is None else str(offset)

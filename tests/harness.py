@@ -167,15 +167,19 @@ class Pipeline:
         # owners once ready).
         self.meta_key = view_layout(self.settings, self.tenants).meta_keys()[0]
         self.worker: subprocess.Popen[bytes] | None = None
+        self.worker_id = ""
         self.metrics_port = 0
         self._worker_runs = 0
         # Every worker started by start_workers(), by worker id (several in one group).
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- the worker process -------------------------------------------------------------
-    def start_worker(self, wait_ready: bool = True) -> None:
-        """Start `dnc worker` and wait until the view is ready."""
+    def start_worker(self, wait_ready: bool = True, worker_id: str | None = None) -> None:
+        """Start `dnc worker` and wait until the view is ready. ``worker_id``: the same id
+        again is the same worker restarted (its table directory, its claims); default, a
+        new one per start."""
         self._worker_runs += 1
+        self.worker_id = worker_id or f"test-{self._worker_runs}"
         self.metrics_port = free_port()
         env = {
             **self.env,
@@ -185,7 +189,7 @@ class Pipeline:
         }
         with (self.tmp / f"worker-{self._worker_runs}.log").open("wb") as log:
             self.worker = subprocess.Popen(
-                [sys.executable, "-m", "dnc", "worker", "--id", f"test-{self._worker_runs}"],
+                [sys.executable, "-m", "dnc", "worker", "--id", self.worker_id],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -245,7 +249,7 @@ class Pipeline:
     def wait_ready(self, timeout: float = 90) -> None:
         """Until a check answers something other than unavailable."""
 
-        me = f"test-{self._worker_runs}".encode()
+        me = self.worker_id.encode()
 
         def ready() -> bool:
             assert self.worker is not None and self.worker.poll() is None, self.worker_log()

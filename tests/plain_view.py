@@ -60,7 +60,7 @@ class PlainView:
             await writer.claim({p: claim_token("era", 1, "w-test") for p in range(PARTITIONS)})
             await writer.mark_ready(range(PARTITIONS), PARTITIONS)
             now = await writer.server_time_ms()
-            assert await writer.vouch(dict.fromkeys(range(PARTITIONS), (now, 0))) == set()
+            assert await writer.vouch(dict.fromkeys(range(PARTITIONS), (now, 0)), {}) == set()
 
         self.loop.run_until_complete(work())
 

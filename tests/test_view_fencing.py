@@ -115,7 +115,7 @@ def test_a_superseded_owner_can_no_longer_write_mark_or_vouch(view: ShardedView)
         await newer.write([_state("acme", p) for p in numbers], NOW)
         await newer.mark_ready(ALL, PARTITIONS)
         now = await newer.server_time_ms()
-        assert await newer.vouch({p: (now, 0) for p in ALL}) == set()
+        assert await newer.vouch({p: (now, 0) for p in ALL}, {}) == set()
 
     view.run(take_over)
     assert set(_suppressed(view, numbers)) == {Answer.SUPPRESSED}
@@ -130,7 +130,7 @@ def test_a_superseded_owner_can_no_longer_write_mark_or_vouch(view: ShardedView)
 
     async def stale_vouch(w: SuppressionViewWriter) -> set[int]:
         now = await w.server_time_ms()
-        return await w.vouch({p: (now, 0) for p in ALL})
+        return await w.vouch({p: (now, 0) for p in ALL}, {})
 
     assert view.run(stale_vouch) == set(ALL)
 
@@ -172,7 +172,7 @@ def test_a_vouch_on_another_instance_is_refused(view: ShardedView) -> None:
 
     async def vouch(w: SuppressionViewWriter) -> set[int]:
         now = await w.server_time_ms()
-        return await w.vouch({p: (now, 0) for p in ALL})
+        return await w.vouch({p: (now, 0) for p in ALL}, {})
 
     assert view.run(vouch) == {2}
 
@@ -188,3 +188,96 @@ def test_the_partition_count_only_grows(view: ShardedView) -> None:
 
     view.run(rebuild)
     assert {view.sync.hget(k, META_PARTITIONS) for k in view.layout.meta_keys()} == {b"12"}
+
+
+# --- adoption: a restarted owner serves the view it left instead of rebuilding it ----------
+
+
+def _left(view: ShardedView, numbers: list[str], covered: int | None, vouch: bool = True) -> None:
+    """Worker w-test claims, writes ``numbers``, marks ready and (if ``vouch``) vouches with
+    ``covered`` as its table's changelog offset: what its restart finds."""
+
+    async def work(w: SuppressionViewWriter) -> None:
+        await w.claim(_claims(1))
+        await w.write([_state("acme", p) for p in numbers], NOW)
+        await w.mark_ready(ALL, PARTITIONS)
+        if vouch:
+            now = await w.server_time_ms()
+            assert await w.vouch({p: (now, 0) for p in ALL}, dict.fromkeys(ALL, covered)) == set()
+
+    view.run(work)
+
+
+def _adopt(
+    view: ShardedView, covered: int | None, worker: str = "w-test", sequence: int = 2
+) -> tuple[SuppressionViewWriter, set[int]]:
+    restarted = SuppressionViewWriter(view.async_client, view.layout, worker)
+    claims = _claims(sequence, worker)
+    return restarted, view.run(lambda _w: restarted.adopt(claims, dict.fromkeys(ALL, covered)))
+
+
+@pytest.mark.parametrize("covered", [41, None], ids=["states", "empty-table"])
+def test_a_restarted_owner_adopts_the_view_it_left_and_serves_on(
+    view: ShardedView, covered: int | None
+) -> None:
+    numbers = phones(50)
+    _left(view, numbers, covered)
+    restarted, adopted = _adopt(view, covered)
+    assert adopted == set(ALL) and restarted.claimed == frozenset(ALL)
+    assert set(_suppressed(view, numbers)) == {Answer.SUPPRESSED}  # (served all along)
+
+    async def serve(w: SuppressionViewWriter) -> set[int]:
+        await w.mark_ready(ALL, PARTITIONS)
+        lifted = _state("acme", numbers[0]).model_copy(update={"active": ()})
+        await w.write([lifted], NOW)
+        now = await w.server_time_ms()
+        return await w.vouch({p: (now, 0) for p in ALL}, dict.fromkeys(ALL, 42))
+
+    assert view.run(lambda _w: serve(restarted)) == set()  # its writes and vouches count
+    assert _suppressed(view, numbers[:2]) == [Answer.CALLABLE, Answer.SUPPRESSED]
+
+
+def _another_instance(view: ShardedView) -> None:
+    for key in view.layout.meta_keys():
+        view.sync.hset(key, instance_field(2), "a-restarted-instance")
+
+
+def _newer_owner(view: ShardedView) -> None:
+    newer = SuppressionViewWriter(view.async_client, view.layout, "w-new")
+    view.run(lambda _w: newer.claim(_claims(3, "w-new")))
+
+
+@pytest.mark.parametrize(
+    ("left", "change", "table", "worker", "refused"),
+    [
+        ("vouched", None, 42, "w-test", ALL),  # the table stored a state after the vouch
+        ("vouched", None, None, "w-test", ALL),  # (or its database was replayed from empty)
+        ("vouched", None, 41, "w-other", ALL),  # another worker
+        ("vouched", "flush", 41, "w-test", ALL),
+        ("vouched", "instance", 41, "w-test", [2]),  # Redis restarted (one copy's run id)
+        ("vouched", "newer owner", 41, "w-test", ALL),
+        ("not vouched", None, 41, "w-test", ALL),  # rebuilt, never vouched: nothing covered
+    ],
+)
+def test_a_view_not_exactly_as_its_owner_left_it_is_not_adopted(
+    view: ShardedView,
+    left: str,
+    change: str | None,
+    table: int | None,
+    worker: str,
+    refused: range | list[int],
+) -> None:
+    numbers = phones(30)
+    _left(view, numbers, 41, vouch=left == "vouched")
+    if change == "flush":
+        view.sync.flushall()
+    elif change == "instance":
+        _another_instance(view)
+    elif change == "newer owner":
+        _newer_owner(view)
+    restarted, adopted = _adopt(view, table, worker)
+    assert adopted == set(ALL) - set(refused)
+    assert not restarted.claimed & set(refused)
+    if change != "newer owner":  # (the rebuild's claim still goes through; then it rebuilds)
+        view.run(lambda _w: restarted.claim({p: _claims(2, worker)[p] for p in refused}))
+        assert restarted.claimed == frozenset(ALL)

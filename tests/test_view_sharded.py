@@ -80,7 +80,7 @@ class ShardedView:
             await writer.write([_state("acme", p) for p in suppressed], NOW)
             await writer.mark_ready(range(PARTITIONS), PARTITIONS)
             now = await writer.server_time_ms()
-            assert await writer.vouch(dict.fromkeys(range(PARTITIONS), (now, 0))) == set()
+            assert await writer.vouch(dict.fromkeys(range(PARTITIONS), (now, 0)), {}) == set()
             return writer
 
         return self.run(work)
@@ -169,7 +169,7 @@ def assert_a_copy_on_another_node_fails_closed(view: ShardedView) -> None:
 
     async def vouch_again(w: SuppressionViewWriter) -> set[int]:
         now = await w.server_time_ms()
-        return await w.vouch({p: (now, 0) for p in range(PARTITIONS)})
+        return await w.vouch({p: (now, 0) for p in range(PARTITIONS)}, {})
 
     # The worker may not vouch there again without a rebuild (mark_ready).
     assert view.run(vouch_again) == {1}

@@ -1,0 +1,87 @@
+"""A restarted worker serves the view it left instead of rebuilding it (issue #21).
+
+A worker that stops (SIGTERM) or dies (SIGKILL) and comes back with the same id finds its
+table on disk (RocksDB) and the view as it left it in Redis. When nothing happened since
+its last vouch (no other owner, the same Redis instance, no state stored past the
+changelog offset that vouch covered), it adopts the view: claimed, marked ready, nothing
+rewritten, so a restart does not grow with the number of states. When its table holds a
+state past what the view's last vouch covered, it rebuilds. Either way every opposition
+stays suppressed, and new ones are applied after the restart. Real Kafka, Redis, workers.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from consumers.checker import Answer
+from schemas.events import Kind, OppositionEvent
+from schemas.view import covered_field
+from tests.harness import Pipeline, wait_for
+
+pytestmark = [pytest.mark.pipeline, pytest.mark.kafka, pytest.mark.redis]
+
+TENANT = "acme"
+NUMBERS = [f"+336{41_000_000 + i:08d}" for i in range(200)]  # spread over every partition
+ADOPTED = "adopted as left at the last vouch"
+WORKER = "steady"  # the same id at each start: the same worker restarted
+
+
+def _oppose(p: Pipeline, numbers: list[str]) -> None:
+    outcomes = p.publisher.publish_many(
+        [OppositionEvent.record(tenant=TENANT, phone=n, kind=Kind.OPPOSITION) for n in numbers]
+    )
+    assert not [o for o in outcomes if isinstance(o, Exception)], outcomes[:3]
+
+
+def _callable(p: Pipeline, numbers: list[str]) -> list[str]:
+    return [n for n in numbers if p.check(n, TENANT).answer is not Answer.SUPPRESSED]
+
+
+def _covered(p: Pipeline) -> list[bytes | None]:
+    return [p.redis.hget(p.meta_key, covered_field(q)) for q in range(p.settings.partitions)]
+
+
+def _settle(p: Pipeline) -> None:
+    """Until every number is suppressed and two vouches in a row covered the same offsets."""
+    wait_for(lambda: not _callable(p, NUMBERS), timeout=60, what="every number opposed")
+
+    def steady() -> bool:
+        before = _covered(p)
+        time.sleep(2 * p.settings.freshness_interval_seconds + 0.2)
+        return None not in before and before == _covered(p)
+
+    wait_for(steady, timeout=30, what="the vouches to cover the table")
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_a_restarted_worker_adopts_the_view_it_left(pipeline: Pipeline, how: str) -> None:
+    pipeline.start_worker(worker_id=WORKER)
+    _oppose(pipeline, NUMBERS)
+    _settle(pipeline)
+    assert ADOPTED not in pipeline.worker_log(None)  # (its first start rebuilt an empty view)
+
+    pipeline.stop_worker() if how == "sigterm" else pipeline.kill_worker()
+    pipeline.start_worker(worker_id=WORKER)
+    log = pipeline.worker_log(None)
+    assert ADOPTED in log, log[-3000:]
+    assert not _callable(pipeline, NUMBERS)
+    fresh = [f"+336{42_000_000 + i:08d}" for i in range(20)]
+    _oppose(pipeline, fresh)  # (applied, written and vouched under the adopted claims)
+    wait_for(lambda: not _callable(pipeline, fresh), timeout=60, what="new oppositions shown")
+
+
+def test_a_view_behind_the_table_is_rebuilt_not_adopted(pipeline: Pipeline) -> None:
+    """The view's last vouch covered less than the table holds (a batch stored after it,
+    then the worker died): the restarted worker rebuilds every partition."""
+    pipeline.start_worker(worker_id=WORKER)
+    _oppose(pipeline, NUMBERS)
+    _settle(pipeline)
+    pipeline.kill_worker()
+    for q in range(pipeline.settings.partitions):  # as if the last batches came after it
+        pipeline.redis.hset(pipeline.meta_key, covered_field(q), "0")
+    pipeline.start_worker(worker_id=WORKER)
+    log = pipeline.worker_log(None)
+    assert ADOPTED not in log and "view ready:" in log, log[-3000:]
+    assert not _callable(pipeline, NUMBERS)

@@ -33,7 +33,15 @@ from schemas.metrics import (
     WORKER_HEARTBEAT,
 )
 from schemas.state import SuppressionChange, SuppressionState
-from schemas.view import FAMILY_OF_KIND, META_LAYOUT, META_PARTITIONS, ready_field
+from schemas.view import (
+    FAMILY_OF_KIND,
+    META_LAYOUT,
+    META_PARTITIONS,
+    covered_field,
+    fence_field,
+    instance_field,
+    ready_field,
+)
 from streams.audit import ViewAudit
 from streams.expiry import ExpirySchedule
 from streams.fencing import OwnershipLost
@@ -266,6 +274,8 @@ class ViewMaintenance:
                     candidates = {p: t for p, t in claims.items() if p not in staged}
                     covered = {p: self._table.changelog_offset(p) for p in candidates}
                     adopted = await self._view.adopt(candidates, covered)
+                    if chosen - adopted:
+                        await self._why_not_adopted(set(chosen - adopted), staged, covered)
                 written = chosen - adopted
                 await self._view.claim({p: t for p, t in claims.items() if p in written})
                 self._refused -= chosen
@@ -296,6 +306,23 @@ class ViewMaintenance:
         else:  # (the expiries, filled keys and counts of what was adopted: in the background)
             self._indexing = asyncio.ensure_future(self._index(owned, frozenset(adopted)))
         return True
+
+    async def _why_not_adopted(
+        self, partitions: set[int], staged: set[int], covered: dict[int, int | None]
+    ) -> None:
+        """Say why each of ``partitions`` is rebuilt rather than adopted (one line)."""
+        meta = await self._view.meta()
+        reasons = []
+        for p in sorted(partitions):
+            if p in staged:
+                reasons.append(f"{p}: a batch in flight")
+                continue
+            reasons.append(
+                f"{p}: claim {meta.get(fence_field(p))}, ready {ready_field(p) in meta}, "
+                f"on instance {meta.get(instance_field(p))}, view covers changelog offset "
+                f"{meta.get(covered_field(p))}, table holds {covered.get(p)}"
+            )
+        log.info("not adopted, rebuilt: %s", "; ".join(reasons))
 
     async def _materialise(
         self,

@@ -64,9 +64,10 @@ def _seed(b: Bench, first: int, count: int) -> None:
         clock.close()
 
 
-def _restart(b: Bench, kill: bool, log_name: str) -> tuple[float, float]:
+def _restart(b: Bench, kill: bool, log_name: str) -> tuple[float, float, bool]:
     """Stop the worker (SIGKILL if ``kill``, else SIGTERM), start it again: seconds until
-    vouched for again, and the longest view rebuild its log reports."""
+    vouched for again, the longest view rebuild its log reports, and whether it adopted
+    the view it left (every partition: nothing rewritten)."""
     assert b.worker is not None and b.worker_log is not None
     clock = b.client(5.0)
     sec, usec = clock.time()
@@ -82,7 +83,8 @@ def _restart(b: Bench, kill: bool, log_name: str) -> tuple[float, float]:
     clock.close()
     log = b.worker_log.read_text(errors="replace")
     rebuilds = re.findall(r"view ready: \d+ states written in ([\d.]+)s", log)
-    return vouched, max((float(t) for t in rebuilds), default=0.0)
+    adopted = "adopted as left at the last vouch" in log and "not adopted" not in log
+    return vouched, max((float(t) for t in rebuilds), default=0.0), adopted
 
 
 def bench_restart(b: Bench, sizes: list[int]) -> Figures:
@@ -98,9 +100,10 @@ def bench_restart(b: Bench, sizes: list[int]) -> Figures:
         for kill in (False, True):
             how = "sigkill" if kill else "sigterm"
             b.status.update(f"[6/7] restart: {how.upper()} with {states:,.0f} states")
-            vouched, rebuild = _restart(b, kill, f"worker-{how}-{size}.log")
+            vouched, rebuild, adopted = _restart(b, kill, f"worker-{how}-{size}.log")
             figures[f"restart_{how}_{size}_s"] = vouched
             figures[f"restart_{how}_{size}_rebuild_s"] = rebuild
+            figures[f"restart_{how}_{size}_adopted"] = float(adopted)
         figures[f"restart_{size}_states"] = states
     figures["restart_sizes"] = float(len(sizes))
     for i, size in enumerate(sorted(sizes)):
@@ -117,7 +120,10 @@ def report_rows(f: Figures) -> list[tuple[str, str, str, str]]:
         for size in sizes:
             states = f[f"restart_{size}_states"]
             rebuild = f[f"restart_{how}_{size}_rebuild_s"]
-            rebuilt = f"view rebuild {rebuild:.1f} s" if rebuild else "no view rebuild"
+            if f.get(f"restart_{how}_{size}_adopted"):
+                rebuilt = f"view adopted as left, nothing rewritten ({rebuild:.1f} s)"
+            else:
+                rebuilt = f"view rebuild {rebuild:.1f} s" if rebuild else "no view rebuild"
             rows.append((f"worker restart, {what} to vouched again, {states:,.0f} states",
                          f"{f[f'restart_{how}_{size}_s']:.1f} s", rebuilt, ""))  # fmt: skip
         if len(sizes) > 1:

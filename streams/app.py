@@ -257,6 +257,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
                 frontiers,
                 app,
                 settings.oppositions_topic,
+                maintenance.decided,
             )
         except OwnershipLost as exc:
             give_up(exc)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -128,6 +128,7 @@ async def apply_in_batches(
     frontiers: Mapping[str, AppliedFrontier],
     app: Any,
     log_topic: str,
+    decided: Callable[[], Awaitable[None]],
 ) -> None:
     """Consume ``stream`` (of a :class:`~streams.batch_transport.BatchTopic`, created with
     ``noack()``: lists of events, a partition's fetch each) in batches, acking by hand.
@@ -163,6 +164,7 @@ async def apply_in_batches(
         while pending:
             batch, pending = pending[:max_events], pending[max_events:]
             progress.backlogged = bool(pending) or not queue.empty()
+            await decided()  # (the view adopted or rebuilt first: ViewMaintenance.decided)
             batch = await _drop_stale(stream, batch, app)
             if batch:  # (no await before the processor notes the revocations it starts from)
                 await _apply(stream, batch, processor, progress, frontiers, log_topic)

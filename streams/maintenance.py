@@ -18,7 +18,9 @@ restart, a restore or a failover during the rebuild makes it start again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -64,6 +66,9 @@ LOSS_CHECK_EVERY = 2  # ticks between checks that every filled key still exists
 # Triggers on which a view this worker left intact is adopted rather than rebuilt: a start,
 # a rebalance. Every other one means the view may lack something.
 ADOPTING_TRIGGERS = frozenset({"startup", "rebalance"})
+# Longest wait of the agent for the first tick after a start or a rebalance (see decided()):
+# past it, batches are applied whatever the view (Redis down: they go on to Kafka).
+DECISION_WAIT_SECONDS = 5.0
 
 
 class ViewMaintenance:
@@ -106,6 +111,8 @@ class ViewMaintenance:
         self._refused: set[int] = set()  # partitions whose last vouch was refused
         self._unconfirmed: set[int] = set()  # partitions the audit found a member missing in
         self._indexing: asyncio.Future[None] | None = None  # (see _index)
+        self._decided = asyncio.Event()  # (see decided(); the deadline runs from the start)
+        self._decision_deadline = time.monotonic() + DECISION_WAIT_SECONDS
 
     @property
     def materialised(self) -> frozenset[int]:
@@ -115,12 +122,34 @@ class ViewMaintenance:
     def forget(self) -> None:
         """Called on rebalance: the next tick rebuilds what is then owned."""
         self._stop_indexing()
+        self._decided.clear()
+        self._decision_deadline = time.monotonic() + DECISION_WAIT_SECONDS
         self._materialised = None
         VIEW_READY.set(0)
+
+    async def decided(self) -> None:
+        """Until the first tick since the start or the last rebalance is done (the view
+        adopted or rebuilt, or the attempt failed), at most ``DECISION_WAIT_SECONDS`` after
+        that rebalance: the agent waits for it before applying a batch. A batch applied
+        first (events replayed past the last commit) stores states after the view's last
+        vouch, and a view left intact could then not be adopted; applied after, they are
+        written to the adopted view as any batch is."""
+        if self._decided.is_set():
+            return
+        remaining = self._decision_deadline - time.monotonic()
+        if remaining > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._decided.wait(), remaining)
 
     async def tick(self, owned: Iterable[int], busy: bool = False) -> None:
         """One round: refuse an evicting Redis, rebuild what needs it, audit a slice (a
         tenth of it while ``busy``: a backlog is being applied, the audit can wait)."""
+        try:
+            await self._tick(owned, busy)
+        finally:
+            self._decided.set()
+
+    async def _tick(self, owned: Iterable[int], busy: bool) -> None:
         partitions = frozenset(owned)
         self._ticks += 1
         policy = await self._view.eviction_policy()

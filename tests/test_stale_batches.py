@@ -129,8 +129,13 @@ def _run(stream: _Stream, processor: Any, app: _App, max_events: int) -> None:
             {TOPIC: AppliedFrontier()},
             app,
             "admin-log",
+            _decided,
         )
     )
+
+
+async def _decided() -> None:
+    """The view's first tick is done (ViewMaintenance.decided): never waits here."""
 
 
 def test_the_rest_of_a_backlog_fetched_before_the_rebalance_is_dropped_not_applied() -> None:

@@ -297,15 +297,21 @@ def _partition_fields(total: int, as_bytes: bool) -> tuple[tuple[Any, Any, Any],
     return tuple((r.encode(), a.encode(), n.encode()) for r, a, n in names)
 
 
-def oldest_applied_ms(meta: Any) -> int | None:
+def oldest_applied_ms(meta: Any, server_time: Any = None) -> int | None:
     """The oldest applied-through time (ms) of a view's partitions: the script's integer
-    verdict, or read from the metadata hash (None: none recorded)."""
+    verdict, or read from the metadata hash (None: none recorded), never later than Redis's
+    clock (``server_time``, as TIME gives it), as the script counts it: a time ahead of the
+    clock must not leave a check more of the bound than it has."""
     if isinstance(meta, int):
         return meta
     fields = {_text(k): v for k, v in meta.items()}
     total = int(fields.get(META_PARTITIONS) or 0)
     times = [int(fields[applied_field(p)]) for p in range(total) if applied_field(p) in fields]
-    return min(times) if times else None
+    if not times:
+        return None
+    if server_time is not None:
+        times.append(int(server_time[0]) * 1000 + int(server_time[1]) // 1000)
+    return min(times)
 
 
 def trusted(

@@ -158,7 +158,7 @@ class ViewQuestions:
             # An integer: the script judged the view trusted by the reader's rules (READ_VIEW)
             meta = flat if isinstance(flat, int) else meta_hash(flat)
             why = None if isinstance(flat, int) else judge(server_time, meta, node)
-            oldest = oldest_applied_ms(meta) if why is None else None
+            oldest = oldest_applied_ms(meta, server_time) if why is None else None
             now = _clock(server_time)
             for (_key, op, position, entries), reply in zip(call, replied, strict=True):
                 for slot, _arg in entries:
@@ -282,7 +282,7 @@ class NumberRead:
             seen.why = judge(server_time, meta, node)
             if seen.why is not None:
                 return seen
-            seen.oldest_ms = oldest_applied_ms(meta)
+            seen.oldest_ms = oldest_applied_ms(meta, server_time)
         for (op, scope), answer in zip(self._ops, replied, strict=True):
             _take(seen, op, scope, answer, 0)
         return seen

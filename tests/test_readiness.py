@@ -112,7 +112,26 @@ def test_the_script_trusts_a_view_exactly_when_the_reader_would(
         assert expected, (meta, why)  # never trusted where the reader would not trust it
         # and its verdict carries the oldest applied-through time, as the reader reads it
         if int(meta[META_PARTITIONS]):
-            assert flat == oldest_applied_ms(meta_hash(full)), (flat, meta)
+            assert flat == oldest_applied_ms(meta_hash(full), server_time), (flat, meta)
     else:
         assert flat == full  # the reader judges (and explains) it itself: same verdict
         assert not expected or odd, meta  # and only odd values are left to it
+
+
+@pytest.mark.redis
+def test_an_applied_time_ahead_of_redis_s_clock_counts_as_now_on_both_paths(
+    redis_client: redis.Redis,
+) -> None:
+    """A vouch stamped ahead of Redis's clock (it should not be) leaves a check no more of
+    the bound than one stamped now, whether the script judges the view or the reader does
+    (a draw of the property test above found the reader's path taking it as it was)."""
+    seconds, micros = redis_client.time()
+    ahead = str(seconds * 1000 + micros // 1000 + 3_000)
+    meta = {"partitions": "1", "layout": "fp-ok", ready_field(0): "1", applied_field(0): ahead}
+    redis_client.delete(META_KEY)
+    redis_client.hset(META_KEY, mapping=meta)
+    [(_now, _node, flat)] = read_view(redis_client, [([META_KEY], [0, "fp-ok", 5.0])])
+    [(later, _n, full)] = read_view(redis_client, [([META_KEY], [0, "", 0])])
+    assert isinstance(flat, int) and flat < int(ahead)
+    assert oldest_applied_ms(meta_hash(full), later) < int(ahead)
+    assert oldest_applied_ms(meta_hash(full)) == int(ahead)  # (no clock: as recorded)

@@ -284,7 +284,8 @@ class ViewMaintenance:
         """
         chosen = owned if targets is None else targets & owned
         VIEW_READY.set(0)
-        self._stop_indexing()
+        if chosen == owned:  # (a partial rebuild lets an adoption's indexing finish its work)
+            self._stop_indexing()
         log.info("rebuilding the Redis view for partitions %s (%s)", sorted(chosen), trigger)
         started = asyncio.get_running_loop().time()
         counts: Tally[str] = Tally()

@@ -29,7 +29,7 @@ from schemas.view import FAMILY_OF_KIND, ViewLayout, suppression_keys
 _ACTIVE_END = re.compile(rb'\],"version":\d+,"partition":(\d+)')
 _ACTIVE = b'"active":['
 _FOR_EVER = b'"expires_at":null'
-YIELD_EVERY = 500  # states read between two returns to the event loop
+YIELD_EVERY = 500  # states read between two returns to the event loop (a page)
 
 
 def in_force_partition(raw: Any, now: datetime) -> int | None:
@@ -61,32 +61,41 @@ class ViewAudit:
         self._table = table
         self._redis = redis
         self._layout = layout
-        self._keys: list[str] = []  # the current cycle's table keys
-        self._position = 0
+        self._left: list[int] = []  # partitions the current pass has yet to read
+        self._after: str | None = None  # the last key read of the first of them
         self._suspects: dict[str, Any] = {}  # table key -> its value when found missing
         self._cycle: Tally[str] = Tally()  # confirmed missing members this cycle, by tenant
         self._reported: set[str] = set()  # tenants with a non-zero gauge
 
     async def step(self, partitions: Iterable[int], now: datetime, budget: int) -> set[int]:
         """Audit up to ``budget`` states of ``partitions``; the partitions with a member
-        confirmed missing (to rebuild)."""
+        confirmed missing (to rebuild).
+
+        A pass reads each partition's states in key order, a page at a time from where the
+        last step stopped: the table is never listed as a whole (a million keys held the
+        event loop for seconds)."""
         owned = set(partitions)
         confirmed = await self._recheck(owned, now)
-        if not self._keys or self._position >= len(self._keys):
+        if not self._left:
             self._end_cycle()
-            self._keys = list(self._table.keys())
-            self._position = 0
+            self._left, self._after = sorted(owned), None
         chosen: list[tuple[str, Any]] = []
-        read = 0
-        while self._position < len(self._keys) and len(chosen) < budget:
-            key = self._keys[self._position]
-            self._position += 1
-            raw = self._table.get(key)
-            if raw is not None and in_force_partition(raw, now) in owned:
-                chosen.append((key, raw))
-            read += 1
-            if read % YIELD_EVERY == 0:
-                await asyncio.sleep(0)  # a slice of thousands: let the agent's batches run
+        while self._left and len(chosen) < budget:
+            partition = self._left[0]
+            owned_yet = partition in owned  # (revoked since the pass began: skipped)
+            page = self._table.scan(partition, self._after, YIELD_EVERY) if owned_yet else []
+            read = 0
+            for key, raw in page:
+                read += 1
+                self._after = key
+                if in_force_partition(raw, now) in owned:
+                    chosen.append((key, raw))
+                    if len(chosen) >= budget:
+                        break
+            if read == len(page) < YIELD_EVERY:  # the partition's end: the next one
+                del self._left[0]
+                self._after = None
+            await asyncio.sleep(0)  # a page at a time: let the agent's batches run
         VERIFY_AUDITED.inc(len(chosen))
         for key, raw in await self._missing(chosen):
             self._suspects[key] = raw

@@ -102,18 +102,20 @@ class FaustStateTable:
         """Partitions with a batch's states staged (in flight between the view and Kafka)."""
         return {partition for partition, _v in self._staged.values()}
 
-    def keys(self) -> list[str]:
-        """Every key of the active partitions, staged ones included."""
-        keys = list(self._store.keys())
-        known = set(keys)
-        return keys + [key for key in self._staged if key not in known]
+    def scan(self, partition: int, after: str | None, limit: int) -> list[tuple[str, bytes]]:
+        """A page of ``partition``'s states in key order past ``after`` (see the store's
+        :meth:`~streams.table_store.DurableRocksDBStore.scan`), staged ones as staged; keys
+        only staged (a batch's new states in flight) are not listed."""
+        staged = self._staged
+        return [(key, staged[key][1] if key in staged else value)
+                for key, value in self._store.scan(partition, after, limit)]  # fmt: skip
 
     def items(self) -> Iterator[tuple[str, bytes]]:
         """Every state of the active partitions, staged ones as staged. Lazy over the
         store (a million states are not copied twice): take a list before any wait, as the
         maintenance does."""
         staged = dict(self._staged)
-        for key, value in self._store.items():
+        for key, value in self._store.states():
             yield key, staged.pop(key, (0, value))[1]
         for key, (_partition, value) in staged.items():
             yield key, value
@@ -322,6 +324,13 @@ def table_manager(client_config: Mapping[str, Any]) -> type[TableManager]:
     recovery = type("TailAwareRecovery", (_TailAwareRecovery,), {"client_config": client_config})
 
     class TailAwareTableManager(TableManager):
+        async def on_start(self) -> None:
+            # Faust's sleeps a second first, for tables defined after the app started; this
+            # worker defines its table before: a restart would only wait that second.
+            if not self.should_stop:
+                await self._update_channels()
+                await self.recovery.start()
+
         @property
         def recovery(self) -> Recovery:
             if self._recovery is None:

@@ -69,6 +69,11 @@ ADOPTING_TRIGGERS = frozenset({"startup", "rebalance"})
 # Longest wait of the agent for the first tick after a start or a rebalance (see decided()):
 # past it, batches are applied whatever the view (Redis down: they go on to Kafka).
 DECISION_WAIT_SECONDS = 5.0
+# An adopted view's indexing (see ViewMaintenance._index) starts after the first vouch, or
+# this long after the adoption if none comes (Redis or Kafka out of reach): it would only
+# slow that vouch down (dialers get "unavailable" until it) on a busy core.
+INDEX_AFTER_VOUCH_SECONDS = 10.0
+INDEX_SLICE = 250  # states indexed between two returns to the event loop (a few ms)
 
 
 class ViewMaintenance:
@@ -112,6 +117,7 @@ class ViewMaintenance:
         self._unconfirmed: set[int] = set()  # partitions the audit found a member missing in
         self._indexing: asyncio.Future[None] | None = None  # (see _index)
         self._decided = asyncio.Event()  # (see decided(); the deadline runs from the start)
+        self._vouched = asyncio.Event()  # a vouch since the start or the last rebalance
         self._decision_deadline = time.monotonic() + DECISION_WAIT_SECONDS
 
     @property
@@ -123,6 +129,7 @@ class ViewMaintenance:
         """Called on rebalance: the next tick rebuilds what is then owned."""
         self._stop_indexing()
         self._decided.clear()
+        self._vouched.clear()
         self._decision_deadline = time.monotonic() + DECISION_WAIT_SECONDS
         self._materialised = None
         VIEW_READY.set(0)
@@ -257,6 +264,8 @@ class ViewMaintenance:
             self._refused |= refused
         for partition in set(mine) - refused:
             WORKER_HEARTBEAT.labels(partition=str(partition)).set_to_current_time()
+        if set(mine) - refused:
+            self._vouched.set()
 
     def report_staleness(self, now_ms: int, applied_through_ms: dict[int, int]) -> None:
         """Expose how far behind Redis's clock each owned partition is vouched for."""
@@ -405,7 +414,11 @@ class ViewMaintenance:
     async def _index(self, owned: frozenset[int], adopted: frozenset[int]) -> None:
         """After an adoption: read the table for the adopted partitions' expiries and filled
         keys, and every owned suppression's count, a slice at a time between the agent's
-        batches (it does not hold the view lock: the view is already served)."""
+        batches (it does not hold the view lock: the view is already served), once the
+        view is vouched for: until then every slice of it would delay that vouch, and
+        dialers get "unavailable" until it comes."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._vouched.wait(), INDEX_AFTER_VOUCH_SECONDS)
         started = asyncio.get_running_loop().time()
         counts: Tally[str] = Tally()
         shadow = ViewBatch(self._view.layout, self._clock())
@@ -413,7 +426,7 @@ class ViewMaintenance:
         # for seconds (no vouch meanwhile). A RocksDB iterator reads a consistent snapshot
         # while batches write; a rebalance cancels this task (forget()).
         for i, (key, raw) in enumerate(self._table.items()):
-            if i % 1_000 == 999:
+            if i % INDEX_SLICE == INDEX_SLICE - 1:
                 await asyncio.sleep(0)
             state = load_state(raw)
             if state is not None and state.partition in owned:

@@ -44,6 +44,13 @@ def _answered_callable(p: Pipeline, numbers: list[str]) -> list[str]:
     return [n for n in numbers if p.check(n, TENANT).answer is Answer.CALLABLE]
 
 
+def _suppressed_count(p: Pipeline) -> float:
+    """The worker's ``dnc_suppressed_numbers`` for the tenant (set by the indexing)."""
+    prefix = f'dnc_suppressed_numbers{{tenant="{TENANT}"}} '
+    return sum(float(line[len(prefix):]) for line in p.metrics().splitlines()
+               if line.startswith(prefix))  # fmt: skip
+
+
 def _covered(p: Pipeline) -> list[bytes | None]:
     return [p.redis.hget(p.meta_key, covered_field(q)) for q in range(p.settings.partitions)]
 
@@ -84,6 +91,10 @@ def test_a_restarted_worker_adopts_the_view_it_left(pipeline: Pipeline, how: str
     assert ADOPTED in log, log[-3000:]
     assert not _answered_callable(pipeline, NUMBERS)
     wait_for(lambda: not _callable(pipeline, NUMBERS), timeout=30, what="vouched for again")
+    # The adopted states are indexed (expiries, filled keys, counts) in the background,
+    # once the view is vouched for (not before: it would only delay that vouch).
+    wait_for(lambda: _suppressed_count(pipeline) == len(NUMBERS), timeout=30,
+             what="the adopted view indexed")  # fmt: skip
     fresh = [f"+336{42_000_000 + i:08d}" for i in range(20)]
     _oppose(pipeline, fresh)  # (applied, written and vouched under the adopted claims)
     wait_for(lambda: not _callable(pipeline, fresh), timeout=60, what="new oppositions shown")

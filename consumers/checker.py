@@ -49,7 +49,7 @@ from consumers.readiness import (
     read_view,
     trusted,
 )
-from consumers.view_reads import Found, NumberRead, ViewQuestions
+from consumers.view_reads import Found, NumberRead, ViewAnswers, ViewQuestions
 from infra.redis_packing import pack_with_hiredis
 from schemas.errors import InvalidPhoneNumber
 from schemas.metrics import CHECK_REASONS, CHECK_SECONDS, CHECKS
@@ -357,14 +357,42 @@ class SuppressionChecker:
         for an answer is only as fresh as the moment it reaches the dialer."""
         if result.answer is not Answer.CALLABLE or found.now is None or found.oldest_ms is None:
             return result
-        spent = time.perf_counter() - started
         age = found.now.timestamp() - found.oldest_ms / 1000
+        return self._past_bound(result, age, time.perf_counter() - started)
+
+    def _past_bound(self, result: CheckResult, age: float, spent: float) -> CheckResult:
+        """``result`` (callable), or unavailable if the view's ``age`` when read plus the
+        ``spent`` seconds since the question is past the staleness bound."""
         if age + spent <= self._max_staleness:
             return result
         why = (f"view not current: {age:.2f}s behind when read, plus {spent:.2f}s to answer, "
                f"past the {self._max_staleness:g}s staleness bound (this process or Redis "
                "overloaded?): ask again")  # fmt: skip
         return CheckResult(result.phone_e164, Answer.UNAVAILABLE, why=why, at=result.at)
+
+    def _all_in_time(
+        self,
+        results: list[CheckResult | None],
+        valid: Sequence[tuple[int, str]],
+        found: ViewAnswers,
+        started: float,
+    ) -> None:
+        """:meth:`_in_time` for every callable answer of a bulk check, with the time spent
+        taken once, when all are decided (later than each: never more lenient)."""
+        spent = time.perf_counter() - started
+        ages: dict[tuple[datetime, int], float] = {}  # (one per script reply, not per number)
+        nows, olds = found.now, found.oldest_ms
+        for slot, (i, _e164) in enumerate(valid):
+            answer = results[i]
+            if answer is None or answer.answer is not Answer.CALLABLE:
+                continue
+            now, oldest = nows[slot], olds[slot]
+            if now is None or oldest is None:
+                continue
+            age = ages.get((now, oldest))
+            if age is None:
+                age = ages[(now, oldest)] = now.timestamp() - oldest / 1000
+            results[i] = self._past_bound(answer, age, spent)
 
     def _decide(
         self, e164: str, policy: CampaignPolicy, found: Found, at: datetime | None
@@ -418,11 +446,13 @@ class SuppressionChecker:
             alike: dict[tuple[int, ...], CheckResult] | None = (
                 {} if only_oppositions(policy) else None
             )
+            columns = list(zip(*found.masks, strict=True))  # slot -> its kinds' bits per list
+            whys = found.why
             for slot, (i, e164) in enumerate(valid):
-                if alike is None or found.why[slot] is not None:
+                if alike is None or whys[slot] is not None:
                     results[i] = self._decide(e164, policy, found.found(slot), at)
                     continue
-                masks = tuple(row[slot] for row in found.masks)
+                masks = columns[slot]
                 verdict = alike.get(masks)
                 if verdict is None:
                     verdict = alike[masks] = self._decide(e164, policy, found.found(slot), at)
@@ -431,10 +461,7 @@ class SuppressionChecker:
                     verdict.next_allowed_at, verdict.consent,
                     at or found.now[slot] or datetime.now(UTC),
                 )  # fmt: skip
-            for slot, (i, _e164) in enumerate(valid):
-                answer = results[i]
-                if answer is not None and answer.answer is Answer.CALLABLE:
-                    results[i] = self._in_time(answer, found.found_time(slot), started)
+            self._all_in_time(results, valid, found, started)
         except redis.RedisError as exc:
             self._after_pipeline_error()
             for i, e164 in valid:

@@ -200,11 +200,6 @@ class ViewAnswers:
         self.consents: dict[int, list[tuple[int, Any]]] = {}  # slot -> [(list, raw field)]
         self.attempts: dict[int, Any] = {}
 
-    def found_time(self, slot: int) -> Found:
-        """When the number in ``slot`` was read, and the view's oldest applied-through time
-        then (no facts)."""
-        return Found(why=self.why[slot], now=self.now[slot], oldest_ms=self.oldest_ms[slot])
-
     def found(self, slot: int) -> Found:
         """Everything known of the number in ``slot``."""
         seen = Found(why=self.why[slot], now=self.now[slot], oldest_ms=self.oldest_ms[slot])

@@ -827,6 +827,7 @@ def run_bench(
     redis_cluster: bool = False,
     failover_states: int = 100_000,
     restart_states: Sequence[int] = (100_000, 1_000_000),
+    session_timeout: float = 10.0,
 ) -> Figures:
     """Start a private stack and worker, run the measurements in ``only``, print them.
 
@@ -862,6 +863,7 @@ def run_bench(
                    "DNC_AUTHORITY_KEY": "bench-authority-key",
                    "DNC_DATA_DIR": str(tmp / "data"),  # the worker's table, with the stack
                    "DNC_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+                   "DNC_SESSION_TIMEOUT_SECONDS": f"{session_timeout:g}",
                    "DNC_REDIS_CLUSTER": "true" if redis_cluster else "false"}  # fmt: skip
             settings = Settings.model_validate({k[4:].lower(): v for k, v in dnc.items()})
             tenants = TenantDirectory.load(tmp / "tenants.toml")

@@ -768,6 +768,14 @@ def bench(
             "(the states its partitions' new owner recovers)",
         ),
     ] = 100_000,
+    session_timeout: Annotated[
+        float,
+        typer.Option(
+            min=6.0,
+            help="the workers' group session timeout in seconds (DNC_SESSION_TIMEOUT_SECONDS: "
+            "most of a failover is waiting for it to expire); default the worker's own, 10",
+        ),
+    ] = 10.0,
     restart_states: Annotated[
         list[int] | None,
         typer.Option(
@@ -788,7 +796,7 @@ def bench(
     run_bench(numbers=numbers, rate=rate, seconds=seconds, console=out, burst=burst,
               only=only or STAGES, import_rows=import_rows, logs=logs,
               workers=workers, redis_cluster=redis_cluster,
-              failover_states=failover_states,
+              failover_states=failover_states, session_timeout=session_timeout,
               restart_states=restart_states or (100_000, 1_000_000))  # fmt: skip
 
 

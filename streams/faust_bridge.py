@@ -110,12 +110,14 @@ class FaustStateTable:
         return [(key, staged[key][1] if key in staged else value)
                 for key, value in self._store.scan(partition, after, limit)]  # fmt: skip
 
-    def items(self) -> Iterator[tuple[str, bytes]]:
-        """Every state of the active partitions, staged ones as staged. Lazy over the
-        store (a million states are not copied twice): take a list before any wait, as the
-        maintenance does."""
-        staged = dict(self._staged)
-        for key, value in self._store.states():
+    def items(self, partitions: Iterable[int] | None = None) -> Iterator[tuple[str, bytes]]:
+        """Every state of the active partitions (of those among ``partitions`` if given),
+        staged ones as staged. Lazy over the store (a million states are not copied
+        twice): take a list before any wait, as the maintenance does."""
+        wanted = None if partitions is None else set(partitions)
+        staged = {key: entry for key, entry in self._staged.items()
+                  if wanted is None or entry[0] in wanted}  # fmt: skip
+        for key, value in self._store.states(wanted):
             yield key, staged.pop(key, (0, value))[1]
         for key, (_partition, value) in staged.items():
             yield key, value

@@ -44,7 +44,7 @@ from schemas.view import (
     instance_field,
     ready_field,
 )
-from streams.audit import ViewAudit
+from streams.audit import ViewAudit, in_force_partition
 from streams.expiry import ExpirySchedule
 from streams.fencing import OwnershipLost
 from streams.ownership import PartitionProducers
@@ -325,7 +325,7 @@ class ViewMaintenance:
                     self._expiry.clear()
                 batch = ViewBatch(self._view.layout, now)
                 if written:
-                    await self._materialise(owned, written, frozenset(adopted), batch, counts)
+                    await self._materialise(frozenset(written), batch, counts)
                 await self._view.mark_ready(chosen, self._total)
         except (ViewLost, ViewMoved) as exc:
             log.error("rebuild of partitions %s not marked ready: %s", sorted(chosen), exc)
@@ -338,11 +338,16 @@ class ViewMaintenance:
         log.info("view ready: %d states written in %.2fs for partitions %s%s", batch.written,
                  took, sorted(chosen), f" (adopted as left at the last vouch, nothing "
                  f"rewritten: {sorted(adopted)})" if adopted else "")  # fmt: skip
-        if written:
+        if written == owned:  # (every state read: the counts are exact)
             SUPPRESSED_NUMBERS.clear()
             for tenant, count in counts.items():
                 SUPPRESSED_NUMBERS.labels(tenant=tenant).set(count)
-        else:  # (the expiries, filled keys and counts of what was adopted: in the background)
+        elif self._indexing is None or self._indexing.done() or adopted:
+            # The adopted partitions' expiries and filled keys, and every owned partition's
+            # count, in the background: only the rebuilt partitions' states were read.
+            # (A partial rebuild during an adoption's indexing lets it finish: it counts
+            # every owned partition too.)
+            self._stop_indexing()
             self._indexing = asyncio.ensure_future(self._index(owned, frozenset(adopted)))
         return True
 
@@ -364,27 +369,14 @@ class ViewMaintenance:
         log.info("not adopted, rebuilt: %s", "; ".join(reasons))
 
     async def _materialise(
-        self,
-        owned: frozenset[int],
-        written: frozenset[int],
-        adopted: frozenset[int],
-        batch: ViewBatch,
-        counts: Tally[str],
+        self, written: frozenset[int], batch: ViewBatch, counts: Tally[str]
     ) -> None:
-        """Write ``written``'s states from the table into the view; schedule their expiries,
-        and index ``adopted``'s (see :meth:`_index`); count every owned suppression."""
+        """Write ``written``'s states from the table into the view (only their partitions'
+        databases are read); schedule their expiries; count their suppressions."""
         now = batch.now
-        shadow = ViewBatch(self._view.layout, now)  # (adopted: the keys, not written)
-        for key, raw in list(self._table.items()):
+        for key, raw in list(self._table.items(written)):
             state = load_state(raw)
-            if state is None or state.partition not in owned:
-                continue
-            if state.partition in adopted:
-                self._index_one(key, state, shadow, counts)
-                continue
-            if state.partition not in written:
-                if state.effective(now) is not None:
-                    counts[state.target.split("/", 1)[0]] += 1
+            if state is None or state.partition not in written:
                 continue
             if not batch.put(state):
                 continue
@@ -412,30 +404,39 @@ class ViewMaintenance:
         shadow.clear()
 
     async def _index(self, owned: frozenset[int], adopted: frozenset[int]) -> None:
-        """After an adoption: read the table for the adopted partitions' expiries and filled
-        keys, and every owned suppression's count, a slice at a time between the agent's
-        batches (it does not hold the view lock: the view is already served), once the
-        view is vouched for: until then every slice of it would delay that vouch, and
-        dialers get "unavailable" until it comes."""
+        """After an adoption or a partial rebuild: read the table for the adopted
+        partitions' expiries and filled keys, and every owned suppression's count, a slice
+        at a time between the agent's batches (it does not hold the view lock: the view is
+        already served), once the view is vouched for: until then every slice of it would
+        delay that vouch, and dialers get "unavailable" until it comes."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._vouched.wait(), INDEX_AFTER_VOUCH_SECONDS)
         started = asyncio.get_running_loop().time()
         counts: Tally[str] = Tally()
-        shadow = ViewBatch(self._view.layout, self._clock())
+        now = self._clock()
+        shadow = ViewBatch(self._view.layout, now)
         # Lazily, a slice at a time: listing a million states first held the event loop
         # for seconds (no vouch meanwhile). A RocksDB iterator reads a consistent snapshot
         # while batches write; a rebalance cancels this task (forget()).
-        for i, (key, raw) in enumerate(self._table.items()):
-            if i % INDEX_SLICE == INDEX_SLICE - 1:
-                await asyncio.sleep(0)
-            state = load_state(raw)
-            if state is not None and state.partition in owned:
-                self._index_one(key, state, shadow, counts)
+        read = 0
+        for partition in sorted(owned):  # (a partition's database at a time)
+            for key, raw in self._table.items((partition,)):
+                read += 1
+                if read % INDEX_SLICE == 0:
+                    await asyncio.sleep(0)
+                if partition not in adopted:  # only counted, without decoding the state
+                    if in_force_partition(raw, now) is not None:
+                        counts[key.split("|", 1)[0].split("/", 1)[0]] += 1
+                    continue
+                state = load_state(raw)
+                if state is not None:
+                    self._index_one(key, state, shadow, counts)
         SUPPRESSED_NUMBERS.clear()
         for tenant, count in counts.items():
             SUPPRESSED_NUMBERS.labels(tenant=tenant).set(count)
-        log.info("adopted view indexed: %d suppressions, expiries scheduled, in %.2fs",
-                 sum(counts.values()), asyncio.get_running_loop().time() - started)  # fmt: skip
+        log.info("view indexed: %d suppressions counted, the expiries of adopted partitions "
+                 "%s scheduled, in %.2fs", sum(counts.values()), sorted(adopted),
+                 asyncio.get_running_loop().time() - started)  # fmt: skip
 
     def _stop_indexing(self) -> None:
         if self._indexing is not None:

@@ -35,11 +35,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import rocksdict
 from faust.stores import rocksdb
+from faust.types import TP
 
 from streams.fencing import give_up
 from streams.processor import StateStoreBroken
@@ -119,11 +120,19 @@ class DurableRocksDBStore(rocksdb.Store):
                 return bytes(value)
         return None
 
-    def states(self) -> Iterator[tuple[str, bytes]]:
-        """Every (key, value) of the active partitions' databases, lazily (Faust's
-        iteration, without decoding each value through its serializer registry)."""
+    def states(self, partitions: Iterable[int] | None = None) -> Iterator[tuple[str, bytes]]:
+        """Every (key, value) of the active partitions' databases (of those among
+        ``partitions`` if given), lazily: Faust's iteration, without decoding each value
+        through its serializer registry, and without reading a partition not asked for."""
+        wanted = None if partitions is None else set(partitions)
+        actives = self.app.assignor.assigned_actives()
+        topic = self.table.changelog_topic_name  # type: ignore[attr-defined]
         offset_key, decode = self.offset_key, self._decode_key
-        for db in self._dbs_for_actives():
+        for partition, db in list(self._dbs.items()):
+            if wanted is not None and partition not in wanted:
+                continue
+            if TP(topic=topic, partition=partition) not in actives:
+                continue
             for key, value in db.items():
                 if key != offset_key:
                     yield decode(key), value

@@ -172,6 +172,7 @@ class Pipeline:
         self._worker_runs = 0
         # Every worker started by start_workers(), by worker id (several in one group).
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.worker_metrics_ports: dict[str, int] = {}  # (the workers of start_workers)
 
     # -- the worker process -------------------------------------------------------------
     def start_worker(self, wait_ready: bool = True, worker_id: str | None = None) -> None:
@@ -206,9 +207,10 @@ class Pipeline:
         for _ in range(count):
             self._worker_runs += 1
             worker_id = f"test-{self._worker_runs}"
+            self.worker_metrics_ports[worker_id] = free_port()
             env = {
                 **self.env,
-                "DNC_WORKER_METRICS_PORT": str(free_port()),
+                "DNC_WORKER_METRICS_PORT": str(self.worker_metrics_ports[worker_id]),
                 "DNC_WORKER_INSTANCE_ID": f"{self.prefix}-{worker_id}",
                 "PYTHONUNBUFFERED": "1",
                 "PYTHONFAULTHANDLER": "1",
@@ -367,13 +369,12 @@ class Pipeline:
         finally:
             consumer.close()
 
-    def metrics(self) -> str:
-        """The worker's /metrics page."""
+    def metrics(self, worker_id: str | None = None) -> str:
+        """The worker's /metrics page (that of ``worker_id``, one of :meth:`start_workers`)."""
         import urllib.request
 
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
-        ) as r:
+        port = self.metrics_port if worker_id is None else self.worker_metrics_ports[worker_id]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             return r.read().decode()
 
     def messages_done(self) -> float:

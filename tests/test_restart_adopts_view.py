@@ -44,10 +44,10 @@ def _answered_callable(p: Pipeline, numbers: list[str]) -> list[str]:
     return [n for n in numbers if p.check(n, TENANT).answer is Answer.CALLABLE]
 
 
-def _suppressed_count(p: Pipeline) -> float:
+def _suppressed_count(p: Pipeline, worker_id: str | None = None) -> float:
     """The worker's ``dnc_suppressed_numbers`` for the tenant (set by the indexing)."""
     prefix = f'dnc_suppressed_numbers{{tenant="{TENANT}"}} '
-    return sum(float(line[len(prefix):]) for line in p.metrics().splitlines()
+    return sum(float(line[len(prefix):]) for line in p.metrics(worker_id).splitlines()
                if line.startswith(prefix))  # fmt: skip
 
 
@@ -113,3 +113,28 @@ def test_a_view_behind_the_table_is_rebuilt_not_adopted(pipeline: Pipeline) -> N
     assert ADOPTED not in log and "view ready:" in log, log[-3000:]
     assert not _answered_callable(pipeline, NUMBERS)
     wait_for(lambda: not _callable(pipeline, NUMBERS), timeout=30, what="vouched for again")
+
+
+def test_a_failover_survivor_adopts_what_it_kept_and_counts_every_suppression(
+    pipeline: Pipeline,
+) -> None:
+    """One of two workers dies with nothing in flight: the survivor adopts the partitions it
+    kept (its view as it left them), rebuilds only the moved ones (reading their databases
+    alone), and counts every owned suppression again in the background."""
+    p = pipeline
+    first, second = p.start_workers(2)
+    wait_for(lambda: len(set(p.owners().values())) == 2, timeout=60, what="two owners")
+    _oppose(p, NUMBERS)
+    _settle(p)
+    owners = p.owners()
+    victim = owners[0]
+    survivor = second if victim == first else first
+    kept = sorted(q for q, owner in owners.items() if owner == survivor)
+    p.kill_worker_id(victim)
+    wait_for(lambda: set(p.owners().values()) == {survivor}, timeout=90,
+             what=f"{survivor} vouching for every partition")  # fmt: skip
+    log = (p.tmp / f"worker-{survivor.rsplit('-', 1)[1]}.log").read_text(errors="replace")
+    assert f"nothing rewritten: {kept})" in log, log[-3000:]
+    assert not _answered_callable(p, NUMBERS)
+    wait_for(lambda: _suppressed_count(p, survivor) == len(NUMBERS), timeout=30,
+             what="every suppression counted")  # fmt: skip

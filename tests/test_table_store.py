@@ -133,6 +133,7 @@ def test_what_a_rebuild_reads_while_a_batch_waits_for_kafka_is_the_batch_s_state
     assert states.get(B) == OLD
     # (no partition is assigned here, so the store lists none of its own: only the staged)
     assert dict(states.items()) == {A: NEW, C: NEW}
+    assert dict(states.items([1])) == {C: NEW}  # (a rebuild of partition 1 alone)
     assert states.scan(0, None, 10) == [(A, NEW)]  # (a page of the store: C is only staged)
 
     states.persist(batch, {0: 4, 1: 4})  # acknowledged: persisted, then unstaged

@@ -98,6 +98,11 @@ class FaustStateTable:
         """The last changelog record of ``partition`` the store holds (see the store)."""
         return self._store.changelog_offset(partition)
 
+    def open_partitions(self) -> set[int]:
+        """Partitions whose database the store holds (Faust drops one when its partition is
+        revoked, and every one when the worker stops)."""
+        return set(self._store._dbs)
+
     def staged_partitions(self) -> set[int]:
         """Partitions with a batch's states staged (in flight between the view and Kafka)."""
         return {partition for partition, _v in self._staged.values()}

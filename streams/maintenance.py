@@ -415,22 +415,27 @@ class ViewMaintenance:
         counts: Tally[str] = Tally()
         now = self._clock()
         shadow = ViewBatch(self._view.layout, now)
-        # Lazily, a slice at a time: listing a million states first held the event loop
-        # for seconds (no vouch meanwhile). A RocksDB iterator reads a consistent snapshot
-        # while batches write; a rebalance cancels this task (forget()).
-        read = 0
-        for partition in sorted(owned):  # (a partition's database at a time)
-            for key, raw in self._table.items((partition,)):
-                read += 1
-                if read % INDEX_SLICE == 0:
-                    await asyncio.sleep(0)
-                if partition not in adopted:  # only counted, without decoding the state
-                    if in_force_partition(raw, now) is not None:
-                        counts[key.split("|", 1)[0].split("/", 1)[0]] += 1
-                    continue
-                state = load_state(raw)
-                if state is not None:
-                    self._index_one(key, state, shadow, counts)
+        # A page of a partition's database at a time, each read with an iterator of its own:
+        # listing a million states first held the event loop for seconds (no vouch
+        # meanwhile), and nothing is read past a wait from a database Faust dropped since (a
+        # revocation, which also cancels this task, or the worker's stop: it reads as empty).
+        for partition in sorted(owned):
+            after: str | None = None
+            while page := self._table.scan(partition, after, INDEX_SLICE):
+                after = page[-1][0]
+                for key, raw in page:
+                    if partition not in adopted:  # only counted, without decoding the state
+                        if in_force_partition(raw, now) is not None:
+                            counts[key.split("|", 1)[0].split("/", 1)[0]] += 1
+                        continue
+                    state = load_state(raw)
+                    if state is not None:
+                        self._index_one(key, state, shadow, counts)
+                await asyncio.sleep(0)
+        if closed := sorted(owned - self._table.open_partitions()):
+            log.info("view indexing interrupted: the databases of partitions %s were closed "
+                     "(revoked, or the worker is stopping)", closed)  # fmt: skip
+            return
         SUPPRESSED_NUMBERS.clear()
         for tenant, count in counts.items():
             SUPPRESSED_NUMBERS.labels(tenant=tenant).set(count)

@@ -40,9 +40,9 @@ from typing import Any
 
 import rocksdict
 from faust.stores import rocksdb
-from faust.types import TP
 
 from streams.fencing import give_up
+from streams.kafka_sink import changelog_key
 from streams.processor import StateStoreBroken
 
 log = logging.getLogger("dnc.streams")
@@ -67,7 +67,7 @@ class DurableRocksDBStore(rocksdb.Store):
     changelog_id: str | None = None
 
     def _encode_key(self, key: Any) -> bytes:
-        return json.dumps(key).encode()  # (streams.kafka_sink.changelog_key's bytes)
+        return changelog_key(key)
 
     def _decode_key(self, key: bytes | None) -> Any:
         return json.loads(key) if key is not None else None
@@ -125,13 +125,10 @@ class DurableRocksDBStore(rocksdb.Store):
         ``partitions`` if given), lazily: Faust's iteration, without decoding each value
         through its serializer registry, and without reading a partition not asked for."""
         wanted = None if partitions is None else set(partitions)
-        actives = self.app.assignor.assigned_actives()
-        topic = self.table.changelog_topic_name  # type: ignore[attr-defined]
+        actives = {id(db) for db in self._dbs_for_actives()}  # (Faust's own choice of them)
         offset_key, decode = self.offset_key, self._decode_key
         for partition, db in list(self._dbs.items()):
-            if wanted is not None and partition not in wanted:
-                continue
-            if TP(topic=topic, partition=partition) not in actives:
+            if id(db) not in actives or (wanted is not None and partition not in wanted):
                 continue
             for key, value in db.items():
                 if key != offset_key:

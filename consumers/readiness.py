@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from redis.exceptions import NoScriptError
-
 from schemas.view import (
     CONSENTS_FAMILY,
     FAMILY_OF_KIND,
@@ -205,6 +203,8 @@ def read_view(client: Any, reads: Sequence[ViewRead], script: Any = None) -> lis
     and the reads are sent again. redis-py's cluster pipeline refuses its ``evalsha`` method,
     hence the raw command.
     """
+    from redis.exceptions import NoScriptError  # (the client is redis-py's: imported)
+
     script = script or client.register_script(READ_VIEW)
     try:
         return _evalsha_all(client, script.sha, reads)

@@ -2,7 +2,9 @@
 (the lean one of :mod:`dnc.entry` and the Typer command of :mod:`dnc.dial_cli`) call these,
 so they give the same answers, lines and exit codes.
 
-Nothing here imports Typer or rich: a `dnc check` from a shell pays for the answer alone.
+Nothing here imports Typer or rich: a `dnc check` from a shell pays for the answer alone. One
+number on one plain Redis server is asked without redis-py (:mod:`consumers.one_shot`);
+several, or any other view, or any trouble on the way, through the library's checker.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 
-from consumers.checker import Answer, CheckResult, SuppressionChecker
+from consumers.one_shot import OneShotCheck
+from consumers.verdicts import Answer, CheckResult
 from dnc.exits import EXIT_NOT_CALLABLE, EXIT_OK, EXIT_UNAVAILABLE
 from schemas.settings import Settings
 from schemas.tenants import TenantDirectory
@@ -44,6 +47,13 @@ def check_numbers(
     settings = Settings()
     tenants = TenantDirectory.load(settings.tenants_file)
     instant = parse_instant(at)
+    if len(phones) == 1:
+        quick = OneShotCheck.from_settings(settings, tenants)
+        answer = None if quick is None else quick.check(phones[0], tenant, campaign, instant)
+        if answer is not None:
+            return [answer]
+    from consumers.checker import SuppressionChecker  # (redis-py: only when needed)
+
     checker = SuppressionChecker.from_settings(settings, tenants)
     if len(phones) == 1:
         return [checker.check(phones[0], tenant, campaign, instant)]

@@ -60,6 +60,8 @@ FETCHES_BUFFERED = 16
 # After a rebalance, how often and how long the worker looks for its recovery's end (then
 # the maintenance timer's next turn does what is left).
 RECOVERY_POLL_SECONDS, RECOVERY_POLLS = 0.05, 100
+# A vouch longer than this says where its time went (the view ages while it runs).
+SLOW_VOUCH_SECONDS = 0.5
 
 
 class _RateLimitedWarning:
@@ -75,6 +77,25 @@ class _RateLimitedWarning:
         if now - self._last >= self._every:
             self._last = now
             self._log.warning(message, *args)
+
+
+class _StepTimes:
+    """How long each step of a timer's run took, for a log line."""
+
+    def __init__(self) -> None:
+        self._start = self._last = time.monotonic()
+        self._steps: list[tuple[str, float]] = []
+
+    def done(self, step: str) -> None:
+        now = time.monotonic()
+        self._steps.append((step, now - self._last))
+        self._last = now
+
+    def total(self) -> float:
+        return self._last - self._start
+
+    def __str__(self) -> str:
+        return ", ".join(f"{step} {seconds:.2f}s" for step, seconds in self._steps)
 
 
 @dataclass
@@ -274,7 +295,8 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             return False
         offset = frontier.next_offset(partition) or consumer._committed_offset.get(tp)
         if offset is None:
-            offset = (await consumer.earliest_offsets(tp)).get(tp)
+            starts = await log_end.start_offsets([tp], wait=settings.max_staleness_seconds)
+            offset = starts.get(tp)
         return offset is not None and bool(await consumer._commit({tp: offset}))
 
     unrecovered = _RateLimitedWarning(log, every_seconds=10)
@@ -345,6 +367,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
 
     cut_off = _RateLimitedWarning(log, every_seconds=10)
     behind = _RateLimitedWarning(log, every_seconds=10)
+    slow = _RateLimitedWarning(log, every_seconds=10)
 
     @app.timer(settings.freshness_interval_seconds, name="vouch-for-view")
     async def vouch() -> None:
@@ -355,12 +378,16 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             return  # rebuilding or rebalancing: nothing is vouched for
         nonlocal log_end
         reading_log_end = False
+        steps = _StepTimes()
         try:
             await seed_frontiers(sources)
+            steps.done("committed offsets")
             now_ms = await view.server_time_ms()  # first: the claim is about the log at now_ms
             clock.observe(now_ms, time.time())
+            steps.done("Redis's clock")
             reading_log_end = True
             ends = await log_end.end_offsets(sources, wait=settings.max_staleness_seconds)
+            steps.done("the log's end")
             unknown = sorted(tp for tp in sources if ends.get(tp, -1) < 0)
             if unknown:
                 raise LookupError(f"no end offset for {unknown} (a partition leader moved?)")
@@ -386,6 +413,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         except Exception as exc:  # Redis unreachable: the forwards stay held, nothing vouched
             cut_off.warn("cannot read the frontiers of the partitions events were forwarded "
                          "to: %s", exc)  # fmt: skip
+        steps.done("forwards")
         vouched = frontier.vouchable()
         for topic in source_topics[1:]:  # (their claims are only for refetching)
             frontiers[topic].vouchable()
@@ -404,10 +432,16 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
         except Exception as exc:
             cut_off.warn("cannot record the applied-through times in Redis: %s", exc)
             return
+        steps.done("the vouch")
+        first = sorted(p for p in vouched if p not in last_vouched)
+        if first:  # (since this worker started, or since the last rebalance)
+            log.info("vouched for partitions %s: checks of their numbers are answered", first)
         last_vouched.update(vouched)
         maintenance.report_staleness(
             now_ms, {p: last_vouched[p] for p in owned if p in last_vouched}
         )
+        if steps.total() > SLOW_VOUCH_SECONDS:
+            slow.warn("a vouch took %.2fs (%s): the view ages meanwhile", steps.total(), steps)
 
     last_vouched: dict[int, int] = {}
     started_ms: dict[int, int] = {}  # first vouch attempt per partition, for the warning
@@ -493,7 +527,7 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             return
         committed = {tp: consumer._committed_offset.get(tp) for tp in unseeded}
         missing = [tp for tp in unseeded if not committed[tp]]
-        starts = await app.consumer.earliest_offsets(*missing) if missing else {}
+        starts = await log_end.start_offsets(missing, wait=settings.max_staleness_seconds)
         for tp in unseeded:
             frontiers[tp.topic].seed(tp.partition, committed[tp] or starts.get(tp))
 

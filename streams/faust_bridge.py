@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -247,20 +248,48 @@ async def _apply(
 # consumer ever delivers. Faust's recovery waits for the record at the log's end offset
 # minus one, which is that marker: it would wait for ever (its own exactly_once mode only
 # gives up after two 5 s timeouts). The recovery below waits for the last *data* record
-# instead, found by reading the partition's tail.
+# instead, found by reading the partition's tail. It reads the log's end offsets on that
+# same client too: asked of Faust's consumer (its requests queue behind the consumer
+# thread), they took about a second of every rebalance, a failover's included.
 
 _TAIL = 16  # offsets read before the end at first (a transaction ends with one marker)
 
 
-def last_data_offsets(
-    client_config: Mapping[str, Any], ends: Mapping[TP, int], timeout: float = 30.0
+def log_start_offsets(
+    client_config: Mapping[str, Any], tps: Iterable[TP], timeout: float = 30.0
 ) -> dict[TP, int]:
-    """Per partition, the offset of the last record a consumer delivers below ``ends``
-    (-1 when there is none): control records (transaction markers) are skipped, and so
-    are the offsets of records compacted away. Read as Faust's recovery reads (aborted
-    records included)."""
+    """Per partition, the first offset the log still holds (its start)."""
+    consumer = Consumer({**client_config, "group.id": f"dnc-recovery-start-{uuid.uuid4().hex}"})
+    try:
+        return {
+            tp: consumer.get_watermark_offsets(
+                TopicPartition(tp.topic, tp.partition), timeout=timeout, cached=False
+            )[0]
+            for tp in tps
+        }
+    finally:
+        consumer.close()
+
+
+@dataclass(frozen=True)
+class _LogStarts:
+    """What Faust's recovery asks its consumer for when it builds its start offsets,
+    answered from offsets read on a client of our own."""
+
+    starts: Mapping[TP, int]
+
+    async def earliest_offsets(self, *tps: TP) -> Mapping[TP, int]:
+        return {tp: self.starts[tp] for tp in tps}
+
+
+def last_data_offsets(
+    client_config: Mapping[str, Any], tps: Iterable[TP], timeout: float = 30.0
+) -> dict[TP, int]:
+    """Per partition, the offset of the last record a consumer delivers below the log's
+    end now (-1 when there is none): control records (transaction markers) are skipped,
+    and so are the offsets of records compacted away. Read as Faust's recovery reads
+    (aborted records included)."""
     found: dict[TP, int] = {}
-    pending = {tp: end for tp, end in ends.items() if end > 0}
     consumer = Consumer(
         {
             **client_config,
@@ -273,6 +302,13 @@ def last_data_offsets(
         }
     )
     try:
+        ends = {
+            tp: consumer.get_watermark_offsets(
+                TopicPartition(tp.topic, tp.partition), timeout=timeout, cached=False
+            )[1]
+            for tp in tps
+        }
+        pending = {tp: end for tp, end in ends.items() if end > 0}
         window = _TAIL
         while pending:
             consumer.assign(
@@ -314,14 +350,26 @@ class _TailAwareRecovery(Recovery):
     async def _build_highwaters(
         self, consumer: Any, tps: Any, destination: Any, title: str
     ) -> None:
-        await super()._build_highwaters(consumer, tps, destination, title)
-        ends = {tp: destination[tp] + 1 for tp in tps}  # (Faust stores the end minus one)
-        if not ends:
-            return
-        loop = asyncio.get_running_loop()
-        last = await loop.run_in_executor(None, last_data_offsets, self.client_config, ends)
+        last: dict[TP, int] = {}
+        if tps:
+            loop = asyncio.get_running_loop()
+            last = await loop.run_in_executor(None, last_data_offsets, self.client_config, tps)
+        self.log.info(
+            "Last data record of the %s changelog partitions:\n%s",
+            title,
+            self._highwater_logtable(last, title=title),
+        )
+        destination.clear()
         for tp, offset in last.items():  # (a Counter: update() would add)
             destination[tp] = offset
+
+    async def _build_offsets(self, consumer: Any, tps: Any, destination: Any, title: str) -> None:
+        starts: dict[TP, int] = {}
+        if tps:
+            loop = asyncio.get_running_loop()
+            starts = await loop.run_in_executor(None, log_start_offsets, self.client_config, tps)
+        answers: Any = _LogStarts(starts)  # (only its earliest_offsets is asked)
+        await super()._build_offsets(answers, tps, destination, title)
 
 
 def table_manager(client_config: Mapping[str, Any]) -> type[TableManager]:

@@ -62,6 +62,8 @@ FETCHES_BUFFERED = 16
 RECOVERY_POLL_SECONDS, RECOVERY_POLLS = 0.05, 100
 # A vouch longer than this says where its time went (the view ages while it runs).
 SLOW_VOUCH_SECONDS = 0.5
+# How often "refreshing the consumer's metadata" is logged while the changelog is unseen.
+METADATA_REFRESH_SECONDS = 10.0
 
 
 class _RateLimitedWarning:
@@ -316,9 +318,30 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
             unrecovered.warn("partitions %s were assigned without their changelog partitions "
                              "(the group leader did not see %s): their state is not recovered, "
                              "so the view is not rebuilt nor vouched for (checks fail closed); "
-                             "restart the workers of the group", missing, changelog)  # fmt: skip
+                             "asking Kafka for the topics again (the group rebalances once it "
+                             "sees it; if this goes on, restart the workers of the group)",
+                             missing, changelog)  # fmt: skip
+            unseen_changelog.set()
             return None
+        unseen_changelog.clear()
         return owned
+
+    unseen_changelog = asyncio.Event()  # assigned sources without their changelog partitions
+    metadata_asked = _RateLimitedWarning(log, every_seconds=METADATA_REFRESH_SECONDS)
+
+    async def see_changelog() -> None:
+        """Refresh the metadata of Faust's consumer: its group leader assigned no changelog
+        partition because its metadata did not list the changelog yet (on a cluster, a broker
+        may learn of a new topic after another one answered). aiokafka reads metadata again
+        only every few minutes by itself; once it lists the topic, its group coordinator sees
+        the topic's partitions appear and rejoins, and the group is assigned them."""
+        thread: Any = cast(Any, app.consumer)._thread
+
+        async def refresh() -> None:
+            await thread._ensure_consumer()._client.force_metadata_update()
+
+        metadata_asked.warn("refreshing the consumer's metadata to see %s", changelog)
+        await thread.call_thread(refresh)
 
     def owned_partitions() -> set[int] | None:
         """Owned partitions of the oppositions log (those the view vouches for)."""
@@ -344,6 +367,11 @@ def build_worker(settings: Settings, tenants: TenantDirectory, worker_id: str) -
     @app.timer(settings.heartbeat_interval_seconds, name="view-maintenance")
     async def keep_view() -> None:
         await maintain()
+        if unseen_changelog.is_set() and not app.rebalancing:
+            try:
+                await see_changelog()
+            except Exception as exc:  # (tried again on the next tick)
+                log.warning("cannot refresh the consumer's metadata: %r", exc)
 
     rebalanced = asyncio.Event()  # Faust is resuming the streams after a rebalance
 

@@ -164,8 +164,7 @@ class SuppressionChecker(ViewVerdicts):
         e164, plan, keys, args = self._single(phone, tenant, campaign, at)
         try:
             reply = self._read_one(keys, args)
-            found = plan.read.found(reply, self._unready_reason)
-            result = self._in_time(self._decide(e164, plan.policy, found, at), found, started)
+            result = self._answer(e164, plan, reply, at, started)
         except redis.RedisError as exc:
             result = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
         return _recorded(result, started)
@@ -211,8 +210,7 @@ class SuppressionChecker(ViewVerdicts):
         e164, plan, keys, args = self._single(phone, tenant, campaign, at)
         try:
             reply = await self._read_async(keys=keys, args=args)
-            found = plan.read.found(reply, self._unready_reason)
-            result = self._in_time(self._decide(e164, plan.policy, found, at), found, started)
+            result = self._answer(e164, plan, reply, at, started)
         except (redis.RedisError, OSError, TimeoutError) as exc:
             result = CheckResult(e164, Answer.UNAVAILABLE, why=f"redis unreachable: {exc}")
         return _recorded(result, started)

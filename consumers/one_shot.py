@@ -129,8 +129,7 @@ class OneShotCheck(ViewVerdicts):
         reply = self._read(keys, args)
         if reply is None:
             return None
-        found = plan.read.found(reply, self._unready_reason)
-        return self._in_time(self._decide(e164, plan.policy, found, at), found, started)
+        return self._answer(e164, plan, reply, at, started)
 
     def _read(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """The script's reply, or None on any trouble (nothing half-read is ever used: the

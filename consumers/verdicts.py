@@ -173,6 +173,13 @@ class ViewVerdicts:
         keys, args = plan.read.call(e164, attempts_since_ms(plan.policy, at))
         return e164, plan, keys, args
 
+    def _answer(
+        self, e164: str, plan: _Plan, reply: Any, at: datetime | None, started: float
+    ) -> CheckResult:
+        """A single check's answer from its :data:`READ_VIEW` reply (asked at ``started``)."""
+        found = plan.read.found(reply, self._unready_reason)
+        return self._in_time(self._decide(e164, plan.policy, found, at), found, started)
+
     def _in_time(self, result: CheckResult, found: Found, started: float) -> CheckResult:
         """``result``, unless it says "callable" and the view it was read from is past the
         staleness bound by the time the answer is ready: the time the question took counts

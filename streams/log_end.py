@@ -45,17 +45,16 @@ class LogEndReader:
 
     async def end_offsets(self, tps: Iterable[TP], wait: float) -> dict[TP, int]:
         """The end offset of each partition; raises when Kafka does not answer in time."""
-        wanted = sorted(set(tps))
-        if not wanted:
-            return {}
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self._read, wanted, wait)
+        return await self._offsets(tps, wait, earliest=False)
 
     async def start_offsets(self, tps: Iterable[TP], wait: float) -> dict[TP, int]:
         """The log start offset of each partition (its first offset still held); raises
         when Kafka does not answer in time."""
+        return await self._offsets(tps, wait, earliest=True)
+
+    async def _offsets(self, tps: Iterable[TP], wait: float, earliest: bool) -> dict[TP, int]:
         wanted = sorted(set(tps))
         if not wanted:
             return {}
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self._read, wanted, wait, True)
+        return await loop.run_in_executor(None, self._read, wanted, wait, earliest)
